@@ -1,0 +1,1 @@
+//! Matrix products over memory-mapped weights of any [`crate::quant::DType`].

@@ -1,0 +1,3 @@
+//! Compute kernels, each forward next to its backward.
+
+pub mod matmul;

@@ -1,0 +1,14 @@
+//! nudge: on-device preference tuning of small language models.
+//!
+//! The base model stays memory-mapped and frozen (safetensors f32/f16/bf16 or GGUF in its
+//! quantized form); feedback becomes a LoRA adapter trained with the DPO family on the CPU.
+
+pub mod error;
+pub mod kernels;
+pub mod model;
+pub mod objective;
+pub mod optim;
+pub mod quant;
+pub mod tokenizer;
+
+pub use error::{Error, Result};

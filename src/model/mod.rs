@@ -1,0 +1,3 @@
+//! Model files (GGUF, HF safetensors directories), their configuration, and the network.
+
+pub mod gguf;

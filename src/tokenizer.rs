@@ -1,0 +1,1 @@
+//! Tokenizers (HF `tokenizer.json` or rebuilt from GGUF) and chat templates.
