@@ -30,11 +30,7 @@ pub enum Error {
 
     /// A field of a configuration or metadata block is missing or has a bad value.
     #[error("{}: field `{field}`: {what}", file.display())]
-    Field {
-        file: PathBuf,
-        field: String,
-        what: String,
-    },
+    Field { file: PathBuf, field: String, what: String },
 
     /// The model's architecture is not one the engine implements.
     #[error("{}: unsupported architecture `{arch}` (supported: llama, mistral, qwen2)", file.display())]
@@ -42,11 +38,7 @@ pub enum Error {
 
     /// A row of a data file (JSONL) cannot be used.
     #[error("{}: row {row}: {what}", file.display())]
-    Row {
-        file: PathBuf,
-        row: usize,
-        what: String,
-    },
+    Row { file: PathBuf, row: usize, what: String },
 
     /// A token id does not exist in the model's vocabulary.
     #[error("token id {id} at position {position} is outside the vocabulary ({vocab_size} tokens)")]

@@ -12,3 +12,4 @@ pub mod quant;
 pub mod tokenizer;
 
 pub use error::{Error, Result};
+pub mod score;

@@ -1,3 +1,10 @@
 //! Compute kernels, each forward next to its backward.
 
+pub mod simd;
+
+pub mod attention;
+pub mod logprob;
 pub mod matmul;
+pub mod rmsnorm;
+pub mod rope;
+pub mod swiglu;

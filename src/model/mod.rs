@@ -1,3 +1,53 @@
 //! Model files (GGUF, HF safetensors directories), their configuration, and the network.
 
+pub mod config;
 pub mod gguf;
+mod llama;
+pub mod safetensors_dir;
+pub mod weights;
+
+use crate::error::{Error, Result};
+use crate::kernels::rope::inv_freq;
+use config::Config;
+use std::path::{Path, PathBuf};
+use weights::Weights;
+
+/// Where a model's weights come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ModelFormat {
+    /// An HF directory with safetensors weights.
+    Safetensors,
+    /// A single GGUF file.
+    Gguf,
+}
+
+/// A frozen base model: configuration, memory-mapped weights and tokenizer.
+pub struct Model {
+    pub path: PathBuf,
+    pub format: ModelFormat,
+    pub config: Config,
+    pub weights: Weights,
+    pub(crate) inv_freq: Vec<f32>,
+}
+
+impl Model {
+    /// Opens an HF model directory or a `.gguf` file. No weight matrix is copied.
+    pub fn open(path: impl AsRef<Path>) -> Result<Model> {
+        let path = path.as_ref();
+        let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+        let (format, config, weights) = if meta.is_dir() {
+            let (c, w) = safetensors_dir::open(path)?;
+            (ModelFormat::Safetensors, c, w)
+        } else {
+            return Err(Error::format(path, "not a model directory"));
+        };
+        let inv_freq = inv_freq(config.head_dim, config.rope_theta, &config.rope_scaling);
+        Ok(Model {
+            path: path.to_path_buf(),
+            format,
+            config,
+            weights,
+            inv_freq,
+        })
+    }
+}
