@@ -49,7 +49,9 @@ pub(super) fn dequantize_blocks(dtype: DType, src: &[u8], dst: &mut [f32]) {
         DType::Q4_1 => q4_1,
         DType::Q4_K => super::k_quants::q4_k,
         DType::Q6_K => super::k_quants::q6_k,
-        DType::F32 | DType::F16 | DType::BF16 => return super::dequantize_row_unchecked(dtype, src, dst),
+        DType::F32 | DType::F16 | DType::BF16 => {
+            return super::dequantize_row_unchecked(dtype, src, dst);
+        }
     };
     for (block, out) in src
         .chunks_exact(dtype.block_bytes())

@@ -8,6 +8,7 @@ use crate::error::{Error, Result};
 
 /// The element formats a weight tensor may have, in memory-mapped form.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[allow(non_camel_case_types)]
 pub enum DType {
     F32,
     F16,
