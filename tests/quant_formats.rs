@@ -51,8 +51,7 @@ fn dtype_named(name: &str) -> DType {
 #[test]
 fn dequantize_row_matches_gguf_reference_bit_exactly() {
     let dir = crate_path("tests/data/quant");
-    let manifest: serde_json::Value =
-        serde_json::from_slice(&read(&dir.join("manifest.json"))).unwrap();
+    let manifest: serde_json::Value = serde_json::from_slice(&read(&dir.join("manifest.json"))).unwrap();
     let mut covered = Vec::new();
     for case in manifest["cases"].as_array().unwrap() {
         let dtype = dtype_named(case["dtype"].as_str().unwrap());
@@ -92,15 +91,9 @@ fn dequantize_row_rejects_lengths_that_are_not_whole_blocks() {
     for d in ALL_DTYPES {
         let good = vec![0u8; d.row_bytes(256).unwrap()];
         assert!(dequantize_row(d, &good, &mut out).is_ok(), "{d}");
-        assert!(
-            dequantize_row(d, &good[1..], &mut out).is_err(),
-            "{d}: short source"
-        );
+        assert!(dequantize_row(d, &good[1..], &mut out).is_err(), "{d}: short source");
         if d.is_quantized() {
-            assert!(
-                dequantize_row(d, &good, &mut out[..255]).is_err(),
-                "{d}: partial block"
-            );
+            assert!(dequantize_row(d, &good, &mut out[..255]).is_err(), "{d}: partial block");
         }
     }
 }
@@ -140,11 +133,7 @@ fn golden_tensors(path: &Path) -> BTreeMap<String, Golden> {
 }
 
 /// Hashes a tensor row by row in HF order; returns the hex sha256 and the first values.
-fn hf_layout_sha256(
-    gguf: &GgufFile,
-    t: &GgufTensorInfo,
-    rope_head_dim: Option<usize>,
-) -> (String, Vec<f32>) {
+fn hf_layout_sha256(gguf: &GgufFile, t: &GgufTensorInfo, rope_head_dim: Option<usize>) -> (String, Vec<f32>) {
     let (rows, cols) = (t.rows(), t.cols());
     let data = gguf.tensor_data(t);
     let row_bytes = t.row_bytes();
@@ -162,11 +151,7 @@ fn hf_layout_sha256(
             first.extend(row.iter().take(4 - first.len()));
         }
     }
-    let hex = hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let hex = hasher.finalize().iter().map(|b| format!("{b:02x}")).collect();
     (hex, first)
 }
 
@@ -179,12 +164,8 @@ fn real_model_dequantizes_to_golden_sha256_in_hf_layout() {
 
     let arch = gguf.architecture().unwrap().to_owned();
     let n_embd = gguf.get_usize(&format!("{arch}.embedding_length")).unwrap();
-    let n_head = gguf
-        .get_usize(&format!("{arch}.attention.head_count"))
-        .unwrap();
-    let n_head_kv = gguf
-        .get_usize(&format!("{arch}.attention.head_count_kv"))
-        .unwrap();
+    let n_head = gguf.get_usize(&format!("{arch}.attention.head_count")).unwrap();
+    let n_head_kv = gguf.get_usize(&format!("{arch}.attention.head_count_kv")).unwrap();
     let head_dim = n_embd / n_head;
 
     let mut checked = Vec::new();

@@ -2,6 +2,7 @@
 
 pub mod config;
 pub mod gguf;
+pub mod gguf_model;
 mod llama;
 pub mod safetensors_dir;
 pub mod weights;
@@ -39,7 +40,9 @@ impl Model {
             let (c, w) = safetensors_dir::open(path)?;
             (ModelFormat::Safetensors, c, w)
         } else {
-            return Err(Error::format(path, "not a model directory"));
+            let g = gguf::GgufFile::open(path)?;
+            let (c, w) = gguf_model::open(&g)?;
+            (ModelFormat::Gguf, c, w)
         };
         let inv_freq = inv_freq(config.head_dim, config.rope_theta, &config.rope_scaling);
         Ok(Model {

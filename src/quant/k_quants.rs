@@ -33,11 +33,7 @@ pub(super) fn q4_k(block: &[u8], out: &mut [f32]) {
     let dmin = f16_at(block, 2);
     let scales = &block[4..16];
     let qs = &block[16..144];
-    for (chunk, (q, y)) in qs
-        .chunks_exact(32)
-        .zip(out.chunks_exact_mut(64))
-        .enumerate()
-    {
+    for (chunk, (q, y)) in qs.chunks_exact(32).zip(out.chunks_exact_mut(64)).enumerate() {
         let (sc_lo, m_lo) = scale_min_k4(2 * chunk, scales);
         let (sc_hi, m_hi) = scale_min_k4(2 * chunk + 1, scales);
         let (d_lo, min_lo) = (d * sc_lo as f32, dmin * m_lo as f32);

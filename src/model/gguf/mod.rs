@@ -47,10 +47,7 @@ impl GgufTensorInfo {
 
     /// Number of rows: the product of the dimensions after `ne[0]`.
     pub fn rows(&self) -> usize {
-        self.shape
-            .iter()
-            .skip(1)
-            .fold(1usize, |a, &d| a.saturating_mul(d))
+        self.shape.iter().skip(1).fold(1usize, |a, &d| a.saturating_mul(d))
     }
 
     pub fn n_elements(&self) -> usize {
@@ -152,10 +149,7 @@ impl GgufFile {
         }
         let mut out = vec![0f32; t.n_elements()];
         if cols > 0 {
-            for (src, dst) in data
-                .chunks_exact(row_bytes.max(1))
-                .zip(out.chunks_exact_mut(cols))
-            {
+            for (src, dst) in data.chunks_exact(row_bytes.max(1)).zip(out.chunks_exact_mut(cols)) {
                 dequantize_row(t.dtype, src, dst)?;
             }
         }
@@ -180,8 +174,7 @@ impl GgufFile {
 
     pub fn get_str(&self, key: &str) -> Result<&str> {
         let v = self.require(key)?;
-        v.as_str()
-            .ok_or_else(|| self.wrong_type(key, "a string", v))
+        v.as_str().ok_or_else(|| self.wrong_type(key, "a string", v))
     }
 
     /// The architecture name (`general.architecture`), which prefixes the model's keys.
@@ -229,8 +222,7 @@ impl GgufFile {
 
     fn get_array(&self, key: &str) -> Result<&[GgufValue]> {
         let v = self.require(key)?;
-        v.as_array()
-            .ok_or_else(|| self.wrong_type(key, "an array", v))
+        v.as_array().ok_or_else(|| self.wrong_type(key, "an array", v))
     }
 
     fn get_array_of<'a, T>(
@@ -243,12 +235,7 @@ impl GgufFile {
             .iter()
             .enumerate()
             .map(|(i, v)| {
-                f(v).ok_or_else(|| {
-                    self.field(
-                        key,
-                        format!("element {i}: expected {expected}, found {}", describe(v)),
-                    )
-                })
+                f(v).ok_or_else(|| self.field(key, format!("element {i}: expected {expected}, found {}", describe(v))))
             })
             .collect()
     }

@@ -76,11 +76,7 @@ pub fn rope_permute_row(row: usize, head_dim: usize) -> usize {
         return row;
     }
     let (head, j) = (row / head_dim, row % head_dim);
-    let i = if j % 2 == 0 {
-        j / 2
-    } else {
-        head_dim / 2 + j / 2
-    };
+    let i = if j % 2 == 0 { j / 2 } else { head_dim / 2 + j / 2 };
     head * head_dim + i
 }
 

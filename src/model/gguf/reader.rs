@@ -86,9 +86,7 @@ impl<'a> Cursor<'a> {
     fn length(&mut self, min_each: usize, what: &str) -> Short<usize> {
         let at = self.pos;
         let n = self.u64(what)?;
-        let need = usize::try_from(n)
-            .ok()
-            .and_then(|n| n.checked_mul(min_each));
+        let need = usize::try_from(n).ok().and_then(|n| n.checked_mul(min_each));
         match need {
             Some(need) if need <= self.remaining() => Ok(n as usize),
             _ => Err(format!(
@@ -126,26 +124,18 @@ impl<'a> Cursor<'a> {
                 0 => GgufValue::Bool(false),
                 1 => GgufValue::Bool(true),
                 b => {
-                    return Err(format!(
-                        "bool byte {b} at byte {} is neither 0 nor 1",
-                        self.pos - 1
-                    ));
+                    return Err(format!("bool byte {b} at byte {} is neither 0 nor 1", self.pos - 1));
                 }
             },
             // Values are free text (chat templates, token strings); a stray invalid byte
             // should not make the whole model unreadable.
-            type_id::STRING => GgufValue::String(
-                String::from_utf8_lossy(self.string_bytes("string")?).into_owned(),
-            ),
+            type_id::STRING => GgufValue::String(String::from_utf8_lossy(self.string_bytes("string")?).into_owned()),
             type_id::ARRAY => {
                 if depth >= MAX_ARRAY_NESTING {
-                    return Err(format!(
-                        "arrays nested deeper than {MAX_ARRAY_NESTING} levels"
-                    ));
+                    return Err(format!("arrays nested deeper than {MAX_ARRAY_NESTING} levels"));
                 }
                 let elem = self.u32("array element type")?;
-                let min_each = min_value_bytes(elem)
-                    .ok_or_else(|| format!("unknown array element type {elem}"))?;
+                let min_each = min_value_bytes(elem).ok_or_else(|| format!("unknown array element type {elem}"))?;
                 let n = self.length(min_each, "array length")?;
                 let mut items = Vec::with_capacity(n);
                 for _ in 0..n {
@@ -212,8 +202,7 @@ pub(super) fn parse(file: &Path, bytes: &[u8]) -> Result<Parsed> {
     let mut relative = Vec::with_capacity(n_tensors);
     for i in 0..n_tensors {
         let name = c.name(&format!("tensor info #{i} name")).map_err(format)?;
-        let (info, offset) =
-            tensor_info(&mut c, name.clone()).map_err(|what| Error::tensor(file, &name, what))?;
+        let (info, offset) = tensor_info(&mut c, name.clone()).map_err(|what| Error::tensor(file, &name, what))?;
         if index.insert(name.clone(), i).is_some() {
             return Err(Error::tensor(file, name, "duplicate tensor name"));
         }
@@ -221,12 +210,8 @@ pub(super) fn parse(file: &Path, bytes: &[u8]) -> Result<Parsed> {
         relative.push(offset);
     }
 
-    let data_offset = align_up(c.pos, alignment).ok_or_else(|| {
-        format(format!(
-            "data section offset overflows after byte {}",
-            c.pos
-        ))
-    })?;
+    let data_offset = align_up(c.pos, alignment)
+        .ok_or_else(|| format(format!("data section offset overflows after byte {}", c.pos)))?;
     if data_offset > bytes.len() && !tensors.is_empty() {
         return Err(format(format!(
             "data section starts at byte {data_offset}, past the end of the file ({} bytes)",
@@ -242,9 +227,7 @@ pub(super) fn parse(file: &Path, bytes: &[u8]) -> Result<Parsed> {
                 "data offset {off} is not a multiple of the alignment {alignment}"
             )));
         }
-        let end = usize::try_from(off)
-            .ok()
-            .and_then(|o| o.checked_add(t.n_bytes));
+        let end = usize::try_from(off).ok().and_then(|o| o.checked_add(t.n_bytes));
         match end {
             Some(end) if end <= data_len => t.offset = data_offset + off as usize,
             _ => {
@@ -275,16 +258,13 @@ fn alignment(file: &Path, metadata: &BTreeMap<String, GgufValue>) -> Result<usiz
     let Some(v) = metadata.get(KEY_ALIGNMENT) else {
         return Ok(DEFAULT_ALIGNMENT);
     };
-    let a = v
-        .as_i128()
-        .and_then(|a| u32::try_from(a).ok())
-        .ok_or_else(|| {
-            Error::field(
-                file,
-                KEY_ALIGNMENT,
-                format!("expected a u32, found {} {v}", v.type_name()),
-            )
-        })?;
+    let a = v.as_i128().and_then(|a| u32::try_from(a).ok()).ok_or_else(|| {
+        Error::field(
+            file,
+            KEY_ALIGNMENT,
+            format!("expected a u32, found {} {v}", v.type_name()),
+        )
+    })?;
     if !a.is_power_of_two() {
         return Err(Error::field(
             file,
@@ -313,8 +293,7 @@ fn tensor_info(c: &mut Cursor<'_>, name: String) -> Short<(GgufTensorInfo, u64)>
         shape.push(ne);
     }
     let type_id = c.u32("ggml type")?;
-    let dtype =
-        dtype_from_ggml(type_id).ok_or_else(|| format!("unsupported ggml type {type_id}"))?;
+    let dtype = dtype_from_ggml(type_id).ok_or_else(|| format!("unsupported ggml type {type_id}"))?;
     let offset = c.u64("data offset")?;
 
     let cols = shape[0];

@@ -60,10 +60,7 @@ impl GgufWriter {
             return Err(bad("added twice".into()));
         }
         if shape.is_empty() || shape.len() > MAX_DIMS {
-            return Err(bad(format!(
-                "{} dimensions (1 to {MAX_DIMS} are allowed)",
-                shape.len()
-            )));
+            return Err(bad(format!("{} dimensions (1 to {MAX_DIMS} are allowed)", shape.len())));
         }
         let rows = shape[1..].iter().try_fold(1usize, |a, &d| a.checked_mul(d));
         let expected = rows.and_then(|rows| dtype.tensor_bytes(rows, shape[0]));
@@ -83,12 +80,7 @@ impl GgufWriter {
     }
 
     /// Adds an F32 tensor from its values (ggml shape, `shape[0]` contiguous).
-    pub fn add_f32_tensor(
-        &mut self,
-        name: impl Into<String>,
-        shape: &[usize],
-        values: &[f32],
-    ) -> Result<&mut Self> {
+    pub fn add_f32_tensor(&mut self, name: impl Into<String>, shape: &[usize], values: &[f32]) -> Result<&mut Self> {
         let data = values.iter().flat_map(|v| v.to_le_bytes()).collect();
         self.add_tensor(name, DType::F32, shape, data)
     }
@@ -135,8 +127,7 @@ impl GgufWriter {
     fn validate(&self) -> Result<()> {
         self.alignment()?;
         for (key, value) in &self.metadata {
-            check_value(value)
-                .map_err(|what| Error::invalid(format!("GGUF writer: key `{key}`: {what}")))?;
+            check_value(value).map_err(|what| Error::invalid(format!("GGUF writer: key `{key}`: {what}")))?;
         }
         Ok(())
     }
