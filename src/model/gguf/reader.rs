@@ -237,7 +237,7 @@ pub(super) fn parse(file: &Path, bytes: &[u8]) -> Result<Parsed> {
 
     for (t, &off) in tensors.iter_mut().zip(&relative) {
         let place = |what: String| Error::tensor(file, &t.name, what);
-        if off % alignment as u64 != 0 {
+        if !off.is_multiple_of(alignment as u64) {
             return Err(place(format!(
                 "data offset {off} is not a multiple of the alignment {alignment}"
             )));
@@ -318,7 +318,7 @@ fn tensor_info(c: &mut Cursor<'_>, name: String) -> Short<(GgufTensorInfo, u64)>
     let offset = c.u64("data offset")?;
 
     let cols = shape[0];
-    if cols % dtype.block_len() != 0 {
+    if !cols.is_multiple_of(dtype.block_len()) {
         return Err(format!(
             "ne[0] = {cols} is not a multiple of the {dtype} block length {}",
             dtype.block_len()
