@@ -190,8 +190,10 @@ pub(super) fn parse(file: &Path, bytes: &[u8]) -> Result<Parsed> {
             "unsupported GGUF version {version} (versions 2 and 3 are read; a big-endian file also shows as a huge version)"
         )));
     }
-    let n_tensors = count(&mut c, MIN_TENSOR_INFO_BYTES, "tensor count").map_err(format)?;
-    let n_kv = count(&mut c, MIN_KV_BYTES, "metadata count").map_err(format)?;
+    let n_tensors = c
+        .length(MIN_TENSOR_INFO_BYTES, "tensor count")
+        .map_err(format)?;
+    let n_kv = c.length(MIN_KV_BYTES, "metadata count").map_err(format)?;
 
     let mut metadata = BTreeMap::new();
     for i in 0..n_kv {
@@ -265,10 +267,6 @@ pub(super) fn parse(file: &Path, bytes: &[u8]) -> Result<Parsed> {
         index,
         data_offset,
     })
-}
-
-fn count(c: &mut Cursor<'_>, min_each: usize, what: &str) -> Short<usize> {
-    c.length(min_each, what)
 }
 
 fn alignment(file: &Path, metadata: &BTreeMap<String, GgufValue>) -> Result<usize> {
