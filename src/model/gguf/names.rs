@@ -61,7 +61,7 @@ pub fn gguf_name_for_hf(name: &str) -> Option<String> {
 /// `h*head_dim + 2*(i - head_dim/2) + 1`. Architectures converted without that reorder
 /// (qwen2) keep HF order. `head_dim` must be even; other values return `row` unchanged.
 pub fn rope_unpermute_row(row: usize, head_dim: usize) -> usize {
-    if head_dim < 2 || head_dim % 2 != 0 {
+    if head_dim < 2 || !head_dim.is_multiple_of(2) {
         return row;
     }
     let (head, i) = (row / head_dim, row % head_dim);
@@ -72,11 +72,15 @@ pub fn rope_unpermute_row(row: usize, head_dim: usize) -> usize {
 
 /// The HF row held by GGUF row `row`: the inverse of [`rope_unpermute_row`].
 pub fn rope_permute_row(row: usize, head_dim: usize) -> usize {
-    if head_dim < 2 || head_dim % 2 != 0 {
+    if head_dim < 2 || !head_dim.is_multiple_of(2) {
         return row;
     }
     let (head, j) = (row / head_dim, row % head_dim);
-    let i = if j % 2 == 0 { j / 2 } else { head_dim / 2 + j / 2 };
+    let i = if j.is_multiple_of(2) {
+        j / 2
+    } else {
+        head_dim / 2 + j / 2
+    };
     head * head_dim + i
 }
 

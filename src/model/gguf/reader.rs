@@ -180,8 +180,10 @@ pub(super) fn parse(file: &Path, bytes: &[u8]) -> Result<Parsed> {
             "unsupported GGUF version {version} (versions 2 and 3 are read; a big-endian file also shows as a huge version)"
         )));
     }
-    let n_tensors = count(&mut c, MIN_TENSOR_INFO_BYTES, "tensor count").map_err(format)?;
-    let n_kv = count(&mut c, MIN_KV_BYTES, "metadata count").map_err(format)?;
+    let n_tensors = c
+        .length(MIN_TENSOR_INFO_BYTES, "tensor count")
+        .map_err(format)?;
+    let n_kv = c.length(MIN_KV_BYTES, "metadata count").map_err(format)?;
 
     let mut metadata = BTreeMap::new();
     for i in 0..n_kv {
@@ -222,7 +224,7 @@ pub(super) fn parse(file: &Path, bytes: &[u8]) -> Result<Parsed> {
 
     for (t, &off) in tensors.iter_mut().zip(&relative) {
         let place = |what: String| Error::tensor(file, &t.name, what);
-        if off % alignment as u64 != 0 {
+        if !off.is_multiple_of(alignment as u64) {
             return Err(place(format!(
                 "data offset {off} is not a multiple of the alignment {alignment}"
             )));
@@ -248,10 +250,6 @@ pub(super) fn parse(file: &Path, bytes: &[u8]) -> Result<Parsed> {
         index,
         data_offset,
     })
-}
-
-fn count(c: &mut Cursor<'_>, min_each: usize, what: &str) -> Short<usize> {
-    c.length(min_each, what)
 }
 
 fn alignment(file: &Path, metadata: &BTreeMap<String, GgufValue>) -> Result<usize> {
@@ -297,7 +295,7 @@ fn tensor_info(c: &mut Cursor<'_>, name: String) -> Short<(GgufTensorInfo, u64)>
     let offset = c.u64("data offset")?;
 
     let cols = shape[0];
-    if cols % dtype.block_len() != 0 {
+    if !cols.is_multiple_of(dtype.block_len()) {
         return Err(format!(
             "ne[0] = {cols} is not a multiple of the {dtype} block length {}",
             dtype.block_len()
