@@ -1,1 +1,0 @@
-//! Tokenizers (HF `tokenizer.json` or rebuilt from GGUF) and chat templates.
