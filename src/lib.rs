@@ -12,4 +12,9 @@ pub mod quant;
 pub mod tokenizer;
 
 pub use error::{Error, Result};
+pub mod adapter;
+pub mod bench;
+pub mod convert;
+pub mod data;
+pub mod rng;
 pub mod score;

@@ -24,16 +24,12 @@ fn write_bytes(name: &str, bytes: &[u8]) -> PathBuf {
 fn model_path() -> PathBuf {
     std::env::var_os("NUDGE_MODEL")
         .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("models/SmolLM2-135M-Instruct.Q4_1.gguf")
-        })
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("models/SmolLM2-135M-Instruct.Q4_1.gguf"))
 }
 
 /// Deterministic bytes for tensor data.
 fn pattern(n: usize, seed: u8) -> Vec<u8> {
-    (0..n)
-        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
-        .collect()
+    (0..n).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
 }
 
 /// Valid f16 bytes (small finite values), so dequantizing the sample never sees NaN.
@@ -98,14 +94,10 @@ fn sample_writer() -> GgufWriter {
                 GgufValue::Array(vec![]),
             ]),
         );
-    w.add_tensor(TENSORS[0], DType::F32, &[8, 4], pattern(128, 1))
-        .unwrap();
-    w.add_tensor(TENSORS[1], DType::Q8_0, &[64, 2], q8_0_blocks(4))
-        .unwrap();
-    w.add_tensor(TENSORS[2], DType::F16, &[32, 3], f16_bytes(96))
-        .unwrap();
-    w.add_tensor(TENSORS[3], DType::Q4_K, &[256, 1], vec![0; 144])
-        .unwrap();
+    w.add_tensor(TENSORS[0], DType::F32, &[8, 4], pattern(128, 1)).unwrap();
+    w.add_tensor(TENSORS[1], DType::Q8_0, &[64, 2], q8_0_blocks(4)).unwrap();
+    w.add_tensor(TENSORS[2], DType::F16, &[32, 3], f16_bytes(96)).unwrap();
+    w.add_tensor(TENSORS[3], DType::Q4_K, &[256, 1], vec![0; 144]).unwrap();
     w.add_f32_tensor(TENSORS[4], &[8], &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0])
         .unwrap();
     w
@@ -259,10 +251,7 @@ fn writer_output_reads_back_identically() {
         g.get_str_array("tokenizer.ggml.tokens").unwrap(),
         ["<s>", "a", "b c", "é"]
     );
-    assert_eq!(
-        g.get_i32_array("tokenizer.ggml.token_type").unwrap(),
-        [3, 1, 1, 6]
-    );
+    assert_eq!(g.get_i32_array("tokenizer.ggml.token_type").unwrap(), [3, 1, 1, 6]);
     assert_eq!(
         g.get("test.nested"),
         Some(&GgufValue::Array(vec![
@@ -333,18 +322,13 @@ fn writer_honours_custom_alignment_and_is_atomic() {
     // Refusals happen before anything is written.
     w.set("general.alignment", 48u32);
     assert!(matches!(w.write(&path), Err(Error::Invalid(m)) if m.contains("general.alignment")));
-    assert_eq!(
-        GgufFile::open(&path).unwrap().alignment,
-        64,
-        "the old file is intact"
-    );
+    assert_eq!(GgufFile::open(&path).unwrap().alignment, 64, "the old file is intact");
 }
 
 #[test]
 fn writer_rejects_inconsistent_tensors_and_values() {
     let mut w = GgufWriter::new();
-    w.add_tensor("a.weight", DType::F32, &[4], vec![0; 16])
-        .unwrap();
+    w.add_tensor("a.weight", DType::F32, &[4], vec![0; 16]).unwrap();
     let dup = w.add_tensor("a.weight", DType::F32, &[4], vec![0; 16]);
     assert!(matches!(dup, Err(Error::Invalid(m)) if m.contains("a.weight") && m.contains("twice")));
     let size = w.add_tensor("b.weight", DType::Q8_0, &[32, 2], vec![0; 34]);
@@ -353,10 +337,7 @@ fn writer_rejects_inconsistent_tensors_and_values() {
     assert!(matches!(partial, Err(Error::Invalid(m)) if m.contains("c.weight")));
     let dims = w.add_tensor("d.weight", DType::F32, &[1, 1, 1, 1, 1], vec![0; 4]);
     assert!(matches!(dims, Err(Error::Invalid(m)) if m.contains("d.weight")));
-    w.set(
-        "mixed",
-        GgufValue::Array(vec![GgufValue::U8(1), GgufValue::I8(1)]),
-    );
+    w.set("mixed", GgufValue::Array(vec![GgufValue::U8(1), GgufValue::I8(1)]));
     assert!(matches!(w.to_bytes(), Err(Error::Invalid(m)) if m.contains("mixed")));
 }
 
@@ -416,10 +397,7 @@ fn broken_metadata_values_are_field_errors_naming_the_key() {
     // Array: type u32, element type u32, u64 count.
     let at = after_key(&good, "tokenizer.ggml.tokens") + 8;
     assert_eq!(get_u64(&good, at), 4);
-    for (i, n) in [1u64 << 40, u64::MAX, (good.len() / 8) as u64]
-        .into_iter()
-        .enumerate()
-    {
+    for (i, n) in [1u64 << 40, u64::MAX, (good.len() / 8) as u64].into_iter().enumerate() {
         let mut b = good.clone();
         put_u64(&mut b, at, n);
         assert_field(
@@ -432,12 +410,7 @@ fn broken_metadata_values_are_field_errors_naming_the_key() {
 
     let mut b = good.clone();
     put_u32(&mut b, after_key(&good, "test.u16"), 13);
-    assert_field(
-        "unknown_value_type.gguf",
-        &b,
-        "test.u16",
-        "unknown value type 13",
-    );
+    assert_field("unknown_value_type.gguf", &b, "test.u16", "unknown value type 13");
 
     let mut b = good.clone();
     put_u32(&mut b, after_key(&good, "tokenizer.ggml.tokens") + 4, 77);
@@ -492,12 +465,7 @@ fn broken_metadata_values_are_field_errors_naming_the_key() {
     let mut b = w.to_bytes().unwrap();
     let at = after_key(&b, "general.alignment");
     put_u32(&mut b, at, 8);
-    assert_field(
-        "alignment_as_string.gguf",
-        &b,
-        "general.alignment",
-        "past the end",
-    );
+    assert_field("alignment_as_string.gguf", &b, "general.alignment", "past the end");
 }
 
 #[test]
@@ -532,12 +500,7 @@ fn broken_tensor_infos_are_tensor_errors_naming_the_tensor() {
     // Declared shape bigger than the bytes the format gives it: grows into the next tensor.
     let mut b = good.clone();
     put_u64(&mut b, info(embd).dims + 8, 16);
-    assert_tensor(
-        "shape_overlaps_next.gguf",
-        &b,
-        q,
-        "overlaps tensor `token_embd.weight`",
-    );
+    assert_tensor("shape_overlaps_next.gguf", &b, q, "overlaps tensor `token_embd.weight`");
     // ... or past the end of the data.
     let mut b = good.clone();
     put_u64(&mut b, info(norm).dims, 1 << 30);
@@ -582,12 +545,7 @@ fn broken_tensor_infos_are_tensor_errors_naming_the_tensor() {
 
     let mut b = good.clone();
     put_u64(&mut b, info(k).offset, offset_of(k) + 4);
-    assert_tensor(
-        "misaligned.gguf",
-        &b,
-        k,
-        "not a multiple of the alignment 32",
-    );
+    assert_tensor("misaligned.gguf", &b, k, "not a multiple of the alignment 32");
 
     for n in [0u32, 5] {
         let mut b = good.clone();
@@ -602,12 +560,7 @@ fn broken_tensor_infos_are_tensor_errors_naming_the_tensor() {
     let mut b = w.to_bytes().unwrap();
     let at = find(&b, b"b.weight");
     b[at] = b'a';
-    assert_tensor(
-        "duplicate_tensor.gguf",
-        &b,
-        "a.weight",
-        "duplicate tensor name",
-    );
+    assert_tensor("duplicate_tensor.gguf", &b, "a.weight", "duplicate tensor name");
 
     // File cut inside the last tensor's data.
     let g = GgufFile::open(write_bytes("good.gguf", &good)).unwrap();
@@ -632,12 +585,7 @@ fn broken_tensor_infos_are_tensor_errors_naming_the_tensor() {
 fn arbitrary_damage_never_panics() {
     let good = sample_bytes();
     let g = GgufFile::open(write_bytes("fuzz_base.gguf", &good)).unwrap();
-    let data_end = g
-        .tensors
-        .iter()
-        .map(|t| t.offset + t.n_bytes)
-        .max()
-        .unwrap();
+    let data_end = g.tensors.iter().map(|t| t.offset + t.n_bytes).max().unwrap();
     let path = tmp_path("fuzz.gguf");
     let mut opened = 0;
     std::fs::write(&path, &good).unwrap();
@@ -660,16 +608,10 @@ fn arbitrary_damage_never_panics() {
         put_byte(at, orig);
     }
     // Some damage is benign (metadata values, padding), most is not.
-    assert!(
-        opened > 0 && opened < 4 * g.data_offset(),
-        "opened {opened}"
-    );
+    assert!(opened > 0 && opened < 4 * g.data_offset(), "opened {opened}");
     for len in (0..data_end).step_by(7) {
         std::fs::write(&path, &good[..len]).unwrap();
-        assert!(
-            GgufFile::open(&path).is_err(),
-            "prefix of {len} bytes opened"
-        );
+        assert!(GgufFile::open(&path).is_err(), "prefix of {len} bytes opened");
     }
 }
 
@@ -705,10 +647,7 @@ fn typed_getters_name_the_key() {
     assert!(what.contains("element 0"), "{what}");
     let (f, _) = field_of(g.get_i32_array("general.name").map(drop));
     assert_eq!(f, "general.name");
-    assert_eq!(
-        g.get_u32_array("tokenizer.ggml.token_type").unwrap(),
-        [3, 1, 1, 6]
-    );
+    assert_eq!(g.get_u32_array("tokenizer.ggml.token_type").unwrap(), [3, 1, 1, 6]);
     assert_eq!(g.get_usize("test.u64").unwrap(), 1 << 40);
 }
 
@@ -745,10 +684,7 @@ fn real_model_is_consistent() {
         .count();
     assert_eq!(attn_q, block_count);
     for i in 0..block_count {
-        assert!(
-            g.tensor(&format!("blk.{i}.attn_q.weight")).is_some(),
-            "layer {i}"
-        );
+        assert!(g.tensor(&format!("blk.{i}.attn_q.weight")).is_some(), "layer {i}");
     }
 
     let n_embd = g.get_usize(&format!("{arch}.embedding_length")).unwrap();
@@ -757,14 +693,9 @@ fn real_model_is_consistent() {
     let tokens = g.get_str_array("tokenizer.ggml.tokens").unwrap();
     assert_eq!(embd.rows(), tokens.len());
     if g.get(&format!("{arch}.vocab_size")).is_some() {
-        assert_eq!(
-            g.get_usize(&format!("{arch}.vocab_size")).unwrap(),
-            tokens.len()
-        );
+        assert_eq!(g.get_usize(&format!("{arch}.vocab_size")).unwrap(), tokens.len());
     }
-    let eps = g
-        .get_f32(&format!("{arch}.attention.layer_norm_rms_epsilon"))
-        .unwrap();
+    let eps = g.get_f32(&format!("{arch}.attention.layer_norm_rms_epsilon")).unwrap();
     assert!(eps > 0.0 && eps < 1e-2);
 }
 

@@ -20,8 +20,8 @@ fn golden_dir() -> PathBuf {
 
 fn golden() -> Value {
     let path = golden_dir().join("golden.json");
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("{}: {e} (set NUDGE_GOLDEN_DIR)", path.display()));
+    let text =
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e} (set NUDGE_GOLDEN_DIR)", path.display()));
     serde_json::from_str(&text).unwrap()
 }
 
@@ -87,16 +87,8 @@ fn golden_example_ids() -> Vec<Vec<u32>> {
 
 fn check_golden_encoding(tok: &TextTokenizer) {
     for (text, expected) in golden_tokenizer_cases() {
-        assert_eq!(
-            tok.encode(&text, false).unwrap(),
-            expected,
-            "encode {text:?}"
-        );
-        assert_eq!(
-            tok.decode(&expected, false).unwrap(),
-            text,
-            "decode {expected:?}"
-        );
+        assert_eq!(tok.encode(&text, false).unwrap(), expected, "encode {text:?}");
+        assert_eq!(tok.decode(&expected, false).unwrap(), text, "decode {expected:?}");
     }
 }
 
@@ -110,11 +102,7 @@ fn check_golden_chat(tok: &TextTokenizer) {
 fn check_examples_round_trip(tok: &TextTokenizer) {
     for expected in golden_example_ids() {
         let text = tok.decode(&expected, false).unwrap();
-        assert_eq!(
-            tok.encode(&text, false).unwrap(),
-            expected,
-            "re-encode {text:?}"
-        );
+        assert_eq!(tok.encode(&text, false).unwrap(), expected, "re-encode {text:?}");
     }
 }
 
@@ -144,10 +132,8 @@ fn hf_special_tokens_come_from_tokenizer_config() {
     assert_eq!(tok.eos_token(), Some(eos));
     assert_eq!(tok.eos_id(), tok.token_to_id(eos));
     assert!(tok.eos_id().is_some());
-    let json: Value = serde_json::from_str(
-        &std::fs::read_to_string(golden_dir().join("hf/tokenizer.json")).unwrap(),
-    )
-    .unwrap();
+    let json: Value =
+        serde_json::from_str(&std::fs::read_to_string(golden_dir().join("hf/tokenizer.json")).unwrap()).unwrap();
     let model_vocab = json["model"]["vocab"].as_object().unwrap().len();
     assert_eq!(tok.vocab_size(), model_vocab);
 
@@ -297,16 +283,8 @@ fn gguf_pre_tokenizers_split_numbers_by_family() {
     ];
     for (pre, pieces) in cases {
         let tok = build(&synthetic_vocab(pre));
-        assert_eq!(
-            tok.encode("1234", false).unwrap(),
-            piece_ids(&tok, pieces),
-            "{pre}"
-        );
-        assert_eq!(
-            tok.decode(&tok.encode("1234", false).unwrap(), false)
-                .unwrap(),
-            "1234"
-        );
+        assert_eq!(tok.encode("1234", false).unwrap(), piece_ids(&tok, pieces), "{pre}");
+        assert_eq!(tok.decode(&tok.encode("1234", false).unwrap(), false).unwrap(), "1234");
     }
 }
 
@@ -322,28 +300,16 @@ fn gguf_pre_tokenizers_treat_contractions_by_family() {
     ];
     for (pre, pieces) in cases {
         let tok = build(&synthetic_vocab(pre));
-        assert_eq!(
-            tok.encode("I'M", false).unwrap(),
-            piece_ids(&tok, pieces),
-            "{pre}"
-        );
+        assert_eq!(tok.encode("I'M", false).unwrap(), piece_ids(&tok, pieces), "{pre}");
     }
 }
 
 #[test]
 fn gguf_llama3_takes_whole_words_from_the_vocabulary() {
-    let cases: [(&str, &[&str]); 3] = [
-        ("llama-bpe", &["ab"]),
-        ("gpt2", &["a", "b"]),
-        ("qwen2", &["a", "b"]),
-    ];
+    let cases: [(&str, &[&str]); 3] = [("llama-bpe", &["ab"]), ("gpt2", &["a", "b"]), ("qwen2", &["a", "b"])];
     for (pre, pieces) in cases {
         let tok = build(&synthetic_vocab(pre));
-        assert_eq!(
-            tok.encode("ab", false).unwrap(),
-            piece_ids(&tok, pieces),
-            "{pre}"
-        );
+        assert_eq!(tok.encode("ab", false).unwrap(), piece_ids(&tok, pieces), "{pre}");
     }
 }
 
@@ -351,10 +317,7 @@ fn gguf_llama3_takes_whole_words_from_the_vocabulary() {
 fn gguf_qwen2_normalizes_to_nfc() {
     let decomposed = "e\u{301}";
     let qwen = build(&synthetic_vocab("qwen2"));
-    assert_eq!(
-        qwen.encode(decomposed, false).unwrap(),
-        piece_ids(&qwen, &["é"])
-    );
+    assert_eq!(qwen.encode(decomposed, false).unwrap(), piece_ids(&qwen, &["é"]));
     // Without NFC the combining accent stays its own bytes, which no merge joins.
     let gpt2 = build(&synthetic_vocab("gpt2"));
     let bytes: Vec<u32> = byte_level(decomposed)
@@ -388,10 +351,7 @@ fn gguf_bos_and_eos_are_added_when_the_vocabulary_asks() {
     vocab.add_bos = true;
     let tok = build(&vocab);
     let bos = vocab.bos_id.unwrap();
-    assert_eq!(
-        tok.encode("ab", true).unwrap(),
-        [vec![bos], plain.clone()].concat()
-    );
+    assert_eq!(tok.encode("ab", true).unwrap(), [vec![bos], plain.clone()].concat());
     assert_eq!(tok.encode("ab", false).unwrap(), plain);
     assert_eq!(tok.bos_token(), Some(BOS));
     assert_eq!(tok.bos_id(), Some(bos));
@@ -399,10 +359,7 @@ fn gguf_bos_and_eos_are_added_when_the_vocabulary_asks() {
     vocab.add_eos = true;
     let tok = build(&vocab);
     let eos = vocab.eos_id.unwrap();
-    assert_eq!(
-        tok.encode("ab", true).unwrap(),
-        [vec![bos], plain, vec![eos]].concat()
-    );
+    assert_eq!(tok.encode("ab", true).unwrap(), [vec![bos], plain, vec![eos]].concat());
     assert_eq!(tok.eos_id(), Some(eos));
     assert_eq!(tok.eos_token(), Some(EOS));
 }
@@ -459,19 +416,11 @@ fn gguf_malformed_vocabularies_are_typed_errors() {
     let mut v = synthetic_vocab("gpt2");
     v.merges.push("nospace".into());
     let row = (v.merges.len() - 1).to_string();
-    expect_field(
-        TextTokenizer::from_gguf_vocab(&v, &file),
-        "tokenizer.ggml.merges",
-        &row,
-    );
+    expect_field(TextTokenizer::from_gguf_vocab(&v, &file), "tokenizer.ggml.merges", &row);
 
     let mut v = synthetic_vocab("gpt2");
     v.merges.push("4 4".into()); // `44` is not a token
-    expect_field(
-        TextTokenizer::from_gguf_vocab(&v, &file),
-        "tokenizer.ggml.merges",
-        "",
-    );
+    expect_field(TextTokenizer::from_gguf_vocab(&v, &file), "tokenizer.ggml.merges", "");
 
     let mut v = synthetic_vocab("gpt2");
     v.bos_id = Some(v.tokens.len() as u32);
@@ -509,10 +458,7 @@ fn with_template(template: &str) -> TextTokenizer {
 }
 
 fn messages(turns: &[(&str, &str)]) -> Vec<ChatMessage> {
-    turns
-        .iter()
-        .map(|(r, c)| ChatMessage::new(*r, *c))
-        .collect()
+    turns.iter().map(|(r, c)| ChatMessage::new(*r, *c)).collect()
 }
 
 #[test]
@@ -582,9 +528,7 @@ fn missing_chat_template_names_the_model_file() {
 
 /// A fresh directory under the test target holding `files`.
 fn hf_dir(name: &str, files: &[(&str, &str)]) -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join("tokenizer")
-        .join(name);
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("tokenizer").join(name);
     if dir.exists() {
         std::fs::remove_dir_all(&dir).unwrap();
     }
@@ -596,9 +540,7 @@ fn hf_dir(name: &str, files: &[(&str, &str)]) -> PathBuf {
 }
 
 fn synthetic_tokenizer_json() -> String {
-    build(&synthetic_vocab("smollm"))
-        .to_tokenizer_json()
-        .unwrap()
+    build(&synthetic_vocab("smollm")).to_tokenizer_json().unwrap()
 }
 
 #[test]
@@ -615,18 +557,12 @@ fn hf_chat_template_jinja_wins_over_the_config() {
     .to_string();
     let dir = hf_dir(
         "config_template",
-        &[
-            ("tokenizer.json", &json),
-            ("tokenizer_config.json", &config),
-        ],
+        &[("tokenizer.json", &json), ("tokenizer_config.json", &config)],
     );
     let tok = TextTokenizer::from_hf_dir(&dir).unwrap();
     assert_eq!(tok.bos_token(), Some(BOS));
     assert_eq!(tok.eos_id(), tok.token_to_id(EOS));
-    assert_eq!(
-        tok.apply_chat_template(&[], false).unwrap(),
-        format!("config {BOS}")
-    );
+    assert_eq!(tok.apply_chat_template(&[], false).unwrap(), format!("config {BOS}"));
 
     let dir = hf_dir(
         "jinja_template",
@@ -637,10 +573,7 @@ fn hf_chat_template_jinja_wins_over_the_config() {
         ],
     );
     let tok = TextTokenizer::from_hf_dir(&dir).unwrap();
-    assert_eq!(
-        tok.apply_chat_template(&[], false).unwrap(),
-        format!("jinja {EOS}")
-    );
+    assert_eq!(tok.apply_chat_template(&[], false).unwrap(), format!("jinja {EOS}"));
 
     let dir = hf_dir("no_template", &[("tokenizer.json", &json)]);
     let tok = TextTokenizer::from_hf_dir(&dir).unwrap();
@@ -656,10 +589,7 @@ fn hf_chat_template_jinja_wins_over_the_config() {
 
 #[test]
 fn hf_malformed_files_are_typed_errors_naming_the_file() {
-    for (name, text) in [
-        ("not_json", "{\"model\": "),
-        ("not_a_tokenizer", "{\"model\": 3}"),
-    ] {
+    for (name, text) in [("not_json", "{\"model\": "), ("not_a_tokenizer", "{\"model\": 3}")] {
         let dir = hf_dir(name, &[("tokenizer.json", text)]);
         match TextTokenizer::from_hf_dir(&dir) {
             Err(Error::Format { file, .. }) => assert_eq!(file, dir.join("tokenizer.json")),

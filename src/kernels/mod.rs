@@ -4,6 +4,7 @@ pub mod simd;
 
 pub mod attention;
 pub mod logprob;
+pub mod lora;
 pub mod matmul;
 pub mod rmsnorm;
 pub mod rope;

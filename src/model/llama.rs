@@ -1,27 +1,129 @@
-//! The Llama-family network (Llama 2/3, SmolLM2, TinyLlama, Mistral, Qwen2) in float32.
+//! The Llama-family network (Llama 2/3, SmolLM2, TinyLlama, Mistral, Qwen2) in float32,
+//! with optional LoRA on its projections: the forward pass, and next to it the backward
+//! pass that produces gradients for the adapter only (the base stays frozen).
 
 use super::Model;
-use super::weights::{Layer, TensorSlice, Weights};
+use super::weights::{Layer, Proj, TensorSlice, Weights};
+use crate::adapter::{Adapter, LoraPair};
 use crate::error::{Error, Result};
-use crate::kernels::attention::{AttnLayout, AttnShape, attention_forward};
-use crate::kernels::matmul::matmul_wt;
-use crate::kernels::rmsnorm::rmsnorm_forward;
-use crate::kernels::rope::{RopeTable, rope_forward};
-use crate::kernels::swiglu::swiglu_forward;
+use crate::kernels::attention::{AttnLayout, AttnShape, attention_backward, attention_forward};
+use crate::kernels::lora::{dropout, lora_backward, lora_forward};
+use crate::kernels::matmul::{matmul_w_acc, matmul_wt};
+use crate::kernels::rmsnorm::{rmsnorm_backward, rmsnorm_forward};
+use crate::kernels::rope::{RopeTable, rope_backward, rope_forward};
+use crate::kernels::swiglu::{swiglu_backward, swiglu_forward};
 
-/// Scratch activations of one layer for `t` tokens, reused across layers.
-struct Scratch {
-    xn: Vec<f32>,      // [T, hidden]
-    q: Vec<f32>,       // [T, q_dim]
-    k: Vec<f32>,       // [T, kv_dim]
-    v: Vec<f32>,       // [T, kv_dim]
-    attn: Vec<f32>,    // [T, q_dim]
-    lse: Vec<f32>,     // [T, heads]
-    inv_rms: Vec<f32>, // [T]
-    proj: Vec<f32>,    // [T, hidden]
-    gate: Vec<f32>,    // [T, intermediate]
-    up: Vec<f32>,      // [T, intermediate]
-    act: Vec<f32>,     // [T, intermediate]
+/// Adapter dropout during training: masks are a function of (seed, layer, projection).
+#[derive(Clone, Copy, Debug)]
+pub struct Dropout {
+    pub p: f32,
+    pub seed: u64,
+}
+
+/// The adapter (if any) a forward pass applies, with training-time dropout.
+#[derive(Clone, Copy, Default)]
+pub struct LoraCtx<'a> {
+    pub adapter: Option<&'a Adapter>,
+    pub dropout: Option<Dropout>,
+}
+
+impl LoraCtx<'_> {
+    fn pair(&self, layer: usize, p: Proj) -> Option<(&LoraPair, usize, f32)> {
+        let a = self.adapter?;
+        a.get(layer, p).map(|pair| (pair, a.config.r, a.scale()))
+    }
+    fn dropout_seed(&self, layer: usize, p: Proj) -> Option<(f32, u64)> {
+        self.dropout.filter(|d| d.p > 0.0).map(|d| {
+            (
+                d.p,
+                d.seed ^ ((layer as u64) << 8 | p as u64).wrapping_mul(0x2545f4914f6cdd1d),
+            )
+        })
+    }
+}
+
+/// Every intermediate of one layer for `T` tokens (the backward pass's inputs).
+#[derive(Default)]
+pub(crate) struct LayerActs {
+    x_in: Vec<f32>,   // [T, hidden] layer input
+    xn1: Vec<f32>,    // [T, hidden] input_layernorm output
+    inv1: Vec<f32>,   // [T]
+    q: Vec<f32>,      // [T, q_dim] after rope
+    k: Vec<f32>,      // [T, kv_dim] after rope
+    v: Vec<f32>,      // [T, kv_dim]
+    attn: Vec<f32>,   // [T, q_dim]
+    lse: Vec<f32>,    // [T, heads]
+    x_mid: Vec<f32>,  // [T, hidden] residual after attention
+    xn2: Vec<f32>,    // [T, hidden]
+    inv2: Vec<f32>,   // [T]
+    gate: Vec<f32>,   // [T, intermediate]
+    up: Vec<f32>,     // [T, intermediate]
+    act: Vec<f32>,    // [T, intermediate]
+    proj: Vec<f32>,   // [T, hidden] scratch
+    u: [Vec<f32>; 7], // per projection: [T, r] = x_lora Aᵀ
+    xdrop: Vec<f32>,  // scratch for a dropped-out LoRA input
+}
+
+impl LayerActs {
+    fn sized(model: &Model, t: usize) -> Self {
+        let c = &model.config;
+        let z = |n: usize| vec![0f32; n];
+        LayerActs {
+            x_in: Vec::new(),
+            xn1: z(t * c.hidden_size),
+            inv1: z(t),
+            q: z(t * c.q_dim()),
+            k: z(t * c.kv_dim()),
+            v: z(t * c.kv_dim()),
+            attn: z(t * c.q_dim()),
+            lse: z(t * c.num_attention_heads),
+            x_mid: z(t * c.hidden_size),
+            xn2: z(t * c.hidden_size),
+            inv2: z(t),
+            gate: z(t * c.intermediate_size),
+            up: z(t * c.intermediate_size),
+            act: z(t * c.intermediate_size),
+            proj: z(t * c.hidden_size),
+            u: Default::default(),
+            xdrop: Vec::new(),
+        }
+    }
+
+    /// Bytes held by the activations the backward pass needs.
+    pub(crate) fn bytes_for(model: &Model, t: usize, r: usize) -> usize {
+        let c = &model.config;
+        4 * t
+            * (4 * c.hidden_size
+                + 2
+                + 2 * c.q_dim()
+                + 2 * c.kv_dim()
+                + c.num_attention_heads
+                + 3 * c.intermediate_size
+                + 7 * r)
+    }
+}
+
+/// What the backward pass needs from a training forward pass.
+pub struct Tape {
+    layout: AttnLayout,
+    table: RopeTable,
+    /// Per layer: all activations, or only the input (recomputed in the backward pass).
+    layers: Vec<LayerActs>,
+    keep: Vec<bool>,
+    final_in: Vec<f32>,  // [T, hidden] input of the final norm
+    final_inv: Vec<f32>, // [T]
+    pub(crate) t: usize,
+}
+
+/// How much of the forward pass the training step keeps for the backward pass.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Recompute {
+    /// Keep every layer's activations (fastest, most memory).
+    Never,
+    /// Keep only each layer's input; recompute the rest during the backward pass.
+    Always,
+    /// Keep whole layers while they fit in this many bytes, recompute the others.
+    Budget(usize),
 }
 
 impl Model {
@@ -51,6 +153,13 @@ impl Model {
         Ok(())
     }
 
+    fn check_adapter(&self, lora: &LoraCtx) -> Result<()> {
+        if let Some(a) = lora.adapter {
+            a.check_fits(&self.config, std::path::Path::new("<adapter>"))?;
+        }
+        Ok(())
+    }
+
     /// Embedding rows of `tokens`: [T, hidden].
     pub(crate) fn embed(&self, tokens: &[u32]) -> Vec<f32> {
         let h = self.config.hidden_size;
@@ -64,71 +173,433 @@ impl Model {
 
     /// The final hidden states (after the last RMSNorm) of a packed batch: [T, hidden].
     pub fn hidden_states(&self, tokens: &[u32], layout: &AttnLayout) -> Result<Vec<f32>> {
+        self.hidden_states_with(tokens, layout, LoraCtx::default())
+    }
+
+    /// [`Self::hidden_states`] with an adapter applied.
+    pub fn hidden_states_with(&self, tokens: &[u32], layout: &AttnLayout, lora: LoraCtx) -> Result<Vec<f32>> {
         self.check_tokens(tokens, layout)?;
-        let cfg = &self.config;
+        self.check_adapter(&lora)?;
         let t = tokens.len();
         let mut x = self.embed(tokens);
         let table = RopeTable::new(&self.inv_freq, layout.positions());
-        let mut s = Scratch {
-            xn: vec![0.0; t * cfg.hidden_size],
-            q: vec![0.0; t * cfg.q_dim()],
-            k: vec![0.0; t * cfg.kv_dim()],
-            v: vec![0.0; t * cfg.kv_dim()],
-            attn: vec![0.0; t * cfg.q_dim()],
-            lse: vec![0.0; t * cfg.num_attention_heads],
-            inv_rms: vec![0.0; t],
-            proj: vec![0.0; t * cfg.hidden_size],
-            gate: vec![0.0; t * cfg.intermediate_size],
-            up: vec![0.0; t * cfg.intermediate_size],
-            act: vec![0.0; t * cfg.intermediate_size],
-        };
-        for layer in &self.weights.layers {
-            self.layer_forward(layer, &mut x, layout, &table, &mut s);
+        let mut s = LayerActs::sized(self, t);
+        for (li, layer) in self.weights.layers.iter().enumerate() {
+            self.layer_forward(li, layer, &mut x, layout, &table, &lora, &mut s);
         }
-        let mut out = vec![0f32; t * cfg.hidden_size];
-        rmsnorm_forward(&x, &self.weights.norm, cfg.rms_norm_eps, &mut out, &mut s.inv_rms);
+        let mut out = vec![0f32; t * self.config.hidden_size];
+        rmsnorm_forward(&x, &self.weights.norm, self.config.rms_norm_eps, &mut out, &mut s.inv1);
         Ok(out)
     }
 
-    fn layer_forward(&self, l: &Layer, x: &mut [f32], layout: &AttnLayout, table: &RopeTable, s: &mut Scratch) {
+    /// A training forward pass: final hidden states [T, hidden] and the tape for
+    /// [`Self::backward`].
+    pub fn forward_train(
+        &self,
+        tokens: &[u32],
+        layout: &AttnLayout,
+        lora: LoraCtx,
+        recompute: Recompute,
+    ) -> Result<(Vec<f32>, Tape)> {
+        self.check_tokens(tokens, layout)?;
+        self.check_adapter(&lora)?;
+        let t = tokens.len();
+        let n_layers = self.config.num_hidden_layers;
+        let r = lora.adapter.map_or(0, |a| a.config.r);
+        let per_layer = LayerActs::bytes_for(self, t, r);
+        let kept = match recompute {
+            Recompute::Never => n_layers,
+            Recompute::Always => 0,
+            Recompute::Budget(b) => (b / per_layer.max(1)).min(n_layers),
+        };
+        // The last layers are kept: their backward runs first, before any recomputation.
+        let keep: Vec<bool> = (0..n_layers).map(|l| l >= n_layers - kept).collect();
+        let table = RopeTable::new(&self.inv_freq, layout.positions());
+        let mut x = self.embed(tokens);
+        let mut layers = Vec::with_capacity(n_layers);
+        let mut scratch = LayerActs::sized(self, t);
+        for (li, layer) in self.weights.layers.iter().enumerate() {
+            let x_in = x.clone();
+            if keep[li] {
+                let mut acts = LayerActs::sized(self, t);
+                self.layer_forward(li, layer, &mut x, layout, &table, &lora, &mut acts);
+                acts.x_in = x_in;
+                layers.push(acts);
+            } else {
+                self.layer_forward(li, layer, &mut x, layout, &table, &lora, &mut scratch);
+                layers.push(LayerActs {
+                    x_in,
+                    ..Default::default()
+                });
+            }
+        }
+        let mut out = vec![0f32; t * self.config.hidden_size];
+        let mut final_inv = vec![0f32; t];
+        rmsnorm_forward(
+            &x,
+            &self.weights.norm,
+            self.config.rms_norm_eps,
+            &mut out,
+            &mut final_inv,
+        );
+        let tape = Tape {
+            layout: layout.clone(),
+            table,
+            layers,
+            keep,
+            final_in: x,
+            final_inv,
+            t,
+        };
+        Ok((out, tape))
+    }
+
+    /// Adds into `grads` (an adapter-shaped gradient buffer) the gradient of the loss whose
+    /// derivative with respect to the final hidden states is `dh`: [T, hidden].
+    pub fn backward(&self, tape: Tape, lora: LoraCtx, dh: &[f32], grads: &mut Adapter) {
+        let Tape {
+            layout,
+            table,
+            mut layers,
+            keep,
+            final_in,
+            final_inv,
+            t,
+        } = tape;
+        let h = self.config.hidden_size;
+        let mut dx = vec![0f32; t * h];
+        rmsnorm_backward(&final_in, &self.weights.norm, &final_inv, dh, &mut dx);
+        for li in (0..self.config.num_hidden_layers).rev() {
+            let layer = &self.weights.layers[li];
+            let mut acts = std::mem::take(&mut layers[li]);
+            if !keep[li] {
+                let x_in = std::mem::take(&mut acts.x_in);
+                acts = LayerActs::sized(self, t);
+                let mut x = x_in.clone();
+                self.layer_forward(li, layer, &mut x, &layout, &table, &lora, &mut acts);
+                acts.x_in = x_in;
+            }
+            self.layer_backward(li, layer, &acts, &layout, &table, &lora, &mut dx, grads);
+        }
+    }
+
+    /// One decoder layer in place on the residual stream x: [T, hidden].
+    #[allow(clippy::too_many_arguments)]
+    fn layer_forward(
+        &self,
+        li: usize,
+        l: &Layer,
+        x: &mut [f32],
+        layout: &AttnLayout,
+        table: &RopeTable,
+        lora: &LoraCtx,
+        s: &mut LayerActs,
+    ) {
         let cfg = &self.config;
         let t = layout.n_tokens();
         let w = &self.weights;
-        rmsnorm_forward(x, &l.input_layernorm, cfg.rms_norm_eps, &mut s.xn, &mut s.inv_rms);
-        linear(w, &s.xn, t, &l.q_proj, l.q_bias.as_deref(), &mut s.q);
-        linear(w, &s.xn, t, &l.k_proj, l.k_bias.as_deref(), &mut s.k);
-        linear(w, &s.xn, t, &l.v_proj, l.v_bias.as_deref(), &mut s.v);
+        let eps = cfg.rms_norm_eps;
+        rmsnorm_forward(x, &l.input_layernorm, eps, &mut s.xn1, &mut s.inv1);
+        for (p, bias) in [(Proj::Q, &l.q_bias), (Proj::K, &l.k_bias), (Proj::V, &l.v_bias)] {
+            let mut y = std::mem::take(match p {
+                Proj::Q => &mut s.q,
+                Proj::K => &mut s.k,
+                _ => &mut s.v,
+            });
+            self.linear_forward(
+                li,
+                p,
+                w,
+                &s.xn1,
+                t,
+                l.proj(p),
+                bias.as_deref(),
+                lora,
+                &mut s.u,
+                &mut s.xdrop,
+                &mut y,
+            );
+            match p {
+                Proj::Q => s.q = y,
+                Proj::K => s.k = y,
+                _ => s.v = y,
+            }
+        }
         rope_forward(&mut s.q, cfg.num_attention_heads, table);
         rope_forward(&mut s.k, cfg.num_key_value_heads, table);
-        let shape = AttnShape {
-            n_heads: cfg.num_attention_heads,
-            n_kv_heads: cfg.num_key_value_heads,
-            head_dim: cfg.head_dim,
-        };
-        attention_forward(&s.q, &s.k, &s.v, layout, shape, &mut s.attn, &mut s.lse);
-        linear(w, &s.attn, t, &l.o_proj, None, &mut s.proj);
-        add_into(x, &s.proj);
-        rmsnorm_forward(
-            x,
-            &l.post_attention_layernorm,
-            cfg.rms_norm_eps,
-            &mut s.xn,
-            &mut s.inv_rms,
+        attention_forward(&s.q, &s.k, &s.v, layout, self.attn_shape(), &mut s.attn, &mut s.lse);
+        let mut proj = std::mem::take(&mut s.proj);
+        self.linear_forward(
+            li,
+            Proj::O,
+            w,
+            &s.attn,
+            t,
+            &l.o_proj,
+            None,
+            lora,
+            &mut s.u,
+            &mut s.xdrop,
+            &mut proj,
         );
-        linear(w, &s.xn, t, &l.gate_proj, None, &mut s.gate);
-        linear(w, &s.xn, t, &l.up_proj, None, &mut s.up);
-        swiglu_forward(&s.gate, &s.up, &mut s.act);
-        linear(w, &s.act, t, &l.down_proj, None, &mut s.proj);
-        add_into(x, &s.proj);
+        add_into(x, &proj);
+        s.x_mid.copy_from_slice(x);
+        rmsnorm_forward(x, &l.post_attention_layernorm, eps, &mut s.xn2, &mut s.inv2);
+        let (mut gate, mut up) = (std::mem::take(&mut s.gate), std::mem::take(&mut s.up));
+        self.linear_forward(
+            li,
+            Proj::Gate,
+            w,
+            &s.xn2,
+            t,
+            &l.gate_proj,
+            None,
+            lora,
+            &mut s.u,
+            &mut s.xdrop,
+            &mut gate,
+        );
+        self.linear_forward(
+            li,
+            Proj::Up,
+            w,
+            &s.xn2,
+            t,
+            &l.up_proj,
+            None,
+            lora,
+            &mut s.u,
+            &mut s.xdrop,
+            &mut up,
+        );
+        swiglu_forward(&gate, &up, &mut s.act);
+        (s.gate, s.up) = (gate, up);
+        self.linear_forward(
+            li,
+            Proj::Down,
+            w,
+            &s.act,
+            t,
+            &l.down_proj,
+            None,
+            lora,
+            &mut s.u,
+            &mut s.xdrop,
+            &mut proj,
+        );
+        add_into(x, &proj);
+        s.proj = proj;
     }
-}
 
-/// y[T, out] = x[T, in] · W^T (+ bias)
-fn linear(w: &Weights, x: &[f32], t: usize, ws: &TensorSlice, bias: Option<&[f32]>, y: &mut [f32]) {
-    matmul_wt(x, t, &w.view(ws), y);
-    if let Some(b) = bias {
-        for row in y.chunks_exact_mut(b.len()) {
-            add_into(row, b);
+    /// Backward of [`Self::layer_forward`]: dx: [T, hidden] holds dL/d(layer output) and
+    /// becomes dL/d(layer input); adapter gradients are added into `grads`.
+    #[allow(clippy::too_many_arguments)]
+    fn layer_backward(
+        &self,
+        li: usize,
+        l: &Layer,
+        a: &LayerActs,
+        layout: &AttnLayout,
+        table: &RopeTable,
+        lora: &LoraCtx,
+        dx: &mut [f32],
+        grads: &mut Adapter,
+    ) {
+        let cfg = &self.config;
+        let t = layout.n_tokens();
+        let w = &self.weights;
+        let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
+        // MLP: out = x_mid + down(silu(gate(xn2)) * up(xn2))
+        let mut d_act = vec![0f32; t * i];
+        self.linear_backward(
+            li,
+            Proj::Down,
+            w,
+            &a.act,
+            t,
+            &l.down_proj,
+            lora,
+            &a.u,
+            dx,
+            &mut d_act,
+            grads,
+        );
+        let (mut d_gate, mut d_up) = (vec![0f32; t * i], vec![0f32; t * i]);
+        swiglu_backward(&a.gate, &a.up, &d_act, &mut d_gate, &mut d_up);
+        let mut d_xn2 = vec![0f32; t * h];
+        self.linear_backward(
+            li,
+            Proj::Gate,
+            w,
+            &a.xn2,
+            t,
+            &l.gate_proj,
+            lora,
+            &a.u,
+            &d_gate,
+            &mut d_xn2,
+            grads,
+        );
+        self.linear_backward(
+            li,
+            Proj::Up,
+            w,
+            &a.xn2,
+            t,
+            &l.up_proj,
+            lora,
+            &a.u,
+            &d_up,
+            &mut d_xn2,
+            grads,
+        );
+        // dx (dL/d x_mid) = residual + norm path
+        rmsnorm_backward(&a.x_mid, &l.post_attention_layernorm, &a.inv2, &d_xn2, dx);
+        // Attention: x_mid = x_in + o(attn(q, k, v))
+        let mut d_attn = vec![0f32; t * cfg.q_dim()];
+        self.linear_backward(
+            li,
+            Proj::O,
+            w,
+            &a.attn,
+            t,
+            &l.o_proj,
+            lora,
+            &a.u,
+            dx,
+            &mut d_attn,
+            grads,
+        );
+        let (mut dq, mut dk, mut dv) = (
+            vec![0f32; t * cfg.q_dim()],
+            vec![0f32; t * cfg.kv_dim()],
+            vec![0f32; t * cfg.kv_dim()],
+        );
+        attention_backward(
+            &a.q,
+            &a.k,
+            &a.v,
+            &a.attn,
+            &a.lse,
+            &d_attn,
+            layout,
+            self.attn_shape(),
+            &mut dq,
+            &mut dk,
+            &mut dv,
+        );
+        rope_backward(&mut dq, cfg.num_attention_heads, table);
+        rope_backward(&mut dk, cfg.num_key_value_heads, table);
+        let mut d_xn1 = vec![0f32; t * h];
+        self.linear_backward(li, Proj::Q, w, &a.xn1, t, &l.q_proj, lora, &a.u, &dq, &mut d_xn1, grads);
+        self.linear_backward(li, Proj::K, w, &a.xn1, t, &l.k_proj, lora, &a.u, &dk, &mut d_xn1, grads);
+        self.linear_backward(li, Proj::V, w, &a.xn1, t, &l.v_proj, lora, &a.u, &dv, &mut d_xn1, grads);
+        rmsnorm_backward(&a.x_in, &l.input_layernorm, &a.inv1, &d_xn1, dx);
+    }
+
+    fn attn_shape(&self) -> AttnShape {
+        AttnShape {
+            n_heads: self.config.num_attention_heads,
+            n_kv_heads: self.config.num_key_value_heads,
+            head_dim: self.config.head_dim,
+        }
+    }
+
+    /// y[T, out] = x[T, in] · Wᵀ (+ bias) (+ scale · (drop(x) Aᵀ) Bᵀ, keeping drop(x) Aᵀ in u).
+    #[allow(clippy::too_many_arguments)]
+    fn linear_forward(
+        &self,
+        li: usize,
+        p: Proj,
+        w: &Weights,
+        x: &[f32],
+        t: usize,
+        ws: &TensorSlice,
+        bias: Option<&[f32]>,
+        lora: &LoraCtx,
+        u: &mut [Vec<f32>; 7],
+        xdrop: &mut Vec<f32>,
+        y: &mut [f32],
+    ) {
+        matmul_wt(x, t, &w.view(ws), y);
+        if let Some(b) = bias {
+            for row in y.chunks_exact_mut(b.len()) {
+                add_into(row, b);
+            }
+        }
+        if let Some((pair, r, scale)) = lora.pair(li, p) {
+            let ui = &mut u[p as usize];
+            ui.resize(t * r, 0.0);
+            let xin = match lora.dropout_seed(li, p) {
+                Some((prob, seed)) => {
+                    xdrop.resize(x.len(), 0.0);
+                    dropout(x, prob, seed, xdrop);
+                    &xdrop[..]
+                }
+                None => x,
+            };
+            lora_forward(xin, t, &pair.a, &pair.b, r, scale, ui, y);
+        }
+    }
+
+    /// dx[T, in] += dy · W (+ the LoRA branch's input gradient); adapter gradients into grads.
+    #[allow(clippy::too_many_arguments)]
+    fn linear_backward(
+        &self,
+        li: usize,
+        p: Proj,
+        w: &Weights,
+        x: &[f32],
+        t: usize,
+        ws: &TensorSlice,
+        lora: &LoraCtx,
+        u: &[Vec<f32>; 7],
+        dy: &[f32],
+        dx: &mut [f32],
+        grads: &mut Adapter,
+    ) {
+        matmul_w_acc(dy, t, &w.view(ws), dx);
+        let Some((pair, r, scale)) = lora.pair(li, p) else {
+            return;
+        };
+        let g = grads.layers[li][p as usize]
+            .as_mut()
+            .expect("gradient buffer shaped like the adapter");
+        match lora.dropout_seed(li, p) {
+            None => lora_backward(
+                x,
+                t,
+                &pair.a,
+                &pair.b,
+                r,
+                scale,
+                &u[p as usize],
+                dy,
+                &mut g.a,
+                &mut g.b,
+                dx,
+            ),
+            Some((prob, seed)) => {
+                let mut xd = vec![0f32; x.len()];
+                dropout(x, prob, seed, &mut xd);
+                let mut dxd = vec![0f32; x.len()];
+                lora_backward(
+                    &xd,
+                    t,
+                    &pair.a,
+                    &pair.b,
+                    r,
+                    scale,
+                    &u[p as usize],
+                    dy,
+                    &mut g.a,
+                    &mut g.b,
+                    &mut dxd,
+                );
+                // d drop(x)/dx is the same mask and scale.
+                dropout(&dxd.clone(), prob, seed, &mut dxd);
+                add_into(dx, &dxd);
+            }
         }
     }
 }

@@ -9,6 +9,7 @@ pub mod weights;
 
 use crate::error::{Error, Result};
 use crate::kernels::rope::inv_freq;
+use crate::tokenizer::{GgufVocab, TextTokenizer};
 use config::Config;
 use std::path::{Path, PathBuf};
 use weights::Weights;
@@ -28,6 +29,7 @@ pub struct Model {
     pub format: ModelFormat,
     pub config: Config,
     pub weights: Weights,
+    pub tokenizer: TextTokenizer,
     pub(crate) inv_freq: Vec<f32>,
 }
 
@@ -36,20 +38,35 @@ impl Model {
     pub fn open(path: impl AsRef<Path>) -> Result<Model> {
         let path = path.as_ref();
         let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
-        let (format, config, weights) = if meta.is_dir() {
+        let (format, config, weights, tokenizer) = if meta.is_dir() {
             let (c, w) = safetensors_dir::open(path)?;
-            (ModelFormat::Safetensors, c, w)
+            let tok = TextTokenizer::from_hf_dir(path)?;
+            (ModelFormat::Safetensors, c, w, tok)
         } else {
             let g = gguf::GgufFile::open(path)?;
             let (c, w) = gguf_model::open(&g)?;
-            (ModelFormat::Gguf, c, w)
+            let vocab = GgufVocab::from_metadata(&g.metadata, path)?;
+            let tok = TextTokenizer::from_gguf_vocab(&vocab, path)?;
+            (ModelFormat::Gguf, c, w, tok)
         };
+        if tokenizer.vocab_size() > config.vocab_size {
+            return Err(Error::field(
+                path,
+                "vocab_size",
+                format!(
+                    "the tokenizer has {} tokens but the embeddings only {} rows",
+                    tokenizer.vocab_size(),
+                    config.vocab_size
+                ),
+            ));
+        }
         let inv_freq = inv_freq(config.head_dim, config.rope_theta, &config.rope_scaling);
         Ok(Model {
             path: path.to_path_buf(),
             format,
             config,
             weights,
+            tokenizer,
             inv_freq,
         })
     }

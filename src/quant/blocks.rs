@@ -108,12 +108,7 @@ mod x86 {
 
     /// Expands whole blocks like the scalar path; `false` when `dtype` has no vector
     /// path (the caller falls back). `level` must be [`Level::available`].
-    pub(super) fn dequantize_blocks(
-        level: Level,
-        dtype: DType,
-        src: &[u8],
-        dst: &mut [f32],
-    ) -> bool {
+    pub(super) fn dequantize_blocks(level: Level, dtype: DType, src: &[u8], dst: &mut [f32]) -> bool {
         debug_assert!(level.available());
         // SAFETY: `level` was detected on this CPU, which is what the target features of
         // the called functions require; they read and write only inside the exact-size
@@ -249,9 +244,7 @@ mod x86 {
                 state ^= state << 17;
                 state
             };
-            let specials: [u16; 8] = [
-                0x0000, 0x8000, 0x0001, 0x8200, 0x7c00, 0xfc00, 0x7e00, 0x7bff,
-            ];
+            let specials: [u16; 8] = [0x0000, 0x8000, 0x0001, 0x8200, 0x7c00, 0xfc00, 0x7e00, 0x7bff];
             let mut bytes: Vec<u8> = (0..n * dtype.block_bytes()).map(|_| next() as u8).collect();
             for (i, block) in bytes.chunks_exact_mut(dtype.block_bytes()).enumerate() {
                 let n_scales = if dtype == DType::Q4_1 { 2 } else { 1 };
@@ -289,11 +282,7 @@ mod x86 {
                                 assert!(g.is_nan(), "{dtype} {level:?} element {i}: {g} vs NaN");
                                 continue;
                             }
-                            assert_eq!(
-                                g.to_bits(),
-                                w.to_bits(),
-                                "{dtype} {level:?} element {i}: {g} vs {w}"
-                            );
+                            assert_eq!(g.to_bits(), w.to_bits(), "{dtype} {level:?} element {i}: {g} vs {w}");
                         }
                     }
                 }

@@ -61,10 +61,7 @@ impl fmt::Display for RaisedException {
 impl std::error::Error for RaisedException {}
 
 fn raise_exception(message: String) -> std::result::Result<Value, minijinja::Error> {
-    Err(
-        minijinja::Error::new(ErrorKind::InvalidOperation, message.clone())
-            .with_source(RaisedException(message)),
-    )
+    Err(minijinja::Error::new(ErrorKind::InvalidOperation, message.clone()).with_source(RaisedException(message)))
 }
 
 fn environment() -> Environment<'static> {
@@ -117,8 +114,6 @@ impl ChatTemplate {
             }
         }
 
-        template
-            .render(ctx)
-            .map_err(|e| template_error(&self.origin, &e))
+        template.render(ctx).map_err(|e| template_error(&self.origin, &e))
     }
 }

@@ -104,12 +104,7 @@ impl<V: MetadataValue> Metadata<'_, V> {
             .transpose()
     }
 
-    fn array<T>(
-        &self,
-        key: &str,
-        expected: &str,
-        item: impl Fn(&V) -> Option<T>,
-    ) -> Result<Option<Vec<T>>> {
+    fn array<T>(&self, key: &str, expected: &str, item: impl Fn(&V) -> Option<T>) -> Result<Option<Vec<T>>> {
         let Some(value) = self.meta.get(key) else {
             return Ok(None);
         };
@@ -119,13 +114,7 @@ impl<V: MetadataValue> Metadata<'_, V> {
         list.iter()
             .enumerate()
             .map(|(row, v)| {
-                item(v).ok_or_else(|| {
-                    Error::field(
-                        self.file,
-                        key,
-                        format!("element {row}: expected {expected}"),
-                    )
-                })
+                item(v).ok_or_else(|| Error::field(self.file, key, format!("element {row}: expected {expected}")))
             })
             .collect::<Result<Vec<T>>>()
             .map(Some)
@@ -134,19 +123,14 @@ impl<V: MetadataValue> Metadata<'_, V> {
 
 impl GgufVocab {
     /// Reads the vocabulary from a GGUF file's metadata (`file` is named in errors).
-    pub fn from_metadata<V: MetadataValue>(
-        meta: &BTreeMap<String, V>,
-        file: &Path,
-    ) -> Result<GgufVocab> {
+    pub fn from_metadata<V: MetadataValue>(meta: &BTreeMap<String, V>, file: &Path) -> Result<GgufVocab> {
         let m = Metadata { meta, file };
         let model = m
             .string("tokenizer.ggml.model")?
             .ok_or_else(|| Error::field(file, "tokenizer.ggml.model", "missing"))?;
         let pre = m.string("tokenizer.ggml.pre")?;
         let tokens = m
-            .array("tokenizer.ggml.tokens", "strings", |v| {
-                v.as_str().map(str::to_string)
-            })?
+            .array("tokenizer.ggml.tokens", "strings", |v| v.as_str().map(str::to_string))?
             .ok_or_else(|| Error::field(file, "tokenizer.ggml.tokens", "missing"))?;
         let token_types = m
             .array("tokenizer.ggml.token_type", "32-bit integers", |v| {
@@ -154,17 +138,14 @@ impl GgufVocab {
             })?
             .unwrap_or_default();
         let merges = m
-            .array("tokenizer.ggml.merges", "strings", |v| {
-                v.as_str().map(str::to_string)
-            })?
+            .array("tokenizer.ggml.merges", "strings", |v| v.as_str().map(str::to_string))?
             .unwrap_or_default();
         let id = |key: &str| m.int::<u32>(key, "a 32-bit token id");
         // llama.cpp's defaults when the file does not say: SentencePiece and Llama 3
         // vocabularies start with BOS.
         let default_bos = match model.as_str() {
             "llama" => true,
-            "gpt2" => PreTokenizer::from_name(pre.as_deref(), file)
-                .is_ok_and(PreTokenizer::adds_bos_by_default),
+            "gpt2" => PreTokenizer::from_name(pre.as_deref(), file).is_ok_and(PreTokenizer::adds_bos_by_default),
             _ => false,
         };
         Ok(GgufVocab {
@@ -172,9 +153,7 @@ impl GgufVocab {
             eos_id: id("tokenizer.ggml.eos_token_id")?,
             unk_id: id("tokenizer.ggml.unknown_token_id")?,
             pad_id: id("tokenizer.ggml.padding_token_id")?,
-            add_bos: m
-                .bool("tokenizer.ggml.add_bos_token")?
-                .unwrap_or(default_bos),
+            add_bos: m.bool("tokenizer.ggml.add_bos_token")?.unwrap_or(default_bos),
             add_eos: m.bool("tokenizer.ggml.add_eos_token")?.unwrap_or(false),
             chat_template: m.string("tokenizer.chat_template")?,
             model,
@@ -202,7 +181,8 @@ pub(crate) enum PreTokenizer {
 
 // The regexes of the models' own tokenizer.json files.
 const LLAMA3_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
-const QWEN2_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const QWEN2_REGEX: &str =
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 /// The `tokenizer.ggml.pre` names accepted, by family (llama.cpp's spellings).
 const PRE_NAMES: &[(&str, PreTokenizer)] = &[
@@ -242,10 +222,7 @@ impl PreTokenizer {
                 Error::field(
                     file,
                     PRE_FIELD,
-                    format!(
-                        "unknown pre-tokenizer `{name}` (known: {})",
-                        known.join(", ")
-                    ),
+                    format!("unknown pre-tokenizer `{name}` (known: {})", known.join(", ")),
                 )
             })
     }
@@ -273,17 +250,11 @@ impl PreTokenizer {
         let bytes_only = |trim_offsets: bool| ByteLevel::new(false, trim_offsets, false).into();
         Ok(match self {
             PreTokenizer::Gpt2 => ByteLevel::new(false, true, true).into(),
-            PreTokenizer::DigitsThenGpt2 => Sequence::new(vec![
-                Digits::new(true).into(),
-                ByteLevel::new(false, true, true).into(),
-            ])
-            .into(),
-            PreTokenizer::Llama3 => {
-                Sequence::new(vec![split(LLAMA3_REGEX)?, bytes_only(true)]).into()
+            PreTokenizer::DigitsThenGpt2 => {
+                Sequence::new(vec![Digits::new(true).into(), ByteLevel::new(false, true, true).into()]).into()
             }
-            PreTokenizer::Qwen2 => {
-                Sequence::new(vec![split(QWEN2_REGEX)?, bytes_only(false)]).into()
-            }
+            PreTokenizer::Llama3 => Sequence::new(vec![split(LLAMA3_REGEX)?, bytes_only(true)]).into(),
+            PreTokenizer::Qwen2 => Sequence::new(vec![split(QWEN2_REGEX)?, bytes_only(false)]).into(),
         })
     }
 }
@@ -326,11 +297,7 @@ impl GgufVocab {
             return Err(Error::field(
                 file,
                 "tokenizer.ggml.token_type",
-                format!(
-                    "{} types for {} tokens",
-                    self.token_types.len(),
-                    self.tokens.len()
-                ),
+                format!("{} types for {} tokens", self.token_types.len(), self.tokens.len()),
             ));
         }
         let ids = [
@@ -417,9 +384,7 @@ impl GgufVocab {
                 token_type::CONTROL | token_type::UNKNOWN => {
                     special.push(AddedToken::from(text, true).normalized(false))
                 }
-                token_type::USER_DEFINED => {
-                    user_defined.push(AddedToken::from(text, false).normalized(false))
-                }
+                token_type::USER_DEFINED => user_defined.push(AddedToken::from(text, false).normalized(false)),
                 _ => {}
             }
         }
@@ -479,13 +444,23 @@ impl GgufVocab {
             "pair": pair,
             "special_tokens": tokens,
         });
-        serde_json::from_value(json).map_err(|e| {
-            Error::field(
-                file,
-                "tokenizer.ggml.add_bos_token",
-                format!("post-processor: {e}"),
-            )
-        })
+        serde_json::from_value(json)
+            .map_err(|e| Error::field(file, "tokenizer.ggml.add_bos_token", format!("post-processor: {e}")))
+    }
+}
+
+impl MetadataValue for crate::model::gguf::GgufValue {
+    fn as_str(&self) -> Option<&str> {
+        crate::model::gguf::GgufValue::as_str(self)
+    }
+    fn as_int(&self) -> Option<i128> {
+        self.as_i128()
+    }
+    fn as_bool(&self) -> Option<bool> {
+        crate::model::gguf::GgufValue::as_bool(self)
+    }
+    fn as_array(&self) -> Option<&[Self]> {
+        crate::model::gguf::GgufValue::as_array(self)
     }
 }
 
@@ -543,21 +518,12 @@ mod tests {
         let entries = [
             ("tokenizer.ggml.model", V::S("gpt2")),
             ("tokenizer.ggml.pre", V::S(pre)),
-            (
-                "tokenizer.ggml.tokens",
-                V::A(vec![V::S("a"), V::S("b"), V::S("ab")]),
-            ),
-            (
-                "tokenizer.ggml.token_type",
-                V::A(vec![V::I32(1), V::I32(1), V::I32(3)]),
-            ),
+            ("tokenizer.ggml.tokens", V::A(vec![V::S("a"), V::S("b"), V::S("ab")])),
+            ("tokenizer.ggml.token_type", V::A(vec![V::I32(1), V::I32(1), V::I32(3)])),
             ("tokenizer.ggml.merges", V::A(vec![V::S("a b")])),
             ("tokenizer.ggml.eos_token_id", V::U32(2)),
         ];
-        entries
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v))
-            .collect()
+        entries.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
     }
 
     #[test]
@@ -573,11 +539,7 @@ mod tests {
         assert!(!v.add_bos && !v.add_eos);
         assert_eq!(v.chat_template, None);
         // Llama 3 vocabularies start with BOS unless the file says otherwise.
-        assert!(
-            GgufVocab::from_metadata(&meta("llama-bpe"), file)
-                .unwrap()
-                .add_bos
-        );
+        assert!(GgufVocab::from_metadata(&meta("llama-bpe"), file).unwrap().add_bos);
         let mut m = meta("llama-bpe");
         m.insert("tokenizer.ggml.add_bos_token".into(), V::B(false));
         assert!(!GgufVocab::from_metadata(&m, file).unwrap().add_bos);

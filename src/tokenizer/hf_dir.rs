@@ -39,11 +39,7 @@ fn config_token(config: &Value, field: &str, file: &Path) -> Result<Option<Strin
         Some(Value::String(s)) => Ok(Some(s.clone())),
         Some(Value::Object(o)) => match o.get("content") {
             Some(Value::String(s)) => Ok(Some(s.clone())),
-            _ => Err(Error::field(
-                file,
-                field,
-                "object without a string `content`",
-            )),
+            _ => Err(Error::field(file, field, "object without a string `content`")),
         },
         Some(other) => Err(Error::field(
             file,
@@ -62,19 +58,14 @@ fn config_template(config: &Value, file: &Path) -> Result<Option<String>> {
         Some(Value::String(s)) => Ok(Some(s.clone())),
         Some(Value::Array(list)) => {
             let named = |name: Option<&str>| {
-                list.iter().find(|entry| {
-                    name.is_none_or(|name| entry.get("name").and_then(Value::as_str) == Some(name))
-                })
+                list.iter()
+                    .find(|entry| name.is_none_or(|name| entry.get("name").and_then(Value::as_str) == Some(name)))
             };
             let entry = named(Some("default")).or_else(|| named(None));
             match entry.map(|e| e.get("template")) {
                 None => Ok(None),
                 Some(Some(Value::String(s))) => Ok(Some(s.clone())),
-                Some(_) => Err(Error::field(
-                    file,
-                    FIELD,
-                    "list entry without a string `template`",
-                )),
+                Some(_) => Err(Error::field(file, FIELD, "list entry without a string `template`")),
             }
         }
         Some(other) => Err(Error::field(
@@ -97,10 +88,7 @@ fn chat_template(dir: &Path, config: Option<&(Value, PathBuf)>) -> Result<Option
     if let Some(value) = read_optional_json(&json)?
         && let Some(source) = config_template(&value, &json)?
     {
-        return Ok(Some(ChatTemplate {
-            source,
-            origin: json,
-        }));
+        return Ok(Some(ChatTemplate { source, origin: json }));
     }
     if let Some((config, path)) = config
         && let Some(source) = config_template(config, path)?

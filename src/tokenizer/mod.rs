@@ -167,18 +167,11 @@ impl TextTokenizer {
     }
 
     /// The prompt text for `messages` as the model's chat template writes it.
-    pub fn apply_chat_template(
-        &self,
-        messages: &[ChatMessage],
-        add_generation_prompt: bool,
-    ) -> Result<String> {
-        let template = self.chat_template.as_ref().ok_or_else(|| {
-            Error::field(
-                &self.origin,
-                self.template_field,
-                "the model has no chat template",
-            )
-        })?;
+    pub fn apply_chat_template(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
+        let template = self
+            .chat_template
+            .as_ref()
+            .ok_or_else(|| Error::field(&self.origin, self.template_field, "the model has no chat template"))?;
         template.render(messages, add_generation_prompt, &self.special)
     }
 

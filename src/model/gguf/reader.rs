@@ -180,9 +180,7 @@ pub(super) fn parse(file: &Path, bytes: &[u8]) -> Result<Parsed> {
             "unsupported GGUF version {version} (versions 2 and 3 are read; a big-endian file also shows as a huge version)"
         )));
     }
-    let n_tensors = c
-        .length(MIN_TENSOR_INFO_BYTES, "tensor count")
-        .map_err(format)?;
+    let n_tensors = c.length(MIN_TENSOR_INFO_BYTES, "tensor count").map_err(format)?;
     let n_kv = c.length(MIN_KV_BYTES, "metadata count").map_err(format)?;
 
     let mut metadata = BTreeMap::new();

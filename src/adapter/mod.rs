@@ -1,0 +1,226 @@
+//! LoRA adapters: parameters on any subset of the seven projections of every layer,
+//! their initialization, and their files (PEFT).
+
+pub mod peft;
+
+use crate::error::{Error, Result};
+use crate::model::config::Config;
+use crate::model::weights::Proj;
+use serde::{Deserialize, Serialize};
+
+/// How A is initialized (B always starts at zero, so a new adapter changes nothing).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum LoraInit {
+    /// PEFT's default: Kaiming-uniform with a = sqrt(5), i.e. U(-1/sqrt(in), 1/sqrt(in)).
+    #[default]
+    KaimingUniform,
+    /// PEFT's `init_lora_weights="gaussian"`: N(0, 1/r).
+    Gaussian,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LoraConfig {
+    pub r: usize,
+    pub lora_alpha: f32,
+    pub target_modules: Vec<Proj>,
+    /// Scale alpha / sqrt(r) instead of alpha / r.
+    pub use_rslora: bool,
+    /// Dropout on the adapter's input during training (0 = off).
+    pub lora_dropout: f32,
+    pub init: LoraInit,
+}
+
+impl Default for LoraConfig {
+    fn default() -> Self {
+        LoraConfig {
+            r: 8,
+            lora_alpha: 16.0,
+            target_modules: Proj::ALL.to_vec(),
+            use_rslora: false,
+            lora_dropout: 0.0,
+            init: LoraInit::KaimingUniform,
+        }
+    }
+}
+
+impl LoraConfig {
+    pub fn scale(&self) -> f32 {
+        if self.use_rslora {
+            self.lora_alpha / (self.r as f32).sqrt()
+        } else {
+            self.lora_alpha / self.r as f32
+        }
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        if self.r == 0 {
+            return Err(Error::invalid("LoRA rank r must be at least 1"));
+        }
+        if !self.lora_alpha.is_finite() || self.lora_alpha <= 0.0 {
+            return Err(Error::invalid(format!(
+                "lora_alpha {} must be a positive number",
+                self.lora_alpha
+            )));
+        }
+        if !(0.0..1.0).contains(&self.lora_dropout) {
+            return Err(Error::invalid(format!(
+                "lora_dropout {} must be in [0, 1)",
+                self.lora_dropout
+            )));
+        }
+        if self.target_modules.is_empty() {
+            return Err(Error::invalid("LoRA needs at least one target module"));
+        }
+        Ok(())
+    }
+}
+
+/// One adapted projection: `W' = W + scale * B A`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LoraPair {
+    /// [r, in]
+    pub a: Vec<f32>,
+    /// [out, r]
+    pub b: Vec<f32>,
+    pub in_features: usize,
+    pub out_features: usize,
+}
+
+/// A LoRA adapter for one base model shape.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Adapter {
+    pub config: LoraConfig,
+    /// Per layer, per projection (indexed by `Proj as usize`).
+    pub layers: Vec<[Option<LoraPair>; 7]>,
+    /// Recorded in `adapter_config.json` (`base_model_name_or_path`).
+    pub base_model_name: String,
+}
+
+/// (out_features, in_features) of a projection for a model config.
+pub fn proj_shape(cfg: &Config, p: Proj) -> (usize, usize) {
+    let (h, i, q, kv) = (cfg.hidden_size, cfg.intermediate_size, cfg.q_dim(), cfg.kv_dim());
+    match p {
+        Proj::Q => (q, h),
+        Proj::K | Proj::V => (kv, h),
+        Proj::O => (h, q),
+        Proj::Gate | Proj::Up => (i, h),
+        Proj::Down => (h, i),
+    }
+}
+
+impl Adapter {
+    /// A fresh adapter: A initialized from `seed`, B zero.
+    pub fn new(model: &Config, config: LoraConfig, seed: u64, base_model_name: impl Into<String>) -> Result<Adapter> {
+        config.validate()?;
+        let mut rng = crate::rng::Rng::new(seed);
+        let mut layers = Vec::with_capacity(model.num_hidden_layers);
+        for _ in 0..model.num_hidden_layers {
+            let mut l: [Option<LoraPair>; 7] = Default::default();
+            for p in Proj::ALL {
+                if !config.target_modules.contains(&p) {
+                    continue;
+                }
+                let (out, inp) = proj_shape(model, p);
+                let a = match config.init {
+                    LoraInit::KaimingUniform => {
+                        let bound = 1.0 / (inp as f32).sqrt();
+                        (0..config.r * inp).map(|_| rng.uniform(-bound, bound)).collect()
+                    }
+                    LoraInit::Gaussian => {
+                        let std = 1.0 / (config.r as f32).sqrt();
+                        (0..config.r * inp).map(|_| rng.normal() * std).collect()
+                    }
+                };
+                l[p as usize] = Some(LoraPair {
+                    a,
+                    b: vec![0.0; out * config.r],
+                    in_features: inp,
+                    out_features: out,
+                });
+            }
+            layers.push(l);
+        }
+        Ok(Adapter {
+            config,
+            layers,
+            base_model_name: base_model_name.into(),
+        })
+    }
+
+    pub fn scale(&self) -> f32 {
+        self.config.scale()
+    }
+
+    pub fn get(&self, layer: usize, p: Proj) -> Option<&LoraPair> {
+        self.layers.get(layer).and_then(|l| l[p as usize].as_ref())
+    }
+
+    /// Checks that the adapter fits a model (layer count and every pair's shape).
+    pub fn check_fits(&self, model: &Config, file: &std::path::Path) -> Result<()> {
+        if self.layers.len() != model.num_hidden_layers {
+            return Err(Error::field(
+                file,
+                "layers",
+                format!(
+                    "the adapter has {} layers, the model {}",
+                    self.layers.len(),
+                    model.num_hidden_layers
+                ),
+            ));
+        }
+        for (li, l) in self.layers.iter().enumerate() {
+            for p in Proj::ALL {
+                if let Some(pair) = &l[p as usize] {
+                    let (out, inp) = proj_shape(model, p);
+                    if (pair.out_features, pair.in_features) != (out, inp) {
+                        return Err(Error::tensor(
+                            file,
+                            peft::tensor_name(li, p, "lora_B"),
+                            format!(
+                                "adapter is for a [{}, {}] projection, the model's is [{out}, {inp}]",
+                                pair.out_features, pair.in_features
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Number of trainable parameters.
+    pub fn n_params(&self) -> usize {
+        self.layers
+            .iter()
+            .flatten()
+            .flatten()
+            .map(|p| p.a.len() + p.b.len())
+            .sum()
+    }
+
+    /// Every parameter tensor in a fixed order (layer, projection, A then B).
+    pub fn tensors(&self) -> Vec<(String, &[f32])> {
+        let mut v = Vec::new();
+        for (li, l) in self.layers.iter().enumerate() {
+            for p in Proj::ALL {
+                if let Some(pair) = &l[p as usize] {
+                    v.push((peft::tensor_name(li, p, "lora_A"), &pair.a[..]));
+                    v.push((peft::tensor_name(li, p, "lora_B"), &pair.b[..]));
+                }
+            }
+        }
+        v
+    }
+}
+
+impl Adapter {
+    /// An adapter of the same shape with every value zero (a gradient or moment buffer).
+    pub fn zeros_like(&self) -> Adapter {
+        let mut z = self.clone();
+        for pair in z.layers.iter_mut().flatten().flatten() {
+            pair.a.fill(0.0);
+            pair.b.fill(0.0);
+        }
+        z
+    }
+}

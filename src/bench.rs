@@ -1,0 +1,166 @@
+//! Throughput measurements shared by `nudge bench` and the criterion benches.
+//! Figures are reported against a measured FMA peak of this machine, never asserted.
+
+use crate::error::Result;
+use crate::kernels::attention::AttnLayout;
+use crate::kernels::logprob::logits;
+use crate::model::Model;
+use serde::Serialize;
+use std::path::Path;
+use std::time::Instant;
+
+#[derive(Debug, Serialize)]
+pub struct ScoreBench {
+    pub model: String,
+    pub seq_len: usize,
+    pub reps: usize,
+    pub threads: usize,
+    /// Mean over the timed repetitions.
+    pub tokens_per_s: f64,
+    pub best_tokens_per_s: f64,
+    pub gflops: f64,
+    pub peak_gflops: f64,
+    pub peak_fraction: f64,
+}
+
+/// Multiply-adds of a forward pass over one sequence of `t` tokens (matmuls and attention;
+/// the vocabulary projection at the last position only, as llama-bench counts it).
+pub fn forward_flops(model: &Model, t: usize) -> f64 {
+    let c = &model.config;
+    let (h, q, kv, i) = (
+        c.hidden_size as f64,
+        c.q_dim() as f64,
+        c.kv_dim() as f64,
+        c.intermediate_size as f64,
+    );
+    let per_token = h * (q + 2.0 * kv) + q * h + 3.0 * h * i;
+    let attn = 2.0 * (t as f64) * (t as f64 + 1.0) / 2.0 * q; // scores and weighted sum, causal
+    2.0 * (c.num_hidden_layers as f64 * (per_token * t as f64 + attn) + h * c.vocab_size as f64)
+}
+
+/// Forward throughput on one sequence of `seq_len` tokens, after one warm-up pass.
+pub fn score_throughput(path: &Path, seq_len: usize, reps: usize) -> Result<ScoreBench> {
+    let model = Model::open(path)?;
+    let vocab = model.config.vocab_size as u64;
+    // A fixed pseudo-random token stream: the cost does not depend on the ids.
+    let mut s = 0x9e3779b97f4a7c15u64;
+    let tokens: Vec<u32> = (0..seq_len)
+        .map(|_| {
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((s >> 33) % vocab) as u32
+        })
+        .collect();
+    let layout = AttnLayout::sequences(&[seq_len]);
+    let run = || -> Result<f64> {
+        let t0 = Instant::now();
+        let h = model.hidden_states(&tokens, &layout)?;
+        let hidden = model.config.hidden_size;
+        let last = &h[(seq_len - 1) * hidden..];
+        std::hint::black_box(logits(last, 1, &model.weights.view(&model.weights.lm_head)));
+        Ok(t0.elapsed().as_secs_f64())
+    };
+    run()?;
+    let mut times = Vec::with_capacity(reps.max(1));
+    for _ in 0..reps.max(1) {
+        times.push(run()?);
+    }
+    let mean = times.iter().sum::<f64>() / times.len() as f64;
+    let best = times.iter().copied().fold(f64::INFINITY, f64::min);
+    let gflops = forward_flops(&model, seq_len) / mean / 1e9;
+    let peak = fma_peak_gflops();
+    Ok(ScoreBench {
+        model: path.display().to_string(),
+        seq_len,
+        reps: times.len(),
+        threads: rayon::current_num_threads(),
+        tokens_per_s: seq_len as f64 / mean,
+        best_tokens_per_s: seq_len as f64 / best,
+        gflops,
+        peak_gflops: peak,
+        peak_fraction: gflops / peak,
+    })
+}
+
+/// Measured f32 FMA peak of this machine over all rayon threads, in GFLOP/s
+/// (2 flops per lane per fused multiply-add, widest vector unit available).
+pub fn fma_peak_gflops() -> f64 {
+    use rayon::prelude::*;
+    let threads = rayon::current_num_threads();
+    let iters = 20_000_000u64;
+    let per_thread: Vec<f64> = (0..threads)
+        .into_par_iter()
+        .map(|_| {
+            let t0 = Instant::now();
+            let (flops, sink) = fma_loop(iters);
+            std::hint::black_box(sink);
+            flops / t0.elapsed().as_secs_f64()
+        })
+        .collect();
+    per_thread.iter().sum::<f64>() / 1e9
+}
+
+#[cfg(target_arch = "x86_64")]
+fn fma_loop(iters: u64) -> (f64, f32) {
+    use crate::kernels::simd::{Level, level};
+    match level() {
+        // SAFETY: level() checked the features.
+        Level::Avx512 => unsafe { fma_loop_avx512(iters) },
+        Level::Avx2 => unsafe { fma_loop_avx2(iters) },
+        Level::Scalar => fma_loop_scalar(iters),
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn fma_loop(iters: u64) -> (f64, f32) {
+    fma_loop_scalar(iters)
+}
+
+fn fma_loop_scalar(iters: u64) -> (f64, f32) {
+    let mut acc = [1.0f32; 32];
+    for _ in 0..iters / 16 {
+        for a in acc.iter_mut() {
+            *a = a.mul_add(0.999_999, 1e-7);
+        }
+    }
+    (2.0 * 32.0 * (iters / 16) as f64, acc.iter().sum())
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,fma")]
+unsafe fn fma_loop_avx512(iters: u64) -> (f64, f32) {
+    use std::arch::x86_64::*;
+    let a = _mm512_set1_ps(0.999_999);
+    let b = _mm512_set1_ps(1e-7);
+    let mut r = [_mm512_set1_ps(1.0); 12];
+    for _ in 0..iters / 12 {
+        for x in r.iter_mut() {
+            *x = _mm512_fmadd_ps(*x, a, b);
+        }
+    }
+    let mut s = _mm512_setzero_ps();
+    for x in r {
+        s = _mm512_add_ps(s, x);
+    }
+    (2.0 * 16.0 * 12.0 * (iters / 12) as f64, _mm512_reduce_add_ps(s))
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn fma_loop_avx2(iters: u64) -> (f64, f32) {
+    use std::arch::x86_64::*;
+    let a = _mm256_set1_ps(0.999_999);
+    let b = _mm256_set1_ps(1e-7);
+    let mut r = [_mm256_set1_ps(1.0); 12];
+    for _ in 0..iters / 12 {
+        for x in r.iter_mut() {
+            *x = _mm256_fmadd_ps(*x, a, b);
+        }
+    }
+    let mut s = _mm256_setzero_ps();
+    for x in r {
+        s = _mm256_add_ps(s, x);
+    }
+    let mut out = [0f32; 8];
+    unsafe { _mm256_storeu_ps(out.as_mut_ptr(), s) };
+    (2.0 * 8.0 * 12.0 * (iters / 12) as f64, out.iter().sum())
+}

@@ -1,0 +1,5 @@
+//! Training and scoring data: TRL's JSONL formats, tokenized the way TRL tokenizes them.
+
+pub mod jsonl;
+
+pub use jsonl::{Example, TokenizedPair, TokenizedUnpaired, read_jsonl, tokenize_row};

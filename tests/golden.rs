@@ -1,0 +1,207 @@
+//! The engine against the PyTorch + transformers reference in `NUDGE_GOLDEN_DIR`:
+//! tokenizer, chat template, dequantized weights, log-probs and logits, for the GGUF model
+//! and for the HF safetensors directory `nudge convert` makes from it.
+
+mod common;
+
+use common::*;
+use nudge::convert::{FloatType, convert_to_hf};
+use nudge::kernels::attention::AttnLayout;
+use nudge::kernels::logprob::logits;
+use nudge::model::Model;
+use nudge::tokenizer::ChatMessage;
+use sha2::{Digest, Sha256};
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+// Tolerances from the golden README.
+const TOKEN_LOGP_ABS: f64 = 2e-4;
+const SUM_LOGP_ABS: f64 = 3e-3;
+const LOGIT_ABS: f64 = 2e-3;
+
+fn gguf() -> &'static Model {
+    static M: OnceLock<Model> = OnceLock::new();
+    M.get_or_init(|| Model::open(model_path()).expect("the GGUF model opens"))
+}
+
+/// The GGUF converted to an f32 HF directory once per test run.
+fn converted() -> &'static Model {
+    static M: OnceLock<Model> = OnceLock::new();
+    M.get_or_init(|| {
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("golden-converted-f32");
+        convert_to_hf(gguf(), &dir, FloatType::F32).expect("convert succeeds");
+        Model::open(&dir).expect("the converted model opens")
+    })
+}
+
+fn both() -> [(&'static str, &'static Model); 2] {
+    [("gguf", gguf()), ("safetensors", converted())]
+}
+
+#[test]
+fn tokenizer_ids_match() {
+    let g = golden_json();
+    for (name, m) in both() {
+        for case in g["tokenizer"].as_array().expect("tokenizer cases") {
+            let text = case["text"].as_str().expect("text");
+            let got = m.tokenizer.encode(text, false).expect("encodes");
+            assert_eq!(got, ids(&case["ids"]), "{name}: {text:?}");
+            assert_eq!(m.tokenizer.decode(&got, false).expect("decodes"), text, "{name}");
+        }
+    }
+}
+
+#[test]
+fn chat_template_text_matches() {
+    let g = golden_json();
+    for (name, m) in both() {
+        for case in g["chat_template"].as_array().expect("chat cases") {
+            let msgs: Vec<ChatMessage> = case["turns"]
+                .as_array()
+                .expect("turns")
+                .iter()
+                .map(|t| ChatMessage::new(t[0].as_str().expect("role"), t[1].as_str().expect("content")))
+                .collect();
+            let text = m.tokenizer.apply_chat_template(&msgs, true).expect("renders");
+            assert_eq!(text, case["text"].as_str().expect("text"), "{name}");
+        }
+    }
+}
+
+fn sha256_of_tensor(m: &Model, name: &str, shape: &[usize]) -> String {
+    let w = &m.weights;
+    let mut h = Sha256::new();
+    let mut feed = |v: &[f32]| v.iter().for_each(|x| h.update(x.to_le_bytes()));
+    let vector = |l: usize, which: &str| -> Option<&Vec<f32>> {
+        let layer = w.layers.get(l)?;
+        match which {
+            "input_layernorm" => Some(&layer.input_layernorm),
+            "post_attention_layernorm" => Some(&layer.post_attention_layernorm),
+            _ => None,
+        }
+    };
+    if name == "model.norm.weight" {
+        feed(&w.norm);
+    } else if let Some(t) = w.matrices().into_iter().find(|t| t.name == name) {
+        assert_eq!(&[t.rows, t.cols][..], shape, "{name}");
+        let view = w.view(t);
+        let mut row = vec![0f32; t.cols];
+        for r in 0..t.rows {
+            view.row(r, &mut row);
+            feed(&row);
+        }
+    } else {
+        let parts: Vec<&str> = name.split('.').collect();
+        let l: usize = parts
+            .get(2)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("unknown tensor {name}"));
+        let v = vector(l, parts[3]).unwrap_or_else(|| panic!("unknown tensor {name}"));
+        assert_eq!(&[v.len()][..], shape, "{name}");
+        feed(v);
+    }
+    format!("{:x}", h.finalize())
+}
+
+#[test]
+fn dequantized_tensors_are_bit_exact() {
+    let p = golden_dir().join("dequant_f32_hf_layout.json");
+    let d: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&p).expect("reads")).expect("parses");
+    let tensors = d["tensors"].as_object().expect("tensors");
+    assert!(!tensors.is_empty());
+    for (name, m) in both() {
+        for (t, info) in tensors {
+            let shape: Vec<usize> = info["shape"]
+                .as_array()
+                .expect("shape")
+                .iter()
+                .map(|x| x.as_u64().unwrap() as usize)
+                .collect();
+            let got = sha256_of_tensor(m, t, &shape);
+            assert_eq!(got, info["sha256_f32_le"].as_str().expect("sha"), "{name}: {t}");
+        }
+    }
+}
+
+#[test]
+fn reference_logprobs_match() {
+    let g = golden_json();
+    for (name, m) in both() {
+        for (i, ex) in g["examples"].as_array().expect("examples").iter().enumerate() {
+            let prompt = ids(&ex["prompt_ids"]);
+            for which in ["chosen", "rejected"] {
+                let completion = ids(&ex[format!("{which}_ids").as_str()]);
+                let s = m.score(&prompt, &completion).expect("scores");
+                let want = floats(&ex[format!("ref_{which}_token_logps").as_str()]);
+                assert_eq!(s.token_logps.len(), want.len());
+                for (j, (a, b)) in s.token_logps.iter().zip(&want).enumerate() {
+                    assert!(
+                        (*a as f64 - b).abs() <= TOKEN_LOGP_ABS,
+                        "{name} example {i} {which} token {j}: {a} vs {b}"
+                    );
+                }
+                let sum = ex[format!("ref_{which}_logp").as_str()].as_f64().expect("sum");
+                assert!(
+                    (s.logp - sum).abs() <= SUM_LOGP_ABS,
+                    "{name} example {i} {which}: {} vs {sum}",
+                    s.logp
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn packed_pair_scores_equal_separate_scores() {
+    let g = golden_json();
+    let m = gguf();
+    let ex = &g["examples"][0];
+    let (p, c, r) = (ids(&ex["prompt_ids"]), ids(&ex["chosen_ids"]), ids(&ex["rejected_ids"]));
+    let packed = m
+        .score_packed(&[nudge::score::ScoreItem {
+            prompt: &p,
+            completions: vec![&c, &r],
+        }])
+        .expect("scores")
+        .remove(0);
+    for (s, comp) in packed.iter().zip([&c, &r]) {
+        let alone = m.score(&p, comp).expect("scores");
+        for (a, b) in s.token_logps.iter().zip(&alone.token_logps) {
+            assert!((a - b).abs() <= 1e-5, "{a} vs {b}");
+        }
+    }
+}
+
+#[test]
+fn base_logits_match() {
+    let g = golden_json();
+    let positions: Vec<usize> = ids(&g["base_logits_ex0_positions"])
+        .into_iter()
+        .map(|p| p as usize)
+        .collect();
+    let refs = read_f32_safetensors(&golden_dir().join("base_logits_ex0.safetensors"));
+    assert_eq!(refs.len(), 1, "base_logits_ex0.safetensors holds one tensor");
+    let (shape, want) = refs.into_values().next().expect("one tensor");
+    let ex = &g["examples"][0];
+    let mut seq = ids(&ex["prompt_ids"]);
+    seq.extend(ids(&ex["chosen_ids"]));
+    for (name, m) in both() {
+        let vocab = m.config.vocab_size;
+        assert_eq!(shape, vec![positions.len(), vocab]);
+        let h = m
+            .hidden_states(&seq, &AttnLayout::sequences(&[seq.len()]))
+            .expect("forward");
+        let hidden = m.config.hidden_size;
+        let rows: Vec<f32> = positions
+            .iter()
+            .flat_map(|&p| h[p * hidden..(p + 1) * hidden].to_vec())
+            .collect();
+        let got = logits(&rows, positions.len(), &m.weights.view(&m.weights.lm_head));
+        let worst = got
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (a - b).abs() as f64)
+            .fold(0.0, f64::max);
+        assert!(worst <= LOGIT_ABS, "{name}: worst logit error {worst}");
+    }
+}

@@ -1,0 +1,202 @@
+//! Broken model directories and inputs give typed errors that name what is wrong.
+
+mod common;
+
+use common::tiny::*;
+use nudge::Error;
+use nudge::model::Model;
+
+fn open_err(dir: &std::path::Path) -> Error {
+    match Model::open(dir) {
+        Ok(_) => panic!("{} opened but is broken", dir.display()),
+        Err(e) => e,
+    }
+}
+
+#[test]
+fn tiny_model_opens_and_scores() {
+    let d = fresh_dir("bad-ok");
+    write_model(&d, &TinySpec::default());
+    let m = Model::open(&d).expect("opens");
+    let s = m.score(&[1, 5, 6], &[7, 8, 2]).expect("scores");
+    assert_eq!(s.token_logps.len(), 3);
+    assert!(s.token_logps.iter().all(|x| x.is_finite() && *x < 0.0));
+}
+
+#[test]
+fn malformed_config_json() {
+    let d = fresh_dir("bad-config-json");
+    write_model(&d, &TinySpec::default());
+    std::fs::write(d.join("config.json"), "{ not json").unwrap();
+    let e = open_err(&d);
+    assert!(
+        matches!(&e, Error::Format { file, .. } if file.ends_with("config.json")),
+        "{e}"
+    );
+}
+
+#[test]
+fn config_field_missing_or_wrong() {
+    let s = TinySpec::default();
+    for (field, value) in [
+        ("hidden_size", serde_json::Value::Null),
+        ("num_attention_heads", serde_json::json!("nine")),
+        ("num_key_value_heads", serde_json::json!(3)),
+        ("rms_norm_eps", serde_json::json!(-1.0)),
+    ] {
+        let d = fresh_dir(&format!("bad-config-{field}"));
+        write_model(&d, &s);
+        let mut c = config_json(&s);
+        if value.is_null() {
+            c.as_object_mut().unwrap().remove(field);
+        } else {
+            c[field] = value;
+        }
+        std::fs::write(d.join("config.json"), c.to_string()).unwrap();
+        let e = open_err(&d);
+        assert!(
+            matches!(&e, Error::Field { field: f, .. } if f == field),
+            "{field}: {e}"
+        );
+    }
+}
+
+#[test]
+fn unsupported_architecture_is_named() {
+    let s = TinySpec::default();
+    let d = fresh_dir("bad-arch");
+    write_model(&d, &s);
+    let mut c = config_json(&s);
+    c["architectures"] = serde_json::json!(["GPT2LMHeadModel"]);
+    c["model_type"] = "gpt2".into();
+    std::fs::write(d.join("config.json"), c.to_string()).unwrap();
+    let e = open_err(&d);
+    assert!(
+        matches!(&e, Error::UnsupportedArchitecture { arch, .. } if arch == "GPT2LMHeadModel"),
+        "{e}"
+    );
+}
+
+#[test]
+fn safetensors_header_past_end() {
+    let d = fresh_dir("bad-st-header");
+    write_model(&d, &TinySpec::default());
+    let p = d.join("model.safetensors");
+    let mut b = std::fs::read(&p).unwrap();
+    let past_end = (b.len() as u64 * 2).to_le_bytes();
+    b[..8].copy_from_slice(&past_end);
+    std::fs::write(&p, &b).unwrap();
+    let e = open_err(&d);
+    assert!(
+        matches!(&e, Error::Format { file, .. } if file.ends_with("model.safetensors")),
+        "{e}"
+    );
+}
+
+#[test]
+fn safetensors_truncated() {
+    let d = fresh_dir("bad-st-trunc");
+    write_model(&d, &TinySpec::default());
+    let p = d.join("model.safetensors");
+    let b = std::fs::read(&p).unwrap();
+    std::fs::write(&p, &b[..b.len() - 100]).unwrap();
+    let e = open_err(&d);
+    assert!(matches!(&e, Error::Format { .. }), "{e}");
+}
+
+#[test]
+fn missing_and_misshapen_tensors_are_named() {
+    let s = TinySpec::default();
+    let name = "model.layers.1.mlp.up_proj.weight";
+    let d = fresh_dir("bad-missing");
+    write_model(&d, &s);
+    let t: Vec<_> = tensors(&s).into_iter().filter(|(n, _, _)| n != name).collect();
+    write_safetensors(&d.join("model.safetensors"), &t);
+    let e = open_err(&d);
+    assert!(
+        matches!(&e, Error::Tensor { tensor, what, .. } if tensor == name && what.contains("missing")),
+        "{e}"
+    );
+
+    let d = fresh_dir("bad-shape");
+    write_model(&d, &s);
+    let t: Vec<_> = tensors(&s)
+        .into_iter()
+        .map(|(n, sh, v)| {
+            if n == name {
+                (n, vec![sh[1], sh[0]], v)
+            } else {
+                (n, sh, v)
+            }
+        })
+        .collect();
+    write_safetensors(&d.join("model.safetensors"), &t);
+    let e = open_err(&d);
+    assert!(
+        matches!(&e, Error::Tensor { tensor, what, .. } if tensor == name && what.contains("shape")),
+        "{e}"
+    );
+}
+
+#[test]
+fn unsupported_tensor_dtype_is_named() {
+    let s = TinySpec::default();
+    let d = fresh_dir("bad-dtype");
+    write_model(&d, &s);
+    let name = "model.norm.weight";
+    let mut owned: Vec<(String, Vec<usize>, safetensors::Dtype, Vec<u8>)> = Vec::new();
+    for (n, sh, v) in tensors(&s) {
+        if n == name {
+            let b = v.iter().flat_map(|x| (*x as i32).to_le_bytes()).collect();
+            owned.push((n, sh, safetensors::Dtype::I32, b));
+        } else {
+            owned.push((
+                n,
+                sh,
+                safetensors::Dtype::F32,
+                v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            ));
+        }
+    }
+    let views: Vec<(String, safetensors::tensor::TensorView)> = owned
+        .iter()
+        .map(|(n, sh, dt, b)| {
+            (
+                n.clone(),
+                safetensors::tensor::TensorView::new(*dt, sh.clone(), b).unwrap(),
+            )
+        })
+        .collect();
+    safetensors::serialize_to_file(views, None, &d.join("model.safetensors")).unwrap();
+    let e = open_err(&d);
+    assert!(matches!(&e, Error::Tensor { tensor, .. } if tensor == name), "{e}");
+}
+
+#[test]
+fn vocabulary_larger_than_embeddings_is_refused() {
+    let s = TinySpec::default();
+    let d = fresh_dir("bad-vocab");
+    write_model(&d, &s);
+    std::fs::write(d.join("tokenizer.json"), tokenizer_json(s.vocab + 10).to_string()).unwrap();
+    let e = open_err(&d);
+    assert!(e.to_string().contains("vocab"), "{e}");
+}
+
+#[test]
+fn token_ids_outside_vocabulary_and_long_sequences() {
+    let s = TinySpec::default();
+    let d = fresh_dir("bad-ids");
+    write_model(&d, &s);
+    let m = Model::open(&d).expect("opens");
+    let e = m.score(&[1, 2, s.vocab as u32], &[3]).unwrap_err();
+    assert!(
+        matches!(e, Error::TokenOutOfVocabulary { id, position: 2, .. } if id == s.vocab as u32),
+        "{e}"
+    );
+    let long: Vec<u32> = (0..s.max_pos as u32).map(|i| 3 + i % 10).collect();
+    let e = m.score(&long, &[3]).unwrap_err();
+    assert!(
+        matches!(e, Error::SequenceTooLong { len, max } if len == s.max_pos + 1 && max == s.max_pos),
+        "{e}"
+    );
+}
