@@ -1,1 +1,0 @@
-//! Matrix products over memory-mapped weights of any [`crate::quant::DType`].
