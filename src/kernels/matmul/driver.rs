@@ -1,0 +1,309 @@
+//! Blocking and threading of `C[m, n] (+)= A[m, k] · B[k, n]`.
+//!
+//! A is packed once per call (per outer reduction chunk) into panels of `mr` rows;
+//! the output is cut into tiles of `mb x nb` whose sizes depend only on the shape; each
+//! tile is one rayon task that packs (dequantizes) its `kc x nb` slices of B and runs the
+//! microkernel over them. Each output element's reduction over k runs inside one task, in
+//! ascending order, so neither the tiling nor the scheduling changes a bit of the result.
+
+use rayon::prelude::*;
+use std::cell::Cell;
+
+/// A register-blocked microkernel computing a full `mr x nr` tile.
+#[derive(Clone, Copy)]
+pub(super) struct Kernel {
+    pub mr: usize,
+    pub nr: usize,
+    /// `c[i*ldc + j] = (load ? c[i*ldc + j] : 0) (+ a[p*mr + i] * b[p*nr + j])` over
+    /// `p = 0..kc` in order, each step a fused multiply-add.
+    ///
+    /// Safety: `a` is readable for `kc*mr`, `b` for `kc*nr` elements; rows `i < mr` of `c`
+    /// are readable and writable for `nr` elements from `c + i*ldc`; the CPU has the unit.
+    pub tile: TileFn,
+    /// Packs `B[p][j] = src[j * ld + p]` (`rows` rows of `kc`) into `dst[p * nr + j]`,
+    /// leaving `j >= rows` untouched.
+    pub transpose: TransposeFn,
+}
+
+pub(super) type TileFn =
+    unsafe fn(kc: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize, load: bool);
+
+pub(super) type TransposeFn =
+    fn(src: &[f32], ld: usize, rows: usize, kc: usize, nr: usize, dst: &mut [f32]);
+
+/// The left operand: row `i`, reduction index `p`.
+pub(super) trait ASource: Sync {
+    /// Packs rows `i0..i1` and reduction indices `p0..p1` into panels of `mr` rows:
+    /// `dst[panel][p - p0][r]`, rows past `i1` zero.
+    fn pack(&self, i0: usize, i1: usize, p0: usize, p1: usize, mr: usize, dst: &mut [f32]);
+}
+
+/// The right operand: reduction index `p`, column `j`.
+pub(super) trait BSource: Sync {
+    /// Reduction chunks start at multiples of this (quantized blocks along p).
+    fn p_align(&self) -> usize {
+        1
+    }
+    /// Column tiles start at multiples of this (quantized blocks along j).
+    fn j_align(&self) -> usize {
+        1
+    }
+    /// Packs `p0..p1 x j0..j1` into groups of `nr` columns: `dst[group][p - p0][c]`,
+    /// columns past `j1` zero. `scratch` is the task's to resize and reuse.
+    #[allow(clippy::too_many_arguments)]
+    fn pack(
+        &self,
+        kern: &Kernel,
+        p0: usize,
+        p1: usize,
+        j0: usize,
+        j1: usize,
+        dst: &mut [f32],
+        scratch: &mut Vec<f32>,
+    );
+}
+
+/// Reduction chunk per B pack: a `KC x nr` micro-panel of B stays in L1.
+const KC: usize = 256;
+/// Reduction chunk per A pack: bounds the packed copy of A to `m x KO` floats.
+const KO: usize = 2048;
+/// Target columns per task.
+const NB: usize = 64;
+/// Rows per task: at least this many to amortize a task's dequantization of B, ...
+const MB_MIN: usize = 128;
+/// ... at most this many so its packed A slice stays in L2.
+const MB_MAX: usize = 512;
+/// Tasks wanted for load balance before rows are split.
+const TASKS: usize = 16;
+/// Largest `mr * nr` of any kernel (edge tiles go through a stack buffer).
+const TILE_MAX: usize = 1024;
+
+/// Tile sizes, a function of the shape and the kernel only.
+struct Plan {
+    kc: usize,
+    ko: usize,
+    mb: usize,
+    nb: usize,
+    m_tiles: usize,
+    n_tiles: usize,
+}
+
+fn lcm(a: usize, b: usize) -> usize {
+    fn gcd(a: usize, b: usize) -> usize {
+        if b == 0 { a } else { gcd(b, a % b) }
+    }
+    a / gcd(a, b) * b
+}
+
+fn plan(kern: &Kernel, m: usize, n: usize, k: usize, b: &dyn BSource) -> Plan {
+    let kc = KC.next_multiple_of(b.p_align()).min(k.max(1));
+    let ko = (KO / kc).max(1) * kc;
+    let unit = lcm(kern.nr, b.j_align());
+    let nb = NB.div_ceil(unit).max(1) * unit;
+    let n_tiles = n.div_ceil(nb);
+    let m_panels = m.div_ceil(kern.mr);
+    let splits = TASKS
+        .div_ceil(n_tiles)
+        .min(m / MB_MIN)
+        .max(m.div_ceil(MB_MAX))
+        .clamp(1, m_panels.max(1));
+    let mb = m_panels.div_ceil(splits) * kern.mr;
+    Plan {
+        kc,
+        ko,
+        mb,
+        nb,
+        m_tiles: m.div_ceil(mb),
+        n_tiles,
+    }
+}
+
+thread_local! {
+    static A_BUF: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
+    static B_BUF: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
+    static SCRATCH: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
+}
+
+/// Runs `f` on this thread's buffer `key` grown to `len`. A nested use on the same thread
+/// (rayon may run another task while this one waits) finds it taken and allocates.
+fn with_buf<R>(
+    key: &'static std::thread::LocalKey<Cell<Vec<f32>>>,
+    len: usize,
+    f: impl FnOnce(&mut [f32]) -> R,
+) -> R {
+    let mut buf = key.take();
+    if buf.len() < len {
+        buf.resize(len, 0.0);
+    }
+    let r = f(&mut buf[..len]);
+    key.set(buf);
+    r
+}
+
+/// The output matrix shared by the tasks, each writing its own disjoint tile.
+#[derive(Clone, Copy)]
+struct COut {
+    ptr: *mut f32,
+    ldc: usize,
+}
+// SAFETY: tasks write disjoint tiles of the matrix; the borrow it came from outlives them.
+unsafe impl Send for COut {}
+unsafe impl Sync for COut {}
+
+/// `C[m, n] (+)= A[m, k] · B[k, n]`, `C` row-major with leading dimension `ldc`.
+///
+/// The caller has checked that `a` and `b` cover the shape; this checks `c`.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn run(
+    kern: Kernel,
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &dyn ASource,
+    b: &dyn BSource,
+    c: &mut [f32],
+    ldc: usize,
+    accumulate: bool,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(
+        ldc >= n
+            && (m - 1)
+                .checked_mul(ldc)
+                .and_then(|x| x.checked_add(n))
+                .is_some_and(|x| x <= c.len()),
+        "output of {m}x{n} with leading dimension {ldc} does not fit {} elements",
+        c.len()
+    );
+    assert!(kern.mr * kern.nr <= TILE_MAX);
+    if k == 0 {
+        if !accumulate {
+            for row in c.chunks_mut(ldc).take(m) {
+                row[..n].fill(0.0);
+            }
+        }
+        return;
+    }
+    let plan = plan(&kern, m, n, k, b);
+    let m_panels = m.div_ceil(kern.mr);
+    let out = COut {
+        ptr: c.as_mut_ptr(),
+        ldc,
+    };
+    with_buf(&A_BUF, m_panels * kern.mr * plan.ko.min(k), |ap| {
+        for po in (0..k).step_by(plan.ko) {
+            let pe = (po + plan.ko).min(k);
+            let panel = kern.mr * (pe - po);
+            let ap = &mut ap[..m_panels * panel];
+            ap.par_chunks_mut(panel).enumerate().for_each(|(q, dst)| {
+                let i0 = q * kern.mr;
+                a.pack(i0, (i0 + kern.mr).min(m), po, pe, kern.mr, dst);
+            });
+            let ap = &*ap;
+            (0..plan.m_tiles * plan.n_tiles)
+                .into_par_iter()
+                .for_each(|t| {
+                    let (mt, nt) = (t % plan.m_tiles, t / plan.m_tiles);
+                    let rows = mt * plan.mb..((mt + 1) * plan.mb).min(m);
+                    let cols = nt * plan.nb..((nt + 1) * plan.nb).min(n);
+                    task(
+                        &kern,
+                        &plan,
+                        rows,
+                        cols,
+                        po..pe,
+                        ap,
+                        b,
+                        out,
+                        accumulate || po > 0,
+                    );
+                });
+        }
+    });
+}
+
+/// One output tile over the reduction range `ps`; `load` when the tile already holds a
+/// partial sum (or the caller's values to add to).
+#[allow(clippy::too_many_arguments)]
+fn task(
+    kern: &Kernel,
+    plan: &Plan,
+    rows: std::ops::Range<usize>,
+    cols: std::ops::Range<usize>,
+    ps: std::ops::Range<usize>,
+    ap: &[f32],
+    b: &dyn BSource,
+    out: COut,
+    load: bool,
+) {
+    let (mr, nr) = (kern.mr, kern.nr);
+    let groups = cols.len().div_ceil(nr);
+    let a_panel = mr * ps.len();
+    with_buf(&B_BUF, groups * nr * plan.kc, |bp| {
+        let mut scratch = SCRATCH.take();
+        for p0 in ps.clone().step_by(plan.kc) {
+            let p1 = (p0 + plan.kc).min(ps.end);
+            let kc = p1 - p0;
+            let bp = &mut bp[..groups * nr * kc];
+            b.pack(kern, p0, p1, cols.start, cols.end, bp, &mut scratch);
+            let load = load || p0 > ps.start;
+            for g in 0..groups {
+                let j = cols.start + g * nr;
+                let nrv = nr.min(cols.end - j);
+                let bg = &bp[g * nr * kc..(g + 1) * nr * kc];
+                for i in rows.clone().step_by(mr) {
+                    let mrv = mr.min(rows.end - i);
+                    let off = (i / mr) * a_panel + (p0 - ps.start) * mr;
+                    let ag = &ap[off..off + mr * kc];
+                    // SAFETY: `ag` and `bg` hold kc*mr and kc*nr elements; the tile
+                    // (i..i+mrv, j..j+nrv) lies inside the output checked in `run` and
+                    // belongs to this task alone; the kernel's unit was checked by `Isa`.
+                    unsafe {
+                        let c = out.ptr.add(i * out.ldc + j);
+                        if mrv == mr && nrv == nr {
+                            (kern.tile)(kc, ag.as_ptr(), bg.as_ptr(), c, out.ldc, load);
+                        } else {
+                            let mut t = [0.0f32; TILE_MAX];
+                            if load {
+                                for r in 0..mrv {
+                                    std::ptr::copy_nonoverlapping(
+                                        c.add(r * out.ldc),
+                                        t.as_mut_ptr().add(r * nr),
+                                        nrv,
+                                    );
+                                }
+                            }
+                            (kern.tile)(kc, ag.as_ptr(), bg.as_ptr(), t.as_mut_ptr(), nr, load);
+                            for r in 0..mrv {
+                                std::ptr::copy_nonoverlapping(
+                                    t.as_ptr().add(r * nr),
+                                    c.add(r * out.ldc),
+                                    nrv,
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        SCRATCH.set(scratch);
+    });
+}
+
+/// Portable transpose for [`Kernel::transpose`].
+pub(super) fn transpose_generic(
+    src: &[f32],
+    ld: usize,
+    rows: usize,
+    kc: usize,
+    nr: usize,
+    dst: &mut [f32],
+) {
+    for (r, row) in src.chunks(ld).take(rows).enumerate() {
+        for (p, &v) in row[..kc].iter().enumerate() {
+            dst[p * nr + r] = v;
+        }
+    }
+}

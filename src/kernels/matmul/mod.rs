@@ -1,0 +1,380 @@
+//! Matrix products over memory-mapped weights of any [`crate::quant::DType`].
+//!
+//! Forward: `y = x · Wᵀ` ([`matmul_wt`]); backward through a frozen weight:
+//! `dx += dy · W` ([`matmul_w_acc`]); and a plain f32 [`gemm`] for LoRA and attention.
+//!
+//! Every output element is one chain of fused multiply-adds over the reduction index in
+//! ascending order, started from zero (or from the old value when accumulating). Tiling,
+//! threading and the instruction set only decide which chains run where, never the order
+//! inside one, so results are bit-identical whatever the thread count, the tile sizes, the
+//! batch size `m`, or the SIMD unit (AVX-512, AVX2+FMA, NEON or the scalar fallback).
+//! Batch invariance matters to the engine: a token's logits do not depend on which other
+//! tokens share its forward pass, so the reference model of DPO equals the policy at step 0
+//! exactly, and a KV-cache step equals the full forward.
+//!
+//! The driver ([`driver`]) packs the activation operand once per call, dequantizes a panel
+//! of weight rows into an f32 scratch once per task, and runs a register-blocked microkernel
+//! over it (`scalar`, `x86`, `aarch64`).
+
+use crate::error::{Error, Result};
+use crate::quant::{DType, dequantize_row_unchecked};
+
+mod driver;
+mod pack;
+mod scalar;
+
+#[cfg(target_arch = "x86_64")]
+mod x86;
+
+#[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
+mod aarch64;
+
+use driver::Kernel;
+use pack::{StridedA, StridedB, WeightN, WeightT};
+
+/// Logical row order of a weight: GGUF llama files store Q/K rows permuted for interleaved
+/// rope; `RopeUnpermute { head_dim }` makes logical (HF-order) row `r` read physical row
+/// `head*hd + (if i < hd/2 { 2*i } else { 2*(i - hd/2) + 1 })` where `head = r / hd`,
+/// `i = r % hd`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RowOrder {
+    Stored,
+    RopeUnpermute { head_dim: usize },
+}
+
+/// A frozen weight matrix `[rows, cols]` (`rows` = outputs `n`, `cols` = inputs `k`),
+/// row-major in its stored format.
+#[derive(Clone, Copy, Debug)]
+pub struct WeightRef<'a> {
+    pub dtype: DType,
+    pub rows: usize,
+    pub cols: usize,
+    pub data: &'a [u8],
+    pub order: RowOrder,
+}
+
+impl<'a> WeightRef<'a> {
+    /// A weight view whose byte size and row order are checked against its shape.
+    pub fn new(
+        dtype: DType,
+        rows: usize,
+        cols: usize,
+        data: &'a [u8],
+        order: RowOrder,
+    ) -> Result<Self> {
+        let w = WeightRef {
+            dtype,
+            rows,
+            cols,
+            data,
+            order,
+        };
+        w.validate()?;
+        Ok(w)
+    }
+
+    /// Checks the invariants the kernels rely on (the fields are public, so every kernel
+    /// entry checks them again).
+    pub fn validate(&self) -> Result<()> {
+        match self.dtype.tensor_bytes(self.rows, self.cols) {
+            Some(n) if n == self.data.len() => {}
+            Some(n) => {
+                return Err(Error::invalid(format!(
+                    "weight [{}, {}] {}: {} bytes, expected {n}",
+                    self.rows,
+                    self.cols,
+                    self.dtype,
+                    self.data.len()
+                )));
+            }
+            None => {
+                return Err(Error::invalid(format!(
+                    "weight [{}, {}] {}: {} columns are not whole blocks of {}",
+                    self.rows,
+                    self.cols,
+                    self.dtype,
+                    self.cols,
+                    self.dtype.block_len()
+                )));
+            }
+        }
+        if let RowOrder::RopeUnpermute { head_dim } = self.order
+            && (head_dim == 0 || head_dim % 2 != 0 || self.rows % head_dim != 0)
+        {
+            return Err(Error::invalid(format!(
+                "weight [{}, {}]: rope head_dim {head_dim} must be even and divide the rows",
+                self.rows, self.cols
+            )));
+        }
+        Ok(())
+    }
+
+    fn check(&self) {
+        if let Err(e) = self.validate() {
+            panic!("matmul: {e}");
+        }
+    }
+
+    /// The stored row that holds logical row `r`.
+    #[inline]
+    pub fn physical_row(&self, r: usize) -> usize {
+        match self.order {
+            RowOrder::Stored => r,
+            RowOrder::RopeUnpermute { head_dim } => {
+                let (head, i) = (r / head_dim, r % head_dim);
+                let half = head_dim / 2;
+                head * head_dim + if i < half { 2 * i } else { 2 * (i - half) + 1 }
+            }
+        }
+    }
+
+    /// Expands logical row `r` into `out` (`cols` elements).
+    ///
+    /// # Panics
+    /// When the view is invalid, `r >= rows` or `out.len() != cols`.
+    pub fn row(&self, r: usize, out: &mut [f32]) {
+        self.check();
+        assert!(r < self.rows, "row {r} of a weight with {} rows", self.rows);
+        assert_eq!(out.len(), self.cols, "row buffer length");
+        self.row_range(r, 0, self.cols, out);
+    }
+
+    /// Expands columns `c0..c1` (block-aligned) of logical row `r`; the view is valid.
+    #[inline]
+    fn row_range(&self, r: usize, c0: usize, c1: usize, out: &mut [f32]) {
+        let (bl, bb) = (self.dtype.block_len(), self.dtype.block_bytes());
+        debug_assert!(c0 % bl == 0 && c1 % bl == 0 && c1 <= self.cols);
+        let row_bytes = self.cols / bl * bb;
+        let start = self.physical_row(r) * row_bytes;
+        let src = &self.data[start + c0 / bl * bb..start + c1 / bl * bb];
+        dequantize_row_unchecked(self.dtype, src, &mut out[..c1 - c0]);
+    }
+}
+
+/// The SIMD unit a product runs on. All of them give bit-identical results.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Isa {
+    Scalar,
+    /// x86_64 with AVX2 and FMA.
+    Avx2,
+    /// x86_64 with AVX-512F.
+    Avx512,
+    /// aarch64 Advanced SIMD.
+    Neon,
+}
+
+impl Isa {
+    /// The fastest unit of this CPU, detected once.
+    pub fn best() -> Isa {
+        static BEST: std::sync::OnceLock<Isa> = std::sync::OnceLock::new();
+        *BEST.get_or_init(|| {
+            [Isa::Avx512, Isa::Avx2, Isa::Neon]
+                .into_iter()
+                .find(|isa| isa.is_supported())
+                .unwrap_or(Isa::Scalar)
+        })
+    }
+
+    /// Every unit this CPU can run, slowest first.
+    pub fn supported() -> Vec<Isa> {
+        [Isa::Scalar, Isa::Neon, Isa::Avx2, Isa::Avx512]
+            .into_iter()
+            .filter(|isa| isa.is_supported())
+            .collect()
+    }
+
+    pub fn is_supported(self) -> bool {
+        match self {
+            Isa::Scalar => true,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => {
+                std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+            }
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => std::arch::is_x86_feature_detected!("avx512f"),
+            #[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
+            Isa::Neon => true,
+            #[allow(unreachable_patterns)]
+            _ => false,
+        }
+    }
+
+    fn kernel(self) -> Kernel {
+        assert!(self.is_supported(), "{self:?} is not supported by this CPU");
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => x86::AVX2,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => x86::AVX512,
+            #[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
+            Isa::Neon => aarch64::NEON,
+            _ => scalar::SCALAR,
+        }
+    }
+}
+
+/// `y[m, n] = x[m, k] · Wᵀ` (overwrites `y`), with `n = w.rows`, `k = w.cols`.
+///
+/// # Panics
+/// When `w` is invalid or a slice is shorter than its shape.
+pub fn matmul_wt(
+    x: &[f32], // [m, k]
+    m: usize,
+    w: &WeightRef, // [n, k]
+    y: &mut [f32], // [m, n]
+) {
+    matmul_wt_isa(Isa::best(), x, m, w, y);
+}
+
+/// [`matmul_wt`] on a chosen unit (same bits; for tests and benchmarks).
+pub fn matmul_wt_isa(
+    isa: Isa,
+    x: &[f32], // [m, k]
+    m: usize,
+    w: &WeightRef, // [n, k]
+    y: &mut [f32], // [m, n]
+) {
+    w.check();
+    let (n, k) = (w.rows, w.cols);
+    assert!(x.len() >= m * k, "x has {} elements, need {m}x{k}", x.len());
+    assert!(y.len() >= m * n, "y has {} elements, need {m}x{n}", y.len());
+    let a = StridedA::new(x, k, 1, 1.0);
+    driver::run(isa.kernel(), m, n, k, &a, &WeightT(w), y, n, false);
+}
+
+/// `dx[m, k] += dy[m, n] · W`, with `n = w.rows`, `k = w.cols`.
+///
+/// # Panics
+/// When `w` is invalid or a slice is shorter than its shape.
+pub fn matmul_w_acc(
+    dy: &[f32], // [m, n]
+    m: usize,
+    w: &WeightRef,  // [n, k]
+    dx: &mut [f32], // [m, k]
+) {
+    matmul_w_acc_isa(Isa::best(), dy, m, w, dx);
+}
+
+/// [`matmul_w_acc`] on a chosen unit (same bits; for tests and benchmarks).
+pub fn matmul_w_acc_isa(
+    isa: Isa,
+    dy: &[f32], // [m, n]
+    m: usize,
+    w: &WeightRef,  // [n, k]
+    dx: &mut [f32], // [m, k]
+) {
+    w.check();
+    let (n, k) = (w.rows, w.cols);
+    assert!(
+        dy.len() >= m * n,
+        "dy has {} elements, need {m}x{n}",
+        dy.len()
+    );
+    assert!(
+        dx.len() >= m * k,
+        "dx has {} elements, need {m}x{k}",
+        dx.len()
+    );
+    let a = StridedA::new(dy, n, 1, 1.0);
+    driver::run(isa.kernel(), m, k, n, &a, &WeightN(w), dx, k, true);
+}
+
+/// Plain f32 row-major GEMM: `C[m, n] (+)= alpha · op(A) · op(B)`, where `op(A)` is
+/// `[m, k]` (stored `[m, lda]`, or `[k, lda]` when `transa`) and `op(B)` is `[k, n]`
+/// (stored `[k, ldb]`, or `[n, ldb]` when `transb`). `beta_accumulate` adds to `C`
+/// instead of overwriting it. `alpha` scales `op(A)` before the products.
+///
+/// # Panics
+/// When a leading dimension is too small or a slice is shorter than its shape.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm(
+    transa: bool,
+    transb: bool,
+    m: usize,
+    n: usize,
+    k: usize,
+    alpha: f32,
+    a: &[f32],
+    lda: usize,
+    b: &[f32],
+    ldb: usize,
+    beta_accumulate: bool,
+    c: &mut [f32],
+    ldc: usize,
+) {
+    gemm_isa(
+        Isa::best(),
+        transa,
+        transb,
+        m,
+        n,
+        k,
+        alpha,
+        a,
+        lda,
+        b,
+        ldb,
+        beta_accumulate,
+        c,
+        ldc,
+    );
+}
+
+/// [`gemm`] on a chosen unit (same bits; for tests and benchmarks).
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_isa(
+    isa: Isa,
+    transa: bool,
+    transb: bool,
+    m: usize,
+    n: usize,
+    k: usize,
+    alpha: f32,
+    a: &[f32],
+    lda: usize,
+    b: &[f32],
+    ldb: usize,
+    beta_accumulate: bool,
+    c: &mut [f32],
+    ldc: usize,
+) {
+    // op(A)[i][p] = a[i * rs + p * cs]
+    let (ars, acs) = if transa { (1, lda) } else { (lda, 1) };
+    let (brs, bcs) = if transb { (1, ldb) } else { (ldb, 1) };
+    check_strided("A", a, m, k, ars, acs, if transa { m } else { k }, lda);
+    check_strided("B", b, k, n, brs, bcs, if transb { k } else { n }, ldb);
+    check_strided("C", c, m, n, ldc, 1, n, ldc);
+    let a = StridedA::new(a, ars, acs, alpha);
+    let b = StridedB::new(b, brs, bcs);
+    driver::run(isa.kernel(), m, n, k, &a, &b, c, ldc, beta_accumulate);
+}
+
+/// Asserts that `rows x cols` elements at `i * rs + j * cs` lie inside `data`, and that
+/// the leading dimension covers the stored row.
+fn check_strided(
+    name: &str,
+    data: &[f32],
+    rows: usize,
+    cols: usize,
+    rs: usize,
+    cs: usize,
+    stored_cols: usize,
+    ld: usize,
+) {
+    assert!(
+        ld >= stored_cols,
+        "gemm: leading dimension of {name} is {ld}, below its {stored_cols} stored columns"
+    );
+    if rows == 0 || cols == 0 {
+        return;
+    }
+    let last = (rows - 1)
+        .checked_mul(rs)
+        .and_then(|r| (cols - 1).checked_mul(cs).and_then(|c| r.checked_add(c)));
+    assert!(
+        matches!(last, Some(l) if l < data.len()),
+        "gemm: {name} has {} elements, too few for {rows}x{cols} with strides ({rs}, {cs})",
+        data.len()
+    );
+}

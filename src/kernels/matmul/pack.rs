@@ -1,0 +1,174 @@
+//! Operand sources: strided f32 matrices and frozen weights in their stored format.
+
+use super::WeightRef;
+use super::driver::{ASource, BSource, Kernel};
+
+/// `A[i][p] = alpha * data[i * rs + p * cs]`.
+pub(super) struct StridedA<'a> {
+    data: &'a [f32],
+    rs: usize,
+    cs: usize,
+    alpha: f32,
+}
+
+impl<'a> StridedA<'a> {
+    pub(super) fn new(data: &'a [f32], rs: usize, cs: usize, alpha: f32) -> Self {
+        StridedA {
+            data,
+            rs,
+            cs,
+            alpha,
+        }
+    }
+}
+
+impl ASource for StridedA<'_> {
+    fn pack(&self, i0: usize, i1: usize, p0: usize, p1: usize, mr: usize, dst: &mut [f32]) {
+        let kc = p1 - p0;
+        for (q, panel) in dst.chunks_mut(kc * mr).enumerate() {
+            for r in 0..mr {
+                let i = i0 + q * mr + r;
+                if i >= i1 {
+                    for p in 0..kc {
+                        panel[p * mr + r] = 0.0;
+                    }
+                } else if self.cs == 1 {
+                    let row = &self.data[i * self.rs + p0..i * self.rs + p1];
+                    for (p, &v) in row.iter().enumerate() {
+                        panel[p * mr + r] = self.alpha * v;
+                    }
+                } else {
+                    for p in 0..kc {
+                        panel[p * mr + r] =
+                            self.alpha * self.data[i * self.rs + (p0 + p) * self.cs];
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `B[p][j] = data[p * rs + j * cs]`.
+pub(super) struct StridedB<'a> {
+    data: &'a [f32],
+    rs: usize,
+    cs: usize,
+}
+
+impl<'a> StridedB<'a> {
+    pub(super) fn new(data: &'a [f32], rs: usize, cs: usize) -> Self {
+        StridedB { data, rs, cs }
+    }
+}
+
+impl BSource for StridedB<'_> {
+    fn pack(
+        &self,
+        kern: &Kernel,
+        p0: usize,
+        p1: usize,
+        j0: usize,
+        j1: usize,
+        dst: &mut [f32],
+        _scratch: &mut Vec<f32>,
+    ) {
+        let (nr, kc) = (kern.nr, p1 - p0);
+        for (g, group) in dst.chunks_mut(kc * nr).enumerate() {
+            let jg = j0 + g * nr;
+            let cols = nr.min(j1 - jg);
+            if self.rs == 1 {
+                // Columns of B are rows of storage: transpose them.
+                if cols < nr {
+                    group.fill(0.0);
+                }
+                let src = &self.data[jg * self.cs + p0..];
+                (kern.transpose)(src, self.cs, cols, kc, nr, group);
+            } else {
+                for (p, out) in group.chunks_mut(nr).enumerate() {
+                    let row = &self.data[(p0 + p) * self.rs..];
+                    if self.cs == 1 {
+                        out[..cols].copy_from_slice(&row[jg..jg + cols]);
+                    } else {
+                        for (c, o) in out[..cols].iter_mut().enumerate() {
+                            *o = row[(jg + c) * self.cs];
+                        }
+                    }
+                    out[cols..].fill(0.0);
+                }
+            }
+        }
+    }
+}
+
+/// `B[p][j] = W[j][p]`: the forward product `x · Wᵀ`.
+pub(super) struct WeightT<'a, 'w>(pub &'a WeightRef<'w>);
+
+impl BSource for WeightT<'_, '_> {
+    fn p_align(&self) -> usize {
+        self.0.dtype.block_len()
+    }
+
+    fn pack(
+        &self,
+        kern: &Kernel,
+        p0: usize,
+        p1: usize,
+        j0: usize,
+        j1: usize,
+        dst: &mut [f32],
+        scratch: &mut Vec<f32>,
+    ) {
+        let (nr, kc) = (kern.nr, p1 - p0);
+        if scratch.len() < nr * kc {
+            scratch.resize(nr * kc, 0.0);
+        }
+        for (g, group) in dst.chunks_mut(kc * nr).enumerate() {
+            let jg = j0 + g * nr;
+            let rows = nr.min(j1 - jg);
+            for (r, buf) in scratch.chunks_mut(kc).take(rows).enumerate() {
+                self.0.row_range(jg + r, p0, p1, buf);
+            }
+            if rows < nr {
+                group.fill(0.0);
+            }
+            (kern.transpose)(scratch, kc, rows, kc, nr, group);
+        }
+    }
+}
+
+/// `B[p][j] = W[p][j]`: the backward product `dy · W`.
+pub(super) struct WeightN<'a, 'w>(pub &'a WeightRef<'w>);
+
+impl BSource for WeightN<'_, '_> {
+    fn j_align(&self) -> usize {
+        self.0.dtype.block_len()
+    }
+
+    fn pack(
+        &self,
+        kern: &Kernel,
+        p0: usize,
+        p1: usize,
+        j0: usize,
+        j1: usize,
+        dst: &mut [f32],
+        scratch: &mut Vec<f32>,
+    ) {
+        let (nr, kc) = (kern.nr, p1 - p0);
+        // The tile's last column may end inside a block: expand whole blocks.
+        let bl = self.0.dtype.block_len();
+        let j1b = j1.next_multiple_of(bl).min(self.0.cols);
+        if scratch.len() < j1b - j0 {
+            scratch.resize(j1b - j0, 0.0);
+        }
+        let row = &mut scratch[..j1b - j0];
+        for p in 0..kc {
+            self.0.row_range(p0 + p, j0, j1b, row);
+            for (g, chunk) in row[..j1 - j0].chunks(nr).enumerate() {
+                let out = &mut dst[(g * kc + p) * nr..(g * kc + p + 1) * nr];
+                out[..chunk.len()].copy_from_slice(chunk);
+                out[chunk.len()..].fill(0.0);
+            }
+        }
+    }
+}

@@ -1,0 +1,43 @@
+//! Portable microkernel. It uses `mul_add` so that its results are the same bits as the
+//! SIMD kernels' fused multiply-adds (on a CPU without FMA it is slow but still exact).
+
+use super::driver::{Kernel, transpose_generic};
+
+const MR: usize = 4;
+const NR: usize = 8;
+
+pub(super) const SCALAR: Kernel = Kernel {
+    mr: MR,
+    nr: NR,
+    tile,
+    transpose: transpose_generic,
+};
+
+/// Safety: see [`Kernel::tile`].
+unsafe fn tile(kc: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize, load: bool) {
+    // SAFETY: the caller guarantees the extents documented on `Kernel::tile`.
+    let (a, b) = unsafe {
+        (
+            std::slice::from_raw_parts(a, kc * MR),
+            std::slice::from_raw_parts(b, kc * NR),
+        )
+    };
+    let mut acc = [[0.0f32; NR]; MR];
+    if load {
+        for (i, row) in acc.iter_mut().enumerate() {
+            // SAFETY: row i of the tile is readable for NR elements.
+            *row = unsafe { std::ptr::read_unaligned(c.add(i * ldc).cast::<[f32; NR]>()) };
+        }
+    }
+    for (ap, bp) in a.chunks_exact(MR).zip(b.chunks_exact(NR)) {
+        for (row, &ai) in acc.iter_mut().zip(ap) {
+            for (o, &bj) in row.iter_mut().zip(bp) {
+                *o = ai.mul_add(bj, *o);
+            }
+        }
+    }
+    for (i, row) in acc.iter().enumerate() {
+        // SAFETY: row i of the tile is writable for NR elements.
+        unsafe { std::ptr::write_unaligned(c.add(i * ldc).cast::<[f32; NR]>(), *row) };
+    }
+}

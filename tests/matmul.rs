@@ -1,0 +1,481 @@
+//! The matrix products against independent references: a plain fused multiply-add chain
+//! (which every unit must match bit for bit) and an f64 product (which it must match
+//! within rounding), over every weight format, ragged shapes, rope row order, every
+//! SIMD unit of this CPU and several thread counts.
+
+use half::{bf16, f16};
+use nudge::kernels::matmul::{
+    Isa, RowOrder, WeightRef, gemm, gemm_isa, matmul_w_acc, matmul_w_acc_isa, matmul_wt,
+    matmul_wt_isa,
+};
+use nudge::quant::{DType, dequantize_row};
+
+/// splitmix64: a small deterministic generator.
+struct Rng(u64);
+
+impl Rng {
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    /// Uniform in [-1, 1).
+    fn f32(&mut self) -> f32 {
+        (self.next_u64() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+    }
+    fn vec(&mut self, len: usize) -> Vec<f32> {
+        (0..len).map(|_| self.f32()).collect()
+    }
+    fn byte(&mut self) -> u8 {
+        self.next_u64() as u8
+    }
+    fn f16_bytes(&mut self, scale: f32) -> [u8; 2] {
+        f16::from_f32(scale * (0.25 + self.f32().abs())).to_le_bytes()
+    }
+}
+
+/// Random stored bytes of a `[rows, cols]` weight in `dtype`: whole valid blocks with
+/// finite scales.
+fn random_weight(rng: &mut Rng, dtype: DType, rows: usize, cols: usize) -> Vec<u8> {
+    let n = rows * cols;
+    match dtype {
+        DType::F32 => (0..n).flat_map(|_| rng.f32().to_le_bytes()).collect(),
+        DType::F16 => (0..n)
+            .flat_map(|_| f16::from_f32(rng.f32()).to_le_bytes())
+            .collect(),
+        DType::BF16 => (0..n)
+            .flat_map(|_| bf16::from_f32(rng.f32()).to_le_bytes())
+            .collect(),
+        _ => {
+            let blocks = n / dtype.block_len();
+            let mut out = Vec::with_capacity(blocks * dtype.block_bytes());
+            for _ in 0..blocks {
+                let mut block: Vec<u8> = (0..dtype.block_bytes()).map(|_| rng.byte()).collect();
+                let scale = 1.0 / 16.0;
+                match dtype {
+                    DType::Q8_0 => block[0..2].copy_from_slice(&rng.f16_bytes(scale / 8.0)),
+                    DType::Q4_0 => block[0..2].copy_from_slice(&rng.f16_bytes(scale)),
+                    DType::Q4_1 | DType::Q4_K => {
+                        block[0..2].copy_from_slice(&rng.f16_bytes(scale));
+                        let m = f16::from_f32(-rng.f32().abs() * 0.5).to_le_bytes();
+                        block[2..4].copy_from_slice(&m);
+                    }
+                    DType::Q6_K => block[208..210].copy_from_slice(&rng.f16_bytes(scale / 8.0)),
+                    _ => unreachable!(),
+                }
+                out.extend_from_slice(&block);
+            }
+            out
+        }
+    }
+}
+
+/// The stored rows expanded with the format's own dequantizer, in storage order.
+fn dequantized(dtype: DType, rows: usize, cols: usize, data: &[u8]) -> Vec<f32> {
+    let rb = dtype.row_bytes(cols).unwrap();
+    let mut out = vec![0.0; rows * cols];
+    for r in 0..rows {
+        dequantize_row(
+            dtype,
+            &data[r * rb..(r + 1) * rb],
+            &mut out[r * cols..(r + 1) * cols],
+        )
+        .unwrap();
+    }
+    out
+}
+
+/// `c[i][j] = fold p: a(i,p).mul_add(b(p,j), acc)` from `c0(i,j)`: the exact order every
+/// unit promises.
+fn fma_chain(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: impl Fn(usize, usize) -> f32,
+    b: impl Fn(usize, usize) -> f32,
+    c0: impl Fn(usize, usize) -> f32,
+) -> Vec<f32> {
+    let mut c = vec![0.0; m * n];
+    for i in 0..m {
+        for j in 0..n {
+            let mut acc = c0(i, j);
+            for p in 0..k {
+                acc = a(i, p).mul_add(b(p, j), acc);
+            }
+            c[i * n + j] = acc;
+        }
+    }
+    c
+}
+
+/// Checks `got` against the f64 product `c0 + sum_p a(i,p) b(p,j)` within `1e-5` of
+/// `|c0| + ||a_i|| ||b_j||`.
+fn assert_close_f64(
+    what: &str,
+    got: &[f32],
+    m: usize,
+    n: usize,
+    k: usize,
+    a: impl Fn(usize, usize) -> f32,
+    b: impl Fn(usize, usize) -> f32,
+    c0: impl Fn(usize, usize) -> f32,
+) {
+    for i in 0..m {
+        let na: f64 = (0..k).map(|p| (a(i, p) as f64).powi(2)).sum::<f64>().sqrt();
+        for j in 0..n {
+            let nb: f64 = (0..k).map(|p| (b(p, j) as f64).powi(2)).sum::<f64>().sqrt();
+            let exact: f64 =
+                c0(i, j) as f64 + (0..k).map(|p| a(i, p) as f64 * b(p, j) as f64).sum::<f64>();
+            let tol = 1e-5 * ((c0(i, j) as f64).abs() + na * nb) + 1e-30;
+            let g = got[i * n + j] as f64;
+            assert!(
+                (g - exact).abs() <= tol,
+                "{what}: [{i}, {j}] = {g}, f64 product {exact} (tolerance {tol})"
+            );
+        }
+    }
+}
+
+/// Bitwise equality, where a NaN matches any NaN.
+fn assert_same_bits(what: &str, got: &[f32], want: &[f32]) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    for (e, (g, w)) in got.iter().zip(want).enumerate() {
+        assert!(
+            g.to_bits() == w.to_bits() || (g.is_nan() && w.is_nan()),
+            "{what}: element {e} is {g:e} ({:#010x}), expected {w:e} ({:#010x})",
+            g.to_bits(),
+            w.to_bits()
+        );
+    }
+}
+
+const DTYPES: [DType; 8] = [
+    DType::F32,
+    DType::F16,
+    DType::BF16,
+    DType::Q8_0,
+    DType::Q4_0,
+    DType::Q4_1,
+    DType::Q4_K,
+    DType::Q6_K,
+];
+
+/// Shapes `(m, n, k)` with `k` a whole number of blocks: ragged against every tile size,
+/// one token, reductions longer than one packed chunk, and more rows than one task takes.
+fn shapes(dtype: DType) -> Vec<(usize, usize, usize)> {
+    match dtype.block_len() {
+        1 => vec![
+            (1, 1, 1),
+            (1, 70, 96),
+            (5, 7, 3),
+            (13, 65, 257),
+            (37, 100, 320),
+            (3, 40, 2081),
+            (531, 19, 33),
+        ],
+        32 => vec![
+            (1, 1, 32),
+            (1, 70, 96),
+            (3, 33, 64),
+            (13, 65, 288),
+            (37, 100, 320),
+            (3, 40, 2080),
+            (531, 19, 64),
+        ],
+        _ => vec![(1, 3, 256), (7, 45, 512), (29, 70, 768)],
+    }
+}
+
+/// The formats whose dequantizer gives finite values (the others are checked only for
+/// matching the chain, NaN for NaN).
+fn finite(dtype: DType) -> bool {
+    let mut rng = Rng(1);
+    let data = random_weight(&mut rng, dtype, 1, dtype.block_len());
+    dequantized(dtype, 1, dtype.block_len(), &data)
+        .iter()
+        .all(|v| v.is_finite())
+}
+
+#[test]
+fn matmul_wt_is_the_fma_chain_and_the_f64_product_for_every_dtype_and_unit() {
+    let mut rng = Rng(7);
+    for dtype in DTYPES {
+        for (m, n, k) in shapes(dtype) {
+            let data = random_weight(&mut rng, dtype, n, k);
+            let w = WeightRef::new(dtype, n, k, &data, RowOrder::Stored).unwrap();
+            let wf = dequantized(dtype, n, k, &data);
+            let x = rng.vec(m * k);
+            let a = |i: usize, p: usize| x[i * k + p];
+            let b = |p: usize, j: usize| wf[j * k + p];
+            let want = fma_chain(m, n, k, a, b, |_, _| 0.0);
+            let what = format!("{dtype} m={m} n={n} k={k}");
+            if finite(dtype) {
+                assert_close_f64(&what, &want, m, n, k, a, b, |_, _| 0.0);
+            }
+            for isa in Isa::supported() {
+                let mut y = vec![f32::NAN; m * n];
+                matmul_wt_isa(isa, &x, m, &w, &mut y);
+                assert_same_bits(&format!("{what} {isa:?}"), &y, &want);
+            }
+            let mut y = vec![0.0; m * n];
+            matmul_wt(&x, m, &w, &mut y);
+            assert_same_bits(&what, &y, &want);
+        }
+    }
+}
+
+#[test]
+fn matmul_w_acc_adds_the_fma_chain_for_every_dtype_and_unit() {
+    let mut rng = Rng(11);
+    for dtype in DTYPES {
+        for (m, n, k) in shapes(dtype) {
+            // The weight is [n, k] here too; dy is [m, n] and the reduction runs over n.
+            let data = random_weight(&mut rng, dtype, n, k);
+            let w = WeightRef::new(dtype, n, k, &data, RowOrder::Stored).unwrap();
+            let wf = dequantized(dtype, n, k, &data);
+            let dy = rng.vec(m * n);
+            let dx0 = rng.vec(m * k);
+            let a = |i: usize, p: usize| dy[i * n + p];
+            let b = |p: usize, j: usize| wf[p * k + j];
+            let c0 = |i: usize, j: usize| dx0[i * k + j];
+            let want = fma_chain(m, k, n, a, b, c0);
+            let what = format!("{dtype} m={m} n={n} k={k}");
+            if finite(dtype) {
+                assert_close_f64(&what, &want, m, k, n, a, b, c0);
+            }
+            for isa in Isa::supported() {
+                let mut dx = dx0.clone();
+                matmul_w_acc_isa(isa, &dy, m, &w, &mut dx);
+                assert_same_bits(&format!("{what} {isa:?}"), &dx, &want);
+            }
+            let mut dx = dx0.clone();
+            matmul_w_acc(&dy, m, &w, &mut dx);
+            assert_same_bits(&what, &dx, &want);
+        }
+    }
+}
+
+/// GGUF's converter stores each head's rows as `(hd/2, 2)` interleaved pairs: physical
+/// row `2*i + s` of a head holds logical row `s*hd/2 + i`.
+fn rope_permuted_rows(rows: usize, head_dim: usize, row_bytes: usize, logical: &[u8]) -> Vec<u8> {
+    let mut out = vec![0; logical.len()];
+    for head in 0..rows / head_dim {
+        for i in 0..head_dim / 2 {
+            for s in 0..2 {
+                let phys = head * head_dim + 2 * i + s;
+                let log = head * head_dim + s * head_dim / 2 + i;
+                out[phys * row_bytes..(phys + 1) * row_bytes]
+                    .copy_from_slice(&logical[log * row_bytes..(log + 1) * row_bytes]);
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn rope_unpermute_reads_rows_in_hf_order() {
+    let mut rng = Rng(13);
+    for dtype in [DType::F32, DType::Q8_0, DType::Q4_1] {
+        let (m, head_dim, heads, k) = (9, 8, 3, 64);
+        let n = head_dim * heads;
+        let logical = random_weight(&mut rng, dtype, n, k);
+        let stored = rope_permuted_rows(n, head_dim, dtype.row_bytes(k).unwrap(), &logical);
+        assert_ne!(logical, stored);
+        let plain = WeightRef::new(dtype, n, k, &logical, RowOrder::Stored).unwrap();
+        let perm =
+            WeightRef::new(dtype, n, k, &stored, RowOrder::RopeUnpermute { head_dim }).unwrap();
+
+        let wf = dequantized(dtype, n, k, &logical);
+        let mut row = vec![0.0; k];
+        for r in 0..n {
+            perm.row(r, &mut row);
+            assert_same_bits(&format!("{dtype} row {r}"), &row, &wf[r * k..(r + 1) * k]);
+        }
+
+        let x = rng.vec(m * k);
+        let (mut y0, mut y1) = (vec![0.0; m * n], vec![0.0; m * n]);
+        matmul_wt(&x, m, &plain, &mut y0);
+        matmul_wt(&x, m, &perm, &mut y1);
+        assert_same_bits(&format!("{dtype} forward"), &y1, &y0);
+
+        let dy = rng.vec(m * n);
+        let dx0 = rng.vec(m * k);
+        let (mut d0, mut d1) = (dx0.clone(), dx0);
+        matmul_w_acc(&dy, m, &plain, &mut d0);
+        matmul_w_acc(&dy, m, &perm, &mut d1);
+        assert_same_bits(&format!("{dtype} backward"), &d1, &d0);
+    }
+}
+
+fn in_pool<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> R {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .unwrap()
+        .install(f)
+}
+
+#[test]
+fn results_are_bit_identical_for_1_2_and_3_threads() {
+    let mut rng = Rng(17);
+    let (m, n, k) = (300, 200, 608);
+    let data = random_weight(&mut rng, DType::Q4_1, n, k);
+    let w = WeightRef::new(DType::Q4_1, n, k, &data, RowOrder::Stored).unwrap();
+    let x = rng.vec(m * k);
+    let dy = rng.vec(m * n);
+    let dx0 = rng.vec(m * k);
+    let (a, b) = (rng.vec(m * k), rng.vec(k * n));
+    let run = |threads: usize| {
+        in_pool(threads, || {
+            let mut y = vec![0.0; m * n];
+            matmul_wt(&x, m, &w, &mut y);
+            let mut dx = dx0.clone();
+            matmul_w_acc(&dy, m, &w, &mut dx);
+            let mut c = vec![0.0; m * n];
+            gemm(false, false, m, n, k, 1.0, &a, k, &b, n, false, &mut c, n);
+            (y, dx, c)
+        })
+    };
+    let one = run(1);
+    assert!(
+        one.0
+            .iter()
+            .chain(&one.1)
+            .chain(&one.2)
+            .all(|v| v.is_finite())
+    );
+    for threads in [2, 3] {
+        let other = run(threads);
+        assert_same_bits(&format!("forward, {threads} threads"), &other.0, &one.0);
+        assert_same_bits(&format!("backward, {threads} threads"), &other.1, &one.1);
+        assert_same_bits(&format!("gemm, {threads} threads"), &other.2, &one.2);
+    }
+}
+
+#[test]
+fn a_row_of_the_output_does_not_depend_on_the_other_rows() {
+    let mut rng = Rng(19);
+    let (m, n, k) = (45, 130, 576);
+    let data = random_weight(&mut rng, DType::Q4_0, n, k);
+    let w = WeightRef::new(DType::Q4_0, n, k, &data, RowOrder::Stored).unwrap();
+    let x = rng.vec(m * k);
+    let mut y = vec![0.0; m * n];
+    matmul_wt(&x, m, &w, &mut y);
+    for i in [0, 1, 17, m - 1] {
+        let mut yi = vec![0.0; n];
+        matmul_wt(&x[i * k..(i + 1) * k], 1, &w, &mut yi);
+        assert_same_bits(&format!("row {i}"), &yi, &y[i * n..(i + 1) * n]);
+    }
+}
+
+#[test]
+fn gemm_handles_every_transpose_and_accumulate() {
+    let mut rng = Rng(23);
+    for (m, n, k) in [(1, 1, 1), (7, 5, 3), (29, 67, 45), (70, 33, 300)] {
+        for transa in [false, true] {
+            for transb in [false, true] {
+                for accumulate in [false, true] {
+                    let alpha = 0.75;
+                    // Padded leading dimensions: the padding must stay untouched.
+                    let (ar, ac) = if transa { (k, m) } else { (m, k) };
+                    let (br, bc) = if transb { (n, k) } else { (k, n) };
+                    let (lda, ldb, ldc) = (ac + 3, bc + 1, n + 2);
+                    let a = rng.vec(ar * lda);
+                    let b = rng.vec(br * ldb);
+                    let c0 = rng.vec(m * ldc);
+                    let opa = |i: usize, p: usize| {
+                        alpha
+                            * if transa {
+                                a[p * lda + i]
+                            } else {
+                                a[i * lda + p]
+                            }
+                    };
+                    let opb = |p: usize, j: usize| {
+                        if transb {
+                            b[j * ldb + p]
+                        } else {
+                            b[p * ldb + j]
+                        }
+                    };
+                    let init = |i: usize, j: usize| if accumulate { c0[i * ldc + j] } else { 0.0 };
+                    let want = fma_chain(m, n, k, opa, opb, init);
+                    let what =
+                        format!("m={m} n={n} k={k} ta={transa} tb={transb} acc={accumulate}");
+                    assert_close_f64(&what, &want, m, n, k, opa, opb, init);
+                    for isa in Isa::supported() {
+                        let mut c = c0.clone();
+                        gemm_isa(
+                            isa, transa, transb, m, n, k, alpha, &a, lda, &b, ldb, accumulate,
+                            &mut c, ldc,
+                        );
+                        for i in 0..m {
+                            let what = format!("{what} {isa:?} row {i}");
+                            assert_same_bits(
+                                &what,
+                                &c[i * ldc..i * ldc + n],
+                                &want[i * n..(i + 1) * n],
+                            );
+                            assert_same_bits(
+                                &what,
+                                &c[i * ldc + n..(i + 1) * ldc],
+                                &c0[i * ldc + n..(i + 1) * ldc],
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn gemm_with_empty_reduction_clears_or_keeps_c() {
+    let mut c = vec![3.0; 6];
+    gemm(false, false, 2, 3, 0, 1.0, &[], 0, &[], 3, true, &mut c, 3);
+    assert_eq!(c, vec![3.0; 6]);
+    gemm(false, false, 2, 3, 0, 1.0, &[], 0, &[], 3, false, &mut c, 3);
+    assert_eq!(c, vec![0.0; 6]);
+}
+
+#[test]
+fn weight_ref_rejects_bad_sizes_and_rope_heads() {
+    let data = vec![0u8; 2 * 20];
+    assert!(WeightRef::new(DType::Q4_1, 2, 32, &data, RowOrder::Stored).is_ok());
+    assert!(WeightRef::new(DType::Q4_1, 2, 32, &data[1..], RowOrder::Stored).is_err());
+    assert!(WeightRef::new(DType::Q4_1, 1, 64, &data, RowOrder::Stored).is_ok());
+    assert!(WeightRef::new(DType::Q4_1, 2, 33, &data, RowOrder::Stored).is_err());
+    let data = vec![0u8; 6 * 4 * 4];
+    for head_dim in [0, 3, 4] {
+        let r = WeightRef::new(
+            DType::F32,
+            6,
+            4,
+            &data,
+            RowOrder::RopeUnpermute { head_dim },
+        );
+        assert!(r.is_err(), "head_dim {head_dim}");
+    }
+    assert!(
+        WeightRef::new(
+            DType::F32,
+            6,
+            4,
+            &data,
+            RowOrder::RopeUnpermute { head_dim: 2 }
+        )
+        .is_ok()
+    );
+    assert!(
+        WeightRef::new(
+            DType::F32,
+            6,
+            4,
+            &data,
+            RowOrder::RopeUnpermute { head_dim: 6 }
+        )
+        .is_ok()
+    );
+}
