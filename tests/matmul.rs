@@ -5,8 +5,7 @@
 
 use half::{bf16, f16};
 use nudge::kernels::matmul::{
-    Isa, RowOrder, WeightRef, gemm, gemm_isa, matmul_w_acc, matmul_w_acc_isa, matmul_wt,
-    matmul_wt_isa,
+    Isa, RowOrder, WeightRef, gemm, gemm_isa, matmul_w_acc, matmul_w_acc_isa, matmul_wt, matmul_wt_isa,
 };
 use nudge::quant::{DType, dequantize_row};
 
@@ -42,12 +41,8 @@ fn random_weight(rng: &mut Rng, dtype: DType, rows: usize, cols: usize) -> Vec<u
     let n = rows * cols;
     match dtype {
         DType::F32 => (0..n).flat_map(|_| rng.f32().to_le_bytes()).collect(),
-        DType::F16 => (0..n)
-            .flat_map(|_| f16::from_f32(rng.f32()).to_le_bytes())
-            .collect(),
-        DType::BF16 => (0..n)
-            .flat_map(|_| bf16::from_f32(rng.f32()).to_le_bytes())
-            .collect(),
+        DType::F16 => (0..n).flat_map(|_| f16::from_f32(rng.f32()).to_le_bytes()).collect(),
+        DType::BF16 => (0..n).flat_map(|_| bf16::from_f32(rng.f32()).to_le_bytes()).collect(),
         _ => {
             let blocks = n / dtype.block_len();
             let mut out = Vec::with_capacity(blocks * dtype.block_bytes());
@@ -77,12 +72,7 @@ fn dequantized(dtype: DType, rows: usize, cols: usize, data: &[u8]) -> Vec<f32> 
     let rb = dtype.row_bytes(cols).unwrap();
     let mut out = vec![0.0; rows * cols];
     for r in 0..rows {
-        dequantize_row(
-            dtype,
-            &data[r * rb..(r + 1) * rb],
-            &mut out[r * cols..(r + 1) * cols],
-        )
-        .unwrap();
+        dequantize_row(dtype, &data[r * rb..(r + 1) * rb], &mut out[r * cols..(r + 1) * cols]).unwrap();
     }
     out
 }
@@ -126,8 +116,7 @@ fn assert_close_f64(
         let na: f64 = (0..k).map(|p| (a(i, p) as f64).powi(2)).sum::<f64>().sqrt();
         for j in 0..n {
             let nb: f64 = (0..k).map(|p| (b(p, j) as f64).powi(2)).sum::<f64>().sqrt();
-            let exact: f64 =
-                c0(i, j) as f64 + (0..k).map(|p| a(i, p) as f64 * b(p, j) as f64).sum::<f64>();
+            let exact: f64 = c0(i, j) as f64 + (0..k).map(|p| a(i, p) as f64 * b(p, j) as f64).sum::<f64>();
             let tol = 1e-5 * ((c0(i, j) as f64).abs() + na * nb) + 1e-30;
             let g = got[i * n + j] as f64;
             assert!(
@@ -284,8 +273,7 @@ fn rope_unpermute_reads_rows_in_hf_order() {
         let stored = rope_permuted_rows(n, head_dim, dtype.row_bytes(k).unwrap(), &logical);
         assert_ne!(logical, stored);
         let plain = WeightRef::new(dtype, n, k, &logical, RowOrder::Stored).unwrap();
-        let perm =
-            WeightRef::new(dtype, n, k, &stored, RowOrder::RopeUnpermute { head_dim }).unwrap();
+        let perm = WeightRef::new(dtype, n, k, &stored, RowOrder::RopeUnpermute { head_dim }).unwrap();
 
         let wf = dequantized(dtype, n, k, &logical);
         let mut row = vec![0.0; k];
@@ -339,13 +327,7 @@ fn results_are_bit_identical_for_1_2_and_3_threads() {
         })
     };
     let one = run(1);
-    assert!(
-        one.0
-            .iter()
-            .chain(&one.1)
-            .chain(&one.2)
-            .all(|v| v.is_finite())
-    );
+    assert!(one.0.iter().chain(&one.1).chain(&one.2).all(|v| v.is_finite()));
     for threads in [2, 3] {
         let other = run(threads);
         assert_same_bits(&format!("forward, {threads} threads"), &other.0, &one.0);
@@ -385,44 +367,23 @@ fn gemm_handles_every_transpose_and_accumulate() {
                     let a = rng.vec(ar * lda);
                     let b = rng.vec(br * ldb);
                     let c0 = rng.vec(m * ldc);
-                    let opa = |i: usize, p: usize| {
-                        alpha
-                            * if transa {
-                                a[p * lda + i]
-                            } else {
-                                a[i * lda + p]
-                            }
-                    };
+                    let opa = |i: usize, p: usize| alpha * if transa { a[p * lda + i] } else { a[i * lda + p] };
                     let opb = |p: usize, j: usize| {
-                        if transb {
-                            b[j * ldb + p]
-                        } else {
-                            b[p * ldb + j]
-                        }
+                        if transb { b[j * ldb + p] } else { b[p * ldb + j] }
                     };
                     let init = |i: usize, j: usize| if accumulate { c0[i * ldc + j] } else { 0.0 };
                     let want = fma_chain(m, n, k, opa, opb, init);
-                    let what =
-                        format!("m={m} n={n} k={k} ta={transa} tb={transb} acc={accumulate}");
+                    let what = format!("m={m} n={n} k={k} ta={transa} tb={transb} acc={accumulate}");
                     assert_close_f64(&what, &want, m, n, k, opa, opb, init);
                     for isa in Isa::supported() {
                         let mut c = c0.clone();
                         gemm_isa(
-                            isa, transa, transb, m, n, k, alpha, &a, lda, &b, ldb, accumulate,
-                            &mut c, ldc,
+                            isa, transa, transb, m, n, k, alpha, &a, lda, &b, ldb, accumulate, &mut c, ldc,
                         );
                         for i in 0..m {
                             let what = format!("{what} {isa:?} row {i}");
-                            assert_same_bits(
-                                &what,
-                                &c[i * ldc..i * ldc + n],
-                                &want[i * n..(i + 1) * n],
-                            );
-                            assert_same_bits(
-                                &what,
-                                &c[i * ldc + n..(i + 1) * ldc],
-                                &c0[i * ldc + n..(i + 1) * ldc],
-                            );
+                            assert_same_bits(&what, &c[i * ldc..i * ldc + n], &want[i * n..(i + 1) * n]);
+                            assert_same_bits(&what, &c[i * ldc + n..(i + 1) * ldc], &c0[i * ldc + n..(i + 1) * ldc]);
                         }
                     }
                 }
@@ -449,33 +410,9 @@ fn weight_ref_rejects_bad_sizes_and_rope_heads() {
     assert!(WeightRef::new(DType::Q4_1, 2, 33, &data, RowOrder::Stored).is_err());
     let data = vec![0u8; 6 * 4 * 4];
     for head_dim in [0, 3, 4] {
-        let r = WeightRef::new(
-            DType::F32,
-            6,
-            4,
-            &data,
-            RowOrder::RopeUnpermute { head_dim },
-        );
+        let r = WeightRef::new(DType::F32, 6, 4, &data, RowOrder::RopeUnpermute { head_dim });
         assert!(r.is_err(), "head_dim {head_dim}");
     }
-    assert!(
-        WeightRef::new(
-            DType::F32,
-            6,
-            4,
-            &data,
-            RowOrder::RopeUnpermute { head_dim: 2 }
-        )
-        .is_ok()
-    );
-    assert!(
-        WeightRef::new(
-            DType::F32,
-            6,
-            4,
-            &data,
-            RowOrder::RopeUnpermute { head_dim: 6 }
-        )
-        .is_ok()
-    );
+    assert!(WeightRef::new(DType::F32, 6, 4, &data, RowOrder::RopeUnpermute { head_dim: 2 }).is_ok());
+    assert!(WeightRef::new(DType::F32, 6, 4, &data, RowOrder::RopeUnpermute { head_dim: 6 }).is_ok());
 }

@@ -25,11 +25,9 @@ pub(super) struct Kernel {
     pub transpose: TransposeFn,
 }
 
-pub(super) type TileFn =
-    unsafe fn(kc: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize, load: bool);
+pub(super) type TileFn = unsafe fn(kc: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize, load: bool);
 
-pub(super) type TransposeFn =
-    fn(src: &[f32], ld: usize, rows: usize, kc: usize, nr: usize, dst: &mut [f32]);
+pub(super) type TransposeFn = fn(src: &[f32], ld: usize, rows: usize, kc: usize, nr: usize, dst: &mut [f32]);
 
 /// The left operand: row `i`, reduction index `p`.
 pub(super) trait ASource: Sync {
@@ -51,16 +49,7 @@ pub(super) trait BSource: Sync {
     /// Packs `p0..p1 x j0..j1` into groups of `nr` columns: `dst[group][p - p0][c]`,
     /// columns past `j1` zero. `scratch` is the task's to resize and reuse.
     #[allow(clippy::too_many_arguments)]
-    fn pack(
-        &self,
-        kern: &Kernel,
-        p0: usize,
-        p1: usize,
-        j0: usize,
-        j1: usize,
-        dst: &mut [f32],
-        scratch: &mut Vec<f32>,
-    );
+    fn pack(&self, kern: &Kernel, p0: usize, p1: usize, j0: usize, j1: usize, dst: &mut [f32], scratch: &mut Vec<f32>);
 }
 
 /// Reduction chunk per B pack: a `KC x nr` micro-panel of B stays in L1.
@@ -126,11 +115,7 @@ thread_local! {
 
 /// Runs `f` on this thread's buffer `key` grown to `len`. A nested use on the same thread
 /// (rayon may run another task while this one waits) finds it taken and allocates.
-fn with_buf<R>(
-    key: &'static std::thread::LocalKey<Cell<Vec<f32>>>,
-    len: usize,
-    f: impl FnOnce(&mut [f32]) -> R,
-) -> R {
+fn with_buf<R>(key: &'static std::thread::LocalKey<Cell<Vec<f32>>>, len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
     let mut buf = key.take();
     if buf.len() < len {
         buf.resize(len, 0.0);
@@ -202,24 +187,12 @@ pub(super) fn run(
                 a.pack(i0, (i0 + kern.mr).min(m), po, pe, kern.mr, dst);
             });
             let ap = &*ap;
-            (0..plan.m_tiles * plan.n_tiles)
-                .into_par_iter()
-                .for_each(|t| {
-                    let (mt, nt) = (t % plan.m_tiles, t / plan.m_tiles);
-                    let rows = mt * plan.mb..((mt + 1) * plan.mb).min(m);
-                    let cols = nt * plan.nb..((nt + 1) * plan.nb).min(n);
-                    task(
-                        &kern,
-                        &plan,
-                        rows,
-                        cols,
-                        po..pe,
-                        ap,
-                        b,
-                        out,
-                        accumulate || po > 0,
-                    );
-                });
+            (0..plan.m_tiles * plan.n_tiles).into_par_iter().for_each(|t| {
+                let (mt, nt) = (t % plan.m_tiles, t / plan.m_tiles);
+                let rows = mt * plan.mb..((mt + 1) * plan.mb).min(m);
+                let cols = nt * plan.nb..((nt + 1) * plan.nb).min(n);
+                task(&kern, &plan, rows, cols, po..pe, ap, b, out, accumulate || po > 0);
+            });
         }
     });
 }
@@ -268,20 +241,12 @@ fn task(
                             let mut t = [0.0f32; TILE_MAX];
                             if load {
                                 for r in 0..mrv {
-                                    std::ptr::copy_nonoverlapping(
-                                        c.add(r * out.ldc),
-                                        t.as_mut_ptr().add(r * nr),
-                                        nrv,
-                                    );
+                                    std::ptr::copy_nonoverlapping(c.add(r * out.ldc), t.as_mut_ptr().add(r * nr), nrv);
                                 }
                             }
                             (kern.tile)(kc, ag.as_ptr(), bg.as_ptr(), t.as_mut_ptr(), nr, load);
                             for r in 0..mrv {
-                                std::ptr::copy_nonoverlapping(
-                                    t.as_ptr().add(r * nr),
-                                    c.add(r * out.ldc),
-                                    nrv,
-                                );
+                                std::ptr::copy_nonoverlapping(t.as_ptr().add(r * nr), c.add(r * out.ldc), nrv);
                             }
                         }
                     }
@@ -293,14 +258,7 @@ fn task(
 }
 
 /// Portable transpose for [`Kernel::transpose`].
-pub(super) fn transpose_generic(
-    src: &[f32],
-    ld: usize,
-    rows: usize,
-    kc: usize,
-    nr: usize,
-    dst: &mut [f32],
-) {
+pub(super) fn transpose_generic(src: &[f32], ld: usize, rows: usize, kc: usize, nr: usize, dst: &mut [f32]) {
     for (r, row) in src.chunks(ld).take(rows).enumerate() {
         for (p, &v) in row[..kc].iter().enumerate() {
             dst[p * nr + r] = v;

@@ -55,13 +55,7 @@ pub struct WeightRef<'a> {
 
 impl<'a> WeightRef<'a> {
     /// A weight view whose byte size and row order are checked against its shape.
-    pub fn new(
-        dtype: DType,
-        rows: usize,
-        cols: usize,
-        data: &'a [u8],
-        order: RowOrder,
-    ) -> Result<Self> {
+    pub fn new(dtype: DType, rows: usize, cols: usize, data: &'a [u8], order: RowOrder) -> Result<Self> {
         let w = WeightRef {
             dtype,
             rows,
@@ -187,10 +181,7 @@ impl Isa {
         match self {
             Isa::Scalar => true,
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => {
-                std::arch::is_x86_feature_detected!("avx2")
-                    && std::arch::is_x86_feature_detected!("fma")
-            }
+            Isa::Avx2 => std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma"),
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512 => std::arch::is_x86_feature_detected!("avx512f"),
             #[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
@@ -266,16 +257,8 @@ pub fn matmul_w_acc_isa(
 ) {
     w.check();
     let (n, k) = (w.rows, w.cols);
-    assert!(
-        dy.len() >= m * n,
-        "dy has {} elements, need {m}x{n}",
-        dy.len()
-    );
-    assert!(
-        dx.len() >= m * k,
-        "dx has {} elements, need {m}x{k}",
-        dx.len()
-    );
+    assert!(dy.len() >= m * n, "dy has {} elements, need {m}x{n}", dy.len());
+    assert!(dx.len() >= m * k, "dx has {} elements, need {m}x{k}", dx.len());
     let a = StridedA::new(dy, n, 1, 1.0);
     driver::run(isa.kernel(), m, k, n, &a, &WeightN(w), dx, k, true);
 }

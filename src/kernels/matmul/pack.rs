@@ -13,12 +13,7 @@ pub(super) struct StridedA<'a> {
 
 impl<'a> StridedA<'a> {
     pub(super) fn new(data: &'a [f32], rs: usize, cs: usize, alpha: f32) -> Self {
-        StridedA {
-            data,
-            rs,
-            cs,
-            alpha,
-        }
+        StridedA { data, rs, cs, alpha }
     }
 }
 
@@ -39,8 +34,7 @@ impl ASource for StridedA<'_> {
                     }
                 } else {
                     for p in 0..kc {
-                        panel[p * mr + r] =
-                            self.alpha * self.data[i * self.rs + (p0 + p) * self.cs];
+                        panel[p * mr + r] = self.alpha * self.data[i * self.rs + (p0 + p) * self.cs];
                     }
                 }
             }
@@ -108,16 +102,7 @@ impl BSource for WeightT<'_, '_> {
         self.0.dtype.block_len()
     }
 
-    fn pack(
-        &self,
-        kern: &Kernel,
-        p0: usize,
-        p1: usize,
-        j0: usize,
-        j1: usize,
-        dst: &mut [f32],
-        scratch: &mut Vec<f32>,
-    ) {
+    fn pack(&self, kern: &Kernel, p0: usize, p1: usize, j0: usize, j1: usize, dst: &mut [f32], scratch: &mut Vec<f32>) {
         let (nr, kc) = (kern.nr, p1 - p0);
         if scratch.len() < nr * kc {
             scratch.resize(nr * kc, 0.0);
@@ -144,16 +129,7 @@ impl BSource for WeightN<'_, '_> {
         self.0.dtype.block_len()
     }
 
-    fn pack(
-        &self,
-        kern: &Kernel,
-        p0: usize,
-        p1: usize,
-        j0: usize,
-        j1: usize,
-        dst: &mut [f32],
-        scratch: &mut Vec<f32>,
-    ) {
+    fn pack(&self, kern: &Kernel, p0: usize, p1: usize, j0: usize, j1: usize, dst: &mut [f32], scratch: &mut Vec<f32>) {
         let (nr, kc) = (kern.nr, p1 - p0);
         // The tile's last column may end inside a block: expand whole blocks.
         let bl = self.0.dtype.block_len();

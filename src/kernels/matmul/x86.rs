@@ -23,14 +23,7 @@ pub(super) const AVX2: Kernel = Kernel {
 
 /// Safety: see `Kernel::tile`; the CPU has AVX-512F.
 #[target_feature(enable = "avx512f")]
-unsafe fn tile_avx512<const MR: usize>(
-    kc: usize,
-    a: *const f32,
-    b: *const f32,
-    c: *mut f32,
-    ldc: usize,
-    load: bool,
-) {
+unsafe fn tile_avx512<const MR: usize>(kc: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize, load: bool) {
     let mut lo = [_mm512_setzero_ps(); MR];
     let mut hi = [_mm512_setzero_ps(); MR];
     // SAFETY: the extents of a, b and c are the caller's contract.
