@@ -18,3 +18,4 @@ pub mod convert;
 pub mod data;
 pub mod rng;
 pub mod score;
+pub mod train;

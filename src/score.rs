@@ -3,7 +3,8 @@
 use crate::error::{Error, Result};
 use crate::kernels::attention::{AttnLayout, Span};
 use crate::kernels::logprob::token_logprobs;
-use crate::model::Model;
+use crate::adapter::Adapter;
+use crate::model::{LoraCtx, Model};
 
 /// Log-probs of one completion.
 #[derive(Clone, Debug, PartialEq)]
@@ -35,12 +36,14 @@ impl Model {
     /// its completions attend to the prompt and not to each other.
     /// Returns, per item, one [`Scored`] per completion.
     pub fn score_packed(&self, items: &[ScoreItem]) -> Result<Vec<Vec<Scored>>> {
-        let Packed {
-            tokens,
-            layout,
-            targets,
-        } = pack(items)?;
-        let h = self.hidden_states(&tokens, &layout)?;
+        self.score_packed_with(items, None)
+    }
+
+    /// [`Self::score_packed`] with an adapter applied (`None`: the base model).
+    pub fn score_packed_with(&self, items: &[ScoreItem], adapter: Option<&Adapter>) -> Result<Vec<Vec<Scored>>> {
+        let Packed { tokens, layout, targets } = pack(items)?;
+        let lora = LoraCtx { adapter, dropout: None };
+        let h = self.hidden_states_with(&tokens, &layout, lora)?;
         let hidden = self.config.hidden_size;
         // Gather the rows that predict completion tokens; only they reach the vocabulary.
         let mut rows = Vec::with_capacity(targets.len() * hidden);

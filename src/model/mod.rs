@@ -4,6 +4,7 @@ pub mod config;
 pub mod gguf;
 pub mod gguf_model;
 mod llama;
+pub use llama::{Dropout, LoraCtx, Recompute, Tape};
 pub mod safetensors_dir;
 pub mod weights;
 

@@ -72,8 +72,10 @@ pub fn convert(path: &Path, out: &Path, dtype: &str) -> Result<()> {
     Ok(())
 }
 
-pub fn score(path: &Path, data: &Path) -> Result<()> {
+pub fn score(path: &Path, data: &Path, adapter: Option<&Path>) -> Result<()> {
     let m = Model::open(path)?;
+    let adapter = adapter.map(|d| nudge::adapter::peft::load(d, &m.config)).transpose()?;
+    let adapter = adapter.as_ref();
     let rows = read_jsonl(data)?;
     let bar = progress(rows.len() as u64);
     let mut stdout = std::io::stdout().lock();
@@ -84,7 +86,7 @@ pub fn score(path: &Path, data: &Path) -> Result<()> {
                     prompt: &p.prompt,
                     completions: vec![&p.chosen, &p.rejected],
                 };
-                let s = m.score_packed(&[item])?.remove(0);
+                let s = m.score_packed_with(&[item], adapter)?.remove(0);
                 json!({
                     "row": row,
                     "chosen_logp": s[0].logp,
@@ -95,7 +97,11 @@ pub fn score(path: &Path, data: &Path) -> Result<()> {
                 })
             }
             Example::Unpaired(u) => {
-                let s = m.score(&u.prompt, &u.completion)?;
+                let item = ScoreItem {
+                    prompt: &u.prompt,
+                    completions: vec![&u.completion],
+                };
+                let s = m.score_packed_with(&[item], adapter)?.remove(0).remove(0);
                 json!({
                     "row": row,
                     "logp": s.logp,

@@ -59,6 +59,9 @@ enum Command {
         model: PathBuf,
         #[arg(long)]
         data: PathBuf,
+        /// A PEFT adapter directory to apply.
+        #[arg(long)]
+        adapter: Option<PathBuf>,
     },
     /// Measure throughput.
     Bench {
@@ -84,7 +87,7 @@ fn main() -> ExitCode {
             text,
         } => commands::tokenize(&model, chat, special, &text),
         Command::Convert { model, out, dtype } => commands::convert(&model, &out, &dtype),
-        Command::Score { model, data } => commands::score(&model, &data),
+        Command::Score { model, data, adapter } => commands::score(&model, &data, adapter.as_deref()),
         Command::Bench { what } => bench::run(what),
     };
     match r {

@@ -1,0 +1,117 @@
+//! One micro-batch of preference pairs: a packed forward pass with the adapter, the
+//! objective, and the backward pass into the adapter's gradient buffer.
+
+use crate::adapter::Adapter;
+use crate::data::TokenizedPair;
+use crate::error::Result;
+use crate::kernels::logprob::{token_logprobs, token_logprobs_backward};
+use crate::model::{Dropout, LoraCtx, Model, Recompute};
+use crate::objective::{BatchLoss, Loss, PairLogps, batch_loss};
+use crate::score::{Packed, ScoreItem, pack};
+
+/// The policy's view of one micro-batch after its forward and backward passes.
+#[derive(Clone, Debug)]
+pub struct PairStep {
+    pub loss: BatchLoss,
+    /// Per pair: summed policy log-probs of chosen and rejected.
+    pub policy: Vec<(f64, f64)>,
+    /// The pairs as the objective saw them (policy and reference log-probs, counts).
+    pub logps: Vec<PairLogps>,
+    /// Tokens actually run through the network (the prompt once per pair).
+    pub packed_tokens: usize,
+}
+
+/// Gathers the hidden rows that predict completion tokens: [P, hidden].
+fn gather_rows(h: &[f32], hidden: usize, targets: &[(usize, u32)]) -> (Vec<f32>, Vec<u32>) {
+    let mut rows = Vec::with_capacity(targets.len() * hidden);
+    let mut ids = Vec::with_capacity(targets.len());
+    for &(pos, id) in targets {
+        rows.extend_from_slice(&h[pos * hidden..(pos + 1) * hidden]);
+        ids.push(id);
+    }
+    (rows, ids)
+}
+
+/// Forward and backward over `pairs` packed into one sequence set. `refs` holds each
+/// pair's reference (chosen, rejected) log-probs (ignored by reference-free losses).
+/// Gradients of `grad_scale` × (the micro-batch's mean loss) are added into `grads`.
+#[allow(clippy::too_many_arguments)]
+pub fn pair_step(
+    model: &Model,
+    adapter: &Adapter,
+    pairs: &[&TokenizedPair],
+    refs: &[(f64, f64)],
+    loss: &Loss,
+    recompute: Recompute,
+    dropout: Option<Dropout>,
+    grad_scale: f64,
+    grads: &mut Adapter,
+) -> Result<PairStep> {
+    let items: Vec<ScoreItem> = pairs
+        .iter()
+        .map(|p| ScoreItem {
+            prompt: &p.prompt,
+            completions: vec![&p.chosen, &p.rejected],
+        })
+        .collect();
+    let Packed {
+        tokens,
+        layout,
+        targets,
+    } = pack(&items)?;
+    let lora = LoraCtx {
+        adapter: Some(adapter),
+        dropout,
+    };
+    let (h, tape) = model.forward_train(&tokens, &layout, lora, recompute)?;
+    let hidden = model.config.hidden_size;
+    let (rows, ids) = gather_rows(&h, hidden, &targets);
+    let lm_head = model.weights.view(&model.weights.lm_head);
+    let mut tok_logp = vec![0f32; ids.len()];
+    token_logprobs(&rows, &ids, &lm_head, &mut tok_logp);
+
+    // Sum each completion's token log-probs (targets are laid out pair by pair,
+    // chosen then rejected).
+    let mut logps = Vec::with_capacity(pairs.len());
+    let mut policy = Vec::with_capacity(pairs.len());
+    let mut at = 0;
+    for (p, &(rc, rr)) in pairs.iter().zip(refs) {
+        let sum = |n: usize, at: usize| tok_logp[at..at + n].iter().map(|&x| x as f64).sum::<f64>();
+        let c = sum(p.chosen.len(), at);
+        let r = sum(p.rejected.len(), at + p.chosen.len());
+        at += p.chosen.len() + p.rejected.len();
+        policy.push((c, r));
+        let mut pl = PairLogps::new(c, r, rc, rr, p.chosen.len(), p.rejected.len());
+        if let Some(m) = p.margin {
+            pl = pl.with_margin(m as f64);
+        }
+        if let Some(w) = p.weight {
+            pl = pl.with_weight(w as f64);
+        }
+        logps.push(pl);
+    }
+    let bl = batch_loss(loss, &logps)?;
+
+    // d loss / d token log-prob = d loss / d summed log-prob of its completion.
+    let mut dlogp = Vec::with_capacity(ids.len());
+    for ((p, &dc), &dr) in pairs.iter().zip(&bl.d_chosen).zip(&bl.d_rejected) {
+        dlogp.extend(std::iter::repeat_n((dc * grad_scale) as f32, p.chosen.len()));
+        dlogp.extend(std::iter::repeat_n((dr * grad_scale) as f32, p.rejected.len()));
+    }
+    let mut drows = vec![0f32; rows.len()];
+    token_logprobs_backward(&rows, &ids, &lm_head, &dlogp, &mut drows);
+    let mut dh = vec![0f32; h.len()];
+    for (&(pos, _), dr) in targets.iter().zip(drows.chunks_exact(hidden)) {
+        for (d, &g) in dh[pos * hidden..(pos + 1) * hidden].iter_mut().zip(dr) {
+            *d += g;
+        }
+    }
+    drop(h);
+    model.backward(tape, lora, &dh, grads);
+    Ok(PairStep {
+        loss: bl,
+        policy,
+        logps,
+        packed_tokens: tokens.len(),
+    })
+}
