@@ -43,18 +43,262 @@ fn q4_1(block: &[u8], out: &mut [f32]) {
 }
 
 pub(super) fn dequantize_blocks(dtype: DType, src: &[u8], dst: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(level) = x86::Level::detect()
+        && x86::dequantize_blocks(level, dtype, src, dst)
+    {
+        return;
+    }
+    scalar_blocks(dtype, src, dst);
+}
+
+/// The portable path; also the reference the vector paths are tested against.
+fn scalar_blocks(dtype: DType, src: &[u8], dst: &mut [f32]) {
     let f: fn(&[u8], &mut [f32]) = match dtype {
         DType::Q8_0 => q8_0,
         DType::Q4_0 => q4_0,
         DType::Q4_1 => q4_1,
         DType::Q4_K => super::k_quants::q4_k,
         DType::Q6_K => super::k_quants::q6_k,
-        DType::F32 | DType::F16 | DType::BF16 => return super::dequantize_row_unchecked(dtype, src, dst),
+        DType::F32 | DType::F16 | DType::BF16 => {
+            return super::dequantize_row_unchecked(dtype, src, dst);
+        }
     };
     for (block, out) in src
         .chunks_exact(dtype.block_bytes())
         .zip(dst.chunks_exact_mut(dtype.block_len()))
     {
         f(block, out);
+    }
+}
+
+/// AVX2 and AVX-512 expansions of the 32-element formats, chosen at run time. Each
+/// lane does the scalar path's operations (integer widening, one f32 multiply, for
+/// Q4_1 one f32 add; never a fused multiply-add), so results are bit-identical.
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::DType;
+    use std::arch::x86_64::*;
+
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub(super) enum Level {
+        Avx2,
+        Avx512,
+    }
+
+    impl Level {
+        /// The widest level this CPU has (std caches the CPUID query).
+        pub(super) fn detect() -> Option<Level> {
+            if is_x86_feature_detected!("avx512f") {
+                Some(Level::Avx512)
+            } else if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("f16c") {
+                Some(Level::Avx2)
+            } else {
+                None
+            }
+        }
+
+        pub(super) fn available(self) -> bool {
+            match self {
+                Level::Avx2 => is_x86_feature_detected!("avx2") && is_x86_feature_detected!("f16c"),
+                Level::Avx512 => is_x86_feature_detected!("avx512f"),
+            }
+        }
+    }
+
+    /// Expands whole blocks like the scalar path; `false` when `dtype` has no vector
+    /// path (the caller falls back). `level` must be [`Level::available`].
+    pub(super) fn dequantize_blocks(
+        level: Level,
+        dtype: DType,
+        src: &[u8],
+        dst: &mut [f32],
+    ) -> bool {
+        debug_assert!(level.available());
+        // SAFETY: `level` was detected on this CPU, which is what the target features of
+        // the called functions require; they read and write only inside the exact-size
+        // block chunks they are given.
+        unsafe {
+            match (level, dtype) {
+                (Level::Avx2, DType::Q8_0) => q8_0_avx2(src, dst),
+                (Level::Avx2, DType::Q4_0) => q4_avx2::<false>(src, dst),
+                (Level::Avx2, DType::Q4_1) => q4_avx2::<true>(src, dst),
+                (Level::Avx512, DType::Q8_0) => q8_0_avx512(src, dst),
+                (Level::Avx512, DType::Q4_0) => q4_avx512::<false>(src, dst),
+                (Level::Avx512, DType::Q4_1) => q4_avx512::<true>(src, dst),
+                _ => return false,
+            }
+        }
+        true
+    }
+
+    /// The f16 at `b[i..i + 2]` widened exactly, in hardware (AVX-512F implies F16C).
+    #[inline]
+    #[target_feature(enable = "f16c")]
+    fn f16_at(b: &[u8], i: usize) -> f32 {
+        let bits = u16::from_le_bytes([b[i], b[i + 1]]);
+        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
+    }
+
+    /// Low and high nibbles of the 16 quant bytes at `qs`: elements 0..16 and 16..32.
+    /// Q4_0 stores q + 8, so it is re-centred here in 8-bit lanes (|q - 8| <= 8).
+    #[inline(always)]
+    unsafe fn nibbles<const WITH_MIN: bool>(qs: *const u8) -> (__m128i, __m128i) {
+        // SAFETY: the caller passes a pointer to 16 readable bytes; SSE2 is part of
+        // every x86_64 CPU.
+        unsafe {
+            let q = _mm_loadu_si128(qs as *const __m128i);
+            let mask = _mm_set1_epi8(0x0f);
+            let lo = _mm_and_si128(q, mask);
+            let hi = _mm_and_si128(_mm_srli_epi16(q, 4), mask);
+            if WITH_MIN {
+                (lo, hi)
+            } else {
+                let eight = _mm_set1_epi8(8);
+                (_mm_sub_epi8(lo, eight), _mm_sub_epi8(hi, eight))
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx2,f16c")]
+    unsafe fn q8_0_avx2(src: &[u8], dst: &mut [f32]) {
+        for (b, y) in src.chunks_exact(34).zip(dst.chunks_exact_mut(32)) {
+            let d = _mm256_set1_ps(f16_at(b, 0));
+            for k in 0..4 {
+                // SAFETY: bytes 2 + 8k .. 10 + 8k <= 34 and floats 8k .. 8k + 8 <= 32.
+                unsafe {
+                    let q = _mm_loadl_epi64(b.as_ptr().add(2 + 8 * k) as *const __m128i);
+                    let v = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q));
+                    _mm256_storeu_ps(y.as_mut_ptr().add(8 * k), _mm256_mul_ps(d, v));
+                }
+            }
+        }
+    }
+
+    /// Q4_0 (`WITH_MIN = false`: 18-byte blocks, y = d * (q - 8)) and Q4_1
+    /// (`WITH_MIN = true`: 20-byte blocks, y = d * q + m).
+    #[target_feature(enable = "avx2,f16c")]
+    unsafe fn q4_avx2<const WITH_MIN: bool>(src: &[u8], dst: &mut [f32]) {
+        let block_bytes = if WITH_MIN { 20 } else { 18 };
+        let qs_at = block_bytes - 16;
+        for (b, y) in src.chunks_exact(block_bytes).zip(dst.chunks_exact_mut(32)) {
+            let d = _mm256_set1_ps(f16_at(b, 0));
+            let m = _mm256_set1_ps(if WITH_MIN { f16_at(b, 2) } else { 0.0 });
+            // SAFETY: the 16 quant bytes end at the block's end; the four stores cover
+            // floats 0..32 of the block's output.
+            unsafe {
+                let (lo, hi) = nibbles::<WITH_MIN>(b.as_ptr().add(qs_at));
+                for (k, q) in [lo, _mm_srli_si128(lo, 8), hi, _mm_srli_si128(hi, 8)]
+                    .into_iter()
+                    .enumerate()
+                {
+                    let v = _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q)));
+                    let v = if WITH_MIN { _mm256_add_ps(v, m) } else { v };
+                    _mm256_storeu_ps(y.as_mut_ptr().add(8 * k), v);
+                }
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx512f")]
+    unsafe fn q8_0_avx512(src: &[u8], dst: &mut [f32]) {
+        for (b, y) in src.chunks_exact(34).zip(dst.chunks_exact_mut(32)) {
+            let d = _mm512_set1_ps(f16_at(b, 0));
+            for k in 0..2 {
+                // SAFETY: bytes 2 + 16k .. 18 + 16k <= 34 and floats 16k .. 16k + 16 <= 32.
+                unsafe {
+                    let q = _mm_loadu_si128(b.as_ptr().add(2 + 16 * k) as *const __m128i);
+                    let v = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q));
+                    _mm512_storeu_ps(y.as_mut_ptr().add(16 * k), _mm512_mul_ps(d, v));
+                }
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx512f")]
+    unsafe fn q4_avx512<const WITH_MIN: bool>(src: &[u8], dst: &mut [f32]) {
+        let block_bytes = if WITH_MIN { 20 } else { 18 };
+        let qs_at = block_bytes - 16;
+        for (b, y) in src.chunks_exact(block_bytes).zip(dst.chunks_exact_mut(32)) {
+            let d = _mm512_set1_ps(f16_at(b, 0));
+            let m = _mm512_set1_ps(if WITH_MIN { f16_at(b, 2) } else { 0.0 });
+            // SAFETY: as in `q4_avx2`, with two stores of 16 floats.
+            unsafe {
+                let (lo, hi) = nibbles::<WITH_MIN>(b.as_ptr().add(qs_at));
+                for (k, q) in [lo, hi].into_iter().enumerate() {
+                    let v = _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q)));
+                    let v = if WITH_MIN { _mm512_add_ps(v, m) } else { v };
+                    _mm512_storeu_ps(y.as_mut_ptr().add(16 * k), v);
+                }
+            }
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::super::scalar_blocks;
+        use super::*;
+
+        /// Blocks with random quants and scales drawn from every kind of f16: normal,
+        /// subnormal, zero, infinite and NaN.
+        fn random_blocks(dtype: DType, n: usize, seed: u64) -> Vec<u8> {
+            let mut state = seed;
+            let mut next = move || {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state
+            };
+            let specials: [u16; 8] = [
+                0x0000, 0x8000, 0x0001, 0x8200, 0x7c00, 0xfc00, 0x7e00, 0x7bff,
+            ];
+            let mut bytes: Vec<u8> = (0..n * dtype.block_bytes()).map(|_| next() as u8).collect();
+            for (i, block) in bytes.chunks_exact_mut(dtype.block_bytes()).enumerate() {
+                let n_scales = if dtype == DType::Q4_1 { 2 } else { 1 };
+                for s in 0..n_scales {
+                    let bits = match next() % 4 {
+                        0 => specials[(i + s) % specials.len()],
+                        // finite values of moderate size
+                        _ => half::f16::from_f32((next() % 2001) as f32 / 1000.0 - 1.0).to_bits(),
+                    };
+                    block[2 * s..2 * s + 2].copy_from_slice(&bits.to_le_bytes());
+                }
+            }
+            bytes
+        }
+
+        #[test]
+        fn vector_paths_match_scalar_bit_for_bit() {
+            let levels: Vec<Level> = [Level::Avx2, Level::Avx512]
+                .into_iter()
+                .filter(|l| l.available())
+                .collect();
+            for dtype in [DType::Q8_0, DType::Q4_0, DType::Q4_1] {
+                for (seed, n) in [(1u64, 1usize), (2, 7), (3, 300)] {
+                    let src = random_blocks(dtype, n, seed);
+                    let mut want = vec![0f32; n * 32];
+                    scalar_blocks(dtype, &src, &mut want);
+                    for &level in &levels {
+                        let mut got = vec![1f32; n * 32];
+                        assert!(dequantize_blocks(level, dtype, &src, &mut got));
+                        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                            // Which NaN an operation on two NaNs returns is not specified
+                            // (the compiler may swap commutative operands): NaN must stay
+                            // NaN, every other value must match exactly.
+                            if w.is_nan() {
+                                assert!(g.is_nan(), "{dtype} {level:?} element {i}: {g} vs NaN");
+                                continue;
+                            }
+                            assert_eq!(
+                                g.to_bits(),
+                                w.to_bits(),
+                                "{dtype} {level:?} element {i}: {g} vs {w}"
+                            );
+                        }
+                    }
+                }
+            }
+            assert!(!dequantize_blocks(Level::Avx2, DType::Q4_K, &[], &mut []));
+        }
     }
 }

@@ -8,6 +8,7 @@ use crate::error::{Error, Result};
 
 /// The element formats a weight tensor may have, in memory-mapped form.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[allow(non_camel_case_types)]
 pub enum DType {
     F32,
     F16,
@@ -45,7 +46,7 @@ impl DType {
     /// Bytes of one row of `cols` elements, or `None` when `cols` is not a whole number
     /// of blocks or the size overflows.
     pub fn row_bytes(self, cols: usize) -> Option<usize> {
-        if cols % self.block_len() != 0 {
+        if !cols.is_multiple_of(self.block_len()) {
             return None;
         }
         (cols / self.block_len()).checked_mul(self.block_bytes())

@@ -1,1 +1,0 @@
-//! GGUF v2/v3 reader (memory-mapped) and writer.
