@@ -1,9 +1,9 @@
 //! Sequence scoring: the log-probability of each completion token given everything before it.
 
+use crate::adapter::Adapter;
 use crate::error::{Error, Result};
 use crate::kernels::attention::{AttnLayout, Span};
 use crate::kernels::logprob::token_logprobs;
-use crate::adapter::Adapter;
 use crate::model::{LoraCtx, Model};
 
 /// Log-probs of one completion.
@@ -41,7 +41,11 @@ impl Model {
 
     /// [`Self::score_packed`] with an adapter applied (`None`: the base model).
     pub fn score_packed_with(&self, items: &[ScoreItem], adapter: Option<&Adapter>) -> Result<Vec<Vec<Scored>>> {
-        let Packed { tokens, layout, targets } = pack(items)?;
+        let Packed {
+            tokens,
+            layout,
+            targets,
+        } = pack(items)?;
         let lora = LoraCtx { adapter, dropout: None };
         let h = self.hidden_states_with(&tokens, &layout, lora)?;
         let hidden = self.config.hidden_size;

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use nudge::Error;
+use nudge::model::gguf::GgufFile;
 use nudge::tokenizer::{ChatMessage, GgufVocab, TextTokenizer, token_type};
 use serde_json::Value;
 
@@ -175,6 +176,81 @@ fn decode_rejects_ids_outside_the_vocabulary() {
         }
         other => panic!("expected TokenOutOfVocabulary, got {other:?}"),
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// The golden model's GGUF file
+
+fn model_path() -> PathBuf {
+    std::env::var_os("NUDGE_MODEL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("models/SmolLM2-135M-Instruct.Q4_1.gguf"))
+}
+
+fn gguf_tokenizer() -> TextTokenizer {
+    let path = model_path();
+    let gguf = GgufFile::open(&path).unwrap_or_else(|e| panic!("{e} (set NUDGE_MODEL)"));
+    TextTokenizer::from_gguf(&gguf).unwrap()
+}
+
+#[test]
+fn gguf_encodes_golden_texts_to_their_ids_and_back() {
+    check_golden_encoding(&gguf_tokenizer());
+}
+
+#[test]
+fn gguf_chat_template_renders_golden_prompts() {
+    check_golden_chat(&gguf_tokenizer());
+}
+
+#[test]
+fn gguf_example_ids_decode_and_re_encode_to_themselves() {
+    check_examples_round_trip(&gguf_tokenizer());
+}
+
+#[test]
+fn gguf_rebuild_agrees_with_the_hf_tokenizer() {
+    let (gguf, hf) = (gguf_tokenizer(), hf_tokenizer());
+    assert_eq!(gguf.vocab_size(), hf.vocab_size());
+    assert_eq!(gguf.bos_token(), hf.bos_token());
+    assert_eq!(gguf.eos_token(), hf.eos_token());
+    assert_eq!(gguf.eos_id(), hf.eos_id());
+    for expected in golden_example_ids() {
+        let text = hf.decode(&expected, false).unwrap();
+        assert_eq!(gguf.decode(&expected, false).unwrap(), text);
+        assert_eq!(gguf.encode(&text, false).unwrap(), hf.encode(&text, false).unwrap());
+        for special in [false, true] {
+            assert_eq!(gguf.encode(&text, special).unwrap(), hf.encode(&text, special).unwrap());
+            assert_eq!(
+                gguf.decode(&expected, special).unwrap(),
+                hf.decode(&expected, special).unwrap()
+            );
+        }
+    }
+    for (messages, _) in golden_chat_cases() {
+        let text = gguf.apply_chat_template(&messages, true).unwrap();
+        assert_eq!(gguf.encode(&text, false).unwrap(), hf.encode(&text, false).unwrap());
+    }
+}
+
+#[test]
+fn gguf_tokenizer_json_written_back_encodes_like_the_golden_ids() {
+    let tok = gguf_tokenizer();
+    let reloaded = tokenizers::Tokenizer::from_str(&tok.to_tokenizer_json().unwrap()).unwrap();
+    for (text, expected) in golden_tokenizer_cases() {
+        let encoding = reloaded.encode(text.as_str(), false).unwrap();
+        assert_eq!(encoding.get_ids(), expected.as_slice(), "{text:?}");
+    }
+    // The written config carries what the HF directory's does.
+    let written = tok.tokenizer_config_json();
+    let hf = hf_tokenizer().tokenizer_config_json();
+    for field in ["bos_token", "eos_token", "pad_token", "unk_token"] {
+        assert_eq!(written[field], hf[field], "{field}");
+    }
+    assert_eq!(
+        written["chat_template"].as_str().map(str::trim_end),
+        hf["chat_template"].as_str().map(str::trim_end)
+    );
 }
 
 // ---------------------------------------------------------------------------------------

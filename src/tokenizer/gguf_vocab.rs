@@ -20,6 +20,7 @@ use tokenizers::processors::template::TemplateProcessing;
 use tokenizers::{AddedToken, SplitDelimiterBehavior, Tokenizer};
 
 use crate::error::{Error, Result};
+use crate::model::gguf::GgufValue;
 
 /// `tokenizer.ggml.token_type` values (llama.cpp's `llama_token_type`).
 pub mod token_type {
@@ -55,22 +56,13 @@ pub struct GgufVocab {
     pub chat_template: Option<String>,
 }
 
-/// What the vocabulary needs of a GGUF metadata value, whatever the reader's value type.
-pub trait MetadataValue: Sized {
-    fn as_str(&self) -> Option<&str>;
-    /// Any integer type, widened.
-    fn as_int(&self) -> Option<i128>;
-    fn as_bool(&self) -> Option<bool>;
-    fn as_array(&self) -> Option<&[Self]>;
-}
-
 /// Typed reads of `tokenizer.*` keys; every error names the key.
-struct Metadata<'a, V> {
-    meta: &'a BTreeMap<String, V>,
+struct Metadata<'a> {
+    meta: &'a BTreeMap<String, GgufValue>,
     file: &'a Path,
 }
 
-impl<V: MetadataValue> Metadata<'_, V> {
+impl Metadata<'_> {
     fn wrong(&self, key: &str, expected: &str) -> Error {
         Error::field(self.file, key, format!("expected {expected}"))
     }
@@ -97,14 +89,14 @@ impl<V: MetadataValue> Metadata<'_, V> {
         self.meta
             .get(key)
             .map(|v| {
-                v.as_int()
+                v.as_i128()
                     .and_then(|i| T::try_from(i).ok())
                     .ok_or_else(|| self.wrong(key, expected))
             })
             .transpose()
     }
 
-    fn array<T>(&self, key: &str, expected: &str, item: impl Fn(&V) -> Option<T>) -> Result<Option<Vec<T>>> {
+    fn array<T>(&self, key: &str, expected: &str, item: impl Fn(&GgufValue) -> Option<T>) -> Result<Option<Vec<T>>> {
         let Some(value) = self.meta.get(key) else {
             return Ok(None);
         };
@@ -123,7 +115,7 @@ impl<V: MetadataValue> Metadata<'_, V> {
 
 impl GgufVocab {
     /// Reads the vocabulary from a GGUF file's metadata (`file` is named in errors).
-    pub fn from_metadata<V: MetadataValue>(meta: &BTreeMap<String, V>, file: &Path) -> Result<GgufVocab> {
+    pub fn from_metadata(meta: &BTreeMap<String, GgufValue>, file: &Path) -> Result<GgufVocab> {
         let m = Metadata { meta, file };
         let model = m
             .string("tokenizer.ggml.model")?
@@ -134,7 +126,7 @@ impl GgufVocab {
             .ok_or_else(|| Error::field(file, "tokenizer.ggml.tokens", "missing"))?;
         let token_types = m
             .array("tokenizer.ggml.token_type", "32-bit integers", |v| {
-                v.as_int().and_then(|i| i32::try_from(i).ok())
+                v.as_i128().and_then(|i| i32::try_from(i).ok())
             })?
             .unwrap_or_default();
         let merges = m
@@ -449,21 +441,6 @@ impl GgufVocab {
     }
 }
 
-impl MetadataValue for crate::model::gguf::GgufValue {
-    fn as_str(&self) -> Option<&str> {
-        crate::model::gguf::GgufValue::as_str(self)
-    }
-    fn as_int(&self) -> Option<i128> {
-        self.as_i128()
-    }
-    fn as_bool(&self) -> Option<bool> {
-        crate::model::gguf::GgufValue::as_bool(self)
-    }
-    fn as_array(&self) -> Option<&[Self]> {
-        crate::model::gguf::GgufValue::as_array(self)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -477,51 +454,20 @@ mod tests {
         assert_eq!(split_merge(""), None);
     }
 
-    /// A stand-in for the GGUF reader's value type.
-    enum V {
-        S(&'static str),
-        U32(u32),
-        I32(i32),
-        B(bool),
-        A(Vec<V>),
-    }
-
-    impl MetadataValue for V {
-        fn as_str(&self) -> Option<&str> {
-            match self {
-                V::S(s) => Some(s),
-                _ => None,
-            }
-        }
-        fn as_int(&self) -> Option<i128> {
-            match self {
-                V::U32(i) => Some((*i).into()),
-                V::I32(i) => Some((*i).into()),
-                _ => None,
-            }
-        }
-        fn as_bool(&self) -> Option<bool> {
-            match self {
-                V::B(b) => Some(*b),
-                _ => None,
-            }
-        }
-        fn as_array(&self) -> Option<&[V]> {
-            match self {
-                V::A(a) => Some(a),
-                _ => None,
-            }
-        }
-    }
-
-    fn meta(pre: &'static str) -> BTreeMap<String, V> {
+    fn meta(pre: &str) -> BTreeMap<String, GgufValue> {
         let entries = [
-            ("tokenizer.ggml.model", V::S("gpt2")),
-            ("tokenizer.ggml.pre", V::S(pre)),
-            ("tokenizer.ggml.tokens", V::A(vec![V::S("a"), V::S("b"), V::S("ab")])),
-            ("tokenizer.ggml.token_type", V::A(vec![V::I32(1), V::I32(1), V::I32(3)])),
-            ("tokenizer.ggml.merges", V::A(vec![V::S("a b")])),
-            ("tokenizer.ggml.eos_token_id", V::U32(2)),
+            ("tokenizer.ggml.model", GgufValue::from("gpt2")),
+            ("tokenizer.ggml.pre", GgufValue::from(pre)),
+            (
+                "tokenizer.ggml.tokens",
+                GgufValue::Array(vec![GgufValue::from("a"), GgufValue::from("b"), GgufValue::from("ab")]),
+            ),
+            (
+                "tokenizer.ggml.token_type",
+                GgufValue::Array(vec![GgufValue::I32(1), GgufValue::I32(1), GgufValue::I32(3)]),
+            ),
+            ("tokenizer.ggml.merges", GgufValue::Array(vec![GgufValue::from("a b")])),
+            ("tokenizer.ggml.eos_token_id", GgufValue::U32(2)),
         ];
         entries.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
     }
@@ -541,7 +487,7 @@ mod tests {
         // Llama 3 vocabularies start with BOS unless the file says otherwise.
         assert!(GgufVocab::from_metadata(&meta("llama-bpe"), file).unwrap().add_bos);
         let mut m = meta("llama-bpe");
-        m.insert("tokenizer.ggml.add_bos_token".into(), V::B(false));
+        m.insert("tokenizer.ggml.add_bos_token".into(), GgufValue::Bool(false));
         assert!(!GgufVocab::from_metadata(&m, file).unwrap().add_bos);
     }
 
@@ -549,10 +495,13 @@ mod tests {
     fn metadata_type_errors_name_the_key() {
         let file = Path::new("m.gguf");
         let cases = [
-            ("tokenizer.ggml.eos_token_id", V::I32(-1)),
-            ("tokenizer.ggml.tokens", V::A(vec![V::S("a"), V::U32(1)])),
-            ("tokenizer.ggml.merges", V::S("a b")),
-            ("tokenizer.ggml.add_bos_token", V::U32(1)),
+            ("tokenizer.ggml.eos_token_id", GgufValue::I32(-1)),
+            (
+                "tokenizer.ggml.tokens",
+                GgufValue::Array(vec![GgufValue::from("a"), GgufValue::U32(1)]),
+            ),
+            ("tokenizer.ggml.merges", GgufValue::from("a b")),
+            ("tokenizer.ggml.add_bos_token", GgufValue::U32(1)),
         ];
         for (key, value) in cases {
             let mut m = meta("smollm");

@@ -8,9 +8,10 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 pub use chat::{ChatMessage, ChatTemplate, SpecialTokens};
-pub use gguf_vocab::{GgufVocab, MetadataValue, token_type};
+pub use gguf_vocab::{GgufVocab, token_type};
 
 use crate::error::{Error, Result};
+use crate::model::gguf::GgufFile;
 
 /// Text ↔ token ids for one model, with its chat template.
 #[derive(Clone)]
@@ -93,6 +94,12 @@ impl TextTokenizer {
                 origin: file.to_path_buf(),
             }),
         })
+    }
+
+    /// The tokenizer of an open GGUF file, from its `tokenizer.*` metadata.
+    pub fn from_gguf(gguf: &GgufFile) -> Result<Self> {
+        let vocab = GgufVocab::from_metadata(&gguf.metadata, &gguf.path)?;
+        Self::from_gguf_vocab(&vocab, &gguf.path)
     }
 
     fn tokenizer_error(&self, what: &str, e: impl fmt::Display) -> Error {
