@@ -1,1 +1,0 @@
-//! AdamW, gradient clipping and learning-rate schedules.
