@@ -248,9 +248,19 @@ fn adapter_config_matches_golden_lora_settings() {
     let a = adapter_init();
     assert_eq!(a.config.r as u64, g["lora"]["r"].as_u64().unwrap());
     assert_eq!(a.config.lora_alpha as f64, g["lora"]["lora_alpha"].as_f64().unwrap());
-    let mut want: Vec<String> = g["lora"]["target_modules"].as_array().unwrap().iter().map(|s| s.as_str().unwrap().to_string()).collect();
+    let mut want: Vec<String> = g["lora"]["target_modules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap().to_string())
+        .collect();
     want.sort();
-    let mut got: Vec<String> = a.config.target_modules.iter().map(|p| p.hf_name().to_string()).collect();
+    let mut got: Vec<String> = a
+        .config
+        .target_modules
+        .iter()
+        .map(|p| p.hf_name().to_string())
+        .collect();
     got.sort();
     assert_eq!(got, want);
 }
@@ -270,10 +280,17 @@ fn policy_logprobs_with_adapter_match() {
         for (k, which) in ["chosen", "rejected"].into_iter().enumerate() {
             let want = floats(&pol[format!("{which}_token_logps").as_str()][i]);
             for (j, (x, y)) in s[k].token_logps.iter().zip(&want).enumerate() {
-                assert!((*x as f64 - y).abs() <= TOKEN_LOGP_ABS, "pair {i} {which} token {j}: {x} vs {y}");
+                assert!(
+                    (*x as f64 - y).abs() <= TOKEN_LOGP_ABS,
+                    "pair {i} {which} token {j}: {x} vs {y}"
+                );
             }
             let sum = pol[format!("{which}_logps").as_str()][i].as_f64().unwrap();
-            assert!((s[k].logp - sum).abs() <= SUM_LOGP_ABS, "pair {i} {which}: {} vs {sum}", s[k].logp);
+            assert!(
+                (s[k].logp - sum).abs() <= SUM_LOGP_ABS,
+                "pair {i} {which}: {} vs {sum}",
+                s[k].logp
+            );
         }
     }
 }
@@ -301,13 +318,36 @@ fn dpo_loss_metrics_and_every_lora_gradient_match() {
         .collect();
     let mut grads = a.zeros_like();
     let refs_pairs: Vec<&TokenizedPair> = pairs.iter().collect();
-    let step = pair_step(m, &a, &refs_pairs, &refs, &Loss::Sigmoid { beta }, Recompute::Always, None, 1.0, &mut grads).expect("step");
+    let step = pair_step(
+        m,
+        &a,
+        &refs_pairs,
+        &refs,
+        &Loss::Sigmoid { beta },
+        Recompute::Always,
+        None,
+        1.0,
+        &mut grads,
+    )
+    .expect("step");
     let want_loss = g["policy"]["dpo_sigmoid_loss"].as_f64().unwrap();
-    assert!(close_rel(step.loss.loss, want_loss, LOSS_REL), "loss {} vs {want_loss}", step.loss.loss);
-    for l in &step.logps { eprintln!("{} {}", l.policy_chosen - l.ref_chosen, l.policy_rejected - l.ref_rejected); }
+    assert!(
+        close_rel(step.loss.loss, want_loss, LOSS_REL),
+        "loss {} vs {want_loss}",
+        step.loss.loss
+    );
+    for l in &step.logps {
+        eprintln!(
+            "{} {}",
+            l.policy_chosen - l.ref_chosen,
+            l.policy_rejected - l.ref_rejected
+        );
+    }
     let metrics = reward_metrics(beta, &step.logps);
     for (name, value) in metrics.entries() {
-        let want = g["policy"]["metrics"][name].as_f64().unwrap_or_else(|| panic!("metric {name} in golden"));
+        let want = g["policy"]["metrics"][name]
+            .as_f64()
+            .unwrap_or_else(|| panic!("metric {name} in golden"));
         eprintln!("{name}: {value} vs {want} rel {:e}", (value - want).abs() / want.abs());
         //assert!((value - want).abs() <= 1e-6 || close_rel(value, want, LOSS_REL), "{name}: {value} vs {want}");
     }
@@ -317,11 +357,20 @@ fn dpo_loss_metrics_and_every_lora_gradient_match() {
     let mut norm2 = 0f64;
     for (name, (_, want)) in &refg {
         let have = got.get(name).unwrap_or_else(|| panic!("no gradient for {name}"));
-        let diff: f64 = have.iter().zip(want).map(|(a, b)| ((a - b) as f64).powi(2)).sum::<f64>().sqrt();
+        let diff: f64 = have
+            .iter()
+            .zip(want)
+            .map(|(a, b)| ((a - b) as f64).powi(2))
+            .sum::<f64>()
+            .sqrt();
         let nref: f64 = want.iter().map(|b| (*b as f64).powi(2)).sum::<f64>().sqrt();
         norm2 += have.iter().map(|a| (*a as f64).powi(2)).sum::<f64>();
         assert!(diff <= GRAD_REL * nref, "{name}: relative error {}", diff / nref);
     }
     let want_norm = g["policy"]["grad_global_norm"].as_f64().unwrap();
-    assert!(close_rel(norm2.sqrt(), want_norm, GRAD_REL), "grad norm {} vs {want_norm}", norm2.sqrt());
+    assert!(
+        close_rel(norm2.sqrt(), want_norm, GRAD_REL),
+        "grad norm {} vs {want_norm}",
+        norm2.sqrt()
+    );
 }
