@@ -374,3 +374,83 @@ fn dpo_loss_metrics_and_every_lora_gradient_match() {
         norm2.sqrt()
     );
 }
+
+/// Reads `name=value` (or `name=(a,b)`) from the golden trajectory's optimizer description.
+fn optimizer_setting(desc: &str, name: &str) -> Option<String> {
+    let start = desc.find(&format!("{name}="))? + name.len() + 1;
+    let rest = &desc[start..];
+    let end = if rest.starts_with('(') {
+        rest.find(')')? + 1
+    } else {
+        rest.find([' ', ','])
+            .unwrap_or(rest.len())
+    };
+    Some(rest[..end].to_string())
+}
+
+#[test]
+fn ten_step_trajectory_and_final_adapter_match() {
+    use nudge::data::PreferenceSet;
+    use nudge::optim::{AdamWConfig, Schedule};
+    use nudge::train::{Control, TrainConfig, Trainer};
+    let g = golden_json();
+    let traj = &g["trajectory"];
+    let desc = traj["optimizer"].as_str().expect("optimizer description");
+    let num = |k: &str| -> f64 { optimizer_setting(desc, k).unwrap_or_else(|| panic!("`{k}` in {desc:?}")).parse().unwrap() };
+    let betas = optimizer_setting(desc, "betas").expect("betas");
+    let b: Vec<f64> = betas.trim_matches(['(', ')']).split(',').map(|x| x.trim().parse().unwrap()).collect();
+    let clip: f32 = desc.split("clip ").nth(1).and_then(|s| s.split([' ', ',']).next()).expect("clip").parse().unwrap();
+    assert!(desc.contains("constant lr") && desc.contains("full batch") && desc.contains("sigmoid DPO"), "{desc}");
+    let steps = traj["steps"].as_array().expect("steps");
+    let pairs = golden_pairs(&g);
+    let n = pairs.len();
+    let config = TrainConfig {
+        loss: Loss::Sigmoid { beta: g["beta"].as_f64().unwrap() },
+        optimizer: AdamWConfig {
+            lr: num("lr"),
+            betas: (b[0], b[1]),
+            eps: num("eps"),
+            weight_decay: num("weight_decay"),
+        },
+        schedule: Schedule::Constant { warmup_steps: 0 },
+        max_grad_norm: Some(clip),
+        epochs: steps.len(),
+        max_steps: Some(steps.len()),
+        batch_size: n,
+        micro_batch_size: n,
+        shuffle: false,
+        recompute: Recompute::Always,
+        ..TrainConfig::default()
+    };
+    let set = PreferenceSet {
+        pairs,
+        ..Default::default()
+    };
+    let mut trainer = Trainer::new(gguf(), adapter_init(), config, set).expect("trainer");
+    let mut logged = Vec::new();
+    trainer
+        .run(&mut |m| {
+            logged.push(m.clone());
+            Control::Continue
+        })
+        .expect("runs");
+    assert_eq!(logged.len(), steps.len());
+    for (m, want) in logged.iter().zip(steps) {
+        let l = want["loss"].as_f64().unwrap();
+        assert!(close_rel(m.loss, l, 2e-3), "step {}: loss {} vs {l}", m.step, m.loss);
+        let gn = want["grad_norm_before_clip"].as_f64().unwrap();
+        assert!(close_rel(m.grad_norm, gn, 2e-3), "step {}: grad norm {} vs {gn}", m.step, m.grad_norm);
+        let margin = want["margin"].as_f64().unwrap();
+        assert!(close_rel(m.rewards_margins, margin, 2e-3), "step {}: margin {} vs {margin}", m.step, m.rewards_margins);
+        assert_eq!(m.rewards_accuracies, want["accuracy"].as_f64().unwrap(), "step {}", m.step);
+    }
+    let after = read_f32_safetensors(&golden_dir().join("adapter_after_10_steps/adapter_model.safetensors"));
+    let got: std::collections::BTreeMap<String, &[f32]> = trainer.adapter.tensors().into_iter().collect();
+    let (mut d2, mut r2) = (0f64, 0f64);
+    for (name, (_, want)) in &after {
+        let have = got.get(name).unwrap_or_else(|| panic!("no tensor {name}"));
+        d2 += have.iter().zip(want).map(|(a, b)| ((a - b) as f64).powi(2)).sum::<f64>();
+        r2 += want.iter().map(|b| (*b as f64).powi(2)).sum::<f64>();
+    }
+    assert!(d2.sqrt() <= 2e-3 * r2.sqrt(), "final adapter relative L2 distance {}", (d2 / r2).sqrt());
+}

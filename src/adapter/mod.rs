@@ -224,3 +224,25 @@ impl Adapter {
         z
     }
 }
+
+impl Adapter {
+    /// Every parameter tensor, mutable, in the order of [`Adapter::tensors`].
+    pub fn params_mut(&mut self) -> Vec<&mut [f32]> {
+        let mut v = Vec::new();
+        for l in self.layers.iter_mut() {
+            for pair in l.iter_mut().flatten() {
+                v.push(&mut pair.a[..]);
+                v.push(&mut pair.b[..]);
+            }
+        }
+        v
+    }
+
+    /// Every parameter tensor in the order of [`Adapter::tensors`].
+    pub fn params(&self) -> Vec<&[f32]> {
+        self.layers
+            .iter()
+            .flat_map(|l| l.iter().flatten().flat_map(|p| [&p.a[..], &p.b[..]]))
+            .collect()
+    }
+}

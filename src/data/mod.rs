@@ -1,5 +1,7 @@
 //! Training and scoring data: TRL's JSONL formats, tokenized the way TRL tokenizes them.
 
 pub mod jsonl;
+pub mod set;
 
 pub use jsonl::{Example, TokenizedPair, TokenizedUnpaired, read_jsonl, tokenize_row};
+pub use set::PreferenceSet;

@@ -3,4 +3,7 @@
 
 pub mod step;
 
-pub use step::{PairStep, pair_step};
+pub mod trainer;
+
+pub use step::{KtoStep, PairStep, kto_step, pair_step};
+pub use trainer::{Control, StepMetrics, TrainConfig, TrainSummary, Trainer};

@@ -115,3 +115,90 @@ pub fn pair_step(
         packed_tokens: tokens.len(),
     })
 }
+
+/// The policy's view of one micro-batch of unpaired (KTO) examples.
+#[derive(Clone, Debug)]
+pub struct KtoStep {
+    pub batch: crate::objective::KtoBatch,
+    pub packed_tokens: usize,
+}
+
+/// KTO forward and backward over `examples` (rated completions). `refs[i]` is example i's
+/// reference log-prob; `kl_policy`/`kl_ref` are the summed log-probs of the batch's
+/// mismatched prompt/completion pairs (the detached KL estimate).
+#[allow(clippy::too_many_arguments)]
+pub fn kto_step(
+    model: &Model,
+    adapter: &Adapter,
+    examples: &[&crate::data::TokenizedUnpaired],
+    refs: &[f64],
+    kl_policy: &[f64],
+    kl_ref: &[f64],
+    loss: &Loss,
+    recompute: Recompute,
+    dropout: Option<Dropout>,
+    grad_scale: f64,
+    grads: &mut Adapter,
+) -> Result<KtoStep> {
+    let items: Vec<ScoreItem> = examples
+        .iter()
+        .map(|e| ScoreItem {
+            prompt: &e.prompt,
+            completions: vec![&e.completion],
+        })
+        .collect();
+    let Packed {
+        tokens,
+        layout,
+        targets,
+    } = pack(&items)?;
+    let lora = LoraCtx {
+        adapter: Some(adapter),
+        dropout,
+    };
+    let (h, tape) = model.forward_train(&tokens, &layout, lora, recompute)?;
+    let hidden = model.config.hidden_size;
+    let (rows, ids) = gather_rows(&h, hidden, &targets);
+    let lm_head = model.weights.view(&model.weights.lm_head);
+    let mut tok_logp = vec![0f32; ids.len()];
+    token_logprobs(&rows, &ids, &lm_head, &mut tok_logp);
+    let mut kto = Vec::with_capacity(examples.len());
+    let mut at = 0;
+    for (e, &r) in examples.iter().zip(refs) {
+        let n = e.completion.len();
+        let p = tok_logp[at..at + n].iter().map(|&x| x as f64).sum::<f64>();
+        at += n;
+        kto.push(crate::objective::KtoExample {
+            policy_logp: p,
+            ref_logp: r,
+            desirable: e.label,
+        });
+    }
+    let mut batch = crate::objective::kto_batch(loss, &kto, kl_policy, kl_ref)?;
+    // Per-example weights (feedback strength) scale that example's loss and derivative.
+    for (i, e) in examples.iter().enumerate() {
+        if let Some(w) = e.weight {
+            batch.per_example[i] *= w as f64;
+            batch.d_policy[i] *= w as f64;
+        }
+    }
+    batch.loss = batch.per_example.iter().sum::<f64>() / examples.len() as f64;
+    let mut dlogp = Vec::with_capacity(ids.len());
+    for (e, &d) in examples.iter().zip(&batch.d_policy) {
+        dlogp.extend(std::iter::repeat_n((d * grad_scale) as f32, e.completion.len()));
+    }
+    let mut drows = vec![0f32; rows.len()];
+    token_logprobs_backward(&rows, &ids, &lm_head, &dlogp, &mut drows);
+    let mut dh = vec![0f32; h.len()];
+    for (&(pos, _), dr) in targets.iter().zip(drows.chunks_exact(hidden)) {
+        for (d, &g) in dh[pos * hidden..(pos + 1) * hidden].iter_mut().zip(dr) {
+            *d += g;
+        }
+    }
+    drop(h);
+    model.backward(tape, lora, &dh, grads);
+    Ok(KtoStep {
+        batch,
+        packed_tokens: tokens.len(),
+    })
+}

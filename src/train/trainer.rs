@@ -1,0 +1,526 @@
+//! The training loop: epochs of seeded shuffled batches, gradient accumulation over
+//! micro-batches, the reference cache, AdamW with clipping and a schedule, TRL's metrics,
+//! a progress callback that can stop the run between steps.
+
+use super::step::{kto_step, pair_step};
+use crate::adapter::Adapter;
+use crate::data::{PreferenceSet, TokenizedPair, TokenizedUnpaired};
+use crate::error::{Error, Result};
+use crate::model::{Dropout, Model, Recompute};
+use crate::objective::{Loss, PairLogps, reward_metrics};
+use crate::optim::{AdamW, AdamWConfig, Schedule, clip_grad_norm};
+use crate::rng::Rng;
+use crate::score::ScoreItem;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::time::Instant;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    pub loss: Loss,
+    pub optimizer: AdamWConfig,
+    pub schedule: Schedule,
+    /// Global-norm clipping (`None`: off).
+    pub max_grad_norm: Option<f32>,
+    pub epochs: usize,
+    /// Stop after this many optimizer steps (`None`: run the epochs).
+    pub max_steps: Option<usize>,
+    /// Examples per optimizer step.
+    pub batch_size: usize,
+    /// Examples per forward/backward pass; the step accumulates the gradients of
+    /// `batch_size / micro_batch_size` passes.
+    pub micro_batch_size: usize,
+    pub seed: u64,
+    pub shuffle: bool,
+    /// Fraction of the examples held out for evaluation (0: none).
+    pub eval_fraction: f32,
+    pub recompute: Recompute,
+    /// Dropout on the adapter's input (the adapter config's `lora_dropout` by default).
+    pub lora_dropout: f32,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            loss: Loss::Sigmoid { beta: 0.1 },
+            optimizer: AdamWConfig {
+                lr: 5e-5,
+                weight_decay: 0.0,
+                ..AdamWConfig::default()
+            },
+            schedule: Schedule::Constant { warmup_steps: 0 },
+            max_grad_norm: Some(1.0),
+            epochs: 1,
+            max_steps: None,
+            batch_size: 2,
+            micro_batch_size: 2,
+            seed: 42,
+            shuffle: true,
+            eval_fraction: 0.0,
+            recompute: Recompute::Budget(256 << 20),
+            lora_dropout: 0.0,
+        }
+    }
+}
+
+impl TrainConfig {
+    pub fn validate(&self) -> Result<()> {
+        self.loss.validate()?;
+        self.optimizer.validate()?;
+        self.schedule.validate()?;
+        if self.batch_size == 0 || self.micro_batch_size == 0 {
+            return Err(Error::invalid("batch_size and micro_batch_size must be at least 1"));
+        }
+        if !(0.0..1.0).contains(&self.eval_fraction) {
+            return Err(Error::invalid(format!("eval_fraction {} must be in [0, 1)", self.eval_fraction)));
+        }
+        if !(0.0..1.0).contains(&self.lora_dropout) {
+            return Err(Error::invalid(format!("lora_dropout {} must be in [0, 1)", self.lora_dropout)));
+        }
+        if let Some(n) = self.max_grad_norm
+            && !(n.is_finite() && n > 0.0)
+        {
+            return Err(Error::invalid(format!("max_grad_norm {n} must be a positive number")));
+        }
+        Ok(())
+    }
+}
+
+/// What one optimizer step logs (TRL's names in [`StepMetrics::entries`]).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct StepMetrics {
+    pub step: usize,
+    pub epoch: f64,
+    pub loss: f64,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f64,
+    pub learning_rate: f64,
+    pub rewards_chosen: f64,
+    pub rewards_rejected: f64,
+    pub rewards_accuracies: f64,
+    pub rewards_margins: f64,
+    pub logps_chosen: f64,
+    pub logps_rejected: f64,
+    /// KTO's KL estimate (KTO only).
+    pub kl: Option<f64>,
+    /// Tokens as TRL counts them (prompt + chosen + prompt + rejected per pair).
+    pub pair_tokens: usize,
+    pub tokens_per_s: f64,
+    /// The step's loss or gradient was not finite: it was not applied.
+    pub skipped: bool,
+}
+
+impl StepMetrics {
+    pub fn entries(&self) -> Vec<(&'static str, f64)> {
+        let mut v = vec![
+            ("loss", self.loss),
+            ("grad_norm", self.grad_norm),
+            ("learning_rate", self.learning_rate),
+            ("rewards/chosen", self.rewards_chosen),
+            ("rewards/rejected", self.rewards_rejected),
+            ("rewards/accuracies", self.rewards_accuracies),
+            ("rewards/margins", self.rewards_margins),
+            ("logps/chosen", self.logps_chosen),
+            ("logps/rejected", self.logps_rejected),
+            ("tokens_per_s", self.tokens_per_s),
+            ("epoch", self.epoch),
+        ];
+        if let Some(kl) = self.kl {
+            v.push(("kl", kl));
+        }
+        v
+    }
+}
+
+/// The callback's answer after each step.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Control {
+    Continue,
+    Stop,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct TrainSummary {
+    pub steps: usize,
+    pub skipped_steps: usize,
+    pub cancelled: bool,
+    pub last: Option<StepMetrics>,
+    pub eval: Option<StepMetrics>,
+    pub seconds: f64,
+}
+
+/// Reference log-probs by token ids, computed once with the adapter off.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct RefCache {
+    map: HashMap<Vec<u32>, f64>,
+}
+
+impl RefCache {
+    fn key(prompt: &[u32], completion: &[u32]) -> Vec<u32> {
+        let mut k = Vec::with_capacity(prompt.len() + completion.len() + 1);
+        k.extend_from_slice(prompt);
+        k.push(u32::MAX);
+        k.extend_from_slice(completion);
+        k
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    pub fn get(&self, prompt: &[u32], completion: &[u32]) -> Option<f64> {
+        self.map.get(&Self::key(prompt, completion)).copied()
+    }
+
+    /// Computes (with the base model, no activations kept) whatever of `items` is missing.
+    pub fn fill(&mut self, model: &Model, items: &[(&[u32], &[u32])]) -> Result<()> {
+        let missing: Vec<(&[u32], &[u32])> = items.iter().copied().filter(|(p, c)| self.get(p, c).is_none()).collect();
+        for chunk in missing.chunks(4) {
+            let score_items: Vec<ScoreItem> = chunk
+                .iter()
+                .map(|(p, c)| ScoreItem {
+                    prompt: p,
+                    completions: vec![c],
+                })
+                .collect();
+            let scored = model.score_packed(&score_items)?;
+            for ((p, c), s) in chunk.iter().zip(scored) {
+                self.map.insert(Self::key(p, c), s[0].logp);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A training run over a preference set; owns the adapter being trained.
+pub struct Trainer<'m> {
+    model: &'m Model,
+    pub adapter: Adapter,
+    pub config: TrainConfig,
+    optimizer: AdamW,
+    pub refs: RefCache,
+    rng: Rng,
+    train_pairs: Vec<TokenizedPair>,
+    train_unpaired: Vec<TokenizedUnpaired>,
+    eval_pairs: Vec<TokenizedPair>,
+    /// The current epoch's order and position in it.
+    order: Vec<usize>,
+    position: usize,
+    epoch: usize,
+    step: usize,
+}
+
+impl<'m> Trainer<'m> {
+    pub fn new(model: &'m Model, adapter: Adapter, config: TrainConfig, data: PreferenceSet) -> Result<Self> {
+        config.validate()?;
+        adapter.check_fits(&model.config, std::path::Path::new("<adapter>"))?;
+        let kto = matches!(config.loss, Loss::Kto { .. });
+        let mut rng = Rng::new(config.seed);
+        let PreferenceSet { mut pairs, unpaired, .. } = data;
+        if kto && unpaired.is_empty() {
+            return Err(Error::invalid("the kto loss needs unpaired rows (prompt, completion, label)"));
+        }
+        if !kto && pairs.is_empty() {
+            return Err(Error::invalid(format!("the {} loss needs preference pairs", config.loss.name())));
+        }
+        let mut eval_pairs = Vec::new();
+        if config.eval_fraction > 0.0 && !kto {
+            rng.shuffle(&mut pairs);
+            let n_eval = ((pairs.len() as f32 * config.eval_fraction).round() as usize).clamp(1, pairs.len() - 1);
+            eval_pairs = pairs.split_off(pairs.len() - n_eval);
+        }
+        let sizes: Vec<usize> = adapter.params().iter().map(|p| p.len()).collect();
+        let optimizer = AdamW::new(config.optimizer, &sizes)?;
+        let mut t = Trainer {
+            model,
+            adapter,
+            config,
+            optimizer,
+            refs: RefCache::default(),
+            rng,
+            train_pairs: pairs,
+            train_unpaired: unpaired,
+            eval_pairs,
+            order: Vec::new(),
+            position: 0,
+            epoch: 0,
+            step: 0,
+        };
+        t.new_epoch();
+        Ok(t)
+    }
+
+    fn n_train(&self) -> usize {
+        if self.is_kto() {
+            self.train_unpaired.len()
+        } else {
+            self.train_pairs.len()
+        }
+    }
+
+    fn is_kto(&self) -> bool {
+        matches!(self.config.loss, Loss::Kto { .. })
+    }
+
+    fn new_epoch(&mut self) {
+        self.order = (0..self.n_train()).collect();
+        if self.config.shuffle {
+            self.rng.shuffle(&mut self.order);
+        }
+        self.position = 0;
+    }
+
+    /// Optimizer steps in one epoch (the last batch may be short).
+    pub fn steps_per_epoch(&self) -> usize {
+        self.n_train().div_ceil(self.config.batch_size)
+    }
+
+    pub fn total_steps(&self) -> usize {
+        let all = self.steps_per_epoch() * self.config.epochs;
+        self.config.max_steps.map_or(all, |m| m.min(all))
+    }
+
+    pub fn steps_done(&self) -> usize {
+        self.step
+    }
+
+    /// Runs until the epochs or `max_steps` are done, or the callback says stop.
+    pub fn run(&mut self, callback: &mut dyn FnMut(&StepMetrics) -> Control) -> Result<TrainSummary> {
+        let t0 = Instant::now();
+        let mut summary = TrainSummary::default();
+        while self.step < self.total_steps() {
+            let m = self.train_step()?;
+            summary.steps += 1;
+            summary.skipped_steps += m.skipped as usize;
+            let c = callback(&m);
+            summary.last = Some(m);
+            if c == Control::Stop {
+                summary.cancelled = true;
+                break;
+            }
+        }
+        if !self.eval_pairs.is_empty() {
+            summary.eval = Some(self.evaluate()?);
+        }
+        summary.seconds = t0.elapsed().as_secs_f64();
+        Ok(summary)
+    }
+
+    /// The next batch's example indices, moving to a new epoch when this one is done.
+    fn next_batch(&mut self) -> Vec<usize> {
+        if self.position >= self.order.len() {
+            self.epoch += 1;
+            self.new_epoch();
+        }
+        let end = (self.position + self.config.batch_size).min(self.order.len());
+        let b = self.order[self.position..end].to_vec();
+        self.position = end;
+        b
+    }
+
+    fn dropout(&self) -> Option<Dropout> {
+        let p = self.config.lora_dropout.max(self.adapter.config.lora_dropout);
+        (p > 0.0).then(|| Dropout {
+            p,
+            seed: self.config.seed ^ (self.step as u64).wrapping_mul(0x9e3779b97f4a7c15),
+        })
+    }
+
+    /// One optimizer step.
+    pub fn train_step(&mut self) -> Result<StepMetrics> {
+        let t0 = Instant::now();
+        let batch = self.next_batch();
+        let mut grads = self.adapter.zeros_like();
+        let mut m = StepMetrics {
+            step: self.step + 1,
+            ..Default::default()
+        };
+        let n = batch.len() as f64;
+        if self.is_kto() {
+            self.kto_batch_step(&batch, &mut grads, &mut m)?;
+        } else {
+            let mut all = Vec::with_capacity(batch.len());
+            for micro in batch.chunks(self.config.micro_batch_size) {
+                let pairs: Vec<&TokenizedPair> = micro.iter().map(|&i| &self.train_pairs[i]).collect();
+                let refs = pair_refs(&mut self.refs, self.model, &self.config.loss, &pairs)?;
+                let scale = micro.len() as f64 / n;
+                let s = pair_step(
+                    self.model,
+                    &self.adapter,
+                    &pairs,
+                    &refs,
+                    &self.config.loss,
+                    self.config.recompute,
+                    self.dropout(),
+                    scale,
+                    &mut grads,
+                )?;
+                m.loss += s.loss.loss * scale;
+                m.pair_tokens += pairs.iter().map(|p| PreferenceSet::pair_tokens(p)).sum::<usize>();
+                all.extend(s.logps);
+            }
+            fill_reward_metrics(&mut m, self.config.loss.beta(), &all);
+        }
+        self.apply(grads, &mut m)?;
+        m.epoch = self.epoch as f64 + self.position as f64 / self.order.len().max(1) as f64;
+        m.tokens_per_s = m.pair_tokens as f64 / t0.elapsed().as_secs_f64();
+        Ok(m)
+    }
+
+
+    fn kto_batch_step(&mut self, batch: &[usize], grads: &mut Adapter, m: &mut StepMetrics) -> Result<()> {
+        let ex: Vec<TokenizedUnpaired> = batch.iter().map(|&i| self.train_unpaired[i].clone()).collect();
+        // TRL's KL pairs: each prompt with the completion of the example before it.
+        let kl_items: Vec<(Vec<u32>, Vec<u32>)> = (0..ex.len())
+            .map(|i| (ex[i].prompt.clone(), ex[(i + ex.len() - 1) % ex.len()].completion.clone()))
+            .collect();
+        let mut items: Vec<(&[u32], &[u32])> = ex.iter().map(|e| (&e.prompt[..], &e.completion[..])).collect();
+        items.extend(kl_items.iter().map(|(p, c)| (&p[..], &c[..])));
+        self.refs.fill(self.model, &items)?;
+        let kl_ref: Vec<f64> = kl_items.iter().map(|(p, c)| self.refs.get(p, c).expect("filled")).collect();
+        // The KL term is detached: the policy's log-probs of the mismatched pairs need no backward.
+        let kl_policy: Vec<f64> = {
+            let score_items: Vec<ScoreItem> = kl_items
+                .iter()
+                .map(|(p, c)| ScoreItem {
+                    prompt: p,
+                    completions: vec![c],
+                })
+                .collect();
+            self.model
+                .score_packed_with(&score_items, Some(&self.adapter))?
+                .into_iter()
+                .map(|s| s[0].logp)
+                .collect()
+        };
+        let n = ex.len() as f64;
+        let mut chosen = (0.0, 0.0, 0usize);
+        let mut rejected = (0.0, 0.0, 0usize);
+        let mut kl = 0.0;
+        for micro in (0..ex.len()).collect::<Vec<_>>().chunks(self.config.micro_batch_size) {
+            let e: Vec<&TokenizedUnpaired> = micro.iter().map(|&i| &ex[i]).collect();
+            let refs: Vec<f64> = e.iter().map(|x| self.refs.get(&x.prompt, &x.completion).expect("filled")).collect();
+            let scale = micro.len() as f64 / n;
+            let s = kto_step(
+                self.model,
+                &self.adapter,
+                &e,
+                &refs,
+                &kl_policy,
+                &kl_ref,
+                &self.config.loss,
+                self.config.recompute,
+                self.dropout(),
+                scale,
+                grads,
+            )?;
+            m.loss += s.batch.loss * scale;
+            kl = s.batch.kl;
+            m.pair_tokens += e.iter().map(|x| x.prompt.len() + x.completion.len()).sum::<usize>();
+            let mm = s.batch.metrics;
+            if let (Some(rc), Some(lc)) = (mm.rewards_chosen, mm.logps_chosen) {
+                chosen.0 += rc * mm.count_chosen as f64;
+                chosen.1 += lc * mm.count_chosen as f64;
+                chosen.2 += mm.count_chosen;
+            }
+            if let (Some(rr), Some(lr)) = (mm.rewards_rejected, mm.logps_rejected) {
+                rejected.0 += rr * mm.count_rejected as f64;
+                rejected.1 += lr * mm.count_rejected as f64;
+                rejected.2 += mm.count_rejected;
+            }
+        }
+        m.kl = Some(kl);
+        if chosen.2 > 0 {
+            m.rewards_chosen = chosen.0 / chosen.2 as f64;
+            m.logps_chosen = chosen.1 / chosen.2 as f64;
+        }
+        if rejected.2 > 0 {
+            m.rewards_rejected = rejected.0 / rejected.2 as f64;
+            m.logps_rejected = rejected.1 / rejected.2 as f64;
+        }
+        m.rewards_margins = m.rewards_chosen - m.rewards_rejected;
+        Ok(())
+    }
+
+    /// Clips, checks and applies the accumulated gradients.
+    fn apply(&mut self, mut grads: Adapter, m: &mut StepMetrics) -> Result<()> {
+        let mut g = grads.params_mut();
+        let norm = match self.config.max_grad_norm {
+            Some(max) => clip_grad_norm(&mut g, max),
+            None => crate::optim::grad_norm(&g.iter().map(|x| &**x).collect::<Vec<_>>()),
+        };
+        m.grad_norm = norm as f64;
+        m.learning_rate = self.config.schedule.lr(self.config.optimizer.lr, self.step as u64);
+        self.step += 1;
+        if !(m.loss.is_finite() && norm.is_finite()) {
+            m.skipped = true;
+            return Ok(());
+        }
+        let gv: Vec<&[f32]> = g.iter().map(|x| &**x).collect();
+        let mut p = self.adapter.params_mut();
+        self.optimizer.step(&mut p, &gv, m.learning_rate)
+    }
+
+    /// Loss and metrics of the held-out pairs under the current adapter (no update).
+    pub fn evaluate(&mut self) -> Result<StepMetrics> {
+        let pairs: Vec<TokenizedPair> = self.eval_pairs.clone();
+        let mut all = Vec::new();
+        let mut m = StepMetrics {
+            step: self.step,
+            ..Default::default()
+        };
+        for chunk in pairs.chunks(self.config.micro_batch_size) {
+            let refs_in: Vec<&TokenizedPair> = chunk.iter().collect();
+            let refs = pair_refs(&mut self.refs, self.model, &self.config.loss, &refs_in)?;
+            let items: Vec<ScoreItem> = chunk
+                .iter()
+                .map(|p| ScoreItem {
+                    prompt: &p.prompt,
+                    completions: vec![&p.chosen, &p.rejected],
+                })
+                .collect();
+            let s = self.model.score_packed_with(&items, Some(&self.adapter))?;
+            for ((p, sc), (rc, rr)) in chunk.iter().zip(s).zip(refs) {
+                all.push(PairLogps::new(sc[0].logp, sc[1].logp, rc, rr, p.chosen.len(), p.rejected.len()));
+                m.pair_tokens += PreferenceSet::pair_tokens(p);
+            }
+        }
+        m.loss = crate::objective::batch_loss(&self.config.loss, &all)?.loss;
+        fill_reward_metrics(&mut m, self.config.loss.beta(), &all);
+        Ok(m)
+    }
+}
+
+/// Each pair's reference (chosen, rejected) log-probs, from the cache or computed now.
+fn pair_refs(cache: &mut RefCache, model: &Model, loss: &Loss, pairs: &[&TokenizedPair]) -> Result<Vec<(f64, f64)>> {
+    if loss.reference_free() {
+        return Ok(vec![(0.0, 0.0); pairs.len()]);
+    }
+    let items: Vec<(&[u32], &[u32])> = pairs
+        .iter()
+        .flat_map(|p| [(&p.prompt[..], &p.chosen[..]), (&p.prompt[..], &p.rejected[..])])
+        .collect();
+    cache.fill(model, &items)?;
+    Ok(pairs
+        .iter()
+        .map(|p| {
+            let c = cache.get(&p.prompt, &p.chosen).expect("filled");
+            let r = cache.get(&p.prompt, &p.rejected).expect("filled");
+            (c, r)
+        })
+        .collect())
+}
+
+fn fill_reward_metrics(m: &mut StepMetrics, beta: f64, logps: &[PairLogps]) {
+    let r = reward_metrics(beta, logps);
+    m.rewards_chosen = r.rewards_chosen;
+    m.rewards_rejected = r.rewards_rejected;
+    m.rewards_accuracies = r.rewards_accuracies;
+    m.rewards_margins = r.rewards_margins;
+    m.logps_chosen = r.logps_chosen;
+    m.logps_rejected = r.logps_rejected;
+}
