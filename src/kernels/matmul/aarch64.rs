@@ -1,7 +1,7 @@
 //! aarch64 NEON microkernel (`8 x 12`): rows of A are broadcast, rows of B are three
 //! 4-lane vectors; `vfmaq_f32` is a fused multiply-add, so results match the other units.
 
-use super::driver::{Kernel, transpose_generic};
+use super::driver::{Kernel, dequant_generic, transpose_generic};
 use std::arch::aarch64::*;
 
 const MR: usize = 8;
@@ -12,6 +12,7 @@ pub(super) const NEON: Kernel = Kernel {
     nr: NR,
     tile,
     transpose: transpose_generic,
+    dequant: dequant_generic,
 };
 
 /// Safety: see `Kernel::tile`.

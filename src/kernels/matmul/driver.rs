@@ -6,6 +6,7 @@
 //! microkernel over them. Each output element's reduction over k runs inside one task, in
 //! ascending order, so neither the tiling nor the scheduling changes a bit of the result.
 
+use crate::quant::DType;
 use rayon::prelude::*;
 use std::cell::Cell;
 
@@ -20,22 +21,31 @@ pub(super) struct Kernel {
     /// Safety: `a` is readable for `kc*mr`, `b` for `kc*nr` elements; rows `i < mr` of `c`
     /// are readable and writable for `nr` elements from `c + i*ldc`; the CPU has the unit.
     pub tile: TileFn,
-    /// Packs `B[p][j] = src[j * ld + p]` (`rows` rows of `kc`) into `dst[p * nr + j]`,
-    /// leaving `j >= rows` untouched.
+    /// Packs `B[p][j] = src[j * ld + p]` (`rows <= nr` rows of `kc`) into
+    /// `dst[p * nr + j]`, leaving `j >= rows` untouched.
+    ///
+    /// Safety: the CPU has the unit (extents are checked).
     pub transpose: TransposeFn,
+    /// `crate::quant::dequantize_row_unchecked`, the same bits, faster where it can be.
+    ///
+    /// Safety: the CPU has the unit.
+    pub dequant: DequantFn,
 }
 
 pub(super) type TileFn =
     unsafe fn(kc: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize, load: bool);
 
 pub(super) type TransposeFn =
-    fn(src: &[f32], ld: usize, rows: usize, kc: usize, nr: usize, dst: &mut [f32]);
+    unsafe fn(src: &[f32], ld: usize, rows: usize, kc: usize, nr: usize, dst: &mut [f32]);
+
+pub(super) type DequantFn = unsafe fn(dtype: DType, src: &[u8], dst: &mut [f32]);
 
 /// The left operand: row `i`, reduction index `p`.
 pub(super) trait ASource: Sync {
     /// Packs rows `i0..i1` and reduction indices `p0..p1` into panels of `mr` rows:
     /// `dst[panel][p - p0][r]`, rows past `i1` zero.
-    fn pack(&self, i0: usize, i1: usize, p0: usize, p1: usize, mr: usize, dst: &mut [f32]);
+    #[allow(clippy::too_many_arguments)]
+    fn pack(&self, kern: &Kernel, i0: usize, i1: usize, p0: usize, p1: usize, dst: &mut [f32]);
 }
 
 /// The right operand: reduction index `p`, column `j`.
@@ -199,7 +209,7 @@ pub(super) fn run(
             let ap = &mut ap[..m_panels * panel];
             ap.par_chunks_mut(panel).enumerate().for_each(|(q, dst)| {
                 let i0 = q * kern.mr;
-                a.pack(i0, (i0 + kern.mr).min(m), po, pe, kern.mr, dst);
+                a.pack(&kern, i0, (i0 + kern.mr).min(m), po, pe, dst);
             });
             let ap = &*ap;
             (0..plan.m_tiles * plan.n_tiles)
@@ -292,8 +302,13 @@ fn task(
     });
 }
 
-/// Portable transpose for [`Kernel::transpose`].
-pub(super) fn transpose_generic(
+/// Portable [`Kernel::dequant`].
+pub(super) unsafe fn dequant_generic(dtype: DType, src: &[u8], dst: &mut [f32]) {
+    crate::quant::dequantize_row_unchecked(dtype, src, dst);
+}
+
+/// Portable [`Kernel::transpose`].
+pub(super) unsafe fn transpose_generic(
     src: &[f32],
     ld: usize,
     rows: usize,

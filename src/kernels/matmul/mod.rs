@@ -17,7 +17,7 @@
 //! over it (`scalar`, `x86`, `aarch64`).
 
 use crate::error::{Error, Result};
-use crate::quant::{DType, dequantize_row_unchecked};
+use crate::quant::DType;
 
 mod driver;
 mod pack;
@@ -29,7 +29,7 @@ mod x86;
 #[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
 mod aarch64;
 
-use driver::Kernel;
+use driver::{DequantFn, Kernel};
 use pack::{StridedA, StridedB, WeightN, WeightT};
 
 /// Logical row order of a weight: GGUF llama files store Q/K rows permuted for interleaved
@@ -136,18 +136,19 @@ impl<'a> WeightRef<'a> {
         self.check();
         assert!(r < self.rows, "row {r} of a weight with {} rows", self.rows);
         assert_eq!(out.len(), self.cols, "row buffer length");
-        self.row_range(r, 0, self.cols, out);
+        self.row_range(driver::dequant_generic, r, 0, self.cols, out);
     }
 
     /// Expands columns `c0..c1` (block-aligned) of logical row `r`; the view is valid.
     #[inline]
-    fn row_range(&self, r: usize, c0: usize, c1: usize, out: &mut [f32]) {
+    fn row_range(&self, dequant: DequantFn, r: usize, c0: usize, c1: usize, out: &mut [f32]) {
         let (bl, bb) = (self.dtype.block_len(), self.dtype.block_bytes());
         debug_assert!(c0 % bl == 0 && c1 % bl == 0 && c1 <= self.cols);
         let row_bytes = self.cols / bl * bb;
         let start = self.physical_row(r) * row_bytes;
         let src = &self.data[start + c0 / bl * bb..start + c1 / bl * bb];
-        dequantize_row_unchecked(self.dtype, src, &mut out[..c1 - c0]);
+        // SAFETY: `dequant` comes from a kernel whose unit was checked, or is portable.
+        unsafe { dequant(self.dtype, src, &mut out[..c1 - c0]) };
     }
 }
 

@@ -1,7 +1,7 @@
 //! Portable microkernel. It uses `mul_add` so that its results are the same bits as the
 //! SIMD kernels' fused multiply-adds (on a CPU without FMA it is slow but still exact).
 
-use super::driver::{Kernel, transpose_generic};
+use super::driver::{Kernel, dequant_generic, transpose_generic};
 
 const MR: usize = 4;
 const NR: usize = 8;
@@ -11,6 +11,7 @@ pub(super) const SCALAR: Kernel = Kernel {
     nr: NR,
     tile,
     transpose: transpose_generic,
+    dequant: dequant_generic,
 };
 
 /// Safety: see [`Kernel::tile`].
