@@ -112,6 +112,7 @@ fn fma_chain(
 
 /// Checks `got` against the f64 product `c0 + sum_p a(i,p) b(p,j)` within `1e-5` of
 /// `|c0| + ||a_i|| ||b_j||`.
+#[allow(clippy::too_many_arguments)]
 fn assert_close_f64(
     what: &str,
     got: &[f32],

@@ -77,8 +77,10 @@ pub(super) trait BSource: Sync {
 const KC: usize = 256;
 /// Reduction chunk per A pack: bounds the packed copy of A to `m x KO` floats.
 const KO: usize = 2048;
-/// Target columns per task.
-const NB: usize = 64;
+/// Target columns per task: one register-tile width of the widest kernel, so that with
+/// few rows every weight row is still expanded once, yet a model's 576 columns make 18
+/// tasks.
+const NB: usize = 32;
 /// Rows per task: at least this many to amortize a task's dequantization of B, ...
 const MB_MIN: usize = 128;
 /// ... at most this many so its packed A slice stays in L2.
@@ -141,11 +143,14 @@ fn with_buf<R>(
     len: usize,
     f: impl FnOnce(&mut [f32]) -> R,
 ) -> R {
+    // Packed panels start on a cache line: the transposes store whole lines.
+    const ALIGN: usize = 64 / size_of::<f32>();
     let mut buf = key.take();
-    if buf.len() < len {
-        buf.resize(len, 0.0);
+    if buf.len() < len + ALIGN {
+        buf.resize(len + ALIGN, 0.0);
     }
-    let r = f(&mut buf[..len]);
+    let skip = buf.as_ptr().align_offset(64).min(ALIGN);
+    let r = f(&mut buf[skip..skip + len]);
     key.set(buf);
     r
 }

@@ -99,7 +99,7 @@ impl<'a> WeightRef<'a> {
             }
         }
         if let RowOrder::RopeUnpermute { head_dim } = self.order
-            && (head_dim == 0 || head_dim % 2 != 0 || self.rows % head_dim != 0)
+            && (head_dim == 0 || head_dim % 2 != 0 || !self.rows.is_multiple_of(head_dim))
         {
             return Err(Error::invalid(format!(
                 "weight [{}, {}]: rope head_dim {head_dim} must be even and divide the rows",
@@ -143,7 +143,7 @@ impl<'a> WeightRef<'a> {
     #[inline]
     fn row_range(&self, dequant: DequantFn, r: usize, c0: usize, c1: usize, out: &mut [f32]) {
         let (bl, bb) = (self.dtype.block_len(), self.dtype.block_bytes());
-        debug_assert!(c0 % bl == 0 && c1 % bl == 0 && c1 <= self.cols);
+        debug_assert!(c0.is_multiple_of(bl) && c1.is_multiple_of(bl) && c1 <= self.cols);
         let row_bytes = self.cols / bl * bb;
         let start = self.physical_row(r) * row_bytes;
         let src = &self.data[start + c0 / bl * bb..start + c1 / bl * bb];
@@ -353,6 +353,7 @@ pub fn gemm_isa(
 
 /// Asserts that `rows x cols` elements at `i * rs + j * cs` lie inside `data`, and that
 /// the leading dimension covers the stored row.
+#[allow(clippy::too_many_arguments)]
 fn check_strided(
     name: &str,
     data: &[f32],
