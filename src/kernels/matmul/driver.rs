@@ -10,17 +10,19 @@ use crate::quant::DType;
 use rayon::prelude::*;
 use std::cell::Cell;
 
-/// A register-blocked microkernel computing a full `mr x nr` tile.
+/// A register-blocked microkernel computing tiles of up to `mr x nr`.
 #[derive(Clone, Copy)]
 pub(super) struct Kernel {
     pub mr: usize,
     pub nr: usize,
+    /// `tiles[r - 1]` computes the first `r` rows of a tile:
     /// `c[i*ldc + j] = (load ? c[i*ldc + j] : 0) (+ a[p*mr + i] * b[p*nr + j])` over
-    /// `p = 0..kc` in order, each step a fused multiply-add.
+    /// `p = 0..kc` in order, each step a fused multiply-add, for `i < r`, `j < nr`.
+    /// Short blocks of rows (one token) then cost what they compute.
     ///
-    /// Safety: `a` is readable for `kc*mr`, `b` for `kc*nr` elements; rows `i < mr` of `c`
+    /// Safety: `a` is readable for `kc*mr`, `b` for `kc*nr` elements; rows `i < r` of `c`
     /// are readable and writable for `nr` elements from `c + i*ldc`; the CPU has the unit.
-    pub tile: TileFn,
+    pub tiles: &'static [TileFn],
     /// Packs `B[p][j] = src[j * ld + p]` (`rows <= nr` rows of `kc`) into
     /// `dst[p * nr + j]`, leaving `j >= rows` untouched.
     ///
@@ -30,6 +32,13 @@ pub(super) struct Kernel {
     ///
     /// Safety: the CPU has the unit.
     pub dequant: DequantFn,
+    /// Expands and transposes a group of weight rows in one pass:
+    /// `dst[p * nr + r] = element p of rows[r]`, where `rows[r]` holds the stored bytes of
+    /// `kc` elements; rows past `rows.len()` untouched. Returns false, having written
+    /// nothing, when it has no fast path for the format or the shape.
+    ///
+    /// Safety: the CPU has the unit (extents are checked).
+    pub dequant_t: DequantTFn,
 }
 
 pub(super) type TileFn =
@@ -39,6 +48,9 @@ pub(super) type TransposeFn =
     unsafe fn(src: &[f32], ld: usize, rows: usize, kc: usize, nr: usize, dst: &mut [f32]);
 
 pub(super) type DequantFn = unsafe fn(dtype: DType, src: &[u8], dst: &mut [f32]);
+
+pub(super) type DequantTFn =
+    unsafe fn(dtype: DType, rows: &[&[u8]], kc: usize, nr: usize, dst: &mut [f32]) -> bool;
 
 /// The left operand: row `i`, reduction index `p`.
 pub(super) trait ASource: Sync {
@@ -89,6 +101,8 @@ const MB_MAX: usize = 512;
 const TASKS: usize = 16;
 /// Largest `mr * nr` of any kernel (edge tiles go through a stack buffer).
 const TILE_MAX: usize = 1024;
+/// Widest `nr` of any kernel.
+pub(super) const MAX_NR: usize = 64;
 
 /// Tile sizes, a function of the shape and the kernel only.
 struct Plan {
@@ -192,7 +206,7 @@ pub(super) fn run(
         "output of {m}x{n} with leading dimension {ldc} does not fit {} elements",
         c.len()
     );
-    assert!(kern.mr * kern.nr <= TILE_MAX);
+    assert!(kern.mr * kern.nr <= TILE_MAX && kern.nr <= MAX_NR && kern.tiles.len() == kern.mr);
     if k == 0 {
         if !accumulate {
             for row in c.chunks_mut(ldc).take(m) {
@@ -277,8 +291,9 @@ fn task(
                     // belongs to this task alone; the kernel's unit was checked by `Isa`.
                     unsafe {
                         let c = out.ptr.add(i * out.ldc + j);
-                        if mrv == mr && nrv == nr {
-                            (kern.tile)(kc, ag.as_ptr(), bg.as_ptr(), c, out.ldc, load);
+                        let tile = kern.tiles[mrv - 1];
+                        if nrv == nr {
+                            tile(kc, ag.as_ptr(), bg.as_ptr(), c, out.ldc, load);
                         } else {
                             let mut t = [0.0f32; TILE_MAX];
                             if load {
@@ -290,7 +305,7 @@ fn task(
                                     );
                                 }
                             }
-                            (kern.tile)(kc, ag.as_ptr(), bg.as_ptr(), t.as_mut_ptr(), nr, load);
+                            tile(kc, ag.as_ptr(), bg.as_ptr(), t.as_mut_ptr(), nr, load);
                             for r in 0..mrv {
                                 std::ptr::copy_nonoverlapping(
                                     t.as_ptr().add(r * nr),
@@ -310,6 +325,17 @@ fn task(
 /// Portable [`Kernel::dequant`].
 pub(super) unsafe fn dequant_generic(dtype: DType, src: &[u8], dst: &mut [f32]) {
     crate::quant::dequantize_row_unchecked(dtype, src, dst);
+}
+
+/// [`Kernel::dequant_t`] for units without a fused path.
+pub(super) unsafe fn dequant_t_none(
+    _dtype: DType,
+    _rows: &[&[u8]],
+    _kc: usize,
+    _nr: usize,
+    _dst: &mut [f32],
+) -> bool {
+    false
 }
 
 /// Portable [`Kernel::transpose`].

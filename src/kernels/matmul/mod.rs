@@ -139,14 +139,21 @@ impl<'a> WeightRef<'a> {
         self.row_range(driver::dequant_generic, r, 0, self.cols, out);
     }
 
-    /// Expands columns `c0..c1` (block-aligned) of logical row `r`; the view is valid.
+    /// The stored bytes of columns `c0..c1` (block-aligned) of logical row `r`; the view
+    /// is valid.
     #[inline]
-    fn row_range(&self, dequant: DequantFn, r: usize, c0: usize, c1: usize, out: &mut [f32]) {
+    fn row_bytes_range(&self, r: usize, c0: usize, c1: usize) -> &'a [u8] {
         let (bl, bb) = (self.dtype.block_len(), self.dtype.block_bytes());
         debug_assert!(c0.is_multiple_of(bl) && c1.is_multiple_of(bl) && c1 <= self.cols);
         let row_bytes = self.cols / bl * bb;
         let start = self.physical_row(r) * row_bytes;
-        let src = &self.data[start + c0 / bl * bb..start + c1 / bl * bb];
+        &self.data[start + c0 / bl * bb..start + c1 / bl * bb]
+    }
+
+    /// Expands columns `c0..c1` (block-aligned) of logical row `r`; the view is valid.
+    #[inline]
+    fn row_range(&self, dequant: DequantFn, r: usize, c0: usize, c1: usize, out: &mut [f32]) {
+        let src = self.row_bytes_range(r, c0, c1);
         // SAFETY: `dequant` comes from a kernel whose unit was checked, or is portable.
         unsafe { dequant(self.dtype, src, &mut out[..c1 - c0]) };
     }
@@ -158,7 +165,7 @@ pub enum Isa {
     Scalar,
     /// x86_64 with AVX2 and FMA.
     Avx2,
-    /// x86_64 with AVX-512F.
+    /// x86_64 with AVX-512F (and F16C, which every such CPU has).
     Avx512,
     /// aarch64 Advanced SIMD.
     Neon,
@@ -193,7 +200,10 @@ impl Isa {
                     && std::arch::is_x86_feature_detected!("fma")
             }
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 => std::arch::is_x86_feature_detected!("avx512f"),
+            Isa::Avx512 => {
+                std::arch::is_x86_feature_detected!("avx512f")
+                    && std::arch::is_x86_feature_detected!("f16c")
+            }
             #[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
             Isa::Neon => true,
             #[allow(unreachable_patterns)]

@@ -1,7 +1,7 @@
 //! Operand sources: strided f32 matrices and frozen weights in their stored format.
 
 use super::WeightRef;
-use super::driver::{ASource, BSource, Kernel};
+use super::driver::{ASource, BSource, Kernel, MAX_NR};
 
 /// `A[i][p] = alpha * data[i * rs + p * cs]`.
 pub(super) struct StridedA<'a> {
@@ -134,11 +134,19 @@ impl BSource for WeightT<'_, '_> {
         for (g, group) in dst.chunks_mut(kc * nr).enumerate() {
             let jg = j0 + g * nr;
             let rows = nr.min(j1 - jg);
-            for (r, buf) in scratch.chunks_mut(kc).take(rows).enumerate() {
-                self.0.row_range(kern.dequant, jg + r, p0, p1, buf);
-            }
             if rows < nr {
                 group.fill(0.0);
+            }
+            let mut srcs: [&[u8]; MAX_NR] = [&[]; MAX_NR];
+            for (r, src) in srcs[..rows].iter_mut().enumerate() {
+                *src = self.0.row_bytes_range(jg + r, p0, p1);
+            }
+            // SAFETY: the kernel's unit was checked when it was chosen.
+            if unsafe { (kern.dequant_t)(self.0.dtype, &srcs[..rows], kc, nr, group) } {
+                continue;
+            }
+            for (r, buf) in scratch.chunks_mut(kc).take(rows).enumerate() {
+                self.0.row_range(kern.dequant, jg + r, p0, p1, buf);
             }
             // SAFETY: the kernel's unit was checked when it was chosen.
             unsafe { (kern.transpose)(scratch, kc, rows, kc, nr, group) };
@@ -165,16 +173,27 @@ impl BSource for WeightN<'_, '_> {
         scratch: &mut Vec<f32>,
     ) {
         let (nr, kc) = (kern.nr, p1 - p0);
-        // The tile's last column may end inside a block: expand whole blocks.
         let bl = self.0.dtype.block_len();
-        let j1b = j1.next_multiple_of(bl).min(self.0.cols);
-        if scratch.len() < j1b - j0 {
-            scratch.resize(j1b - j0, 0.0);
+        if nr.is_multiple_of(bl) {
+            // Each group of columns is whole blocks (j0 is block-aligned): expand in place.
+            for p in 0..kc {
+                for (g, jg) in (j0..j1).step_by(nr).enumerate() {
+                    let je = (jg + nr).min(j1);
+                    let out = &mut dst[(g * kc + p) * nr..(g * kc + p + 1) * nr];
+                    self.0.row_range(kern.dequant, p0 + p, jg, je, out);
+                    out[je - jg..].fill(0.0);
+                }
+            }
+            return;
         }
-        let row = &mut scratch[..j1b - j0];
+        // Groups split blocks: expand the tile's columns once, then copy.
+        if scratch.len() < j1 - j0 {
+            scratch.resize(j1 - j0, 0.0);
+        }
+        let row = &mut scratch[..j1 - j0];
         for p in 0..kc {
-            self.0.row_range(kern.dequant, p0 + p, j0, j1b, row);
-            for (g, chunk) in row[..j1 - j0].chunks(nr).enumerate() {
+            self.0.row_range(kern.dequant, p0 + p, j0, j1, row);
+            for (g, chunk) in row.chunks(nr).enumerate() {
                 let out = &mut dst[(g * kc + p) * nr..(g * kc + p + 1) * nr];
                 out[..chunk.len()].copy_from_slice(chunk);
                 out[chunk.len()..].fill(0.0);

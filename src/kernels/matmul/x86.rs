@@ -2,32 +2,56 @@
 //! broadcast, rows of B are vectors; every accumulator lives in a register for the
 //! whole reduction chunk.
 
-use super::driver::{Kernel, dequant_generic, transpose_generic};
+use super::driver::{Kernel, dequant_generic, dequant_t_none, transpose_generic};
 use crate::quant::DType;
 use half::f16;
 use std::arch::x86_64::*;
 
 const MR512: usize = 12;
+const MR2: usize = 6;
 
 pub(super) const AVX512: Kernel = Kernel {
     mr: MR512,
     nr: 32,
-    tile: tile_avx512::<MR512>,
+    tiles: &[
+        tile_avx512::<1>,
+        tile_avx512::<2>,
+        tile_avx512::<3>,
+        tile_avx512::<4>,
+        tile_avx512::<5>,
+        tile_avx512::<6>,
+        tile_avx512::<7>,
+        tile_avx512::<8>,
+        tile_avx512::<9>,
+        tile_avx512::<10>,
+        tile_avx512::<11>,
+        tile_avx512::<12>,
+    ],
     transpose: transpose_avx512,
     dequant: dequant_avx512,
+    dequant_t: dequant_t_avx512,
 };
 
 pub(super) const AVX2: Kernel = Kernel {
-    mr: 6,
+    mr: MR2,
     nr: 16,
-    tile: tile_avx2,
+    tiles: &[
+        tile_avx2::<1>,
+        tile_avx2::<2>,
+        tile_avx2::<3>,
+        tile_avx2::<4>,
+        tile_avx2::<5>,
+        tile_avx2::<6>,
+    ],
     transpose: transpose_generic,
     dequant: dequant_generic,
+    dequant_t: dequant_t_none,
 };
 
-/// Safety: see `Kernel::tile`; the CPU has AVX-512F.
+/// The first `R` rows of a `12 x 32` tile. Safety: see `Kernel::tiles`; the CPU has
+/// AVX-512F.
 #[target_feature(enable = "avx512f")]
-unsafe fn tile_avx512<const MR: usize>(
+unsafe fn tile_avx512<const R: usize>(
     kc: usize,
     a: *const f32,
     b: *const f32,
@@ -35,12 +59,12 @@ unsafe fn tile_avx512<const MR: usize>(
     ldc: usize,
     load: bool,
 ) {
-    let mut lo = [_mm512_setzero_ps(); MR];
-    let mut hi = [_mm512_setzero_ps(); MR];
+    let mut lo = [_mm512_setzero_ps(); R];
+    let mut hi = [_mm512_setzero_ps(); R];
     // SAFETY: the extents of a, b and c are the caller's contract.
     unsafe {
         if load {
-            for i in 0..MR {
+            for i in 0..R {
                 lo[i] = _mm512_loadu_ps(c.add(i * ldc));
                 hi[i] = _mm512_loadu_ps(c.add(i * ldc + 16));
             }
@@ -49,31 +73,38 @@ unsafe fn tile_avx512<const MR: usize>(
         for _ in 0..kc {
             let b0 = _mm512_loadu_ps(b);
             let b1 = _mm512_loadu_ps(b.add(16));
-            for i in 0..MR {
+            for i in 0..R {
                 let ai = _mm512_set1_ps(*a.add(i));
                 lo[i] = _mm512_fmadd_ps(ai, b0, lo[i]);
                 hi[i] = _mm512_fmadd_ps(ai, b1, hi[i]);
             }
-            a = a.add(MR);
+            a = a.add(MR512);
             b = b.add(32);
         }
-        for i in 0..MR {
+        for i in 0..R {
             _mm512_storeu_ps(c.add(i * ldc), lo[i]);
             _mm512_storeu_ps(c.add(i * ldc + 16), hi[i]);
         }
     }
 }
 
-/// Safety: see `Kernel::tile`; the CPU has AVX2 and FMA.
+/// The first `R` rows of a `6 x 16` tile. Safety: see `Kernel::tiles`; the CPU has AVX2
+/// and FMA.
 #[target_feature(enable = "avx2,fma")]
-unsafe fn tile_avx2(kc: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize, load: bool) {
-    const MR: usize = 6;
-    let mut lo = [_mm256_setzero_ps(); MR];
-    let mut hi = [_mm256_setzero_ps(); MR];
+unsafe fn tile_avx2<const R: usize>(
+    kc: usize,
+    a: *const f32,
+    b: *const f32,
+    c: *mut f32,
+    ldc: usize,
+    load: bool,
+) {
+    let mut lo = [_mm256_setzero_ps(); R];
+    let mut hi = [_mm256_setzero_ps(); R];
     // SAFETY: the extents of a, b and c are the caller's contract.
     unsafe {
         if load {
-            for i in 0..MR {
+            for i in 0..R {
                 lo[i] = _mm256_loadu_ps(c.add(i * ldc));
                 hi[i] = _mm256_loadu_ps(c.add(i * ldc + 8));
             }
@@ -82,15 +113,15 @@ unsafe fn tile_avx2(kc: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: u
         for _ in 0..kc {
             let b0 = _mm256_loadu_ps(b);
             let b1 = _mm256_loadu_ps(b.add(8));
-            for i in 0..MR {
+            for i in 0..R {
                 let ai = _mm256_broadcast_ss(&*a.add(i));
                 lo[i] = _mm256_fmadd_ps(ai, b0, lo[i]);
                 hi[i] = _mm256_fmadd_ps(ai, b1, hi[i]);
             }
-            a = a.add(MR);
+            a = a.add(MR2);
             b = b.add(16);
         }
-        for i in 0..MR {
+        for i in 0..R {
             _mm256_storeu_ps(c.add(i * ldc), lo[i]);
             _mm256_storeu_ps(c.add(i * ldc + 8), hi[i]);
         }
@@ -207,12 +238,15 @@ unsafe fn dequant_avx512(dtype: DType, src: &[u8], dst: &mut [f32]) {
     }
 }
 
+/// One f16 scale, converted by F16C (exact, as `half` converts it).
 #[inline]
+#[target_feature(enable = "avx512f,f16c")]
 fn f16_at(b: &[u8], i: usize) -> f32 {
-    f16::from_le_bytes([b[i], b[i + 1]]).to_f32()
+    let bits = u16::from_le_bytes([b[i], b[i + 1]]);
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(bits))))
 }
 
-#[target_feature(enable = "avx512f")]
+#[target_feature(enable = "avx512f,f16c")]
 fn f16_avx512(src: &[u8], dst: &mut [f32]) {
     let mut s = src.chunks_exact(32);
     let mut d = dst.chunks_exact_mut(16);
@@ -224,11 +258,11 @@ fn f16_avx512(src: &[u8], dst: &mut [f32]) {
         }
     }
     for (s, d) in s.remainder().chunks_exact(2).zip(d.into_remainder()) {
-        *d = f16_at(s, 0);
+        *d = f16::from_le_bytes([s[0], s[1]]).to_f32();
     }
 }
 
-#[target_feature(enable = "avx512f")]
+#[target_feature(enable = "avx512f,f16c")]
 fn bf16_avx512(src: &[u8], dst: &mut [f32]) {
     let mut s = src.chunks_exact(32);
     let mut d = dst.chunks_exact_mut(16);
@@ -251,7 +285,7 @@ fn bf16_avx512(src: &[u8], dst: &mut [f32]) {
     }
 }
 
-#[target_feature(enable = "avx512f")]
+#[target_feature(enable = "avx512f,f16c")]
 fn q8_0_avx512(src: &[u8], dst: &mut [f32]) {
     for (b, out) in src.chunks_exact(34).zip(dst.chunks_exact_mut(32)) {
         let d = _mm512_set1_ps(f16_at(b, 0));
@@ -267,7 +301,7 @@ fn q8_0_avx512(src: &[u8], dst: &mut [f32]) {
 }
 
 /// Q4_0 (`d * (q - 8)`) and Q4_1 (`d * q + m`): low nibbles are elements 0..16.
-#[target_feature(enable = "avx512f")]
+#[target_feature(enable = "avx512f,f16c")]
 fn q4_avx512<const WITH_MIN: bool>(src: &[u8], dst: &mut [f32]) {
     let (bytes, qs) = if WITH_MIN { (20, 4) } else { (18, 2) };
     for (b, out) in src.chunks_exact(bytes).zip(dst.chunks_exact_mut(32)) {
@@ -290,6 +324,143 @@ fn q4_avx512<const WITH_MIN: bool>(src: &[u8], dst: &mut [f32]) {
                     _mm512_mul_ps(d, _mm512_cvtepi32_ps(q))
                 };
                 _mm512_storeu_ps(out.as_mut_ptr().add(16 * h), y);
+            }
+        }
+    }
+}
+
+/// Formats with a fused expand-and-transpose, as const parameters.
+const F32: u8 = 0;
+const F16: u8 = 1;
+const BF16: u8 = 2;
+const Q8_0: u8 = 3;
+const Q4_0: u8 = 4;
+const Q4_1: u8 = 5;
+
+/// Safety: the CPU has AVX-512F and F16C. See `Kernel::dequant_t`.
+unsafe fn dequant_t_avx512(
+    dtype: DType,
+    rows: &[&[u8]],
+    kc: usize,
+    nr: usize,
+    dst: &mut [f32],
+) -> bool {
+    let code = match dtype {
+        DType::F32 => F32,
+        DType::F16 => F16,
+        DType::BF16 => BF16,
+        DType::Q8_0 => Q8_0,
+        DType::Q4_0 => Q4_0,
+        DType::Q4_1 => Q4_1,
+        _ => return false,
+    };
+    let bytes = dtype.row_bytes(kc);
+    if !kc.is_multiple_of(16)
+        || rows.len() > nr
+        || dst.len() < kc * nr
+        || rows.iter().any(|r| Some(r.len()) != bytes)
+    {
+        return false;
+    }
+    // SAFETY: every row holds kc elements in `dtype` and dst kc rows of nr; the unit is
+    // the caller's contract.
+    unsafe {
+        match code {
+            F32 => dequant_t_rows::<F32>(rows, kc, nr, dst.as_mut_ptr()),
+            F16 => dequant_t_rows::<F16>(rows, kc, nr, dst.as_mut_ptr()),
+            BF16 => dequant_t_rows::<BF16>(rows, kc, nr, dst.as_mut_ptr()),
+            Q8_0 => dequant_t_rows::<Q8_0>(rows, kc, nr, dst.as_mut_ptr()),
+            Q4_0 => dequant_t_rows::<Q4_0>(rows, kc, nr, dst.as_mut_ptr()),
+            _ => dequant_t_rows::<Q4_1>(rows, kc, nr, dst.as_mut_ptr()),
+        }
+    }
+    true
+}
+
+/// Expands 16 rows x 16 elements into registers and transposes them, so the weight never
+/// passes through an f32 copy in its stored order.
+#[target_feature(enable = "avx512f,f16c")]
+unsafe fn dequant_t_rows<const D: u8>(rows: &[&[u8]], kc: usize, nr: usize, dst: *mut f32) {
+    // The rows sit a whole stored row apart: ask for all their lines at once rather than
+    // meeting the misses one by one (this is what bounds a one-token product).
+    for row in rows {
+        for at in (0..row.len()).step_by(64) {
+            // SAFETY: `at` is inside the row.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(row.as_ptr().add(at).cast()) };
+        }
+    }
+    for (r0, group) in rows.chunks(16).enumerate().map(|(q, g)| (16 * q, g)) {
+        let mask: __mmask16 = ((1u32 << group.len()) - 1) as __mmask16;
+        for p in (0..kc).step_by(16) {
+            let mut v = [_mm512_setzero_ps(); 16];
+            if let Ok(group) = <&[&[u8]; 16]>::try_from(group) {
+                // A fixed count keeps the 16 vectors in registers.
+                for i in 0..16 {
+                    // SAFETY: the row holds kc >= p + 16 elements.
+                    v[i] = unsafe { load16::<D>(group[i].as_ptr(), p) };
+                }
+            } else {
+                for (v, row) in v.iter_mut().zip(group) {
+                    // SAFETY: the row holds kc >= p + 16 elements.
+                    *v = unsafe { load16::<D>(row.as_ptr(), p) };
+                }
+            }
+            let v = transpose16(v);
+            for (t, v) in v.iter().enumerate() {
+                // SAFETY: dst holds kc rows of nr >= r0 + group.len() elements.
+                unsafe { _mm512_mask_storeu_ps(dst.add((p + t) * nr + r0), mask, *v) };
+            }
+        }
+    }
+}
+
+/// Elements `p..p + 16` (`p` a multiple of 16) of a stored row, with the reference
+/// dequantizer's arithmetic.
+#[inline]
+#[target_feature(enable = "avx512f,f16c")]
+unsafe fn load16<const D: u8>(row: *const u8, p: usize) -> __m512 {
+    let (block, half) = (p / 32, (p / 16) % 2);
+    let scale = |at: *const u8| {
+        // SAFETY: `at` points at an f16 inside the row.
+        let bits = unsafe { at.cast::<u16>().read_unaligned() };
+        _mm512_set1_ps(_mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(
+            u16::from_le(bits),
+        )))))
+    };
+    let nibbles = |q: __m128i| {
+        let q = if half == 0 { q } else { _mm_srli_epi16::<4>(q) };
+        _mm512_cvtepu8_epi32(_mm_and_si128(q, _mm_set1_epi8(0x0f)))
+    };
+    // SAFETY: the caller guarantees the row holds elements p..p+16 and their block.
+    unsafe {
+        match D {
+            F32 => _mm512_loadu_ps(row.add(4 * p).cast()),
+            F16 => _mm512_cvtph_ps(_mm256_loadu_si256(row.add(2 * p).cast())),
+            BF16 => {
+                let x = _mm512_cvtepu16_epi32(_mm256_loadu_si256(row.add(2 * p).cast()));
+                let nan = _mm512_cmpgt_epu32_mask(
+                    _mm512_and_si512(x, _mm512_set1_epi32(0x7fff)),
+                    _mm512_set1_epi32(0x7f80),
+                );
+                let bits = _mm512_mask_or_epi32(x, nan, x, _mm512_set1_epi32(0x40));
+                _mm512_castsi512_ps(_mm512_slli_epi32::<16>(bits))
+            }
+            Q8_0 => {
+                let b = row.add(34 * block);
+                let q = _mm_loadu_si128(b.add(2 + 16 * half).cast());
+                _mm512_mul_ps(scale(b), _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q)))
+            }
+            Q4_0 => {
+                let b = row.add(18 * block);
+                let q = nibbles(_mm_loadu_si128(b.add(2).cast()));
+                let q = _mm512_sub_epi32(q, _mm512_set1_epi32(8));
+                _mm512_mul_ps(scale(b), _mm512_cvtepi32_ps(q))
+            }
+            _ => {
+                let b = row.add(20 * block);
+                let q = nibbles(_mm_loadu_si128(b.add(4).cast()));
+                let y = _mm512_mul_ps(scale(b), _mm512_cvtepi32_ps(q));
+                _mm512_add_ps(y, scale(b.add(2)))
             }
         }
     }
