@@ -1,10 +1,13 @@
 //! Blocking and threading of `C[m, n] (+)= A[m, k] · B[k, n]`.
 //!
-//! A is packed once per call (per outer reduction chunk) into panels of `mr` rows;
-//! the output is cut into tiles of `mb x nb` whose sizes depend only on the shape; each
-//! tile is one rayon task that packs (dequantizes) its `kc x nb` slices of B and runs the
-//! microkernel over them. Each output element's reduction over k runs inside one task, in
-//! ascending order, so neither the tiling nor the scheduling changes a bit of the result.
+//! A is packed once per call into panels of `mr` rows; the output is cut into tiles of
+//! `mb x nb` whose sizes depend only on the shape; each tile is one rayon task that packs
+//! (dequantizes) its `kc x nb` slices of B and runs the microkernel over them. Each output
+//! element's reduction over k runs inside one task, in ascending order, so neither the
+//! tiling nor the scheduling changes a bit of the result. Only a reduction longer than
+//! `KO` (the backward through a vocabulary-sized weight) is cut into passes, which run one
+//! after another, each continuing from the sums the previous one stored: same order, and
+//! the packed copy of A stays bounded.
 
 use crate::quant::DType;
 use rayon::prelude::*;
