@@ -44,13 +44,26 @@ pub enum RowOrder {
 
 /// A frozen weight matrix `[rows, cols]` (`rows` = outputs `n`, `cols` = inputs `k`),
 /// row-major in its stored format.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy)]
 pub struct WeightRef<'a> {
     pub dtype: DType,
     pub rows: usize,
     pub cols: usize,
     pub data: &'a [u8],
     pub order: RowOrder,
+}
+
+impl std::fmt::Debug for WeightRef<'_> {
+    // The bytes are megabytes of a memory map: show their size, not their contents.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WeightRef")
+            .field("dtype", &self.dtype)
+            .field("rows", &self.rows)
+            .field("cols", &self.cols)
+            .field("bytes", &self.data.len())
+            .field("order", &self.order)
+            .finish()
+    }
 }
 
 impl<'a> WeightRef<'a> {
