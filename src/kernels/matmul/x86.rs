@@ -391,20 +391,21 @@ unsafe fn dequant_t_rows<const D: u8>(rows: &[&[u8]], kc: usize, nr: usize, dst:
     }
     for (r0, group) in rows.chunks(16).enumerate().map(|(q, g)| (16 * q, g)) {
         let mask: __mmask16 = ((1u32 << group.len()) - 1) as __mmask16;
+        let full = <&[&[u8]; 16]>::try_from(group).ok();
         for p in (0..kc).step_by(16) {
-            let mut v = [_mm512_setzero_ps(); 16];
-            if let Ok(group) = <&[&[u8]; 16]>::try_from(group) {
+            let v = match full {
                 // A fixed count keeps the 16 vectors in registers.
-                for i in 0..16 {
-                    // SAFETY: the row holds kc >= p + 16 elements.
-                    v[i] = unsafe { load16::<D>(group[i].as_ptr(), p) };
+                // SAFETY: each row holds kc >= p + 16 elements.
+                Some(rows) => std::array::from_fn(|i| unsafe { load16::<D>(rows[i].as_ptr(), p) }),
+                None => {
+                    let mut v = [_mm512_setzero_ps(); 16];
+                    for (v, row) in v.iter_mut().zip(group) {
+                        // SAFETY: the row holds kc >= p + 16 elements.
+                        *v = unsafe { load16::<D>(row.as_ptr(), p) };
+                    }
+                    v
                 }
-            } else {
-                for (v, row) in v.iter_mut().zip(group) {
-                    // SAFETY: the row holds kc >= p + 16 elements.
-                    *v = unsafe { load16::<D>(row.as_ptr(), p) };
-                }
-            }
+            };
             let v = transpose16(v);
             for (t, v) in v.iter().enumerate() {
                 // SAFETY: dst holds kc rows of nr >= r0 + group.len() elements.
