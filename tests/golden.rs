@@ -382,8 +382,7 @@ fn optimizer_setting(desc: &str, name: &str) -> Option<String> {
     let end = if rest.starts_with('(') {
         rest.find(')')? + 1
     } else {
-        rest.find([' ', ','])
-            .unwrap_or(rest.len())
+        rest.find([' ', ',']).unwrap_or(rest.len())
     };
     Some(rest[..end].to_string())
 }
@@ -396,16 +395,36 @@ fn ten_step_trajectory_and_final_adapter_match() {
     let g = golden_json();
     let traj = &g["trajectory"];
     let desc = traj["optimizer"].as_str().expect("optimizer description");
-    let num = |k: &str| -> f64 { optimizer_setting(desc, k).unwrap_or_else(|| panic!("`{k}` in {desc:?}")).parse().unwrap() };
+    let num = |k: &str| -> f64 {
+        optimizer_setting(desc, k)
+            .unwrap_or_else(|| panic!("`{k}` in {desc:?}"))
+            .parse()
+            .unwrap()
+    };
     let betas = optimizer_setting(desc, "betas").expect("betas");
-    let b: Vec<f64> = betas.trim_matches(['(', ')']).split(',').map(|x| x.trim().parse().unwrap()).collect();
-    let clip: f32 = desc.split("clip ").nth(1).and_then(|s| s.split([' ', ',']).next()).expect("clip").parse().unwrap();
-    assert!(desc.contains("constant lr") && desc.contains("full batch") && desc.contains("sigmoid DPO"), "{desc}");
+    let b: Vec<f64> = betas
+        .trim_matches(['(', ')'])
+        .split(',')
+        .map(|x| x.trim().parse().unwrap())
+        .collect();
+    let clip: f32 = desc
+        .split("clip ")
+        .nth(1)
+        .and_then(|s| s.split([' ', ',']).next())
+        .expect("clip")
+        .parse()
+        .unwrap();
+    assert!(
+        desc.contains("constant lr") && desc.contains("full batch") && desc.contains("sigmoid DPO"),
+        "{desc}"
+    );
     let steps = traj["steps"].as_array().expect("steps");
     let pairs = golden_pairs(&g);
     let n = pairs.len();
     let config = TrainConfig {
-        loss: Loss::Sigmoid { beta: g["beta"].as_f64().unwrap() },
+        loss: Loss::Sigmoid {
+            beta: g["beta"].as_f64().unwrap(),
+        },
         optimizer: AdamWConfig {
             lr: num("lr"),
             betas: (b[0], b[1]),
@@ -439,18 +458,41 @@ fn ten_step_trajectory_and_final_adapter_match() {
         let l = want["loss"].as_f64().unwrap();
         assert!(close_rel(m.loss, l, 2e-3), "step {}: loss {} vs {l}", m.step, m.loss);
         let gn = want["grad_norm_before_clip"].as_f64().unwrap();
-        assert!(close_rel(m.grad_norm, gn, 2e-3), "step {}: grad norm {} vs {gn}", m.step, m.grad_norm);
+        assert!(
+            close_rel(m.grad_norm, gn, 2e-3),
+            "step {}: grad norm {} vs {gn}",
+            m.step,
+            m.grad_norm
+        );
         let margin = want["margin"].as_f64().unwrap();
-        assert!(close_rel(m.rewards_margins, margin, 2e-3), "step {}: margin {} vs {margin}", m.step, m.rewards_margins);
-        assert_eq!(m.rewards_accuracies, want["accuracy"].as_f64().unwrap(), "step {}", m.step);
+        assert!(
+            close_rel(m.rewards_margins, margin, 2e-3),
+            "step {}: margin {} vs {margin}",
+            m.step,
+            m.rewards_margins
+        );
+        assert_eq!(
+            m.rewards_accuracies,
+            want["accuracy"].as_f64().unwrap(),
+            "step {}",
+            m.step
+        );
     }
     let after = read_f32_safetensors(&golden_dir().join("adapter_after_10_steps/adapter_model.safetensors"));
     let got: std::collections::BTreeMap<String, &[f32]> = trainer.adapter.tensors().into_iter().collect();
     let (mut d2, mut r2) = (0f64, 0f64);
     for (name, (_, want)) in &after {
         let have = got.get(name).unwrap_or_else(|| panic!("no tensor {name}"));
-        d2 += have.iter().zip(want).map(|(a, b)| ((a - b) as f64).powi(2)).sum::<f64>();
+        d2 += have
+            .iter()
+            .zip(want)
+            .map(|(a, b)| ((a - b) as f64).powi(2))
+            .sum::<f64>();
         r2 += want.iter().map(|b| (*b as f64).powi(2)).sum::<f64>();
     }
-    assert!(d2.sqrt() <= 2e-3 * r2.sqrt(), "final adapter relative L2 distance {}", (d2 / r2).sqrt());
+    assert!(
+        d2.sqrt() <= 2e-3 * r2.sqrt(),
+        "final adapter relative L2 distance {}",
+        (d2 / r2).sqrt()
+    );
 }

@@ -102,6 +102,7 @@ fn fma_chain(
 
 /// Checks `got` against the f64 product `c0 + sum_p a(i,p) b(p,j)` within `1e-5` of
 /// `|c0| + ||a_i|| ||b_j||`.
+#[allow(clippy::too_many_arguments)]
 fn assert_close_f64(
     what: &str,
     got: &[f32],
@@ -308,31 +309,38 @@ fn in_pool<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> R {
 #[test]
 fn results_are_bit_identical_for_1_2_and_3_threads() {
     let mut rng = Rng(17);
-    let (m, n, k) = (300, 200, 608);
-    let data = random_weight(&mut rng, DType::Q4_1, n, k);
-    let w = WeightRef::new(DType::Q4_1, n, k, &data, RowOrder::Stored).unwrap();
-    let x = rng.vec(m * k);
-    let dy = rng.vec(m * n);
-    let dx0 = rng.vec(m * k);
-    let (a, b) = (rng.vec(m * k), rng.vec(k * n));
-    let run = |threads: usize| {
-        in_pool(threads, || {
-            let mut y = vec![0.0; m * n];
-            matmul_wt(&x, m, &w, &mut y);
-            let mut dx = dx0.clone();
-            matmul_w_acc(&dy, m, &w, &mut dx);
-            let mut c = vec![0.0; m * n];
-            gemm(false, false, m, n, k, 1.0, &a, k, &b, n, false, &mut c, n);
-            (y, dx, c)
-        })
-    };
-    let one = run(1);
-    assert!(one.0.iter().chain(&one.1).chain(&one.2).all(|v| v.is_finite()));
-    for threads in [2, 3] {
-        let other = run(threads);
-        assert_same_bits(&format!("forward, {threads} threads"), &other.0, &one.0);
-        assert_same_bits(&format!("backward, {threads} threads"), &other.1, &one.1);
-        assert_same_bits(&format!("gemm, {threads} threads"), &other.2, &one.2);
+    // Many tasks; one token; and a reduction longer than one packed chunk of A.
+    for (dtype, m, n, k) in [
+        (DType::Q4_1, 300, 200, 608),
+        (DType::Q8_0, 1, 300, 96),
+        (DType::F16, 40, 2090, 2090),
+    ] {
+        let data = random_weight(&mut rng, dtype, n, k);
+        let w = WeightRef::new(dtype, n, k, &data, RowOrder::Stored).unwrap();
+        let x = rng.vec(m * k);
+        let dy = rng.vec(m * n);
+        let dx0 = rng.vec(m * k);
+        let (a, b) = (rng.vec(m * k), rng.vec(k * n));
+        let run = |threads: usize| {
+            in_pool(threads, || {
+                let mut y = vec![0.0; m * n];
+                matmul_wt(&x, m, &w, &mut y);
+                let mut dx = dx0.clone();
+                matmul_w_acc(&dy, m, &w, &mut dx);
+                let mut c = vec![0.0; m * n];
+                gemm(false, true, m, n, k, 1.0, &a, k, &b, k, false, &mut c, n);
+                (y, dx, c)
+            })
+        };
+        let one = run(1);
+        assert!(one.0.iter().chain(&one.1).chain(&one.2).all(|v| v.is_finite()));
+        for threads in [2, 3] {
+            let other = run(threads);
+            let what = format!("{dtype} m={m} n={n} k={k}, {threads} threads");
+            assert_same_bits(&format!("forward {what}"), &other.0, &one.0);
+            assert_same_bits(&format!("backward {what}"), &other.1, &one.1);
+            assert_same_bits(&format!("gemm {what}"), &other.2, &one.2);
+        }
     }
 }
 

@@ -30,7 +30,10 @@ impl PreferenceSet {
         let limit = max_length.unwrap_or(usize::MAX);
         let fits = |prompt: usize, row: usize, dropped: &mut Vec<(usize, String)>| {
             if prompt >= limit {
-                dropped.push((row, format!("prompt of {prompt} tokens leaves no room under max_length {limit}")));
+                dropped.push((
+                    row,
+                    format!("prompt of {prompt} tokens leaves no room under max_length {limit}"),
+                ));
                 false
             } else {
                 true

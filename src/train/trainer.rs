@@ -72,10 +72,16 @@ impl TrainConfig {
             return Err(Error::invalid("batch_size and micro_batch_size must be at least 1"));
         }
         if !(0.0..1.0).contains(&self.eval_fraction) {
-            return Err(Error::invalid(format!("eval_fraction {} must be in [0, 1)", self.eval_fraction)));
+            return Err(Error::invalid(format!(
+                "eval_fraction {} must be in [0, 1)",
+                self.eval_fraction
+            )));
         }
         if !(0.0..1.0).contains(&self.lora_dropout) {
-            return Err(Error::invalid(format!("lora_dropout {} must be in [0, 1)", self.lora_dropout)));
+            return Err(Error::invalid(format!(
+                "lora_dropout {} must be in [0, 1)",
+                self.lora_dropout
+            )));
         }
         if let Some(n) = self.max_grad_norm
             && !(n.is_finite() && n > 0.0)
@@ -178,7 +184,11 @@ impl RefCache {
 
     /// Computes (with the base model, no activations kept) whatever of `items` is missing.
     pub fn fill(&mut self, model: &Model, items: &[(&[u32], &[u32])]) -> Result<()> {
-        let missing: Vec<(&[u32], &[u32])> = items.iter().copied().filter(|(p, c)| self.get(p, c).is_none()).collect();
+        let missing: Vec<(&[u32], &[u32])> = items
+            .iter()
+            .copied()
+            .filter(|(p, c)| self.get(p, c).is_none())
+            .collect();
         for chunk in missing.chunks(4) {
             let score_items: Vec<ScoreItem> = chunk
                 .iter()
@@ -220,12 +230,19 @@ impl<'m> Trainer<'m> {
         adapter.check_fits(&model.config, std::path::Path::new("<adapter>"))?;
         let kto = matches!(config.loss, Loss::Kto { .. });
         let mut rng = Rng::new(config.seed);
-        let PreferenceSet { mut pairs, unpaired, .. } = data;
+        let PreferenceSet {
+            mut pairs, unpaired, ..
+        } = data;
         if kto && unpaired.is_empty() {
-            return Err(Error::invalid("the kto loss needs unpaired rows (prompt, completion, label)"));
+            return Err(Error::invalid(
+                "the kto loss needs unpaired rows (prompt, completion, label)",
+            ));
         }
         if !kto && pairs.is_empty() {
-            return Err(Error::invalid(format!("the {} loss needs preference pairs", config.loss.name())));
+            return Err(Error::invalid(format!(
+                "the {} loss needs preference pairs",
+                config.loss.name()
+            )));
         }
         let mut eval_pairs = Vec::new();
         if config.eval_fraction > 0.0 && !kto {
@@ -371,17 +388,24 @@ impl<'m> Trainer<'m> {
         Ok(m)
     }
 
-
     fn kto_batch_step(&mut self, batch: &[usize], grads: &mut Adapter, m: &mut StepMetrics) -> Result<()> {
         let ex: Vec<TokenizedUnpaired> = batch.iter().map(|&i| self.train_unpaired[i].clone()).collect();
         // TRL's KL pairs: each prompt with the completion of the example before it.
         let kl_items: Vec<(Vec<u32>, Vec<u32>)> = (0..ex.len())
-            .map(|i| (ex[i].prompt.clone(), ex[(i + ex.len() - 1) % ex.len()].completion.clone()))
+            .map(|i| {
+                (
+                    ex[i].prompt.clone(),
+                    ex[(i + ex.len() - 1) % ex.len()].completion.clone(),
+                )
+            })
             .collect();
         let mut items: Vec<(&[u32], &[u32])> = ex.iter().map(|e| (&e.prompt[..], &e.completion[..])).collect();
         items.extend(kl_items.iter().map(|(p, c)| (&p[..], &c[..])));
         self.refs.fill(self.model, &items)?;
-        let kl_ref: Vec<f64> = kl_items.iter().map(|(p, c)| self.refs.get(p, c).expect("filled")).collect();
+        let kl_ref: Vec<f64> = kl_items
+            .iter()
+            .map(|(p, c)| self.refs.get(p, c).expect("filled"))
+            .collect();
         // The KL term is detached: the policy's log-probs of the mismatched pairs need no backward.
         let kl_policy: Vec<f64> = {
             let score_items: Vec<ScoreItem> = kl_items
@@ -403,7 +427,10 @@ impl<'m> Trainer<'m> {
         let mut kl = 0.0;
         for micro in (0..ex.len()).collect::<Vec<_>>().chunks(self.config.micro_batch_size) {
             let e: Vec<&TokenizedUnpaired> = micro.iter().map(|&i| &ex[i]).collect();
-            let refs: Vec<f64> = e.iter().map(|x| self.refs.get(&x.prompt, &x.completion).expect("filled")).collect();
+            let refs: Vec<f64> = e
+                .iter()
+                .map(|x| self.refs.get(&x.prompt, &x.completion).expect("filled"))
+                .collect();
             let scale = micro.len() as f64 / n;
             let s = kto_step(
                 self.model,
@@ -485,7 +512,14 @@ impl<'m> Trainer<'m> {
                 .collect();
             let s = self.model.score_packed_with(&items, Some(&self.adapter))?;
             for ((p, sc), (rc, rr)) in chunk.iter().zip(s).zip(refs) {
-                all.push(PairLogps::new(sc[0].logp, sc[1].logp, rc, rr, p.chosen.len(), p.rejected.len()));
+                all.push(PairLogps::new(
+                    sc[0].logp,
+                    sc[1].logp,
+                    rc,
+                    rr,
+                    p.chosen.len(),
+                    p.rejected.len(),
+                ));
                 m.pair_tokens += PreferenceSet::pair_tokens(p);
             }
         }

@@ -1,7 +1,7 @@
 //! aarch64 NEON microkernel (`8 x 12`): rows of A are broadcast, rows of B are three
 //! 4-lane vectors; `vfmaq_f32` is a fused multiply-add, so results match the other units.
 
-use super::driver::{Kernel, transpose_generic};
+use super::driver::{Kernel, dequant_generic, dequant_t_none, transpose_generic};
 use std::arch::aarch64::*;
 
 const MR: usize = 8;
@@ -10,15 +10,19 @@ const NR: usize = 12;
 pub(super) const NEON: Kernel = Kernel {
     mr: MR,
     nr: NR,
-    tile,
+    tiles: &[
+        tile::<1>, tile::<2>, tile::<3>, tile::<4>, tile::<5>, tile::<6>, tile::<7>, tile::<8>,
+    ],
     transpose: transpose_generic,
+    dequant: dequant_generic,
+    dequant_t: dequant_t_none,
 };
 
-/// Safety: see `Kernel::tile`.
-unsafe fn tile(kc: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize, load: bool) {
+/// The first `R` rows of a tile. Safety: see `Kernel::tiles`.
+unsafe fn tile<const R: usize>(kc: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize, load: bool) {
     // SAFETY: the extents of a, b and c are the caller's contract; NEON is baseline.
     unsafe {
-        let mut acc = [[vdupq_n_f32(0.0); 3]; MR];
+        let mut acc = [[vdupq_n_f32(0.0); 3]; R];
         if load {
             for (i, row) in acc.iter_mut().enumerate() {
                 for (v, r) in row.iter_mut().enumerate() {

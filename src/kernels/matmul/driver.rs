@@ -1,39 +1,63 @@
 //! Blocking and threading of `C[m, n] (+)= A[m, k] · B[k, n]`.
 //!
-//! A is packed once per call (per outer reduction chunk) into panels of `mr` rows;
-//! the output is cut into tiles of `mb x nb` whose sizes depend only on the shape; each
-//! tile is one rayon task that packs (dequantizes) its `kc x nb` slices of B and runs the
-//! microkernel over them. Each output element's reduction over k runs inside one task, in
-//! ascending order, so neither the tiling nor the scheduling changes a bit of the result.
+//! A is packed once per call into panels of `mr` rows; the output is cut into tiles of
+//! `mb x nb` whose sizes depend only on the shape; each tile is one rayon task that packs
+//! (dequantizes) its `kc x nb` slices of B and runs the microkernel over them. Each output
+//! element's reduction over k runs inside one task, in ascending order, so neither the
+//! tiling nor the scheduling changes a bit of the result. Only a reduction longer than
+//! `KO` (the backward through a vocabulary-sized weight) is cut into passes, which run one
+//! after another, each continuing from the sums the previous one stored: same order, and
+//! the packed copy of A stays bounded.
 
+use crate::quant::DType;
 use rayon::prelude::*;
 use std::cell::Cell;
 
-/// A register-blocked microkernel computing a full `mr x nr` tile.
+/// A register-blocked microkernel computing tiles of up to `mr x nr`.
 #[derive(Clone, Copy)]
 pub(super) struct Kernel {
     pub mr: usize,
     pub nr: usize,
+    /// `tiles[r - 1]` computes the first `r` rows of a tile:
     /// `c[i*ldc + j] = (load ? c[i*ldc + j] : 0) (+ a[p*mr + i] * b[p*nr + j])` over
-    /// `p = 0..kc` in order, each step a fused multiply-add.
+    /// `p = 0..kc` in order, each step a fused multiply-add, for `i < r`, `j < nr`.
+    /// Short blocks of rows (one token) then cost what they compute.
     ///
-    /// Safety: `a` is readable for `kc*mr`, `b` for `kc*nr` elements; rows `i < mr` of `c`
+    /// Safety: `a` is readable for `kc*mr`, `b` for `kc*nr` elements; rows `i < r` of `c`
     /// are readable and writable for `nr` elements from `c + i*ldc`; the CPU has the unit.
-    pub tile: TileFn,
-    /// Packs `B[p][j] = src[j * ld + p]` (`rows` rows of `kc`) into `dst[p * nr + j]`,
-    /// leaving `j >= rows` untouched.
+    pub tiles: &'static [TileFn],
+    /// Packs `B[p][j] = src[j * ld + p]` (`rows <= nr` rows of `kc`) into
+    /// `dst[p * nr + j]`, leaving `j >= rows` untouched.
+    ///
+    /// Safety: the CPU has the unit (extents are checked).
     pub transpose: TransposeFn,
+    /// `crate::quant::dequantize_row_unchecked`, the same bits, faster where it can be.
+    ///
+    /// Safety: the CPU has the unit.
+    pub dequant: DequantFn,
+    /// Expands and transposes a group of weight rows in one pass:
+    /// `dst[p * nr + r] = element p of rows[r]`, where `rows[r]` holds the stored bytes of
+    /// `kc` elements; rows past `rows.len()` untouched. Returns false, having written
+    /// nothing, when it has no fast path for the format or the shape.
+    ///
+    /// Safety: the CPU has the unit (extents are checked).
+    pub dequant_t: DequantTFn,
 }
 
 pub(super) type TileFn = unsafe fn(kc: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize, load: bool);
 
-pub(super) type TransposeFn = fn(src: &[f32], ld: usize, rows: usize, kc: usize, nr: usize, dst: &mut [f32]);
+pub(super) type TransposeFn = unsafe fn(src: &[f32], ld: usize, rows: usize, kc: usize, nr: usize, dst: &mut [f32]);
+
+pub(super) type DequantFn = unsafe fn(dtype: DType, src: &[u8], dst: &mut [f32]);
+
+pub(super) type DequantTFn = unsafe fn(dtype: DType, rows: &[&[u8]], kc: usize, nr: usize, dst: &mut [f32]) -> bool;
 
 /// The left operand: row `i`, reduction index `p`.
 pub(super) trait ASource: Sync {
     /// Packs rows `i0..i1` and reduction indices `p0..p1` into panels of `mr` rows:
     /// `dst[panel][p - p0][r]`, rows past `i1` zero.
-    fn pack(&self, i0: usize, i1: usize, p0: usize, p1: usize, mr: usize, dst: &mut [f32]);
+    #[allow(clippy::too_many_arguments)]
+    fn pack(&self, kern: &Kernel, i0: usize, i1: usize, p0: usize, p1: usize, dst: &mut [f32]);
 }
 
 /// The right operand: reduction index `p`, column `j`.
@@ -56,8 +80,10 @@ pub(super) trait BSource: Sync {
 const KC: usize = 256;
 /// Reduction chunk per A pack: bounds the packed copy of A to `m x KO` floats.
 const KO: usize = 2048;
-/// Target columns per task.
-const NB: usize = 64;
+/// Target columns per task: one register-tile width of the widest kernel, so that with
+/// few rows every weight row is still expanded once, yet a model's 576 columns make 18
+/// tasks.
+const NB: usize = 32;
 /// Rows per task: at least this many to amortize a task's dequantization of B, ...
 const MB_MIN: usize = 128;
 /// ... at most this many so its packed A slice stays in L2.
@@ -66,6 +92,8 @@ const MB_MAX: usize = 512;
 const TASKS: usize = 16;
 /// Largest `mr * nr` of any kernel (edge tiles go through a stack buffer).
 const TILE_MAX: usize = 1024;
+/// Widest `nr` of any kernel.
+pub(super) const MAX_NR: usize = 64;
 
 /// Tile sizes, a function of the shape and the kernel only.
 struct Plan {
@@ -116,11 +144,14 @@ thread_local! {
 /// Runs `f` on this thread's buffer `key` grown to `len`. A nested use on the same thread
 /// (rayon may run another task while this one waits) finds it taken and allocates.
 fn with_buf<R>(key: &'static std::thread::LocalKey<Cell<Vec<f32>>>, len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    // Packed panels start on a cache line: the transposes store whole lines.
+    const ALIGN: usize = 64 / size_of::<f32>();
     let mut buf = key.take();
-    if buf.len() < len {
-        buf.resize(len, 0.0);
+    if buf.len() < len + ALIGN {
+        buf.resize(len + ALIGN, 0.0);
     }
-    let r = f(&mut buf[..len]);
+    let skip = buf.as_ptr().align_offset(64).min(ALIGN);
+    let r = f(&mut buf[skip..skip + len]);
     key.set(buf);
     r
 }
@@ -162,7 +193,7 @@ pub(super) fn run(
         "output of {m}x{n} with leading dimension {ldc} does not fit {} elements",
         c.len()
     );
-    assert!(kern.mr * kern.nr <= TILE_MAX);
+    assert!(kern.mr * kern.nr <= TILE_MAX && kern.nr <= MAX_NR && kern.tiles.len() == kern.mr);
     if k == 0 {
         if !accumulate {
             for row in c.chunks_mut(ldc).take(m) {
@@ -184,7 +215,7 @@ pub(super) fn run(
             let ap = &mut ap[..m_panels * panel];
             ap.par_chunks_mut(panel).enumerate().for_each(|(q, dst)| {
                 let i0 = q * kern.mr;
-                a.pack(i0, (i0 + kern.mr).min(m), po, pe, kern.mr, dst);
+                a.pack(&kern, i0, (i0 + kern.mr).min(m), po, pe, dst);
             });
             let ap = &*ap;
             (0..plan.m_tiles * plan.n_tiles).into_par_iter().for_each(|t| {
@@ -235,8 +266,9 @@ fn task(
                     // belongs to this task alone; the kernel's unit was checked by `Isa`.
                     unsafe {
                         let c = out.ptr.add(i * out.ldc + j);
-                        if mrv == mr && nrv == nr {
-                            (kern.tile)(kc, ag.as_ptr(), bg.as_ptr(), c, out.ldc, load);
+                        let tile = kern.tiles[mrv - 1];
+                        if nrv == nr {
+                            tile(kc, ag.as_ptr(), bg.as_ptr(), c, out.ldc, load);
                         } else {
                             let mut t = [0.0f32; TILE_MAX];
                             if load {
@@ -244,7 +276,7 @@ fn task(
                                     std::ptr::copy_nonoverlapping(c.add(r * out.ldc), t.as_mut_ptr().add(r * nr), nrv);
                                 }
                             }
-                            (kern.tile)(kc, ag.as_ptr(), bg.as_ptr(), t.as_mut_ptr(), nr, load);
+                            tile(kc, ag.as_ptr(), bg.as_ptr(), t.as_mut_ptr(), nr, load);
                             for r in 0..mrv {
                                 std::ptr::copy_nonoverlapping(t.as_ptr().add(r * nr), c.add(r * out.ldc), nrv);
                             }
@@ -257,8 +289,18 @@ fn task(
     });
 }
 
-/// Portable transpose for [`Kernel::transpose`].
-pub(super) fn transpose_generic(src: &[f32], ld: usize, rows: usize, kc: usize, nr: usize, dst: &mut [f32]) {
+/// Portable [`Kernel::dequant`].
+pub(super) unsafe fn dequant_generic(dtype: DType, src: &[u8], dst: &mut [f32]) {
+    crate::quant::dequantize_row_unchecked(dtype, src, dst);
+}
+
+/// [`Kernel::dequant_t`] for units without a fused path.
+pub(super) unsafe fn dequant_t_none(_dtype: DType, _rows: &[&[u8]], _kc: usize, _nr: usize, _dst: &mut [f32]) -> bool {
+    false
+}
+
+/// Portable [`Kernel::transpose`].
+pub(super) unsafe fn transpose_generic(src: &[f32], ld: usize, rows: usize, kc: usize, nr: usize, dst: &mut [f32]) {
     for (r, row) in src.chunks(ld).take(rows).enumerate() {
         for (p, &v) in row[..kc].iter().enumerate() {
             dst[p * nr + r] = v;

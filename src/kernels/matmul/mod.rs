@@ -17,7 +17,7 @@
 //! over it (`scalar`, `x86`, `aarch64`).
 
 use crate::error::{Error, Result};
-use crate::quant::{DType, dequantize_row_unchecked};
+use crate::quant::DType;
 
 mod driver;
 mod pack;
@@ -29,7 +29,7 @@ mod x86;
 #[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
 mod aarch64;
 
-use driver::Kernel;
+use driver::{DequantFn, Kernel};
 use pack::{StridedA, StridedB, WeightN, WeightT};
 
 /// Logical row order of a weight: GGUF llama files store Q/K rows permuted for interleaved
@@ -44,13 +44,26 @@ pub enum RowOrder {
 
 /// A frozen weight matrix `[rows, cols]` (`rows` = outputs `n`, `cols` = inputs `k`),
 /// row-major in its stored format.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy)]
 pub struct WeightRef<'a> {
     pub dtype: DType,
     pub rows: usize,
     pub cols: usize,
     pub data: &'a [u8],
     pub order: RowOrder,
+}
+
+impl std::fmt::Debug for WeightRef<'_> {
+    // The bytes are megabytes of a memory map: show their size, not their contents.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WeightRef")
+            .field("dtype", &self.dtype)
+            .field("rows", &self.rows)
+            .field("cols", &self.cols)
+            .field("bytes", &self.data.len())
+            .field("order", &self.order)
+            .finish()
+    }
 }
 
 impl<'a> WeightRef<'a> {
@@ -130,18 +143,26 @@ impl<'a> WeightRef<'a> {
         self.check();
         assert!(r < self.rows, "row {r} of a weight with {} rows", self.rows);
         assert_eq!(out.len(), self.cols, "row buffer length");
-        self.row_range(r, 0, self.cols, out);
+        self.row_range(driver::dequant_generic, r, 0, self.cols, out);
     }
 
-    /// Expands columns `c0..c1` (block-aligned) of logical row `r`; the view is valid.
+    /// The stored bytes of columns `c0..c1` (block-aligned) of logical row `r`; the view
+    /// is valid.
     #[inline]
-    fn row_range(&self, r: usize, c0: usize, c1: usize, out: &mut [f32]) {
+    fn row_bytes_range(&self, r: usize, c0: usize, c1: usize) -> &'a [u8] {
         let (bl, bb) = (self.dtype.block_len(), self.dtype.block_bytes());
         debug_assert!(c0.is_multiple_of(bl) && c1.is_multiple_of(bl) && c1 <= self.cols);
         let row_bytes = self.cols / bl * bb;
         let start = self.physical_row(r) * row_bytes;
-        let src = &self.data[start + c0 / bl * bb..start + c1 / bl * bb];
-        dequantize_row_unchecked(self.dtype, src, &mut out[..c1 - c0]);
+        &self.data[start + c0 / bl * bb..start + c1 / bl * bb]
+    }
+
+    /// Expands columns `c0..c1` (block-aligned) of logical row `r`; the view is valid.
+    #[inline]
+    fn row_range(&self, dequant: DequantFn, r: usize, c0: usize, c1: usize, out: &mut [f32]) {
+        let src = self.row_bytes_range(r, c0, c1);
+        // SAFETY: `dequant` comes from a kernel whose unit was checked, or is portable.
+        unsafe { dequant(self.dtype, src, &mut out[..c1 - c0]) };
     }
 }
 
@@ -151,7 +172,7 @@ pub enum Isa {
     Scalar,
     /// x86_64 with AVX2 and FMA.
     Avx2,
-    /// x86_64 with AVX-512F.
+    /// x86_64 with AVX-512F (and F16C, which every such CPU has).
     Avx512,
     /// aarch64 Advanced SIMD.
     Neon,
@@ -183,7 +204,9 @@ impl Isa {
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2 => std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma"),
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 => std::arch::is_x86_feature_detected!("avx512f"),
+            Isa::Avx512 => {
+                std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("f16c")
+            }
             #[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
             Isa::Neon => true,
             #[allow(unreachable_patterns)]
@@ -335,6 +358,7 @@ pub fn gemm_isa(
 
 /// Asserts that `rows x cols` elements at `i * rs + j * cs` lie inside `data`, and that
 /// the leading dimension covers the stored row.
+#[allow(clippy::too_many_arguments)]
 fn check_strided(
     name: &str,
     data: &[f32],

@@ -1,7 +1,7 @@
 //! Operand sources: strided f32 matrices and frozen weights in their stored format.
 
 use super::WeightRef;
-use super::driver::{ASource, BSource, Kernel};
+use super::driver::{ASource, BSource, Kernel, MAX_NR};
 
 /// `A[i][p] = alpha * data[i * rs + p * cs]`.
 pub(super) struct StridedA<'a> {
@@ -18,25 +18,32 @@ impl<'a> StridedA<'a> {
 }
 
 impl ASource for StridedA<'_> {
-    fn pack(&self, i0: usize, i1: usize, p0: usize, p1: usize, mr: usize, dst: &mut [f32]) {
-        let kc = p1 - p0;
-        for (q, panel) in dst.chunks_mut(kc * mr).enumerate() {
-            for r in 0..mr {
-                let i = i0 + q * mr + r;
-                if i >= i1 {
-                    for p in 0..kc {
-                        panel[p * mr + r] = 0.0;
-                    }
-                } else if self.cs == 1 {
-                    let row = &self.data[i * self.rs + p0..i * self.rs + p1];
-                    for (p, &v) in row.iter().enumerate() {
-                        panel[p * mr + r] = self.alpha * v;
-                    }
+    fn pack(&self, kern: &Kernel, i0: usize, i1: usize, p0: usize, p1: usize, dst: &mut [f32]) {
+        let (mr, kc) = (kern.mr, p1 - p0);
+        let rows = i1 - i0;
+        if self.cs == 1 {
+            if rows < mr {
+                dst.fill(0.0);
+            }
+            // SAFETY: the kernel's unit was checked when it was chosen.
+            unsafe { (kern.transpose)(&self.data[i0 * self.rs + p0..], self.rs, rows, kc, mr, dst) };
+        } else {
+            // Rows of A are columns of storage: each p is a contiguous run of rows.
+            for (p, out) in dst.chunks_mut(mr).enumerate() {
+                let at = (p0 + p) * self.cs + i0 * self.rs;
+                if self.rs == 1 {
+                    out[..rows].copy_from_slice(&self.data[at..at + rows]);
                 } else {
-                    for p in 0..kc {
-                        panel[p * mr + r] = self.alpha * self.data[i * self.rs + (p0 + p) * self.cs];
+                    for (r, o) in out[..rows].iter_mut().enumerate() {
+                        *o = self.data[at + r * self.rs];
                     }
                 }
+                out[rows..].fill(0.0);
+            }
+        }
+        if self.alpha != 1.0 {
+            for v in dst.iter_mut() {
+                *v *= self.alpha;
             }
         }
     }
@@ -76,7 +83,8 @@ impl BSource for StridedB<'_> {
                     group.fill(0.0);
                 }
                 let src = &self.data[jg * self.cs + p0..];
-                (kern.transpose)(src, self.cs, cols, kc, nr, group);
+                // SAFETY: the kernel's unit was checked when it was chosen.
+                unsafe { (kern.transpose)(src, self.cs, cols, kc, nr, group) };
             } else {
                 for (p, out) in group.chunks_mut(nr).enumerate() {
                     let row = &self.data[(p0 + p) * self.rs..];
@@ -110,13 +118,22 @@ impl BSource for WeightT<'_, '_> {
         for (g, group) in dst.chunks_mut(kc * nr).enumerate() {
             let jg = j0 + g * nr;
             let rows = nr.min(j1 - jg);
-            for (r, buf) in scratch.chunks_mut(kc).take(rows).enumerate() {
-                self.0.row_range(jg + r, p0, p1, buf);
-            }
             if rows < nr {
                 group.fill(0.0);
             }
-            (kern.transpose)(scratch, kc, rows, kc, nr, group);
+            let mut srcs: [&[u8]; MAX_NR] = [&[]; MAX_NR];
+            for (r, src) in srcs[..rows].iter_mut().enumerate() {
+                *src = self.0.row_bytes_range(jg + r, p0, p1);
+            }
+            // SAFETY: the kernel's unit was checked when it was chosen.
+            if unsafe { (kern.dequant_t)(self.0.dtype, &srcs[..rows], kc, nr, group) } {
+                continue;
+            }
+            for (r, buf) in scratch.chunks_mut(kc).take(rows).enumerate() {
+                self.0.row_range(kern.dequant, jg + r, p0, p1, buf);
+            }
+            // SAFETY: the kernel's unit was checked when it was chosen.
+            unsafe { (kern.transpose)(scratch, kc, rows, kc, nr, group) };
         }
     }
 }
@@ -131,16 +148,27 @@ impl BSource for WeightN<'_, '_> {
 
     fn pack(&self, kern: &Kernel, p0: usize, p1: usize, j0: usize, j1: usize, dst: &mut [f32], scratch: &mut Vec<f32>) {
         let (nr, kc) = (kern.nr, p1 - p0);
-        // The tile's last column may end inside a block: expand whole blocks.
         let bl = self.0.dtype.block_len();
-        let j1b = j1.next_multiple_of(bl).min(self.0.cols);
-        if scratch.len() < j1b - j0 {
-            scratch.resize(j1b - j0, 0.0);
+        if nr.is_multiple_of(bl) {
+            // Each group of columns is whole blocks (j0 is block-aligned): expand in place.
+            for p in 0..kc {
+                for (g, jg) in (j0..j1).step_by(nr).enumerate() {
+                    let je = (jg + nr).min(j1);
+                    let out = &mut dst[(g * kc + p) * nr..(g * kc + p + 1) * nr];
+                    self.0.row_range(kern.dequant, p0 + p, jg, je, out);
+                    out[je - jg..].fill(0.0);
+                }
+            }
+            return;
         }
-        let row = &mut scratch[..j1b - j0];
+        // Groups split blocks: expand the tile's columns once, then copy.
+        if scratch.len() < j1 - j0 {
+            scratch.resize(j1 - j0, 0.0);
+        }
+        let row = &mut scratch[..j1 - j0];
         for p in 0..kc {
-            self.0.row_range(p0 + p, j0, j1b, row);
-            for (g, chunk) in row[..j1 - j0].chunks(nr).enumerate() {
+            self.0.row_range(kern.dequant, p0 + p, j0, j1, row);
+            for (g, chunk) in row.chunks(nr).enumerate() {
                 let out = &mut dst[(g * kc + p) * nr..(g * kc + p + 1) * nr];
                 out[..chunk.len()].copy_from_slice(chunk);
                 out[chunk.len()..].fill(0.0);

@@ -1,7 +1,7 @@
 //! Portable microkernel. It uses `mul_add` so that its results are the same bits as the
 //! SIMD kernels' fused multiply-adds (on a CPU without FMA it is slow but still exact).
 
-use super::driver::{Kernel, transpose_generic};
+use super::driver::{Kernel, dequant_generic, dequant_t_none, transpose_generic};
 
 const MR: usize = 4;
 const NR: usize = 8;
@@ -9,20 +9,22 @@ const NR: usize = 8;
 pub(super) const SCALAR: Kernel = Kernel {
     mr: MR,
     nr: NR,
-    tile,
+    tiles: &[tile::<1>, tile::<2>, tile::<3>, tile::<4>],
     transpose: transpose_generic,
+    dequant: dequant_generic,
+    dequant_t: dequant_t_none,
 };
 
-/// Safety: see [`Kernel::tile`].
-unsafe fn tile(kc: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize, load: bool) {
-    // SAFETY: the caller guarantees the extents documented on `Kernel::tile`.
+/// The first `R` rows of a tile. Safety: see `Kernel::tiles`.
+unsafe fn tile<const R: usize>(kc: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize, load: bool) {
+    // SAFETY: the caller guarantees the extents documented on `Kernel::tiles`.
     let (a, b) = unsafe {
         (
             std::slice::from_raw_parts(a, kc * MR),
             std::slice::from_raw_parts(b, kc * NR),
         )
     };
-    let mut acc = [[0.0f32; NR]; MR];
+    let mut acc = [[0.0f32; NR]; R];
     if load {
         for (i, row) in acc.iter_mut().enumerate() {
             // SAFETY: row i of the tile is readable for NR elements.
