@@ -349,7 +349,10 @@ fn dpo_loss_metrics_and_every_lora_gradient_match() {
             .as_f64()
             .unwrap_or_else(|| panic!("metric {name} in golden"));
         eprintln!("{name}: {value} vs {want} rel {:e}", (value - want).abs() / want.abs());
-        //assert!((value - want).abs() <= 1e-6 || close_rel(value, want, LOSS_REL), "{name}: {value} vs {want}");
+        assert!(
+            (value - want).abs() <= 1e-6 || close_rel(value, want, LOSS_REL),
+            "{name}: {value} vs {want}"
+        );
     }
     let refg = read_f32_safetensors(&golden_dir().join("dpo_sigmoid_grads.safetensors"));
     let got: std::collections::BTreeMap<String, &[f32]> = grads.tensors().into_iter().collect();

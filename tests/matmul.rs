@@ -77,8 +77,13 @@ fn dequantized(dtype: DType, rows: usize, cols: usize, data: &[u8]) -> Vec<f32> 
     out
 }
 
-/// `c[i][j] = fold p: a(i,p).mul_add(b(p,j), acc)` from `c0(i,j)`: the exact order every
-/// unit promises.
+/// Steps of one fused multiply-add chain before its sum is added to the output (the
+/// kernels' accuracy-preserving chunking).
+const CHAIN: usize = 64;
+
+/// The exact order every unit promises: the reduction runs as chains of [`CHAIN`] steps,
+/// each `fold p: a(i,p).mul_add(b(p,j), acc)` from zero; the first chain's sum is the
+/// output (or is added to `c0(i,j)` when accumulating), each later one is added to it.
 fn fma_chain(
     m: usize,
     n: usize,
@@ -86,13 +91,18 @@ fn fma_chain(
     a: impl Fn(usize, usize) -> f32,
     b: impl Fn(usize, usize) -> f32,
     c0: impl Fn(usize, usize) -> f32,
+    accumulate: bool,
 ) -> Vec<f32> {
     let mut c = vec![0.0; m * n];
     for i in 0..m {
         for j in 0..n {
             let mut acc = c0(i, j);
-            for p in 0..k {
-                acc = a(i, p).mul_add(b(p, j), acc);
+            for p0 in (0..k).step_by(CHAIN) {
+                let mut part = 0.0f32;
+                for p in p0..(p0 + CHAIN).min(k) {
+                    part = a(i, p).mul_add(b(p, j), part);
+                }
+                acc = if p0 == 0 && !accumulate { part } else { acc + part };
             }
             c[i * n + j] = acc;
         }
@@ -199,7 +209,7 @@ fn matmul_wt_is_the_fma_chain_and_the_f64_product_for_every_dtype_and_unit() {
             let x = rng.vec(m * k);
             let a = |i: usize, p: usize| x[i * k + p];
             let b = |p: usize, j: usize| wf[j * k + p];
-            let want = fma_chain(m, n, k, a, b, |_, _| 0.0);
+            let want = fma_chain(m, n, k, a, b, |_, _| 0.0, false);
             let what = format!("{dtype} m={m} n={n} k={k}");
             if finite(dtype) {
                 assert_close_f64(&what, &want, m, n, k, a, b, |_, _| 0.0);
@@ -230,7 +240,7 @@ fn matmul_w_acc_adds_the_fma_chain_for_every_dtype_and_unit() {
             let a = |i: usize, p: usize| dy[i * n + p];
             let b = |p: usize, j: usize| wf[p * k + j];
             let c0 = |i: usize, j: usize| dx0[i * k + j];
-            let want = fma_chain(m, k, n, a, b, c0);
+            let want = fma_chain(m, k, n, a, b, c0, true);
             let what = format!("{dtype} m={m} n={n} k={k}");
             if finite(dtype) {
                 assert_close_f64(&what, &want, m, k, n, a, b, c0);
@@ -380,7 +390,7 @@ fn gemm_handles_every_transpose_and_accumulate() {
                         if transb { b[j * ldb + p] } else { b[p * ldb + j] }
                     };
                     let init = |i: usize, j: usize| if accumulate { c0[i * ldc + j] } else { 0.0 };
-                    let want = fma_chain(m, n, k, opa, opb, init);
+                    let want = fma_chain(m, n, k, opa, opb, init, accumulate);
                     let what = format!("m={m} n={n} k={k} ta={transa} tb={transb} acc={accumulate}");
                     assert_close_f64(&what, &want, m, n, k, opa, opb, init);
                     for isa in Isa::supported() {

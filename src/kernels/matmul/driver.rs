@@ -4,7 +4,9 @@
 //! `mb x nb` whose sizes depend only on the shape; each tile is one rayon task that packs
 //! (dequantizes) its `kc x nb` slices of B and runs the microkernel over them. Each output
 //! element's reduction over k runs inside one task, in ascending order, so neither the
-//! tiling nor the scheduling changes a bit of the result. Only a reduction longer than
+//! tiling nor the scheduling changes a bit of the result. The reduction runs as fixed
+//! chunks of `CHAIN` steps whose partial sums are added to the output, which bounds the
+//! rounding error of long reductions. Only a reduction longer than
 //! `KO` (the backward through a vocabulary-sized weight) is cut into passes, which run one
 //! after another, each continuing from the sums the previous one stored: same order, and
 //! the packed copy of A stays bounded.
@@ -268,7 +270,7 @@ fn task(
                         let c = out.ptr.add(i * out.ldc + j);
                         let tile = kern.tiles[mrv - 1];
                         if nrv == nr {
-                            tile(kc, ag.as_ptr(), bg.as_ptr(), c, out.ldc, load);
+                            chain(tile, kc, ag.as_ptr(), bg.as_ptr(), c, out.ldc, load, mr, nr, mrv);
                         } else {
                             let mut t = [0.0f32; TILE_MAX];
                             if load {
@@ -276,7 +278,18 @@ fn task(
                                     std::ptr::copy_nonoverlapping(c.add(r * out.ldc), t.as_mut_ptr().add(r * nr), nrv);
                                 }
                             }
-                            tile(kc, ag.as_ptr(), bg.as_ptr(), t.as_mut_ptr(), nr, load);
+                            chain(
+                                tile,
+                                kc,
+                                ag.as_ptr(),
+                                bg.as_ptr(),
+                                t.as_mut_ptr(),
+                                nr,
+                                load,
+                                mr,
+                                nr,
+                                mrv,
+                            );
                             for r in 0..mrv {
                                 std::ptr::copy_nonoverlapping(t.as_ptr().add(r * nr), c.add(r * out.ldc), nrv);
                             }
@@ -287,6 +300,56 @@ fn task(
         }
         SCRATCH.set(scratch);
     });
+}
+
+/// Reduction steps one fused-multiply-add chain runs before its sum is added to the output.
+/// Restarting the chain from zero keeps each partial sum small, so the rounding error of a
+/// long reduction (the vocabulary projection's logits reach ~20 from 576 terms of ~0.5)
+/// grows with the number of chunks rather than the number of terms. The chunking depends
+/// only on the reduction length, so results stay independent of threads.
+const CHAIN: usize = 64;
+
+/// `c (+)= a · b` over `kc` reduction steps, as chains of at most [`CHAIN`] steps each
+/// computed from zero and then added to the first `rows` rows of `c`.
+///
+/// Safety: as [`Kernel::tiles`]`[rows - 1]` for `kc` steps.
+#[allow(clippy::too_many_arguments)]
+unsafe fn chain(
+    tile: TileFn,
+    kc: usize,
+    a: *const f32,
+    b: *const f32,
+    c: *mut f32,
+    ldc: usize,
+    load: bool,
+    mr: usize,
+    nr: usize,
+    rows: usize,
+) {
+    let mut s0 = 0;
+    while s0 < kc {
+        let sk = CHAIN.min(kc - s0);
+        // SAFETY: s0 + sk <= kc keeps both panels in bounds; `c` is the caller's tile.
+        unsafe {
+            let (ap, bp) = (a.add(s0 * mr), b.add(s0 * nr));
+            if s0 == 0 && !load {
+                tile(sk, ap, bp, c, ldc, false);
+            } else {
+                // Every element the tile reads back is one it wrote first (load = false).
+                let mut t = std::mem::MaybeUninit::<[f32; TILE_MAX]>::uninit();
+                let t = t.as_mut_ptr() as *mut f32;
+                tile(sk, ap, bp, t, nr, false);
+                let t = std::slice::from_raw_parts(t, rows * nr);
+                for r in 0..rows {
+                    let row = c.add(r * ldc);
+                    for (j, &v) in t[r * nr..(r + 1) * nr].iter().enumerate() {
+                        *row.add(j) += v;
+                    }
+                }
+            }
+        }
+        s0 += sk;
+    }
 }
 
 /// Portable [`Kernel::dequant`].
