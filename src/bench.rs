@@ -164,3 +164,141 @@ unsafe fn fma_loop_avx2(iters: u64) -> (f64, f32) {
     unsafe { _mm256_storeu_ps(out.as_mut_ptr(), s) };
     (2.0 * 8.0 * 12.0 * (iters / 12) as f64, out.iter().sum())
 }
+
+/// Multiply-adds (×2 = flops) of one training micro-batch of `t` packed tokens with `p`
+/// completion positions, where `recomputed` of the layers run their forward twice.
+pub fn train_flops(model: &Model, t: usize, p: usize, recomputed: usize, lora_r: usize, lora_targets: usize) -> f64 {
+    let c = &model.config;
+    let (h, q, kv, i) = (
+        c.hidden_size as f64,
+        c.q_dim() as f64,
+        c.kv_dim() as f64,
+        c.intermediate_size as f64,
+    );
+    let layers = c.num_hidden_layers as f64;
+    let tf = t as f64;
+    let per_token = h * (q + 2.0 * kv) + q * h + 3.0 * h * i;
+    // An upper bound for packed causal attention (every token sees at most t keys / 2 on average).
+    let attn = tf * tf / 2.0 * q * 2.0;
+    let lora = tf * lora_r as f64 * (h + i) * lora_targets as f64;
+    let fwd = per_token * tf + attn + lora;
+    // Backward: dX through every frozen matrix (1×), attention's dq/dk/dv (2× its forward),
+    // LoRA's dA, dB and dX (3×).
+    let bwd = per_token * tf + 2.0 * attn + 3.0 * lora;
+    let head = 3.0 * (p as f64) * (c.vocab_size as f64) * h;
+    2.0 * (layers * (fwd + bwd) + recomputed as f64 * fwd + head)
+}
+
+#[derive(Debug, Serialize)]
+pub struct TrainBench {
+    pub model: String,
+    pub data: String,
+    pub steps: usize,
+    pub pairs_per_step: usize,
+    pub threads: usize,
+    /// Pair-tokens as TRL counts them (prompt + chosen + prompt + rejected) per second of
+    /// optimizer steps, with the reference log-probs already cached.
+    pub pair_tokens_per_s: f64,
+    /// The same including the one-time reference pass over the pairs used.
+    pub pair_tokens_per_s_with_reference: f64,
+    pub reference_seconds: f64,
+    pub gflops: f64,
+    pub peak_gflops: f64,
+    pub peak_fraction: f64,
+    /// The process's peak resident memory (VmHWM), including the mapped model pages.
+    pub peak_rss_mb: f64,
+    pub final_loss: f64,
+}
+
+/// Peak resident set size of this process in bytes (Linux; 0 elsewhere).
+pub fn peak_rss_bytes() -> usize {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<usize>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// `nudge bench train`: LoRA r=8, alpha=16 on all seven projections, sigmoid DPO,
+/// `pairs_per_step` pairs per step, over the first steps of `data`.
+pub fn train_throughput(
+    model_path: &Path,
+    data_path: &Path,
+    steps: usize,
+    pairs_per_step: usize,
+    memory_budget: usize,
+) -> Result<TrainBench> {
+    use crate::adapter::{Adapter, LoraConfig};
+    use crate::data::PreferenceSet;
+    use crate::model::Recompute;
+    use crate::train::{Control, TrainConfig, Trainer};
+    let model = Model::open(model_path)?;
+    let mut data = PreferenceSet::from_jsonl(&model.tokenizer, data_path, None)?;
+    data.pairs.truncate(steps * pairs_per_step);
+    let adapter = Adapter::new(
+        &model.config,
+        LoraConfig::default(),
+        1,
+        model_path.display().to_string(),
+    )?;
+    let (r, targets) = (adapter.config.r, adapter.config.target_modules.len());
+    let config = TrainConfig {
+        batch_size: pairs_per_step,
+        micro_batch_size: pairs_per_step,
+        shuffle: false,
+        max_steps: Some(steps),
+        epochs: 1,
+        recompute: Recompute::Budget(memory_budget),
+        ..TrainConfig::default()
+    };
+    let pairs = data.pairs.clone();
+    let mut trainer = Trainer::new(&model, adapter, config, data)?;
+    let t0 = Instant::now();
+    let items: Vec<(&[u32], &[u32])> = pairs
+        .iter()
+        .flat_map(|p| [(&p.prompt[..], &p.chosen[..]), (&p.prompt[..], &p.rejected[..])])
+        .collect();
+    trainer.refs.fill(&model, &items)?;
+    let reference_seconds = t0.elapsed().as_secs_f64();
+    let t1 = Instant::now();
+    let mut last_loss = f64::NAN;
+    trainer.run(&mut |m| {
+        last_loss = m.loss;
+        Control::Continue
+    })?;
+    let train_seconds = t1.elapsed().as_secs_f64();
+    let pair_tokens: usize = pairs.iter().map(PreferenceSet::pair_tokens).sum();
+    // Flops of the steps as run: layers kept under the budget are not recomputed.
+    let mut flops = 0.0;
+    for chunk in pairs.chunks(pairs_per_step) {
+        let t: usize = chunk
+            .iter()
+            .map(|p| p.prompt.len() + p.chosen.len() + p.rejected.len())
+            .sum();
+        let p: usize = chunk.iter().map(|p| p.chosen.len() + p.rejected.len()).sum();
+        let per_layer = crate::model::activation_bytes(&model, t, r);
+        let kept = (memory_budget / per_layer.max(1)).min(model.config.num_hidden_layers);
+        flops += train_flops(&model, t, p, model.config.num_hidden_layers - kept, r, targets);
+    }
+    let gflops = flops / train_seconds / 1e9;
+    let peak = fma_peak_gflops();
+    Ok(TrainBench {
+        model: model_path.display().to_string(),
+        data: data_path.display().to_string(),
+        steps,
+        pairs_per_step,
+        threads: rayon::current_num_threads(),
+        pair_tokens_per_s: pair_tokens as f64 / train_seconds,
+        pair_tokens_per_s_with_reference: pair_tokens as f64 / (train_seconds + reference_seconds),
+        reference_seconds,
+        gflops,
+        peak_gflops: peak,
+        peak_fraction: gflops / peak,
+        peak_rss_mb: peak_rss_bytes() as f64 / (1 << 20) as f64,
+        final_loss: last_loss,
+    })
+}

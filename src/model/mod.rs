@@ -5,6 +5,12 @@ pub mod gguf;
 pub mod gguf_model;
 mod llama;
 pub use llama::{Dropout, LoraCtx, Recompute, Tape};
+
+/// Bytes of activations one layer keeps for the backward pass over `tokens` tokens with
+/// LoRA rank `r` (what a [`Recompute::Budget`] is measured in).
+pub fn activation_bytes(model: &Model, tokens: usize, r: usize) -> usize {
+    llama::LayerActs::bytes_for(model, tokens, r)
+}
 pub mod safetensors_dir;
 pub mod weights;
 

@@ -2,6 +2,7 @@
 
 mod bench;
 mod commands;
+mod train;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -63,6 +64,8 @@ enum Command {
         #[arg(long)]
         adapter: Option<PathBuf>,
     },
+    /// Train a LoRA adapter on preference pairs (or thumbs, with --loss kto).
+    Train(train::TrainArgs),
     /// Measure throughput.
     Bench {
         #[command(subcommand)]
@@ -88,6 +91,7 @@ fn main() -> ExitCode {
         } => commands::tokenize(&model, chat, special, &text),
         Command::Convert { model, out, dtype } => commands::convert(&model, &out, &dtype),
         Command::Score { model, data, adapter } => commands::score(&model, &data, adapter.as_deref()),
+        Command::Train(a) => train::train(a),
         Command::Bench { what } => bench::run(what),
     };
     match r {
