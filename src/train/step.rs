@@ -90,6 +90,18 @@ pub fn pair_step(
         }
         logps.push(pl);
     }
+    if policy.iter().any(|(c, r)| !(c.is_finite() && r.is_finite())) {
+        // Overflow in the policy: no loss to differentiate; the caller skips the step.
+        return Ok(PairStep {
+            loss: BatchLoss {
+                loss: f64::NAN,
+                ..Default::default()
+            },
+            policy,
+            logps,
+            packed_tokens: tokens.len(),
+        });
+    }
     let bl = batch_loss(loss, &logps)?;
 
     // d loss / d token log-prob = d loss / d summed log-prob of its completion.
@@ -172,6 +184,15 @@ pub fn kto_step(
             policy_logp: p,
             ref_logp: r,
             desirable: e.label,
+        });
+    }
+    if kto.iter().any(|k| !k.policy_logp.is_finite()) || kl_policy.iter().any(|x| !x.is_finite()) {
+        return Ok(KtoStep {
+            batch: crate::objective::KtoBatch {
+                loss: f64::NAN,
+                ..Default::default()
+            },
+            packed_tokens: tokens.len(),
         });
     }
     let mut batch = crate::objective::kto_batch(loss, &kto, kl_policy, kl_ref)?;

@@ -183,23 +183,36 @@ impl RefCache {
     }
 
     /// Computes (with the base model, no activations kept) whatever of `items` is missing.
+    /// Completions of the same prompt share one pass over it.
     pub fn fill(&mut self, model: &Model, items: &[(&[u32], &[u32])]) -> Result<()> {
-        let missing: Vec<(&[u32], &[u32])> = items
-            .iter()
-            .copied()
-            .filter(|(p, c)| self.get(p, c).is_none())
-            .collect();
-        for chunk in missing.chunks(4) {
+        let mut groups: Vec<(&[u32], Vec<&[u32]>)> = Vec::new();
+        for &(p, c) in items {
+            if self.get(p, c).is_some() {
+                continue;
+            }
+            match groups.last_mut() {
+                Some((gp, cs)) if *gp == p => {
+                    if !cs.contains(&c) {
+                        cs.push(c)
+                    }
+                }
+                _ => groups.push((p, vec![c])),
+            }
+        }
+        // A few prompts per pass: enough rows for the matrix kernels, little memory.
+        for chunk in groups.chunks(2) {
             let score_items: Vec<ScoreItem> = chunk
                 .iter()
-                .map(|(p, c)| ScoreItem {
+                .map(|(p, cs)| ScoreItem {
                     prompt: p,
-                    completions: vec![c],
+                    completions: cs.clone(),
                 })
                 .collect();
             let scored = model.score_packed(&score_items)?;
-            for ((p, c), s) in chunk.iter().zip(scored) {
-                self.map.insert(Self::key(p, c), s[0].logp);
+            for ((p, cs), s) in chunk.iter().zip(scored) {
+                for (c, sc) in cs.iter().zip(s) {
+                    self.map.insert(Self::key(p, c), sc.logp);
+                }
             }
         }
         Ok(())

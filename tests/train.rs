@@ -1,0 +1,241 @@
+//! The training loop on tiny random models: it learns, it is deterministic for any
+//! thread count, it stops when asked, it skips non-finite steps, it trains KTO on thumbs.
+
+mod common;
+
+use common::tiny::*;
+use nudge::adapter::{Adapter, LoraConfig, LoraInit};
+use nudge::data::{PreferenceSet, TokenizedPair, TokenizedUnpaired};
+use nudge::model::{Model, Recompute};
+use nudge::objective::Loss;
+use nudge::optim::AdamWConfig;
+use nudge::train::{Control, TrainConfig, Trainer};
+
+fn tiny_model(name: &str) -> Model {
+    let d = fresh_dir(name);
+    write_model(&d, &TinySpec::default());
+    Model::open(&d).expect("tiny model opens")
+}
+
+fn pairs(n: usize) -> Vec<TokenizedPair> {
+    (0..n)
+        .map(|i| {
+            let i = i as u32;
+            TokenizedPair {
+                row: i as usize + 1,
+                prompt: vec![1, 3 + i % 7, 10 + i % 5, 20],
+                chosen: vec![30 + i % 3, 31, 2],
+                rejected: vec![40 + i % 4, 41, 42, 2],
+                margin: None,
+                weight: None,
+            }
+        })
+        .collect()
+}
+
+fn adapter(m: &Model, seed: u64) -> Adapter {
+    Adapter::new(
+        &m.config,
+        LoraConfig {
+            r: 4,
+            lora_alpha: 8.0,
+            init: LoraInit::KaimingUniform,
+            ..LoraConfig::default()
+        },
+        seed,
+        "tiny",
+    )
+    .expect("adapter")
+}
+
+fn config(steps: usize) -> TrainConfig {
+    TrainConfig {
+        loss: Loss::Sigmoid { beta: 0.5 },
+        optimizer: AdamWConfig {
+            lr: 2e-2,
+            weight_decay: 0.0,
+            ..AdamWConfig::default()
+        },
+        epochs: 100,
+        max_steps: Some(steps),
+        batch_size: 4,
+        micro_batch_size: 2,
+        recompute: Recompute::Budget(1 << 14),
+        ..TrainConfig::default()
+    }
+}
+
+fn set(p: Vec<TokenizedPair>) -> PreferenceSet {
+    PreferenceSet {
+        pairs: p,
+        ..Default::default()
+    }
+}
+
+#[test]
+fn dpo_training_learns_the_preferences() {
+    let m = tiny_model("train-learns");
+    let mut t = Trainer::new(&m, adapter(&m, 1), config(30), set(pairs(8))).expect("trainer");
+    let mut log = Vec::new();
+    let s = t
+        .run(&mut |x| {
+            log.push(x.clone());
+            Control::Continue
+        })
+        .expect("runs");
+    assert_eq!(s.steps, 30);
+    assert_eq!(s.skipped_steps, 0);
+    // B starts at zero: the policy equals the reference, the loss is exactly ln 2.
+    assert_eq!(log[0].loss, std::f64::consts::LN_2);
+    let last = log.last().unwrap();
+    assert!(last.loss < 0.2, "loss after 30 steps: {}", last.loss);
+    assert_eq!(last.rewards_accuracies, 1.0);
+    assert!(last.rewards_margins > 1.0);
+    assert!(log.iter().all(|x| x.grad_norm.is_finite() && x.pair_tokens > 0));
+}
+
+fn train_in_pool(threads: usize) -> Vec<Vec<f32>> {
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+    pool.install(|| {
+        let m = tiny_model(&format!("train-det-{threads}"));
+        let mut c = config(3);
+        c.lora_dropout = 0.1;
+        let mut t = Trainer::new(&m, adapter(&m, 3), c, set(pairs(8))).expect("trainer");
+        t.run(&mut |_| Control::Continue).expect("runs");
+        t.adapter.params().into_iter().map(|p| p.to_vec()).collect()
+    })
+}
+
+#[test]
+fn adapters_are_bit_identical_for_any_thread_count() {
+    let one = train_in_pool(1);
+    for threads in [2, 3] {
+        let other = train_in_pool(threads);
+        for (a, b) in one.iter().zip(&other) {
+            assert!(
+                a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits()),
+                "{threads} threads differ"
+            );
+        }
+    }
+    assert!(one.iter().flatten().any(|&x| x != 0.0));
+}
+
+#[test]
+fn the_callback_stops_the_run_between_steps() {
+    let m = tiny_model("train-stop");
+    let mut t = Trainer::new(&m, adapter(&m, 1), config(10), set(pairs(8))).expect("trainer");
+    let mut seen = 0;
+    let s = t
+        .run(&mut |x| {
+            seen = x.step;
+            if x.step == 2 { Control::Stop } else { Control::Continue }
+        })
+        .expect("runs");
+    assert!(s.cancelled);
+    assert_eq!((s.steps, seen, t.steps_done()), (2, 2, 2));
+}
+
+#[test]
+fn a_non_finite_step_is_skipped_and_not_applied() {
+    let m = tiny_model("train-nan");
+    let mut a = adapter(&m, 1);
+    // An adapter that overflows the residual stream: every log-prob becomes NaN.
+    for p in a.layers[0].iter_mut().flatten() {
+        p.b.iter_mut().for_each(|x| *x = 3e38);
+    }
+    let before: Vec<Vec<f32>> = a.params().into_iter().map(|p| p.to_vec()).collect();
+    let mut t = Trainer::new(&m, a, config(2), set(pairs(4))).expect("trainer");
+    let s = t
+        .run(&mut |_| Control::Continue)
+        .expect("a non-finite step is not an error");
+    assert_eq!(s.skipped_steps, 2);
+    assert!(s.last.as_ref().unwrap().skipped);
+    let after: Vec<Vec<f32>> = t.adapter.params().into_iter().map(|p| p.to_vec()).collect();
+    assert_eq!(before, after);
+}
+
+#[test]
+fn held_out_pairs_are_evaluated_not_trained() {
+    let m = tiny_model("train-eval");
+    let mut c = config(4);
+    c.eval_fraction = 0.25;
+    let mut t = Trainer::new(&m, adapter(&m, 1), c, set(pairs(8))).expect("trainer");
+    // 6 training pairs at 4 per step.
+    assert_eq!(t.steps_per_epoch(), 2);
+    let s = t.run(&mut |_| Control::Continue).expect("runs");
+    let e = s.eval.expect("eval metrics");
+    assert!(e.loss.is_finite() && e.pair_tokens > 0);
+}
+
+#[test]
+fn kto_trains_on_unpaired_thumbs() {
+    let m = tiny_model("train-kto");
+    let unpaired: Vec<TokenizedUnpaired> = (0..8u32)
+        .map(|i| TokenizedUnpaired {
+            row: i as usize + 1,
+            prompt: vec![1, 3 + i, 20],
+            completion: if i % 2 == 0 { vec![30, 31, 2] } else { vec![40, 41, 2] },
+            label: i % 2 == 0,
+            weight: None,
+        })
+        .collect();
+    let mut c = config(15);
+    c.loss = Loss::Kto {
+        beta: 0.5,
+        desirable_weight: 1.0,
+        undesirable_weight: 1.0,
+    };
+    let data = PreferenceSet {
+        unpaired,
+        ..Default::default()
+    };
+    let mut t = Trainer::new(&m, adapter(&m, 2), c, data).expect("trainer");
+    let mut log = Vec::new();
+    t.run(&mut |x| {
+        log.push(x.clone());
+        Control::Continue
+    })
+    .expect("runs");
+    assert!(log.iter().all(|x| x.kl.is_some() && x.loss.is_finite()));
+    assert!(
+        log.last().unwrap().loss < log[0].loss,
+        "{} -> {}",
+        log[0].loss,
+        log.last().unwrap().loss
+    );
+    assert!(log.last().unwrap().rewards_chosen > log.last().unwrap().rewards_rejected);
+}
+
+#[test]
+fn wrong_data_for_the_loss_is_an_error() {
+    let m = tiny_model("train-wrong");
+    let mut c = config(1);
+    c.loss = Loss::Kto {
+        beta: 0.1,
+        desirable_weight: 1.0,
+        undesirable_weight: 1.0,
+    };
+    assert!(Trainer::new(&m, adapter(&m, 1), c, set(pairs(2))).is_err());
+    assert!(Trainer::new(&m, adapter(&m, 1), config(1), PreferenceSet::default()).is_err());
+}
+
+#[test]
+fn prompts_longer_than_max_length_are_dropped_and_reported() {
+    let m = tiny_model("train-maxlen");
+    let d = fresh_dir("train-maxlen-data");
+    let f = d.join("rows.jsonl");
+    std::fs::write(
+        &f,
+        "{\"prompt_ids\": [1,3,4,5,6,7], \"chosen_ids\": [8,2], \"rejected_ids\": [9,2]}\n\
+         {\"prompt_ids\": [1,3], \"chosen_ids\": [8,8,8,8,8,2], \"rejected_ids\": [9,2]}\n",
+    )
+    .unwrap();
+    let s = PreferenceSet::from_jsonl(&m.tokenizer, &f, Some(5)).expect("reads");
+    assert_eq!(s.pairs.len(), 1);
+    assert_eq!(s.dropped.len(), 1);
+    assert_eq!(s.dropped[0].0, 1);
+    // The kept row's completions are cut to fit prompt + completion <= 5.
+    assert_eq!(s.pairs[0].chosen, vec![8, 8, 8]);
+    assert_eq!(s.pairs[0].rejected, vec![9, 2]);
+}
