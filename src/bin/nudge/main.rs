@@ -65,7 +65,7 @@ enum Command {
         adapter: Option<PathBuf>,
     },
     /// Train a LoRA adapter on preference pairs (or thumbs, with --loss kto).
-    Train(train::TrainArgs),
+    Train(Box<train::TrainArgs>),
     /// Measure throughput.
     Bench {
         #[command(subcommand)]
@@ -91,7 +91,7 @@ fn main() -> ExitCode {
         } => commands::tokenize(&model, chat, special, &text),
         Command::Convert { model, out, dtype } => commands::convert(&model, &out, &dtype),
         Command::Score { model, data, adapter } => commands::score(&model, &data, adapter.as_deref()),
-        Command::Train(a) => train::train(a),
+        Command::Train(a) => train::train(*a),
         Command::Bench { what } => bench::run(what),
     };
     match r {
