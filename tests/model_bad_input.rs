@@ -200,3 +200,134 @@ fn token_ids_outside_vocabulary_and_long_sequences() {
         "{e}"
     );
 }
+
+// ---- GGUF models that parse as GGUF but do not make a model ----
+
+use nudge::model::gguf::{GgufFile, GgufValue, GgufWriter};
+
+/// Rewrites the tiny reference GGUF with `edit` applied to its metadata and tensor list.
+fn edited_gguf(
+    name: &str,
+    edit: impl FnOnce(&mut Vec<(String, GgufValue)>, &mut Vec<(String, nudge::quant::DType, Vec<usize>, Vec<u8>)>),
+) -> std::path::PathBuf {
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/tiny/llama_q8_0.gguf");
+    let g = GgufFile::open(&src).expect("reference GGUF opens");
+    let mut meta: Vec<(String, GgufValue)> = g.metadata.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    let mut tensors: Vec<_> = g
+        .tensors
+        .iter()
+        .map(|t| (t.name.clone(), t.dtype, t.shape.clone(), g.tensor_data(t).to_vec()))
+        .collect();
+    edit(&mut meta, &mut tensors);
+    let mut w = GgufWriter::new();
+    for (k, v) in meta {
+        w.set(k, v);
+    }
+    for (n, d, s, b) in tensors {
+        w.add_tensor(n, d, &s, b).expect("consistent tensor");
+    }
+    let out = fresh_dir(name).join("model.gguf");
+    w.write(&out).expect("writes");
+    out
+}
+
+fn open_gguf_err(p: &std::path::Path) -> Error {
+    match Model::open(p) {
+        Ok(_) => panic!("{} opened but is broken", p.display()),
+        Err(e) => e,
+    }
+}
+
+#[test]
+fn gguf_unmodified_copy_opens() {
+    let p = edited_gguf("gguf-ok", |_, _| {});
+    Model::open(&p).expect("a faithful copy opens");
+}
+
+#[test]
+fn gguf_unsupported_architecture_is_named() {
+    let p = edited_gguf("gguf-arch", |meta, _| {
+        for (k, v) in meta.iter_mut() {
+            if k == "general.architecture" {
+                *v = GgufValue::String("falcon".into());
+            }
+        }
+    });
+    let e = open_gguf_err(&p);
+    assert!(
+        matches!(&e, Error::UnsupportedArchitecture { arch, .. } if arch == "falcon"),
+        "{e}"
+    );
+}
+
+#[test]
+fn gguf_missing_tensor_is_named_by_its_gguf_name() {
+    let p = edited_gguf("gguf-missing", |_, t| t.retain(|x| x.0 != "blk.0.ffn_up.weight"));
+    let e = open_gguf_err(&p);
+    assert!(
+        matches!(&e, Error::Tensor { tensor, what, .. } if tensor.contains("blk.0.ffn_up.weight") && what.contains("missing")),
+        "{e}"
+    );
+}
+
+#[test]
+fn gguf_tensor_of_the_wrong_shape_is_named() {
+    let p = edited_gguf("gguf-shape", |_, t| {
+        let k = t.iter_mut().find(|x| x.0 == "blk.0.attn_k.weight").expect("k tensor");
+        let (cols, rows) = (k.2[0], k.2[1]);
+        k.1 = nudge::quant::DType::F32;
+        k.2 = vec![cols, rows + 2];
+        k.3 = vec![0u8; cols * (rows + 2) * 4];
+    });
+    let e = open_gguf_err(&p);
+    assert!(
+        matches!(&e, Error::Tensor { tensor, what, .. } if tensor.contains("blk.0.attn_k.weight") && what.contains("shape")),
+        "{e}"
+    );
+}
+
+#[test]
+fn gguf_metadata_of_the_wrong_type_names_the_key() {
+    let p = edited_gguf("gguf-field", |meta, _| {
+        for (k, v) in meta.iter_mut() {
+            if k == "llama.block_count" {
+                *v = GgufValue::String("two".into());
+            }
+        }
+    });
+    let e = open_gguf_err(&p);
+    assert!(
+        matches!(&e, Error::Field { field, .. } if field == "llama.block_count"),
+        "{e}"
+    );
+}
+
+#[test]
+fn gguf_vocabulary_larger_than_the_embeddings_is_refused() {
+    let p = edited_gguf("gguf-vocab", |meta, _| {
+        for (k, v) in meta.iter_mut() {
+            match k.as_str() {
+                "tokenizer.ggml.tokens" => {
+                    if let GgufValue::Array(a) = v {
+                        for i in 0..50 {
+                            a.push(GgufValue::String(format!("extra{i}")));
+                        }
+                    }
+                }
+                "tokenizer.ggml.token_type" => {
+                    if let GgufValue::Array(a) = v {
+                        for _ in 0..50 {
+                            a.push(GgufValue::I32(1));
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+    });
+    let e = open_gguf_err(&p);
+    assert!(
+        matches!(&e, Error::Field { what, .. } if what.contains("tokenizer")),
+        "{e}"
+    );
+}

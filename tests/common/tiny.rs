@@ -146,6 +146,8 @@ pub fn write_model(dir: &Path, s: &TinySpec) {
     std::fs::create_dir_all(dir).expect("mkdir");
     std::fs::write(dir.join("config.json"), config_json(s).to_string()).expect("write config");
     std::fs::write(dir.join("tokenizer.json"), tokenizer_json(s.vocab).to_string()).expect("write tokenizer");
+    let special = json!({"bos_token": "t1", "eos_token": "t2", "unk_token": "t0"});
+    std::fs::write(dir.join("tokenizer_config.json"), special.to_string()).expect("write tokenizer config");
     write_safetensors(&dir.join("model.safetensors"), &tensors(s));
 }
 
