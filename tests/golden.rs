@@ -499,3 +499,59 @@ fn ten_step_trajectory_and_final_adapter_match() {
         (d2 / r2).sqrt()
     );
 }
+
+/// Every loss of the DPO family in `loss_variants`, from the golden policy and reference
+/// log-probs: per-pair loss, mean, and the derivatives of the mean.
+#[test]
+fn every_loss_variant_matches() {
+    use nudge::objective::{PairLogps, batch_loss};
+    let g = golden_json();
+    let beta = g["beta"].as_f64().unwrap();
+    let pc = floats(&g["policy"]["chosen_logps"]);
+    let pr = floats(&g["policy"]["rejected_logps"]);
+    let pairs: Vec<PairLogps> = g["examples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            let n = |k: &str| e[k].as_array().unwrap().len();
+            let r = |k: &str| e[k].as_f64().unwrap();
+            PairLogps::new(
+                pc[i],
+                pr[i],
+                r("ref_chosen_logp"),
+                r("ref_rejected_logp"),
+                n("chosen_ids"),
+                n("rejected_ids"),
+            )
+        })
+        .collect();
+    let close = |got: f64, want: f64| (got - want).abs() <= 1e-6 || (got - want).abs() <= LOSS_REL * want.abs();
+    let variants = g["loss_variants"].as_object().expect("loss_variants");
+    assert!(!variants.is_empty());
+    let mut errors = Vec::new();
+    for (key, want) in variants {
+        // An unknown key fails: every variant of the reference must be implemented.
+        let loss = Loss::parse(key, beta).unwrap_or_else(|e| panic!("loss variant `{key}`: {e}"));
+        let got = batch_loss(&loss, &pairs).unwrap_or_else(|e| panic!("{key}: {e}"));
+        let mut check = |what: String, a: f64, b: f64| {
+            if !close(a, b) {
+                errors.push(format!("{what}: {a:.9e} vs {b:.9e}"));
+            }
+        };
+        check(format!("{key} loss"), got.loss, want["loss"].as_f64().unwrap());
+        for (name, have, field) in [
+            ("per_pair", &got.per_pair, "per_pair_loss"),
+            ("d_chosen", &got.d_chosen, "dloss_dchosen_logp"),
+            ("d_rejected", &got.d_rejected, "dloss_drejected_logp"),
+        ] {
+            let w = floats(&want[field]);
+            assert_eq!(w.len(), pairs.len(), "{key}: {field} length");
+            for (i, (a, b)) in have.iter().zip(&w).enumerate() {
+                check(format!("{key} {name}[{i}]"), *a, *b);
+            }
+        }
+    }
+    assert!(errors.is_empty(), "{} mismatches:\n{}", errors.len(), errors.join("\n"));
+}
