@@ -1,9 +1,11 @@
 //! Training: micro-batch steps over packed preference pairs, the reference cache, the
 //! optimizer loop.
 
+pub mod checkpoint;
 pub mod step;
 
 pub mod trainer;
 
+pub use checkpoint::Checkpoint;
 pub use step::{KtoStep, PairStep, kto_step, pair_step};
-pub use trainer::{Control, StepMetrics, TrainConfig, TrainSummary, Trainer};
+pub use trainer::{Control, RefCache, StepMetrics, TrainConfig, TrainSummary, Trainer};

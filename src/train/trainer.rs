@@ -2,6 +2,7 @@
 //! micro-batches, the reference cache, AdamW with clipping and a schedule, TRL's metrics,
 //! a progress callback that can stop the run between steps.
 
+use super::checkpoint::{BaseShape, Checkpoint};
 use super::step::{kto_step, pair_step};
 use crate::adapter::Adapter;
 use crate::data::{PreferenceSet, TokenizedPair, TokenizedUnpaired};
@@ -12,7 +13,7 @@ use crate::optim::{AdamW, AdamWConfig, Schedule, clip_grad_norm};
 use crate::rng::Rng;
 use crate::score::ScoreItem;
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::time::Instant;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -156,9 +157,10 @@ pub struct TrainSummary {
 }
 
 /// Reference log-probs by token ids, computed once with the adapter off.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct RefCache {
-    map: HashMap<Vec<u32>, f64>,
+    // Ordered, so that a checkpoint's bytes depend only on its contents.
+    map: BTreeMap<Vec<u32>, f64>,
 }
 
 impl RefCache {
@@ -235,6 +237,7 @@ pub struct Trainer<'m> {
     position: usize,
     epoch: usize,
     step: usize,
+    data_fingerprint: [u8; 32],
 }
 
 impl<'m> Trainer<'m> {
@@ -243,6 +246,7 @@ impl<'m> Trainer<'m> {
         adapter.check_fits(&model.config, std::path::Path::new("<adapter>"))?;
         let kto = matches!(config.loss, Loss::Kto { .. });
         let mut rng = Rng::new(config.seed);
+        let data_fingerprint = super::checkpoint::data_fingerprint(&data);
         let PreferenceSet {
             mut pairs, unpaired, ..
         } = data;
@@ -279,8 +283,82 @@ impl<'m> Trainer<'m> {
             position: 0,
             epoch: 0,
             step: 0,
+            data_fingerprint,
         };
         t.new_epoch();
+        Ok(t)
+    }
+
+    /// The whole state of the run, to continue it later bit-identically.
+    pub fn checkpoint(&self) -> Checkpoint {
+        Checkpoint {
+            base: BaseShape::of(&self.model.config),
+            base_model_name: self.adapter.base_model_name.clone(),
+            config: self.config.clone(),
+            lora: self.adapter.config.clone(),
+            adapter: self.adapter.params().into_iter().map(<[f32]>::to_vec).collect(),
+            optimizer: self.optimizer.state().clone(),
+            rng: self.rng.clone(),
+            step: self.step,
+            epoch: self.epoch,
+            order: self.order.clone(),
+            position: self.position,
+            data_fingerprint: self.data_fingerprint,
+            refs: self.refs.clone(),
+        }
+    }
+
+    /// Continues the run a checkpoint was taken from, on the same base model and data.
+    /// `file` names the checkpoint in errors.
+    pub fn resume(model: &'m Model, ck: Checkpoint, data: PreferenceSet, file: &std::path::Path) -> Result<Self> {
+        if ck.base != BaseShape::of(&model.config) {
+            return Err(Error::field(
+                file,
+                "base",
+                format!(
+                    "checkpoint of a {:?} model; this model is {:?}",
+                    ck.base,
+                    BaseShape::of(&model.config)
+                ),
+            ));
+        }
+        if super::checkpoint::data_fingerprint(&data) != ck.data_fingerprint {
+            return Err(Error::field(
+                file,
+                "data_fingerprint",
+                "the training data differs from the checkpointed run's",
+            ));
+        }
+        let mut adapter = Adapter::new(&model.config, ck.lora.clone(), 0, ck.base_model_name.clone())?;
+        {
+            let mut params = adapter.params_mut();
+            if params.len() != ck.adapter.len() || params.iter().zip(&ck.adapter).any(|(p, c)| p.len() != c.len()) {
+                return Err(Error::field(
+                    file,
+                    "adapter",
+                    "tensor shapes do not match the LoRA configuration",
+                ));
+            }
+            for (p, c) in params.iter_mut().zip(&ck.adapter) {
+                p.copy_from_slice(c);
+            }
+        }
+        let mut t = Trainer::new(model, adapter, ck.config.clone(), data)?;
+        if ck.order.len() != t.n_train() || ck.order.iter().any(|&i| i >= t.n_train()) || ck.position > ck.order.len() {
+            return Err(Error::field(
+                file,
+                "order",
+                "the position in the data does not fit the training set",
+            ));
+        }
+        t.optimizer = AdamW::from_state(ck.config.optimizer, ck.optimizer)
+            .map_err(|e| Error::field(file, "optimizer", e.to_string()))?;
+        t.rng = ck.rng;
+        t.step = ck.step;
+        t.epoch = ck.epoch;
+        t.order = ck.order;
+        t.position = ck.position;
+        t.refs = ck.refs;
         Ok(t)
     }
 
@@ -320,6 +398,16 @@ impl<'m> Trainer<'m> {
 
     /// Runs until the epochs or `max_steps` are done, or the callback says stop.
     pub fn run(&mut self, callback: &mut dyn FnMut(&StepMetrics) -> Control) -> Result<TrainSummary> {
+        self.run_with(callback, &mut |_| Ok(()))
+    }
+
+    /// [`Self::run`], calling `after_step` with the trainer between steps (e.g. to write a
+    /// checkpoint); an error from it ends the run.
+    pub fn run_with(
+        &mut self,
+        callback: &mut dyn FnMut(&StepMetrics) -> Control,
+        after_step: &mut dyn FnMut(&Self) -> Result<()>,
+    ) -> Result<TrainSummary> {
         let t0 = Instant::now();
         let mut summary = TrainSummary::default();
         while self.step < self.total_steps() {
@@ -327,6 +415,7 @@ impl<'m> Trainer<'m> {
             summary.steps += 1;
             summary.skipped_steps += m.skipped as usize;
             let c = callback(&m);
+            after_step(self)?;
             summary.last = Some(m);
             if c == Control::Stop {
                 summary.cancelled = true;

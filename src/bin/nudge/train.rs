@@ -8,7 +8,7 @@ use nudge::model::weights::Proj;
 use nudge::model::{Model, Recompute};
 use nudge::objective::Loss;
 use nudge::optim::{AdamWConfig, Schedule};
-use nudge::train::{Control, TrainConfig, Trainer};
+use nudge::train::{Checkpoint, Control, TrainConfig, Trainer};
 use nudge::{Error, Result};
 use std::io::Write;
 use std::path::PathBuf;
@@ -77,8 +77,15 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 0.0)]
     eval_fraction: f32,
     /// MiB of activations kept for the backward pass (the rest is recomputed); 0 keeps none.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 128)]
     memory_budget_mb: usize,
+    /// Write OUT/checkpoint.bin every N steps (and when the run ends).
+    #[arg(long)]
+    checkpoint_every: Option<usize>,
+    /// Continue from OUT/checkpoint.bin (same model and data; the run's settings come from
+    /// the checkpoint, except --max-steps, which may extend it).
+    #[arg(long)]
+    resume: bool,
 }
 
 fn targets(s: &str) -> Result<Vec<Proj>> {
@@ -167,29 +174,59 @@ pub fn train(a: TrainArgs) -> Result<()> {
         lora_dropout: a.lora_dropout,
     };
     std::fs::create_dir_all(&a.out).map_err(|e| Error::io(&a.out, e))?;
+    let ck_path = a.out.join("checkpoint.bin");
     let log_path = a.out.join("metrics.jsonl");
-    let mut log = std::io::BufWriter::new(std::fs::File::create(&log_path).map_err(|e| Error::io(&log_path, e))?);
-    let mut trainer = Trainer::new(&model, adapter, config, data)?;
+    let mut trainer = if a.resume {
+        let mut ck = Checkpoint::load(&ck_path)?;
+        if a.max_steps.is_some() {
+            ck.config.max_steps = a.max_steps;
+        }
+        Trainer::resume(&model, ck, data, &ck_path)?
+    } else {
+        Trainer::new(&model, adapter, config, data)?
+    };
+    // A resumed run appends to the log of the run it continues.
+    let log_file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(a.resume)
+        .write(true)
+        .truncate(!a.resume)
+        .open(&log_path)
+        .map_err(|e| Error::io(&log_path, e))?;
+    let mut log = std::io::BufWriter::new(log_file);
     let bar = progress(trainer.total_steps() as u64);
+    bar.inc(trainer.steps_done() as u64);
     let mut io_err = None;
-    let summary = trainer.run(&mut |m| {
-        if let Err(e) = serde_json::to_writer(&mut log, m)
-            .map_err(std::io::Error::other)
-            .and_then(|_| writeln!(log))
-        {
-            io_err = Some(e);
-            return Control::Stop;
-        }
-        if m.skipped {
-            bar.println(format!("step {}: loss or gradient not finite, step skipped", m.step));
-        }
-        bar.set_message(format!(
-            "loss {:.4} acc {:.2} margin {:.3} {:.0} tok/s",
-            m.loss, m.rewards_accuracies, m.rewards_margins, m.tokens_per_s
-        ));
-        bar.inc(1);
-        Control::Continue
-    })?;
+    let every = a.checkpoint_every.unwrap_or(0);
+    let summary = trainer.run_with(
+        &mut |m| {
+            if let Err(e) = serde_json::to_writer(&mut log, m)
+                .map_err(std::io::Error::other)
+                .and_then(|_| writeln!(log))
+            {
+                io_err = Some(e);
+                return Control::Stop;
+            }
+            if m.skipped {
+                bar.println(format!("step {}: loss or gradient not finite, step skipped", m.step));
+            }
+            bar.set_message(format!(
+                "loss {:.4} acc {:.2} margin {:.3} {:.0} tok/s",
+                m.loss, m.rewards_accuracies, m.rewards_margins, m.tokens_per_s
+            ));
+            bar.inc(1);
+            Control::Continue
+        },
+        &mut |t| {
+            if every > 0 && t.steps_done() % every == 0 {
+                t.checkpoint().save(&ck_path)?;
+            }
+            Ok(())
+        },
+    )?;
+    if every > 0 {
+        trainer.checkpoint().save(&ck_path)?;
+    }
     bar.finish_and_clear();
     if let Some(e) = io_err {
         return Err(Error::io(&log_path, e));

@@ -1,0 +1,224 @@
+//! Checkpoints: a resumed run is bit-identical to one never interrupted (in-process and
+//! across a fresh process), and a damaged or foreign checkpoint is refused.
+
+mod common;
+
+use common::tiny::*;
+use nudge::Error;
+use nudge::adapter::{Adapter, LoraConfig};
+use nudge::data::{PreferenceSet, TokenizedPair};
+use nudge::model::{Model, Recompute};
+use nudge::objective::Loss;
+use nudge::optim::AdamWConfig;
+use nudge::train::checkpoint::FORMAT_VERSION;
+use nudge::train::{Checkpoint, Control, TrainConfig, Trainer};
+use std::path::Path;
+
+fn model(name: &str, spec: &TinySpec) -> Model {
+    let d = fresh_dir(name);
+    write_model(&d, spec);
+    Model::open(&d).expect("opens")
+}
+
+fn data(n: usize) -> PreferenceSet {
+    PreferenceSet {
+        pairs: (0..n as u32)
+            .map(|i| TokenizedPair {
+                row: i as usize + 1,
+                prompt: vec![1, 3 + i % 9, 20],
+                chosen: vec![30 + i % 4, 2],
+                rejected: vec![40 + i % 5, 41, 2],
+                margin: None,
+                weight: None,
+            })
+            .collect(),
+        ..Default::default()
+    }
+}
+
+fn config(steps: usize) -> TrainConfig {
+    TrainConfig {
+        loss: Loss::Sigmoid { beta: 0.3 },
+        optimizer: AdamWConfig {
+            lr: 1e-2,
+            weight_decay: 0.01,
+            ..AdamWConfig::default()
+        },
+        epochs: 10,
+        max_steps: Some(steps),
+        batch_size: 3,
+        micro_batch_size: 2,
+        eval_fraction: 0.2,
+        lora_dropout: 0.05,
+        recompute: Recompute::Always,
+        ..TrainConfig::default()
+    }
+}
+
+fn params(t: &Trainer) -> Vec<Vec<f32>> {
+    t.adapter.params().into_iter().map(<[f32]>::to_vec).collect()
+}
+
+#[test]
+fn resuming_in_process_is_bit_identical() {
+    let m = model("ck-inproc", &TinySpec::default());
+    let a = Adapter::new(&m.config, LoraConfig::default(), 9, "tiny").unwrap();
+    // 10 pairs, 2 held out, 8 trained at 3 per step: the run crosses epochs.
+    let mut straight = Trainer::new(&m, a.clone(), config(7), data(10)).unwrap();
+    straight.run(&mut |_| Control::Continue).unwrap();
+
+    let mut first = Trainer::new(&m, a, config(7), data(10)).unwrap();
+    first
+        .run(&mut |x| if x.step == 4 { Control::Stop } else { Control::Continue })
+        .unwrap();
+    let bytes = first.checkpoint().to_bytes().unwrap();
+    drop(first);
+    let ck = Checkpoint::from_bytes(&bytes, Path::new("ck")).unwrap();
+    assert_eq!(ck.step, 4);
+    let mut resumed = Trainer::resume(&m, ck, data(10), Path::new("ck")).unwrap();
+    let s = resumed.run(&mut |_| Control::Continue).unwrap();
+    assert_eq!(s.steps, 3);
+    assert_eq!(params(&straight), params(&resumed));
+    assert!(params(&resumed).iter().flatten().any(|&x| x != 0.0));
+}
+
+fn write_jsonl(path: &Path, set: &PreferenceSet) {
+    let lines: Vec<String> = set
+        .pairs
+        .iter()
+        .map(|p| {
+            serde_json::json!({"prompt_ids": p.prompt, "chosen_ids": p.chosen, "rejected_ids": p.rejected}).to_string()
+        })
+        .collect();
+    std::fs::write(path, lines.join("\n") + "\n").unwrap();
+}
+
+fn nudge_train(model: &Path, data: &Path, out: &Path, extra: &[&str]) {
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_nudge"))
+        .args([
+            "train",
+            "--lr",
+            "0.01",
+            "--batch-pairs",
+            "2",
+            "--seed",
+            "5",
+            "--lora-dropout",
+            "0.1",
+            "--model",
+        ])
+        .arg(model)
+        .arg("--data")
+        .arg(data)
+        .arg("--out")
+        .arg(out)
+        .args(extra)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("nudge runs");
+    assert!(status.success(), "nudge train {extra:?} failed");
+}
+
+#[test]
+fn resuming_in_a_fresh_process_is_bit_identical() {
+    let dir = fresh_dir("ck-cli");
+    let mdir = dir.join("model");
+    write_model(&mdir, &TinySpec::default());
+    let data_file = dir.join("pairs.jsonl");
+    write_jsonl(&data_file, &data(8));
+    let (straight, split) = (dir.join("straight"), dir.join("split"));
+    nudge_train(&mdir, &data_file, &straight, &["--max-steps", "6", "--epochs", "3"]);
+    nudge_train(
+        &mdir,
+        &data_file,
+        &split,
+        &["--max-steps", "2", "--epochs", "3", "--checkpoint-every", "2"],
+    );
+    nudge_train(
+        &mdir,
+        &data_file,
+        &split,
+        &["--max-steps", "6", "--epochs", "3", "--resume"],
+    );
+    let a = std::fs::read(straight.join("adapter_model.safetensors")).unwrap();
+    let b = std::fs::read(split.join("adapter_model.safetensors")).unwrap();
+    assert_eq!(a, b, "resumed adapter differs from the uninterrupted one");
+    let log = std::fs::read_to_string(split.join("metrics.jsonl")).unwrap();
+    assert_eq!(log.lines().count(), 6, "the resumed run continues the metrics log");
+}
+
+fn saved_checkpoint(name: &str) -> (Model, Vec<u8>) {
+    let m = model(name, &TinySpec::default());
+    let a = Adapter::new(&m.config, LoraConfig::default(), 1, "tiny").unwrap();
+    let mut t = Trainer::new(&m, a, config(1), data(10)).unwrap();
+    t.run(&mut |_| Control::Continue).unwrap();
+    let b = t.checkpoint().to_bytes().unwrap();
+    (m, b)
+}
+
+#[test]
+fn damaged_checkpoints_are_refused() {
+    let (_, bytes) = saved_checkpoint("ck-damage");
+    let p = Path::new("run/checkpoint.bin");
+    let fails = |b: &[u8], what: &str| match Checkpoint::from_bytes(b, p) {
+        Ok(_) => panic!("{what}: accepted"),
+        Err(e) => {
+            assert!(matches!(&e, Error::Format { file, .. } if file == p), "{what}: {e}");
+            e.to_string()
+        }
+    };
+    for cut in [0, 7, 20, 52, bytes.len() / 2, bytes.len() - 1] {
+        fails(&bytes[..cut], &format!("truncated at {cut}"));
+    }
+    // Bit flips across the header and the payload.
+    let step = (bytes.len() / 97).max(1);
+    for i in (0..bytes.len()).step_by(step) {
+        let mut b = bytes.clone();
+        b[i] ^= 0x10;
+        fails(&b, &format!("bit flip at {i}"));
+    }
+    let mut b = bytes.clone();
+    b[8..12].copy_from_slice(&(FORMAT_VERSION + 1).to_le_bytes());
+    assert!(fails(&b, "version").contains("version"));
+    let mut b = bytes.clone();
+    b.extend_from_slice(b"junk");
+    fails(&b, "trailing bytes");
+}
+
+#[test]
+fn a_checkpoint_for_another_base_or_other_data_is_refused() {
+    let (_, bytes) = saved_checkpoint("ck-foreign");
+    let p = Path::new("ck");
+    let other = model(
+        "ck-foreign-b",
+        &TinySpec {
+            layers: 3,
+            ..TinySpec::default()
+        },
+    );
+    let e = Trainer::resume(&other, Checkpoint::from_bytes(&bytes, p).unwrap(), data(10), p)
+        .err()
+        .expect("refused");
+    assert!(matches!(&e, Error::Field { field, .. } if field == "base"), "{e}");
+    let same = model("ck-foreign-c", &TinySpec::default());
+    let e = Trainer::resume(&same, Checkpoint::from_bytes(&bytes, p).unwrap(), data(9), p)
+        .err()
+        .expect("refused");
+    assert!(
+        matches!(&e, Error::Field { field, .. } if field == "data_fingerprint"),
+        "{e}"
+    );
+}
+
+#[test]
+fn saving_is_atomic_and_leaves_no_temporary_file() {
+    let (_, bytes) = saved_checkpoint("ck-atomic");
+    let d = fresh_dir("ck-atomic-out");
+    let ck = Checkpoint::from_bytes(&bytes, Path::new("x")).unwrap();
+    let path = d.join("checkpoint.bin");
+    ck.save(&path).unwrap();
+    ck.save(&path).unwrap();
+    let names: Vec<_> = std::fs::read_dir(&d).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(names, vec![std::ffi::OsString::from("checkpoint.bin")]);
+    assert_eq!(Checkpoint::load(&path).unwrap(), ck);
+}
