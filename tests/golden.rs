@@ -358,6 +358,7 @@ fn dpo_loss_metrics_and_every_lora_gradient_match() {
     let got: std::collections::BTreeMap<String, &[f32]> = grads.tensors().into_iter().collect();
     assert_eq!(got.len(), refg.len(), "tensor count");
     let mut norm2 = 0f64;
+    let mut worst = (0f64, String::new());
     for (name, (_, want)) in &refg {
         let have = got.get(name).unwrap_or_else(|| panic!("no gradient for {name}"));
         let diff: f64 = have
@@ -369,7 +370,14 @@ fn dpo_loss_metrics_and_every_lora_gradient_match() {
         let nref: f64 = want.iter().map(|b| (*b as f64).powi(2)).sum::<f64>().sqrt();
         norm2 += have.iter().map(|a| (*a as f64).powi(2)).sum::<f64>();
         assert!(diff <= GRAD_REL * nref, "{name}: relative error {}", diff / nref);
+        if diff / nref > worst.0 {
+            worst = (diff / nref, name.clone());
+        }
     }
+    eprintln!(
+        "loss {} vs {want_loss}; worst gradient relative error {:.2e} ({})",
+        step.loss.loss, worst.0, worst.1
+    );
     let want_norm = g["policy"]["grad_global_norm"].as_f64().unwrap();
     assert!(
         close_rel(norm2.sqrt(), want_norm, GRAD_REL),
@@ -496,6 +504,15 @@ fn ten_step_trajectory_and_final_adapter_match() {
     assert!(
         d2.sqrt() <= 2e-3 * r2.sqrt(),
         "final adapter relative L2 distance {}",
+        (d2 / r2).sqrt()
+    );
+    let worst_loss = logged
+        .iter()
+        .zip(steps)
+        .map(|(m, w)| ((m.loss - w["loss"].as_f64().unwrap()) / w["loss"].as_f64().unwrap()).abs())
+        .fold(0.0, f64::max);
+    eprintln!(
+        "trajectory: worst loss relative error {worst_loss:.2e}; final adapter relative L2 distance {:.2e}",
         (d2 / r2).sqrt()
     );
 }
