@@ -103,6 +103,27 @@ impl LayerActs {
     }
 }
 
+/// Gradient buffers of one layer's backward pass, reused from layer to layer.
+#[derive(Default)]
+struct BackScratch {
+    d_act: Vec<f32>,
+    d_gate: Vec<f32>,
+    d_up: Vec<f32>,
+    d_xn2: Vec<f32>,
+    d_attn: Vec<f32>,
+    dq: Vec<f32>,
+    dk: Vec<f32>,
+    dv: Vec<f32>,
+    d_xn1: Vec<f32>,
+}
+
+/// `v` resized to `n` zeros (its allocation is kept across calls).
+fn zeroed(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
+    v.clear();
+    v.resize(n, 0.0);
+    v
+}
+
 /// What the backward pass needs from a training forward pass.
 pub struct Tape {
     layout: AttnLayout,
@@ -269,17 +290,23 @@ impl Model {
         let h = self.config.hidden_size;
         let mut dx = vec![0f32; t * h];
         rmsnorm_backward(&final_in, &self.weights.norm, &final_inv, dh, &mut dx);
+        let mut scratch = BackScratch::default();
+        let mut spare: Option<LayerActs> = None;
         for li in (0..self.config.num_hidden_layers).rev() {
             let layer = &self.weights.layers[li];
             let mut acts = std::mem::take(&mut layers[li]);
             if !keep[li] {
+                // Recomputed layers share one set of activation buffers.
                 let x_in = std::mem::take(&mut acts.x_in);
-                acts = LayerActs::sized(self, t);
+                acts = spare.take().unwrap_or_else(|| LayerActs::sized(self, t));
                 let mut x = x_in.clone();
                 self.layer_forward(li, layer, &mut x, &layout, &table, &lora, &mut acts);
                 acts.x_in = x_in;
             }
-            self.layer_backward(li, layer, &acts, &layout, &table, &lora, &mut dx, grads);
+            self.layer_backward(li, layer, &acts, &layout, &table, &lora, &mut dx, grads, &mut scratch);
+            if !keep[li] {
+                spare = Some(acts);
+            }
         }
     }
 
@@ -404,29 +431,18 @@ impl Model {
         lora: &LoraCtx,
         dx: &mut [f32],
         grads: &mut Adapter,
+        s: &mut BackScratch,
     ) {
         let cfg = &self.config;
         let t = layout.n_tokens();
         let w = &self.weights;
         let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
         // MLP: out = x_mid + down(silu(gate(xn2)) * up(xn2))
-        let mut d_act = vec![0f32; t * i];
-        self.linear_backward(
-            li,
-            Proj::Down,
-            w,
-            &a.act,
-            t,
-            &l.down_proj,
-            lora,
-            &a.u,
-            dx,
-            &mut d_act,
-            grads,
-        );
-        let (mut d_gate, mut d_up) = (vec![0f32; t * i], vec![0f32; t * i]);
-        swiglu_backward(&a.gate, &a.up, &d_act, &mut d_gate, &mut d_up);
-        let mut d_xn2 = vec![0f32; t * h];
+        let d_act = zeroed(&mut s.d_act, t * i);
+        self.linear_backward(li, Proj::Down, w, &a.act, t, &l.down_proj, lora, &a.u, dx, d_act, grads);
+        let (d_gate, d_up) = (zeroed(&mut s.d_gate, t * i), zeroed(&mut s.d_up, t * i));
+        swiglu_backward(&a.gate, &a.up, d_act, d_gate, d_up);
+        let d_xn2 = zeroed(&mut s.d_xn2, t * h);
         self.linear_backward(
             li,
             Proj::Gate,
@@ -436,44 +452,20 @@ impl Model {
             &l.gate_proj,
             lora,
             &a.u,
-            &d_gate,
-            &mut d_xn2,
+            d_gate,
+            d_xn2,
             grads,
         );
-        self.linear_backward(
-            li,
-            Proj::Up,
-            w,
-            &a.xn2,
-            t,
-            &l.up_proj,
-            lora,
-            &a.u,
-            &d_up,
-            &mut d_xn2,
-            grads,
-        );
+        self.linear_backward(li, Proj::Up, w, &a.xn2, t, &l.up_proj, lora, &a.u, d_up, d_xn2, grads);
         // dx (dL/d x_mid) = residual + norm path
-        rmsnorm_backward(&a.x_mid, &l.post_attention_layernorm, &a.inv2, &d_xn2, dx);
+        rmsnorm_backward(&a.x_mid, &l.post_attention_layernorm, &a.inv2, d_xn2, dx);
         // Attention: x_mid = x_in + o(attn(q, k, v))
-        let mut d_attn = vec![0f32; t * cfg.q_dim()];
-        self.linear_backward(
-            li,
-            Proj::O,
-            w,
-            &a.attn,
-            t,
-            &l.o_proj,
-            lora,
-            &a.u,
-            dx,
-            &mut d_attn,
-            grads,
-        );
-        let (mut dq, mut dk, mut dv) = (
-            vec![0f32; t * cfg.q_dim()],
-            vec![0f32; t * cfg.kv_dim()],
-            vec![0f32; t * cfg.kv_dim()],
+        let d_attn = zeroed(&mut s.d_attn, t * cfg.q_dim());
+        self.linear_backward(li, Proj::O, w, &a.attn, t, &l.o_proj, lora, &a.u, dx, d_attn, grads);
+        let (dq, dk, dv) = (
+            zeroed(&mut s.dq, t * cfg.q_dim()),
+            zeroed(&mut s.dk, t * cfg.kv_dim()),
+            zeroed(&mut s.dv, t * cfg.kv_dim()),
         );
         attention_backward(
             &a.q,
@@ -481,20 +473,20 @@ impl Model {
             &a.v,
             &a.attn,
             &a.lse,
-            &d_attn,
+            d_attn,
             layout,
             self.attn_shape(),
-            &mut dq,
-            &mut dk,
-            &mut dv,
+            dq,
+            dk,
+            dv,
         );
-        rope_backward(&mut dq, cfg.num_attention_heads, table);
-        rope_backward(&mut dk, cfg.num_key_value_heads, table);
-        let mut d_xn1 = vec![0f32; t * h];
-        self.linear_backward(li, Proj::Q, w, &a.xn1, t, &l.q_proj, lora, &a.u, &dq, &mut d_xn1, grads);
-        self.linear_backward(li, Proj::K, w, &a.xn1, t, &l.k_proj, lora, &a.u, &dk, &mut d_xn1, grads);
-        self.linear_backward(li, Proj::V, w, &a.xn1, t, &l.v_proj, lora, &a.u, &dv, &mut d_xn1, grads);
-        rmsnorm_backward(&a.x_in, &l.input_layernorm, &a.inv1, &d_xn1, dx);
+        rope_backward(dq, cfg.num_attention_heads, table);
+        rope_backward(dk, cfg.num_key_value_heads, table);
+        let d_xn1 = zeroed(&mut s.d_xn1, t * h);
+        self.linear_backward(li, Proj::Q, w, &a.xn1, t, &l.q_proj, lora, &a.u, dq, d_xn1, grads);
+        self.linear_backward(li, Proj::K, w, &a.xn1, t, &l.k_proj, lora, &a.u, dk, d_xn1, grads);
+        self.linear_backward(li, Proj::V, w, &a.xn1, t, &l.v_proj, lora, &a.u, dv, d_xn1, grads);
+        rmsnorm_backward(&a.x_in, &l.input_layernorm, &a.inv1, d_xn1, dx);
     }
 
     fn attn_shape(&self) -> AttnShape {
