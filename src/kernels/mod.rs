@@ -3,6 +3,7 @@
 pub mod simd;
 
 pub mod attention;
+pub mod attention_cached;
 pub mod logprob;
 pub mod lora;
 pub mod matmul;

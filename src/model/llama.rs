@@ -6,7 +6,10 @@ use super::Model;
 use super::weights::{Layer, Proj, TensorSlice, Weights};
 use crate::adapter::{Adapter, LoraPair};
 use crate::error::{Error, Result};
+use crate::generate::KvCache;
 use crate::kernels::attention::{AttnLayout, AttnShape, attention_backward, attention_forward};
+use crate::kernels::attention_cached::attention_cached;
+use crate::kernels::logprob::logits;
 use crate::kernels::lora::{dropout, lora_backward, lora_forward};
 use crate::kernels::matmul::{matmul_w_acc, matmul_wt};
 use crate::kernels::rmsnorm::{rmsnorm_backward, rmsnorm_forward};
@@ -593,6 +596,110 @@ impl Model {
                 add_into(dx, &dxd);
             }
         }
+    }
+}
+
+// Incremental forward for generation: new tokens run against the keys and values of the
+// past ones, kept in a KvCache, instead of recomputing the whole sequence.
+impl Model {
+    /// Runs `tokens` after the `cache.len()` tokens already in `cache` (positions
+    /// `cache.len()..`), appends their keys and values, and returns their final hidden
+    /// states (after the last RMSNorm): [n, hidden]. An adapter must stay the same for
+    /// every call on one cache. On error the cache is unchanged.
+    pub fn extend(&self, tokens: &[u32], cache: &mut KvCache, adapter: Option<&Adapter>) -> Result<Vec<f32>> {
+        let lora = LoraCtx { adapter, dropout: None };
+        self.check_adapter(&lora)?;
+        cache.check_fits(&self.config)?;
+        let start = cache.len();
+        let vocab = self.config.vocab_size;
+        if let Some((i, &id)) = tokens.iter().enumerate().find(|&(_, &id)| id as usize >= vocab) {
+            return Err(Error::TokenOutOfVocabulary {
+                id,
+                position: start + i,
+                vocab_size: vocab,
+            });
+        }
+        let n = tokens.len();
+        let end = start
+            .checked_add(n)
+            .ok_or_else(|| Error::invalid("sequence length overflows"))?;
+        let max = self.config.max_position_embeddings;
+        if end > max {
+            return Err(Error::SequenceTooLong { len: end, max });
+        }
+        let positions: Vec<u32> = (start..end)
+            .map(|p| u32::try_from(p).map_err(|_| Error::invalid("position overflows u32")))
+            .collect::<Result<_>>()?;
+        cache.reserve(n);
+        let table = RopeTable::new(&self.inv_freq, &positions);
+        let mut x = self.embed(tokens);
+        let mut s = LayerActs::sized(self, n);
+        for (li, layer) in self.weights.layers.iter().enumerate() {
+            self.layer_forward_cached(li, layer, &mut x, start, &table, &lora, cache, &mut s);
+        }
+        cache.set_len(end);
+        let mut out = vec![0f32; n * self.config.hidden_size];
+        rmsnorm_forward(&x, &self.weights.norm, self.config.rms_norm_eps, &mut out, &mut s.inv1);
+        Ok(out)
+    }
+
+    /// Logits of the next token after `tokens` (appended to `cache`): [vocab].
+    pub fn prefill(&self, tokens: &[u32], cache: &mut KvCache, adapter: Option<&Adapter>) -> Result<Vec<f32>> {
+        if tokens.is_empty() {
+            return Err(Error::invalid("prefill needs at least one token"));
+        }
+        let h = self.extend(tokens, cache, adapter)?;
+        let hidden = self.config.hidden_size;
+        Ok(logits(
+            &h[h.len() - hidden..],
+            1,
+            &self.weights.view(&self.weights.lm_head),
+        ))
+    }
+
+    /// Logits of the token after `token`, which is appended to `cache`: [vocab].
+    pub fn decode_step(&self, token: u32, cache: &mut KvCache, adapter: Option<&Adapter>) -> Result<Vec<f32>> {
+        self.prefill(&[token], cache, adapter)
+    }
+
+    /// [`Self::layer_forward`] for `n` new tokens at positions `start..`: their keys and
+    /// values are appended to layer `li` of the cache and attention reads the whole cache.
+    #[allow(clippy::too_many_arguments)]
+    fn layer_forward_cached(
+        &self,
+        li: usize,
+        l: &Layer,
+        x: &mut [f32], // [n, hidden]
+        start: usize,
+        table: &RopeTable,
+        lora: &LoraCtx,
+        cache: &mut KvCache,
+        s: &mut LayerActs,
+    ) {
+        let cfg = &self.config;
+        let n = x.len() / cfg.hidden_size;
+        let w = &self.weights;
+        let eps = cfg.rms_norm_eps;
+        rmsnorm_forward(x, &l.input_layernorm, eps, &mut s.xn1, &mut s.inv1);
+        let linear =
+            |p: Proj, input: &[f32], bias: Option<&[f32]>, y: &mut [f32], u: &mut [Vec<f32>; 7], xd: &mut Vec<f32>| {
+                self.linear_forward(li, p, w, input, n, l.proj(p), bias, lora, u, xd, y)
+            };
+        linear(Proj::Q, &s.xn1, l.q_bias.as_deref(), &mut s.q, &mut s.u, &mut s.xdrop);
+        linear(Proj::K, &s.xn1, l.k_bias.as_deref(), &mut s.k, &mut s.u, &mut s.xdrop);
+        linear(Proj::V, &s.xn1, l.v_bias.as_deref(), &mut s.v, &mut s.u, &mut s.xdrop);
+        rope_forward(&mut s.q, cfg.num_attention_heads, table);
+        rope_forward(&mut s.k, cfg.num_key_value_heads, table);
+        let (k, v) = cache.append(li, start, &s.k, &s.v);
+        attention_cached(&s.q, k, v, start, self.attn_shape(), &mut s.attn);
+        linear(Proj::O, &s.attn, None, &mut s.proj, &mut s.u, &mut s.xdrop);
+        add_into(x, &s.proj);
+        rmsnorm_forward(x, &l.post_attention_layernorm, eps, &mut s.xn2, &mut s.inv2);
+        linear(Proj::Gate, &s.xn2, None, &mut s.gate, &mut s.u, &mut s.xdrop);
+        linear(Proj::Up, &s.xn2, None, &mut s.up, &mut s.u, &mut s.xdrop);
+        swiglu_forward(&s.gate, &s.up, &mut s.act);
+        linear(Proj::Down, &s.act, None, &mut s.proj, &mut s.u, &mut s.xdrop);
+        add_into(x, &s.proj);
     }
 }
 

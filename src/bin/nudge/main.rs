@@ -1,7 +1,8 @@
-//! The `nudge` command: inspect, convert and score models; train and export adapters.
+//! The `nudge` command: inspect, convert and score models; generate; train and export adapters.
 
 mod bench;
 mod commands;
+mod generate;
 mod train;
 
 use clap::{Parser, Subcommand};
@@ -64,6 +65,8 @@ enum Command {
         #[arg(long)]
         adapter: Option<PathBuf>,
     },
+    /// Generate a reply (optionally through an adapter), streamed to stdout.
+    Generate(Box<generate::GenerateArgs>),
     /// Train a LoRA adapter on preference pairs (or thumbs, with --loss kto).
     Train(Box<train::TrainArgs>),
     /// Measure throughput.
@@ -91,6 +94,7 @@ fn main() -> ExitCode {
         } => commands::tokenize(&model, chat, special, &text),
         Command::Convert { model, out, dtype } => commands::convert(&model, &out, &dtype),
         Command::Score { model, data, adapter } => commands::score(&model, &data, adapter.as_deref()),
+        Command::Generate(a) => generate::run(*a),
         Command::Train(a) => train::train(*a),
         Command::Bench { what } => bench::run(what),
     };
