@@ -2,6 +2,7 @@
 
 mod bench;
 mod commands;
+mod merge;
 mod train;
 
 use clap::{Parser, Subcommand};
@@ -66,6 +67,8 @@ enum Command {
     },
     /// Train a LoRA adapter on preference pairs (or thumbs, with --loss kto).
     Train(Box<train::TrainArgs>),
+    /// Combine adapters with weights into one of a chosen rank (SVD; needs the `linalg` feature).
+    Merge(Box<merge::MergeArgs>),
     /// Measure throughput.
     Bench {
         #[command(subcommand)]
@@ -92,6 +95,7 @@ fn main() -> ExitCode {
         Command::Convert { model, out, dtype } => commands::convert(&model, &out, &dtype),
         Command::Score { model, data, adapter } => commands::score(&model, &data, adapter.as_deref()),
         Command::Train(a) => train::train(*a),
+        Command::Merge(a) => merge::merge_command(*a),
         Command::Bench { what } => bench::run(what),
     };
     match r {
