@@ -1,6 +1,8 @@
 //! LoRA adapters: parameters on any subset of the seven projections of every layer,
 //! their initialization, and their files (PEFT).
 
+#[cfg(feature = "linalg")]
+pub mod linalg;
 pub mod peft;
 
 use crate::error::{Error, Result};

@@ -3,6 +3,7 @@
 mod bench;
 mod commands;
 mod generate;
+mod merge;
 mod train;
 
 use clap::{Parser, Subcommand};
@@ -69,6 +70,8 @@ enum Command {
     Generate(Box<generate::GenerateArgs>),
     /// Train a LoRA adapter on preference pairs (or thumbs, with --loss kto).
     Train(Box<train::TrainArgs>),
+    /// Combine adapters with weights into one of a chosen rank (SVD; needs the `linalg` feature).
+    Merge(Box<merge::MergeArgs>),
     /// Measure throughput.
     Bench {
         #[command(subcommand)]
@@ -96,6 +99,7 @@ fn main() -> ExitCode {
         Command::Score { model, data, adapter } => commands::score(&model, &data, adapter.as_deref()),
         Command::Generate(a) => generate::run(*a),
         Command::Train(a) => train::train(*a),
+        Command::Merge(a) => merge::merge_command(*a),
         Command::Bench { what } => bench::run(what),
     };
     match r {
