@@ -2,6 +2,7 @@
 
 mod bench;
 mod commands;
+mod export;
 mod train;
 
 use clap::{Parser, Subcommand};
@@ -66,6 +67,8 @@ enum Command {
     },
     /// Train a LoRA adapter on preference pairs (or thumbs, with --loss kto).
     Train(Box<train::TrainArgs>),
+    /// Write an adapter as PEFT, as a llama.cpp LoRA GGUF, or merged into the base model.
+    Export(export::ExportArgs),
     /// Measure throughput.
     Bench {
         #[command(subcommand)]
@@ -92,6 +95,7 @@ fn main() -> ExitCode {
         Command::Convert { model, out, dtype } => commands::convert(&model, &out, &dtype),
         Command::Score { model, data, adapter } => commands::score(&model, &data, adapter.as_deref()),
         Command::Train(a) => train::train(*a),
+        Command::Export(a) => export::export(a),
         Command::Bench { what } => bench::run(what),
     };
     match r {
