@@ -137,11 +137,12 @@ pub fn to_writer(adapter: &Adapter, cfg: &Config, arch: &str, dtype: FloatType, 
         w.set(KEY_BASE_MODEL_COUNT, 1u32);
         w.set(KEY_BASE_MODEL_NAME, adapter.base_model_name.as_str());
     }
-    let (ty, encode) = (ggml_dtype(dtype), |v: &[f32]| {
+    let ty = ggml_dtype(dtype);
+    let encode = |v: &[f32]| {
         let mut out = Vec::new();
         dtype.encode(v, &mut out);
         out
-    });
+    };
     let r = adapter.config.r;
     for (li, layer) in adapter.layers.iter().enumerate() {
         for p in Proj::ALL {
