@@ -138,10 +138,21 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 
 /// The HF-named tensors of a model (lm_head only when untied), each with its export form.
 pub fn hf_tensors<'a>(model: &'a Model, dtype: FloatType) -> Vec<(String, LazyTensor<'a>)> {
+    hf_tensors_with(model, dtype, &|_| None)
+}
+
+/// [`hf_tensors`] with an optional edit per matrix, looked up by the matrix's HF name
+/// (e.g. an adapter merged into `model.layers.3.self_attn.q_proj.weight`). The edit sees
+/// the whole matrix in HF row order, whatever order the file stores its rows in.
+pub fn hf_tensors_with<'a>(
+    model: &'a Model,
+    dtype: FloatType,
+    edit_for: &dyn Fn(&str) -> Option<MatrixEdit<'a>>,
+) -> Vec<(String, LazyTensor<'a>)> {
     let w = &model.weights;
     let mut out: Vec<(String, LazyTensor)> = Vec::new();
     for m in w.matrices() {
-        out.push((m.name.clone(), LazyTensor::matrix(w.view(m), dtype, None)));
+        out.push((m.name.clone(), LazyTensor::matrix(w.view(m), dtype, edit_for(&m.name))));
     }
     for (i, l) in w.layers.iter().enumerate() {
         let n = |s: &str| format!("model.layers.{i}.{s}");

@@ -1,8 +1,11 @@
 //! LoRA adapters: parameters on any subset of the seven projections of every layer,
-//! their initialization, and their files (PEFT).
+//! their initialization, and their files (PEFT; llama.cpp's GGUF adapters) and the
+//! merged model.
 
+pub mod gguf_lora;
 #[cfg(feature = "linalg")]
 pub mod linalg;
+pub mod merge;
 pub mod peft;
 
 use crate::error::{Error, Result};
@@ -98,6 +101,16 @@ pub struct Adapter {
     pub base_model_name: String,
 }
 
+/// Loads an adapter in either of its file formats: a PEFT directory, or a llama.cpp
+/// LoRA GGUF file.
+pub fn load(path: &std::path::Path, model: &Config) -> Result<Adapter> {
+    if path.is_dir() {
+        peft::load(path, model)
+    } else {
+        gguf_lora::load(path, model)
+    }
+}
+
 /// (out_features, in_features) of a projection for a model config.
 pub fn proj_shape(cfg: &Config, p: Proj) -> (usize, usize) {
     let (h, i, q, kv) = (cfg.hidden_size, cfg.intermediate_size, cfg.q_dim(), cfg.kv_dim());
@@ -157,7 +170,9 @@ impl Adapter {
         self.layers.get(layer).and_then(|l| l[p as usize].as_ref())
     }
 
-    /// Checks that the adapter fits a model (layer count and every pair's shape).
+    /// Checks that the adapter fits a model: layer count, every pair's shape, and that
+    /// every pair holds `r * in` values of A and `out * r` of B for the configured rank
+    /// (so no consumer of the pairs can index out of bounds).
     pub fn check_fits(&self, model: &Config, file: &std::path::Path) -> Result<()> {
         if self.layers.len() != model.num_hidden_layers {
             return Err(Error::field(
@@ -183,6 +198,19 @@ impl Adapter {
                                 pair.out_features, pair.in_features
                             ),
                         ));
+                    }
+                    let r = self.config.r;
+                    for (m, len, want, what) in [
+                        ("lora_A", pair.a.len(), r.saturating_mul(inp), "r x in"),
+                        ("lora_B", pair.b.len(), out.saturating_mul(r), "out x r"),
+                    ] {
+                        if len != want {
+                            return Err(Error::tensor(
+                                file,
+                                peft::tensor_name(li, p, m),
+                                format!("{len} values, rank {r} needs {what} = {want}"),
+                            ));
+                        }
                     }
                 }
             }

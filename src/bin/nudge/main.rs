@@ -2,6 +2,7 @@
 
 mod bench;
 mod commands;
+mod export;
 mod generate;
 mod merge;
 mod train;
@@ -72,6 +73,8 @@ enum Command {
     Train(Box<train::TrainArgs>),
     /// Combine adapters with weights into one of a chosen rank (SVD; needs the `linalg` feature).
     Merge(Box<merge::MergeArgs>),
+    /// Write an adapter as PEFT, as a llama.cpp LoRA GGUF, or merged into the base model.
+    Export(export::ExportArgs),
     /// Measure throughput.
     Bench {
         #[command(subcommand)]
@@ -100,6 +103,7 @@ fn main() -> ExitCode {
         Command::Generate(a) => generate::run(*a),
         Command::Train(a) => train::train(*a),
         Command::Merge(a) => merge::merge_command(*a),
+        Command::Export(a) => export::export(a),
         Command::Bench { what } => bench::run(what),
     };
     match r {

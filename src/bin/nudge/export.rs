@@ -1,0 +1,53 @@
+//! `nudge export`: an adapter as PEFT, as a llama.cpp LoRA GGUF, or merged into the base.
+
+use clap::{Args, ValueEnum};
+use nudge::adapter::{self, gguf_lora, merge, peft};
+use nudge::convert::FloatType;
+use nudge::model::Model;
+use nudge::{Error, Result};
+use std::path::PathBuf;
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum Format {
+    /// A PEFT adapter directory (adapter_config.json + adapter_model.safetensors).
+    Peft,
+    /// A llama.cpp LoRA adapter (`llama-cli -m BASE.gguf --lora OUT.gguf`).
+    Gguf,
+    /// The base with the adapter merged in, as an HF model directory.
+    Merged,
+}
+
+#[derive(Args)]
+pub struct ExportArgs {
+    /// The base model the adapter was trained on (.gguf file or HF directory).
+    #[arg(long)]
+    model: PathBuf,
+    /// The adapter: a PEFT directory or a llama.cpp LoRA .gguf file.
+    #[arg(long)]
+    adapter: PathBuf,
+    #[arg(long, value_enum)]
+    format: Format,
+    /// Output directory (peft, merged) or file (gguf).
+    #[arg(long)]
+    out: PathBuf,
+    /// Element type of the written tensors: f32, f16 or bf16 (peft: f32 only).
+    #[arg(long, default_value = "f32")]
+    dtype: String,
+}
+
+pub fn export(a: ExportArgs) -> Result<()> {
+    let dtype: FloatType = a.dtype.parse()?;
+    let model = Model::open(&a.model)?;
+    let lora = adapter::load(&a.adapter, &model.config)?;
+    lora.check_fits(&model.config, &a.adapter)?;
+    match a.format {
+        Format::Peft if dtype != FloatType::F32 => {
+            return Err(Error::invalid("--dtype: PEFT adapters are written in f32"));
+        }
+        Format::Peft => peft::save(&lora, &a.out)?,
+        Format::Gguf => gguf_lora::save(&lora, &model, &a.out, dtype)?,
+        Format::Merged => merge::export_merged(&model, &lora, &a.out, dtype)?,
+    }
+    eprintln!("nudge: wrote {}", a.out.display());
+    Ok(())
+}
