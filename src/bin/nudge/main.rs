@@ -1,7 +1,9 @@
-//! The `nudge` command: inspect, convert and score models; train and export adapters.
+//! The `nudge` command: inspect, convert and score models; train and export adapters;
+//! keep the feedback journal.
 
 mod bench;
 mod commands;
+mod journal;
 mod train;
 
 use clap::{Parser, Subcommand};
@@ -66,6 +68,11 @@ enum Command {
     },
     /// Train a LoRA adapter on preference pairs (or thumbs, with --loss kto).
     Train(Box<train::TrainArgs>),
+    /// The feedback journal: record thumbs and pairs, list them, export training data.
+    Journal {
+        #[command(subcommand)]
+        what: journal::JournalCommand,
+    },
     /// Measure throughput.
     Bench {
         #[command(subcommand)]
@@ -92,6 +99,7 @@ fn main() -> ExitCode {
         Command::Convert { model, out, dtype } => commands::convert(&model, &out, &dtype),
         Command::Score { model, data, adapter } => commands::score(&model, &data, adapter.as_deref()),
         Command::Train(a) => train::train(*a),
+        Command::Journal { what } => journal::run(what),
         Command::Bench { what } => bench::run(what),
     };
     match r {
