@@ -64,6 +64,21 @@ pub enum Error {
     #[error("invalid argument: {0}")]
     Invalid(String),
 
+    /// A record of an append-only file is damaged while intact records follow it, so it is
+    /// not a torn tail that can be cut off: the file is left as it is.
+    #[error("{}: record {record} at byte {offset}: {what}", file.display())]
+    CorruptRecord {
+        file: PathBuf,
+        /// 0-based index of the record in the file.
+        record: u64,
+        offset: u64,
+        what: String,
+    },
+
+    /// A file written in a format version this build does not read.
+    #[error("{}: format version {found}; this build reads version {supported}", file.display())]
+    UnsupportedVersion { file: PathBuf, found: u32, supported: u32 },
+
     /// A long-running job stopped because its caller asked it to.
     #[error("cancelled")]
     Cancelled,

@@ -17,6 +17,7 @@ pub mod bench;
 pub mod convert;
 pub mod data;
 pub mod generate;
+pub mod journal;
 pub mod rng;
 pub mod score;
 pub mod train;

@@ -1,9 +1,11 @@
-//! The `nudge` command: inspect, convert and score models; generate; train and export adapters.
+//! The `nudge` command: inspect, convert and score models; generate; train, merge and
+//! export adapters; keep the feedback journal.
 
 mod bench;
 mod commands;
 mod export;
 mod generate;
+mod journal;
 mod merge;
 mod train;
 
@@ -75,6 +77,11 @@ enum Command {
     Merge(Box<merge::MergeArgs>),
     /// Write an adapter as PEFT, as a llama.cpp LoRA GGUF, or merged into the base model.
     Export(export::ExportArgs),
+    /// The feedback journal: record thumbs and pairs, list them, export training data.
+    Journal {
+        #[command(subcommand)]
+        what: journal::JournalCommand,
+    },
     /// Measure throughput.
     Bench {
         #[command(subcommand)]
@@ -104,6 +111,7 @@ fn main() -> ExitCode {
         Command::Train(a) => train::train(*a),
         Command::Merge(a) => merge::merge_command(*a),
         Command::Export(a) => export::export(a),
+        Command::Journal { what } => journal::run(what),
         Command::Bench { what } => bench::run(what),
     };
     match r {
