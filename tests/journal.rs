@@ -201,7 +201,7 @@ fn a_bit_flip_in_a_middle_record_is_an_error_naming_it() {
         let (start, end) = (entries[victim].offset as usize, entries[victim + 1].offset as usize);
         // Every byte of the small records; of the 10 KB one, its frame and record headers
         // and a sample of its text.
-        let sample = |at: usize| victim != 3 || at < start + 24 || (at - start) % 41 == 0;
+        let sample = |at: usize| victim != 3 || at < start + 24 || (at - start).is_multiple_of(41);
         for at in (start..end).filter(|&at| sample(at)) {
             let mut bytes = full.clone();
             bytes[at] ^= 1 << (at % 8);
