@@ -33,18 +33,21 @@ fn model_path() -> PathBuf {
     p
 }
 
-/// target/<profile>/, where cargo put libnudge.so and libnudge.a for this test binary
-/// (which lives in target/<profile>/deps/).
+/// target/<profile>/deps/, where cargo wrote libnudge.so and libnudge.a for this build
+/// (the copies one level up are refreshed by `cargo build` only, not by `cargo test`).
 fn lib_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>")
-        .to_path_buf();
+    let dir = exe.parent().expect("target/<profile>/deps").to_path_buf();
     for lib in ["libnudge.so", "libnudge.a"] {
         assert!(dir.join(lib).exists(), "{} not built", dir.join(lib).display());
     }
+    dir
+}
+
+/// target/<profile>/c-tests/: the C programs and what they write.
+fn out_dir() -> PathBuf {
+    let dir = lib_dir().parent().expect("target/<profile>").join("c-tests");
+    std::fs::create_dir_all(&dir).unwrap();
     dir
 }
 
@@ -59,9 +62,7 @@ enum Link {
 /// Compiles tests/c/<name>.c (or header.cpp) with the strict flags and links it.
 fn build(name: &str, link: Link) -> PathBuf {
     let libs = lib_dir();
-    let out_dir = libs.join("c-tests");
-    std::fs::create_dir_all(&out_dir).unwrap();
-    let exe = out_dir.join(format!("{name}-{link:?}").to_lowercase());
+    let exe = out_dir().join(format!("{name}-{link:?}").to_lowercase());
     let src_dir = root().join("tests/c");
     let include = format!("-I{}", root().join("include").display());
     let mut cmd = if name == "header" {
@@ -192,7 +193,7 @@ fn engine_scores(model: &Model, adapter: Option<&engine::adapter::Adapter>) -> (
 #[test]
 fn lifecycle_shared_matches_the_engine() {
     let exe = build("lifecycle", Link::Shared);
-    let dir = lib_dir().join("c-tests/lifecycle-adapter");
+    let dir = out_dir().join("lifecycle-adapter");
     let _ = std::fs::remove_dir_all(&dir);
     let stdout = run(&exe, "lifecycle", &[&dir]);
 
@@ -270,7 +271,7 @@ fn header_compiles_as_cpp_and_links() {
 
 #[test]
 fn the_example_personalizes_and_saves_an_adapter() {
-    let exe = lib_dir().join("c-tests/personalize");
+    let exe = out_dir().join("personalize");
     let libs = lib_dir();
     let out = Command::new("cc")
         .args(["-std=c99", "-Wall", "-Wextra", "-Werror"])
@@ -284,7 +285,7 @@ fn the_example_personalizes_and_saves_an_adapter() {
         .output()
         .expect("run the C compiler");
     assert!(out.status.success(), "examples/c/personalize.c:\n{}", text(&out));
-    let dir = libs.join("c-tests/personalize-adapter");
+    let dir = out_dir().join("personalize-adapter");
     let _ = std::fs::remove_dir_all(&dir);
     let out = Command::new(&exe).arg(model_path()).arg(&dir).output().unwrap();
     assert!(out.status.success(), "personalize:\n{}", text(&out));

@@ -3,10 +3,11 @@
 #
 #   tests/c/run.sh [--static | --asan | --valgrind] LIBDIR MODEL [TEST...]
 #
-# LIBDIR holds libnudge.so and libnudge.a (e.g. target/release after `cargo build --release
-# -p nudge-ffi`). --static links libnudge.a; --asan builds the C side with
-# AddressSanitizer (leak checking on); --valgrind runs under memcheck with leak checking.
-# TEST defaults to every test (lifecycle misuse threads header).
+# LIBDIR holds libnudge.so and libnudge.a (target/release after `cargo build --release
+# -p nudge-ffi`, or target/release/deps after `cargo test --release`). --static links
+# libnudge.a; --asan builds the C side with AddressSanitizer (leak checking on);
+# --valgrind runs under memcheck with leak checking. TEST defaults to every test
+# (lifecycle misuse threads header).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
@@ -15,7 +16,7 @@ case "${1:-}" in
   --static | --asan | --valgrind) mode="${1#--}"; shift ;;
 esac
 if [ $# -lt 2 ]; then
-  sed -n '2,10p' "$0" >&2
+  sed -n '2,9p' "$0" >&2
   exit 2
 fi
 libdir="$(cd "$1" && pwd)"
