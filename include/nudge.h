@@ -369,7 +369,9 @@ typedef struct NudgeThumb {
 
 /**
  * How to train. Fill with `nudge_train_options_init`, then change what you need.
- * A NaN loss parameter means "the loss's default".
+ * A NaN loss parameter means "the loss's default". The LoRA shape (rank, alpha, targets,
+ * rsLoRA, init) belongs to the adapter (`NudgeAdapterOptions`); a run trains the adapter
+ * it is given, so that a later run continues an earlier one.
  */
 typedef struct NudgeTrainOptions {
   /**

@@ -24,7 +24,9 @@ pub const NUDGE_SCHEDULE_LINEAR: u32 = 1;
 pub const NUDGE_SCHEDULE_COSINE: u32 = 2;
 
 /// How to train. Fill with `nudge_train_options_init`, then change what you need.
-/// A NaN loss parameter means "the loss's default".
+/// A NaN loss parameter means "the loss's default". The LoRA shape (rank, alpha, targets,
+/// rsLoRA, init) belongs to the adapter (`NudgeAdapterOptions`); a run trains the adapter
+/// it is given, so that a later run continues an earlier one.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct NudgeTrainOptions {
