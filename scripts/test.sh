@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # Every test of the project, on a fresh machine: fetches what the tests need (the model,
 # the system's OpenBLAS for the `linalg` feature), then runs the formatting and lint checks,
-# a smoke run of every benchmark, the tests of the off-by-default `linalg` feature, and the
-# whole test suite in the optimized profile (last, so the log ends with its summary).
+# the C header drift check, a smoke run of every benchmark, the tests of the off-by-default
+# `linalg` feature, the C tests under AddressSanitizer, and the whole test suite (the engine,
+# the C library and its C tests) in the optimized profile, last, so the log ends with it.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 scripts/fetch-model.sh
 cargo fmt --all -- --check
-cargo clippy --release --all-targets -- -D warnings
+cargo clippy --release --workspace --all-targets -- -D warnings
+scripts/check-header.sh
 # Benchmarks run once each in test mode (timings are for `cargo bench` and `nudge bench`).
 cargo test --release --benches
 
@@ -19,4 +21,11 @@ if ! dpkg -s libopenblas-dev >/dev/null 2>&1; then
 fi
 cargo test --release --features linalg --test linalg
 
-cargo test --release --lib --bins --tests
+# The C tests (lifecycle, misuse, threads) with the C side under AddressSanitizer and its
+# leak checker, which also sees the library's allocations: no leak, no invalid access.
+# (tests/c/run.sh --valgrind does the same under memcheck, but takes over 15 minutes here.)
+# (Built as the test suite builds it: libnudge.so/.a land in target/release/deps.)
+cargo test --release --workspace --lib --bins --tests --no-run
+tests/c/run.sh --asan target/release/deps "${NUDGE_MODEL:-models/SmolLM2-135M-Instruct.Q4_1.gguf}"
+
+cargo test --release --workspace --lib --bins --tests

@@ -1,0 +1,292 @@
+//! LoRA adapters: a fresh one, one loaded from a PEFT directory, saving, describing, freeing.
+
+use crate::handles::{self, AdapterHandle, NudgeAdapter, NudgeModel};
+use crate::model::model_arg;
+use crate::options::{self, versioned};
+use crate::status::{Failure, FfiResult, NudgeStatus, guard, guard_void};
+use crate::text::str_arg;
+use engine::adapter::{Adapter, LoraConfig, LoraInit, peft};
+use engine::model::weights::Proj;
+use std::ffi::c_char;
+use std::path::Path;
+use std::sync::{Arc, RwLock};
+
+/// `NudgeAdapterOptions.targets` bit: the attention's query projection (q_proj).
+pub const NUDGE_TARGET_Q_PROJ: u32 = 1 << 0;
+/// Bit of k_proj.
+pub const NUDGE_TARGET_K_PROJ: u32 = 1 << 1;
+/// Bit of v_proj.
+pub const NUDGE_TARGET_V_PROJ: u32 = 1 << 2;
+/// Bit of o_proj.
+pub const NUDGE_TARGET_O_PROJ: u32 = 1 << 3;
+/// Bit of the MLP's gate_proj.
+pub const NUDGE_TARGET_GATE_PROJ: u32 = 1 << 4;
+/// Bit of up_proj.
+pub const NUDGE_TARGET_UP_PROJ: u32 = 1 << 5;
+/// Bit of down_proj.
+pub const NUDGE_TARGET_DOWN_PROJ: u32 = 1 << 6;
+/// Every projection (PEFT's "all-linear").
+pub const NUDGE_TARGET_ALL: u32 = 0x7f;
+
+/// `NudgeAdapterOptions.init`: A ~ U(-1/sqrt(in), 1/sqrt(in)) (PEFT's default).
+pub const NUDGE_INIT_KAIMING_UNIFORM: u32 = 0;
+/// A ~ N(0, 1/r) (PEFT's init_lora_weights="gaussian").
+pub const NUDGE_INIT_GAUSSIAN: u32 = 1;
+
+/// The shape of a new adapter. Fill with `nudge_adapter_options_init`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct NudgeAdapterOptions {
+    /// sizeof(NudgeAdapterOptions) as the app was compiled.
+    pub struct_size: u32,
+    /// LoRA rank (default 8).
+    pub r: u32,
+    /// LoRA alpha (default 16): the update is scaled by alpha / r.
+    pub alpha: f32,
+    /// NUDGE_TARGET_* bits (default NUDGE_TARGET_ALL).
+    pub targets: u32,
+    /// Non-zero: scale by alpha / sqrt(r) (rsLoRA) instead of alpha / r (default 0).
+    pub rslora: u32,
+    /// Dropout on the adapter's input while training, in [0, 1) (default 0).
+    pub dropout: f32,
+    /// NUDGE_INIT_* (default NUDGE_INIT_KAIMING_UNIFORM); B always starts at zero.
+    pub init: u32,
+    /// Seed of A's initialization (default 42).
+    pub seed: u64,
+}
+
+impl Default for NudgeAdapterOptions {
+    fn default() -> Self {
+        let c = LoraConfig::default();
+        NudgeAdapterOptions {
+            struct_size: size_of::<Self>() as u32,
+            r: c.r as u32,
+            alpha: c.lora_alpha,
+            targets: targets_bits(&c.target_modules),
+            rslora: c.use_rslora as u32,
+            dropout: c.lora_dropout,
+            init: NUDGE_INIT_KAIMING_UNIFORM,
+            seed: 42,
+        }
+    }
+}
+versioned!(NudgeAdapterOptions);
+
+/// What `nudge_adapter_info` reports. Set `struct_size` before the call.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct NudgeAdapterInfo {
+    /// sizeof(NudgeAdapterInfo) as the app was compiled; set by the app.
+    pub struct_size: u32,
+    pub r: u32,
+    pub alpha: f32,
+    /// NUDGE_TARGET_* bits.
+    pub targets: u32,
+    pub rslora: u32,
+    pub dropout: f32,
+    /// Trainable parameters (A and B of every adapted projection).
+    pub n_params: u64,
+}
+
+impl Default for NudgeAdapterInfo {
+    fn default() -> Self {
+        NudgeAdapterInfo {
+            struct_size: size_of::<Self>() as u32,
+            r: 0,
+            alpha: 0.0,
+            targets: 0,
+            rslora: 0,
+            dropout: 0.0,
+            n_params: 0,
+        }
+    }
+}
+versioned!(NudgeAdapterInfo);
+
+fn targets_bits(targets: &[Proj]) -> u32 {
+    targets.iter().fold(0, |bits, &p| bits | 1 << p as u32)
+}
+
+fn targets_from_bits(bits: u32) -> FfiResult<Vec<Proj>> {
+    if bits & !NUDGE_TARGET_ALL != 0 {
+        return Err(Failure::invalid(format!(
+            "targets {bits:#x} has bits outside NUDGE_TARGET_ALL ({NUDGE_TARGET_ALL:#x})"
+        )));
+    }
+    Ok(Proj::ALL.into_iter().filter(|&p| bits & (1 << p as u32) != 0).collect())
+}
+
+fn lora_config(o: &NudgeAdapterOptions) -> FfiResult<LoraConfig> {
+    let init = match o.init {
+        NUDGE_INIT_KAIMING_UNIFORM => LoraInit::KaimingUniform,
+        NUDGE_INIT_GAUSSIAN => LoraInit::Gaussian,
+        other => return Err(Failure::invalid(format!("init {other} is not a NUDGE_INIT_* value"))),
+    };
+    let c = LoraConfig {
+        r: o.r as usize,
+        lora_alpha: o.alpha,
+        target_modules: targets_from_bits(o.targets)?,
+        use_rslora: o.rslora != 0,
+        lora_dropout: o.dropout,
+        init,
+    };
+    c.validate()?;
+    Ok(c)
+}
+
+/// Fills `options` with the defaults; `struct_size` is sizeof(NudgeAdapterOptions).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nudge_adapter_options_init(
+    options: *mut NudgeAdapterOptions,
+    struct_size: usize,
+) -> NudgeStatus {
+    guard(|| options::init(options, struct_size, "options"))
+}
+
+fn register(model: Arc<crate::handles::ModelHandle>, adapter: Adapter, out: *mut *mut NudgeAdapter) {
+    let h = AdapterHandle {
+        model,
+        adapter: RwLock::new(adapter),
+    };
+    handles::put(out, handles::register(Arc::new(h)));
+}
+
+/// A new adapter for `model` (B = 0, so it does not change the model until trained).
+/// `options` may be NULL (defaults). The adapter keeps the model open. On failure `*out`
+/// is NULL.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nudge_adapter_new(
+    model: *const NudgeModel,
+    options: *const NudgeAdapterOptions,
+    out: *mut *mut NudgeAdapter,
+) -> NudgeStatus {
+    guard(|| {
+        handles::clear_out(out, "out")?;
+        let m = model_arg(model)?;
+        let o = options::read(options, "options")?;
+        let config = lora_config(&o)?;
+        let name = m.model.path.display().to_string();
+        let adapter = Adapter::new(&m.model.config, config, o.seed, name)?;
+        register(m, adapter, out);
+        Ok(())
+    })
+}
+
+/// Loads a PEFT adapter directory (adapter_config.json + adapter_model.safetensors) made
+/// for `model`'s architecture and shape. On failure `*out` is NULL.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nudge_adapter_load(
+    model: *const NudgeModel,
+    dir: *const c_char,
+    out: *mut *mut NudgeAdapter,
+) -> NudgeStatus {
+    guard(|| {
+        handles::clear_out(out, "out")?;
+        let m = model_arg(model)?;
+        let dir = str_arg(dir, "dir")?;
+        let adapter = peft::load(Path::new(dir), &m.model.config)?;
+        register(m, adapter, out);
+        Ok(())
+    })
+}
+
+/// Writes the adapter as a PEFT directory (created if missing; files replaced
+/// atomically), loadable by `nudge_adapter_load` and by Hugging Face PEFT.
+/// NUDGE_ERR_BUSY while the adapter is being trained.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nudge_adapter_save_peft(adapter: *const NudgeAdapter, dir: *const c_char) -> NudgeStatus {
+    guard(|| {
+        let h = handles::get::<AdapterHandle>(adapter, "adapter")?;
+        let dir = str_arg(dir, "dir")?;
+        let a = handles::read(&h.adapter, "adapter")?;
+        peft::save(&a, Path::new(dir))?;
+        Ok(())
+    })
+}
+
+/// Describes the adapter. Set `out->struct_size = sizeof(NudgeAdapterInfo)` first.
+/// NUDGE_ERR_BUSY while the adapter is being trained.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nudge_adapter_info(adapter: *const NudgeAdapter, out: *mut NudgeAdapterInfo) -> NudgeStatus {
+    guard(|| {
+        let h = handles::get::<AdapterHandle>(adapter, "adapter")?;
+        let a = handles::read(&h.adapter, "adapter")?;
+        let c = &a.config;
+        let info = NudgeAdapterInfo {
+            struct_size: 0,
+            r: c.r as u32,
+            alpha: c.lora_alpha,
+            targets: targets_bits(&c.target_modules),
+            rslora: c.use_rslora as u32,
+            dropout: c.lora_dropout,
+            n_params: a.n_params() as u64,
+        };
+        options::write(out, info, "out")
+    })
+}
+
+/// Releases the caller's handle (and its reference to the model). NULL, or a handle
+/// already freed, is a no-op. Freeing an adapter that another thread is training lets that
+/// run finish on its own reference; its result is then unreachable.
+#[unsafe(no_mangle)]
+pub extern "C" fn nudge_adapter_free(adapter: *mut NudgeAdapter) {
+    guard_void(|| {
+        handles::release::<AdapterHandle>(adapter);
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layouts_end_without_padding() {
+        crate::assert_packed_end!(NudgeAdapterOptions, seed, u64);
+        crate::assert_packed_end!(NudgeAdapterInfo, n_params, u64);
+    }
+
+    #[test]
+    fn target_bits_follow_the_projection_order() {
+        assert_eq!(targets_bits(&Proj::ALL), NUDGE_TARGET_ALL);
+        assert_eq!(targets_from_bits(NUDGE_TARGET_Q_PROJ).unwrap(), vec![Proj::Q]);
+        assert_eq!(targets_from_bits(NUDGE_TARGET_K_PROJ).unwrap(), vec![Proj::K]);
+        assert_eq!(targets_from_bits(NUDGE_TARGET_V_PROJ).unwrap(), vec![Proj::V]);
+        assert_eq!(targets_from_bits(NUDGE_TARGET_O_PROJ).unwrap(), vec![Proj::O]);
+        assert_eq!(targets_from_bits(NUDGE_TARGET_GATE_PROJ).unwrap(), vec![Proj::Gate]);
+        assert_eq!(targets_from_bits(NUDGE_TARGET_UP_PROJ).unwrap(), vec![Proj::Up]);
+        assert_eq!(targets_from_bits(NUDGE_TARGET_DOWN_PROJ).unwrap(), vec![Proj::Down]);
+        assert!(targets_from_bits(0x80).is_err());
+    }
+
+    #[test]
+    fn bad_options_are_refused_with_their_name() {
+        let bad = [
+            NudgeAdapterOptions {
+                r: 0,
+                ..Default::default()
+            },
+            NudgeAdapterOptions {
+                targets: 0,
+                ..Default::default()
+            },
+            NudgeAdapterOptions {
+                dropout: 1.0,
+                ..Default::default()
+            },
+            NudgeAdapterOptions {
+                alpha: f32::NAN,
+                ..Default::default()
+            },
+            NudgeAdapterOptions {
+                init: 2,
+                ..Default::default()
+            },
+        ];
+        for o in bad {
+            let e = lora_config(&o).err().unwrap();
+            assert_eq!(e.status, NudgeStatus::NUDGE_ERR_INVALID, "{o:?}");
+        }
+        let c = lora_config(&NudgeAdapterOptions::default()).unwrap();
+        assert_eq!(c, LoraConfig::default());
+    }
+}

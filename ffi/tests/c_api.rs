@@ -1,0 +1,305 @@
+//! Builds the C tests of tests/c/ against the library cargo built (libnudge.so and
+//! libnudge.a in target/<profile>/), runs them on the real model, and checks what the C
+//! lifecycle reports against the engine called from Rust.
+
+use engine::adapter::peft;
+use engine::data::{Example, tokenize_row};
+use engine::model::Model;
+use engine::score::ScoreItem;
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
+}
+
+/// The real model: `NUDGE_MODEL`, default where `scripts/fetch-model.sh` puts it. A missing
+/// model fails the test.
+fn model_path() -> PathBuf {
+    let p = match std::env::var_os("NUDGE_MODEL") {
+        Some(p) => PathBuf::from(p),
+        None => root().join("models/SmolLM2-135M-Instruct.Q4_1.gguf"),
+    };
+    assert!(
+        p.exists(),
+        "model not found at {} (run scripts/fetch-model.sh or set NUDGE_MODEL)",
+        p.display()
+    );
+    p
+}
+
+/// target/<profile>/deps/, where cargo wrote libnudge.so and libnudge.a for this build
+/// (the copies one level up are refreshed by `cargo build` only, not by `cargo test`).
+fn lib_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let dir = exe.parent().expect("target/<profile>/deps").to_path_buf();
+    for lib in ["libnudge.so", "libnudge.a"] {
+        assert!(dir.join(lib).exists(), "{} not built", dir.join(lib).display());
+    }
+    dir
+}
+
+/// target/<profile>/c-tests/: the C programs and what they write.
+fn out_dir() -> PathBuf {
+    let dir = lib_dir().parent().expect("target/<profile>").join("c-tests");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Link {
+    Shared,
+    Static,
+    /// Shared, with the C side built with AddressSanitizer (leak checking on).
+    Asan,
+}
+
+/// Compiles tests/c/<name>.c (or header.cpp) with the strict flags and links it.
+fn build(name: &str, link: Link) -> PathBuf {
+    let libs = lib_dir();
+    let exe = out_dir().join(format!("{name}-{link:?}").to_lowercase());
+    let src_dir = root().join("tests/c");
+    let include = format!("-I{}", root().join("include").display());
+    let mut cmd = if name == "header" {
+        let mut c = Command::new("c++");
+        c.args(["-std=c++11", "-Wall", "-Werror"])
+            .arg(src_dir.join("header.cpp"));
+        c
+    } else {
+        let mut c = Command::new("cc");
+        c.args(["-std=c99", "-Wall", "-Wextra", "-Werror"])
+            .arg(src_dir.join(format!("{name}.c")));
+        c
+    };
+    cmd.args(["-g", &include, "-o"]).arg(&exe);
+    if let Link::Asan = link {
+        cmd.args(["-fsanitize=address", "-fno-omit-frame-pointer"]);
+    }
+    match link {
+        Link::Shared | Link::Asan => {
+            cmd.arg(format!("-L{}", libs.display()))
+                .arg("-lnudge")
+                .arg(format!("-Wl,-rpath,{}", libs.display()));
+        }
+        Link::Static => {
+            // What a Rust static library needs from the system (rustc --print native-static-libs).
+            cmd.arg(libs.join("libnudge.a"))
+                .args(["-lgcc_s", "-lutil", "-lrt", "-lpthread", "-lm", "-ldl", "-lc"]);
+        }
+    }
+    cmd.args(["-lpthread", "-lm"]);
+    let out = cmd.output().expect("run the C compiler");
+    assert!(out.status.success(), "compiling {name} failed:\n{}", text(&out));
+    if let Link::Static = link {
+        let ldd = Command::new("ldd").arg(&exe).output().expect("ldd");
+        assert!(
+            !String::from_utf8_lossy(&ldd.stdout).contains("libnudge"),
+            "{name} should not need libnudge.so"
+        );
+    }
+    exe
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "status {}\n--- stdout\n{}--- stderr\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Runs a C test on the model; it must exit 0 and print "<name>: ok". Returns its stdout.
+fn run(exe: &Path, name: &str, extra: &[&Path]) -> String {
+    let mut cmd = Command::new(exe);
+    cmd.arg(model_path()).args(extra);
+    cmd.env("ASAN_OPTIONS", "detect_leaks=1:exitcode=1");
+    let out = cmd.output().expect("run the C test");
+    assert!(out.status.success(), "{name} failed:\n{}", text(&out));
+    let stdout = String::from_utf8(out.stdout).expect("UTF-8 output");
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with(&format!("{name}: ok")) || l.starts_with("header.cpp: ok")),
+        "{name} did not finish:\n{stdout}"
+    );
+    stdout
+}
+
+/// The `key=value` numbers of the output line that starts with `prefix`.
+fn values(stdout: &str, prefix: &str) -> BTreeMap<String, f64> {
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with(prefix))
+        .unwrap_or_else(|| panic!("no line `{prefix}` in\n{stdout}"));
+    line.split_whitespace()
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.parse().unwrap_or_else(|_| panic!("{k}={v}"))))
+        .collect()
+}
+
+/// The same texts as tests/c/common.h.
+const PROMPT: &str = "What is the capital of France?";
+const CHOSEN: &str = "The capital of France is Paris.";
+const REJECTED: &str = "idk, look it up yourself";
+const CHAT_PROMPT: &str = "How many legs does a cat have?";
+const CHAT_CHOSEN: &str = "A cat has four legs.";
+
+fn close(what: &str, got: f64, want: f64) {
+    assert!(
+        (got - want).abs() <= 1e-9 * want.abs().max(1.0),
+        "{what}: C API {got}, engine {want}"
+    );
+}
+
+/// Scores with the engine directly: plain text the TRL way (EOS appended), and a chat
+/// turn through the engine's row tokenizer.
+fn engine_scores(model: &Model, adapter: Option<&engine::adapter::Adapter>) -> (f64, f64, f64) {
+    let tok = &model.tokenizer;
+    let text = |prompt: &str, completion: &str| {
+        let p = tok.encode(prompt, false).unwrap();
+        let mut c = tok.encode(completion, false).unwrap();
+        c.push(tok.eos_id().unwrap());
+        (p, c)
+    };
+    let row = json!({
+        "prompt": [{"role": "user", "content": CHAT_PROMPT}],
+        "completion": [{"role": "assistant", "content": CHAT_CHOSEN}],
+        "label": true,
+    });
+    let Example::Unpaired(chat) = tokenize_row(tok, &row, Path::new("chat"), 0).unwrap() else {
+        panic!("an unpaired row")
+    };
+    let items = [
+        text(PROMPT, CHOSEN),
+        text(PROMPT, REJECTED),
+        (chat.prompt, chat.completion),
+    ];
+    let score = |(p, c): &(Vec<u32>, Vec<u32>)| {
+        let item = ScoreItem {
+            prompt: p,
+            completions: vec![c],
+        };
+        model.score_packed_with(&[item], adapter).unwrap()[0][0].logp
+    };
+    (score(&items[0]), score(&items[1]), score(&items[2]))
+}
+
+#[test]
+fn lifecycle_shared_matches_the_engine() {
+    let exe = build("lifecycle", Link::Shared);
+    let dir = out_dir().join("lifecycle-adapter");
+    let _ = std::fs::remove_dir_all(&dir);
+    let stdout = run(&exe, "lifecycle", &[&dir]);
+
+    let model = Model::open(model_path()).unwrap();
+    let c = &model.config;
+    let info = values(&stdout, "info ");
+    for (key, want) in [
+        ("vocab_size", c.vocab_size),
+        ("hidden_size", c.hidden_size),
+        ("intermediate_size", c.intermediate_size),
+        ("num_layers", c.num_hidden_layers),
+        ("heads", c.num_attention_heads),
+        ("kv_heads", c.num_key_value_heads),
+        ("head_dim", c.head_dim),
+        ("context_length", c.max_position_embeddings),
+        ("mapped_bytes", model.weights.mapped_bytes()),
+    ] {
+        assert_eq!(info[key], want as f64, "{key}");
+    }
+    assert_eq!(info["eos"], model.tokenizer.eos_id().unwrap() as f64);
+
+    let base = values(&stdout, "base ");
+    let (chosen, rejected, chat) = engine_scores(&model, None);
+    close("base chosen", base["chosen"], chosen);
+    close("base rejected", base["rejected"], rejected);
+    close("base chat", base["chat"], chat);
+
+    // The adapter the C side trained and saved, loaded and applied by the engine.
+    let adapter = peft::load(&dir, &model.config).unwrap();
+    assert_eq!((adapter.config.r, adapter.config.lora_alpha), (4, 8.0));
+    let trained = values(&stdout, "trained ");
+    let (chosen, rejected, chat) = engine_scores(&model, Some(&adapter));
+    close("trained chosen", trained["chosen"], chosen);
+    close("trained rejected", trained["rejected"], rejected);
+    close("trained chat", trained["chat"], chat);
+    assert!(trained["margin"] > 0.0);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn lifecycle_static() {
+    run(&build("lifecycle", Link::Static), "lifecycle", &[]);
+}
+
+#[test]
+fn lifecycle_under_address_sanitizer() {
+    run(&build("lifecycle", Link::Asan), "lifecycle", &[]);
+}
+
+#[test]
+fn misuse_shared() {
+    run(&build("misuse", Link::Shared), "misuse", &[]);
+}
+
+#[test]
+fn misuse_static() {
+    run(&build("misuse", Link::Static), "misuse", &[]);
+}
+
+#[test]
+fn threads_shared() {
+    run(&build("threads", Link::Shared), "threads", &[]);
+}
+
+#[test]
+fn threads_static() {
+    run(&build("threads", Link::Static), "threads", &[]);
+}
+
+#[test]
+fn header_compiles_as_cpp_and_links() {
+    run(&build("header", Link::Shared), "header", &[]);
+    run(&build("header", Link::Static), "header", &[]);
+}
+
+#[test]
+fn the_example_personalizes_and_saves_an_adapter() {
+    let exe = out_dir().join("personalize");
+    let libs = lib_dir();
+    let out = Command::new("cc")
+        .args(["-std=c99", "-Wall", "-Wextra", "-Werror"])
+        .arg(format!("-I{}", root().join("include").display()))
+        .arg(root().join("examples/c/personalize.c"))
+        .arg("-o")
+        .arg(&exe)
+        .arg(format!("-L{}", libs.display()))
+        .arg("-lnudge")
+        .arg(format!("-Wl,-rpath,{}", libs.display()))
+        .output()
+        .expect("run the C compiler");
+    assert!(out.status.success(), "examples/c/personalize.c:\n{}", text(&out));
+    let dir = out_dir().join("personalize-adapter");
+    let _ = std::fs::remove_dir_all(&dir);
+    let out = Command::new(&exe).arg(model_path()).arg(&dir).output().unwrap();
+    assert!(out.status.success(), "personalize:\n{}", text(&out));
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    for line in [
+        "feedback: 12 preference pairs",
+        "  step 3/3",
+        "3 steps in",
+        "adapter saved to",
+    ] {
+        assert!(stdout.contains(line), "no `{line}` in\n{stdout}");
+    }
+    let model = Model::open(model_path()).unwrap();
+    let adapter = peft::load(&dir, &model.config).unwrap();
+    assert_eq!(adapter.config.r, 8);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
