@@ -218,6 +218,10 @@ fn wrong_data_for_the_loss_is_an_error() {
     };
     assert!(Trainer::new(&m, adapter(&m, 1), c, set(pairs(2))).is_err());
     assert!(Trainer::new(&m, adapter(&m, 1), config(1), PreferenceSet::default()).is_err());
+    // A held-out split of a single pair would leave nothing to train on.
+    let mut c = config(1);
+    c.eval_fraction = 0.5;
+    assert!(Trainer::new(&m, adapter(&m, 1), c, set(pairs(1))).is_err());
 }
 
 #[test]

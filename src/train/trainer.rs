@@ -264,6 +264,13 @@ impl<'m> Trainer<'m> {
         let mut eval_pairs = Vec::new();
         if config.eval_fraction > 0.0 && !kto {
             rng.shuffle(&mut pairs);
+            if pairs.len() < 2 {
+                return Err(Error::invalid(format!(
+                    "eval_fraction {} needs at least 2 pairs (one to train, one to evaluate); the data has {}",
+                    config.eval_fraction,
+                    pairs.len()
+                )));
+            }
             let n_eval = ((pairs.len() as f32 * config.eval_fraction).round() as usize).clamp(1, pairs.len() - 1);
             eval_pairs = pairs.split_off(pairs.len() - n_eval);
         }
