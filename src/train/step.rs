@@ -21,6 +21,76 @@ pub struct PairStep {
     pub packed_tokens: usize,
 }
 
+/// The policy's forward pass over packed items, kept for its backward pass: per completion
+/// token (in packing order) its log-prob.
+struct PolicyPass {
+    tape: crate::model::Tape,
+    /// [T, hidden] rows are only needed at the targets: [P, hidden].
+    rows: Vec<f32>,
+    ids: Vec<u32>,
+    targets: Vec<(usize, u32)>,
+    token_logps: Vec<f32>,
+    packed_tokens: usize,
+}
+
+impl PolicyPass {
+    fn forward(
+        model: &Model,
+        adapter: &Adapter,
+        items: &[ScoreItem],
+        recompute: Recompute,
+        dropout: Option<Dropout>,
+    ) -> Result<Self> {
+        let Packed {
+            tokens,
+            layout,
+            targets,
+        } = pack(items)?;
+        let lora = LoraCtx {
+            adapter: Some(adapter),
+            dropout,
+        };
+        let (h, tape) = model.forward_train(&tokens, &layout, lora, recompute)?;
+        let (rows, ids) = gather_rows(&h, model.config.hidden_size, &targets);
+        let mut token_logps = vec![0f32; ids.len()];
+        token_logprobs(
+            &rows,
+            &ids,
+            &model.weights.view(&model.weights.lm_head),
+            &mut token_logps,
+        );
+        Ok(PolicyPass {
+            tape,
+            rows,
+            ids,
+            targets,
+            token_logps,
+            packed_tokens: tokens.len(),
+        })
+    }
+
+    /// Adds the adapter gradient of a loss whose derivative with respect to each completion
+    /// token's log-prob is `dlogp`: [P].
+    fn backward(self, model: &Model, adapter: &Adapter, dropout: Option<Dropout>, dlogp: &[f32], grads: &mut Adapter) {
+        let hidden = model.config.hidden_size;
+        let mut drows = vec![0f32; self.rows.len()];
+        let lm_head = model.weights.view(&model.weights.lm_head);
+        token_logprobs_backward(&self.rows, &self.ids, &lm_head, dlogp, &mut drows);
+        let mut dh = vec![0f32; self.tape.t * hidden];
+        // A prompt's last row predicts the first token of each of its completions: add.
+        for (&(pos, _), dr) in self.targets.iter().zip(drows.chunks_exact(hidden)) {
+            for (d, &g) in dh[pos * hidden..(pos + 1) * hidden].iter_mut().zip(dr) {
+                *d += g;
+            }
+        }
+        let lora = LoraCtx {
+            adapter: Some(adapter),
+            dropout,
+        };
+        model.backward(self.tape, lora, &dh, grads);
+    }
+}
+
 /// Gathers the hidden rows that predict completion tokens: [P, hidden].
 fn gather_rows(h: &[f32], hidden: usize, targets: &[(usize, u32)]) -> (Vec<f32>, Vec<u32>) {
     let mut rows = Vec::with_capacity(targets.len() * hidden);
@@ -54,21 +124,8 @@ pub fn pair_step(
             completions: vec![&p.chosen, &p.rejected],
         })
         .collect();
-    let Packed {
-        tokens,
-        layout,
-        targets,
-    } = pack(&items)?;
-    let lora = LoraCtx {
-        adapter: Some(adapter),
-        dropout,
-    };
-    let (h, tape) = model.forward_train(&tokens, &layout, lora, recompute)?;
-    let hidden = model.config.hidden_size;
-    let (rows, ids) = gather_rows(&h, hidden, &targets);
-    let lm_head = model.weights.view(&model.weights.lm_head);
-    let mut tok_logp = vec![0f32; ids.len()];
-    token_logprobs(&rows, &ids, &lm_head, &mut tok_logp);
+    let pass = PolicyPass::forward(model, adapter, &items, recompute, dropout)?;
+    let tok_logp = &pass.token_logps;
 
     // Sum each completion's token log-probs (targets are laid out pair by pair,
     // chosen then rejected).
@@ -99,32 +156,24 @@ pub fn pair_step(
             },
             policy,
             logps,
-            packed_tokens: tokens.len(),
+            packed_tokens: pass.packed_tokens,
         });
     }
     let bl = batch_loss(loss, &logps)?;
 
     // d loss / d token log-prob = d loss / d summed log-prob of its completion.
-    let mut dlogp = Vec::with_capacity(ids.len());
+    let mut dlogp = Vec::with_capacity(tok_logp.len());
     for ((p, &dc), &dr) in pairs.iter().zip(&bl.d_chosen).zip(&bl.d_rejected) {
         dlogp.extend(std::iter::repeat_n((dc * grad_scale) as f32, p.chosen.len()));
         dlogp.extend(std::iter::repeat_n((dr * grad_scale) as f32, p.rejected.len()));
     }
-    let mut drows = vec![0f32; rows.len()];
-    token_logprobs_backward(&rows, &ids, &lm_head, &dlogp, &mut drows);
-    let mut dh = vec![0f32; h.len()];
-    for (&(pos, _), dr) in targets.iter().zip(drows.chunks_exact(hidden)) {
-        for (d, &g) in dh[pos * hidden..(pos + 1) * hidden].iter_mut().zip(dr) {
-            *d += g;
-        }
-    }
-    drop(h);
-    model.backward(tape, lora, &dh, grads);
+    let packed_tokens = pass.packed_tokens;
+    pass.backward(model, adapter, dropout, &dlogp, grads);
     Ok(PairStep {
         loss: bl,
         policy,
         logps,
-        packed_tokens: tokens.len(),
+        packed_tokens,
     })
 }
 
@@ -159,21 +208,8 @@ pub fn kto_step(
             completions: vec![&e.completion],
         })
         .collect();
-    let Packed {
-        tokens,
-        layout,
-        targets,
-    } = pack(&items)?;
-    let lora = LoraCtx {
-        adapter: Some(adapter),
-        dropout,
-    };
-    let (h, tape) = model.forward_train(&tokens, &layout, lora, recompute)?;
-    let hidden = model.config.hidden_size;
-    let (rows, ids) = gather_rows(&h, hidden, &targets);
-    let lm_head = model.weights.view(&model.weights.lm_head);
-    let mut tok_logp = vec![0f32; ids.len()];
-    token_logprobs(&rows, &ids, &lm_head, &mut tok_logp);
+    let pass = PolicyPass::forward(model, adapter, &items, recompute, dropout)?;
+    let tok_logp = &pass.token_logps;
     let mut kto = Vec::with_capacity(examples.len());
     let mut at = 0;
     for (e, &r) in examples.iter().zip(refs) {
@@ -192,7 +228,7 @@ pub fn kto_step(
                 loss: f64::NAN,
                 ..Default::default()
             },
-            packed_tokens: tokens.len(),
+            packed_tokens: pass.packed_tokens,
         });
     }
     let mut batch = crate::objective::kto_batch(loss, &kto, kl_policy, kl_ref)?;
@@ -204,22 +240,11 @@ pub fn kto_step(
         }
     }
     batch.loss = batch.per_example.iter().sum::<f64>() / examples.len() as f64;
-    let mut dlogp = Vec::with_capacity(ids.len());
+    let mut dlogp = Vec::with_capacity(tok_logp.len());
     for (e, &d) in examples.iter().zip(&batch.d_policy) {
         dlogp.extend(std::iter::repeat_n((d * grad_scale) as f32, e.completion.len()));
     }
-    let mut drows = vec![0f32; rows.len()];
-    token_logprobs_backward(&rows, &ids, &lm_head, &dlogp, &mut drows);
-    let mut dh = vec![0f32; h.len()];
-    for (&(pos, _), dr) in targets.iter().zip(drows.chunks_exact(hidden)) {
-        for (d, &g) in dh[pos * hidden..(pos + 1) * hidden].iter_mut().zip(dr) {
-            *d += g;
-        }
-    }
-    drop(h);
-    model.backward(tape, lora, &dh, grads);
-    Ok(KtoStep {
-        batch,
-        packed_tokens: tokens.len(),
-    })
+    let packed_tokens = pass.packed_tokens;
+    pass.backward(model, adapter, dropout, &dlogp, grads);
+    Ok(KtoStep { batch, packed_tokens })
 }
