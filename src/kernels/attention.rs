@@ -8,6 +8,12 @@
 //! The forward pass keeps only the log-sum-exp of each (token, head) score row; the
 //! backward pass recomputes the probabilities from it (as flash attention does), so no
 //! `tokens x tokens` matrix is ever stored.
+//!
+//! Work is cut by shape alone: a task is a run of query tokens of one span; inside it,
+//! for each kv head, blocks of query rows (the head group's queries of a few tokens) are
+//! multiplied against every visible key range with register-tiled small matrix products
+//! ([`tile`]), with keys and values packed once per call. The results are the same bits
+//! for any number of threads.
 
 use super::simd::{AVX2, AVX512, Level, PORTABLE, dot16, exp16, level, max_vectors, sum_vectors, tile};
 use crate::error::{Error, Result};

@@ -4,6 +4,11 @@
 //! order of every floating-point operation is fixed by the code (the same result on AVX-512,
 //! AVX2, NEON or scalar); [`multiversion!`] compiles each body once per instruction set and
 //! picks one at run time, so a single x86_64 binary uses AVX-512 where it exists.
+//!
+//! LLVM vectorizes such bodies only when every accumulator update covers all 16 lanes and
+//! the final horizontal reduction is kept apart ([`hsum16`]); for the register tiles of
+//! small matrix products and whole-vector reductions, where it picks poor shapes, the
+//! x86 paths are written with explicit vector code in the same operation order.
 
 use std::sync::OnceLock;
 
@@ -197,7 +202,7 @@ pub fn hmax16(m: &[f32; 16]) -> f32 {
 }
 
 multiversion! {
-    /// xs[i] = e^xs[i] ([`exp`], dispatched; for callers outside a kernel).
+    /// `xs[i] = e^xs[i]` ([`exp`], dispatched; for callers outside a kernel).
     pub fn exp_in_place(xs: &mut [f32]) {
         let mut chunks = xs.chunks_exact_mut(16);
         for c in &mut chunks {
