@@ -81,7 +81,14 @@ fn check_cached_equals_full(m: &Model, tokens: &[u32], adapter: &Adapter, what: 
                 a.is_some(),
                 t - split
             );
-            assert!(d <= 1e-5, "{what}: prefill {split}: cached logits differ by {d}");
+            // The cached decode attends one query at a time, the full forward in blocks of
+            // queries: the same sums in another order, so equal to float rounding, scaled by
+            // the size of the logits (about 20 on the real model).
+            let scale = full.iter().fold(1f32, |m, x| m.max(x.abs()));
+            assert!(
+                d <= 5e-6 * scale,
+                "{what}: prefill {split}: cached logits differ by {d} (logits up to {scale})"
+            );
         }
         full_by.push(full);
     }
