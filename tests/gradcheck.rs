@@ -1053,10 +1053,10 @@ fn check_adds(what: &str, sizes: &[usize], exact: &[bool], seed: u64, backward: 
 
 /// Every kernel backward adds. Where the result is bit-exact it is because the kernel
 /// computes its contribution apart and adds it in one step: element-wise kernels
-/// (rmsnorm, swiglu), attention's dk/dv (summed per kv head, then added), and the matrix
+/// (rmsnorm, swiglu), and the matrix
 /// products when the reduction fits one fused-multiply-add chain of 64 steps, whose sum
 /// is then added to the output. Longer reductions add a partial sum per chain, and
-/// attention's dq accumulates its terms onto the buffer one by one: there
+/// attention adds its dq terms and its per-task dk/dv sums onto the buffer one by one: there
 /// `prefill + g` differs from the result by rounding only.
 /// `rope_backward` is not in the list: it rotates its buffer in place (the network calls
 /// it on buffers that hold only attention's fresh dq/dk).
@@ -1102,7 +1102,7 @@ fn every_kernel_backward_adds_into_its_gradient_buffer() {
     check_adds(
         "attention dq, dk, dv",
         &[t * qw, t * kw, t * kw],
-        &[false, true, true],
+        &[false, false, false],
         3,
         |b| {
             let (dq, rest) = b.split_at_mut(1);
@@ -1287,16 +1287,20 @@ fn packed_pairs_equal_separate_sequences() {
             };
             let r = vec![d as f32; completion.len()];
             let logp = weighted_logp_grad(&model, &batch, &r, lora, Recompute::Never, &mut g_sep);
+            // Attention runs blocks of queries, so a token's sums may be ordered differently
+            // packed and alone: equal to float rounding.
             for (j, (a, b)) in logp.iter().zip(&packed_logp[at..]).enumerate() {
-                assert_eq!(
-                    a.to_bits(),
-                    b.to_bits(),
+                assert!(
+                    (a - b).abs() <= 1e-5 * a.abs().max(1.0),
                     "pair {i}, token {j}: separate {a} vs packed {b}"
                 );
             }
             at += completion.len();
             let sum: f64 = logp.iter().map(|&x| x as f64).sum();
-            assert_eq!(sum, policy, "pair {i}: summed log-prob");
+            assert!(
+                (sum - policy).abs() <= 1e-5 * sum.abs().max(1.0),
+                "pair {i}: summed log-prob {sum} vs {policy}"
+            );
         }
     }
     assert_eq!(at, packed_logp.len());
