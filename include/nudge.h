@@ -13,7 +13,8 @@
  * type says for the duration of the call: NUL-terminated UTF-8 strings (copied when kept),
  * arrays of the given length, structs whose first field holds their size, writable
  * outputs. Strings returned by the library are owned by it (static, or valid until the
- * thread's next call).
+ * thread's next call), except the char* written to an output argument (nudge_generate's
+ * text), which the app owns and frees with nudge_string_free.
  *
  * Handles. NudgeModel, NudgeAdapter and NudgeDataset are opaque handles. A handle is an id,
  * not an address: a freed or wrong-kind handle is refused with NUDGE_ERR_INVALID
@@ -28,7 +29,7 @@
  * (nudge_train on the adapter, nudge_dataset_add_* on the dataset) needs it alone, and a
  * call that finds the handle in use the other way returns NUDGE_ERR_BUSY at once rather
  * than waiting. Heavy calls run on worker threads of their own (NudgeModelOptions.threads,
- * NudgeTrainOptions.threads), which have exited when the call returns.
+ * NudgeTrainOptions.threads, NudgeGenerateOptions.threads), which have exited when the call returns.
  *
  * Versioned structs. Option, info and result structs start with uint32_t struct_size:
  * set it to sizeof the struct (the *_options_init functions do). The library accepts the
@@ -128,6 +129,21 @@
 #define NUDGE_INIT_GAUSSIAN 1
 
 /**
+ * `dtype` of the exports: 32-bit floats.
+ */
+#define NUDGE_DTYPE_F32 0
+
+/**
+ * IEEE half precision.
+ */
+#define NUDGE_DTYPE_F16 1
+
+/**
+ * bfloat16.
+ */
+#define NUDGE_DTYPE_BF16 2
+
+/**
  * Text arguments are plain UTF-8: a prompt and a completion, tokenized without special
  * tokens, with the model's EOS token appended to the completion (TRL's standard format).
  */
@@ -155,6 +171,26 @@
  * Linear warmup, then half a cosine down to 0 at the run's last step.
  */
 #define NUDGE_SCHEDULE_COSINE 2
+
+/**
+ * `stop_reason`: the model generated its end-of-sequence token.
+ */
+#define NUDGE_STOP_EOS 0
+
+/**
+ * `max_new_tokens` were generated.
+ */
+#define NUDGE_STOP_LENGTH 1
+
+/**
+ * Prompt and reply fill the model's context.
+ */
+#define NUDGE_STOP_CONTEXT 2
+
+/**
+ * The token callback asked to stop.
+ */
+#define NUDGE_STOP_CALLBACK 3
 
 /**
  * What a call returned. The values are part of the ABI: they are never renumbered, and
@@ -574,6 +610,53 @@ typedef struct NudgeTrainResult {
   struct NudgeStepMetrics eval;
 } NudgeTrainResult;
 
+/**
+ * How to generate. Fill with `nudge_generate_options_init`, then change what you need.
+ */
+typedef struct NudgeGenerateOptions {
+  /**
+   * sizeof(NudgeGenerateOptions) as the app was compiled.
+   */
+  uint32_t struct_size;
+  /**
+   * The most tokens the reply may have (default 256).
+   */
+  uint32_t max_new_tokens;
+  /**
+   * Divides the logits before sampling; 0 (the default) picks the most likely token
+   * every time (greedy, deterministic).
+   */
+  float temperature;
+  /**
+   * Sample among the top_k most likely tokens only (default 0: all).
+   */
+  uint32_t top_k;
+  /**
+   * Sample among the most likely tokens whose probabilities first reach top_p
+   * (default 1: all).
+   */
+  float top_p;
+  /**
+   * Worker threads of this call (0, default: the model's setting).
+   */
+  uint32_t threads;
+  /**
+   * Seed of the sampling (default 0).
+   */
+  uint64_t seed;
+} NudgeGenerateOptions;
+
+/**
+ * Called for each new token but the end-of-sequence one, on the thread that called
+ * `nudge_generate`. `text` (NUL-terminated, `text_len` bytes, valid during the call) is
+ * the UTF-8 text the token adds to the reply; it is empty while a character's bytes are
+ * incomplete. Return 0 to go on, non-zero to stop after this token.
+ */
+typedef int32_t (*NudgeTokenFn)(uint32_t token_id,
+                                const char *text,
+                                size_t text_len,
+                                void *user_data);
+
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
@@ -656,6 +739,25 @@ enum NudgeStatus nudge_adapter_load(const struct NudgeModel *model,
  * NUDGE_ERR_BUSY while the adapter is being trained.
  */
 enum NudgeStatus nudge_adapter_save_peft(const struct NudgeAdapter *adapter, const char *dir);
+
+/**
+ * Writes the adapter as a llama.cpp LoRA GGUF file (`llama-cli --lora`), for the GGUF of
+ * the adapter's base model; `dtype` is NUDGE_DTYPE_F32, NUDGE_DTYPE_F16 or
+ * NUDGE_DTYPE_BF16. NUDGE_ERR_BUSY while the adapter is being trained.
+ */
+enum NudgeStatus nudge_adapter_save_gguf(const struct NudgeAdapter *adapter,
+                                         const char *path,
+                                         uint32_t dtype);
+
+/**
+ * Writes the base model with the adapter merged into its weights as a Hugging Face
+ * directory `dir` (config, tokenizer, `model.safetensors` in `dtype`), for apps that
+ * cannot apply adapters; `nudge_model_open` opens it. NUDGE_ERR_BUSY while the adapter is
+ * being trained.
+ */
+enum NudgeStatus nudge_adapter_save_merged(const struct NudgeAdapter *adapter,
+                                           const char *dir,
+                                           uint32_t dtype);
 
 /**
  * Describes the adapter. Set `out->struct_size = sizeof(NudgeAdapterInfo)` first.
@@ -746,6 +848,38 @@ enum NudgeStatus nudge_score(const struct NudgeModel *model,
                              uint32_t format,
                              double *logp,
                              uint32_t *n_tokens);
+
+/**
+ * Fills `options` with the defaults; `struct_size` is sizeof(NudgeGenerateOptions).
+ */
+enum NudgeStatus nudge_generate_options_init(struct NudgeGenerateOptions *options,
+                                             size_t struct_size);
+
+/**
+ * Generates a reply to `prompt` with `model`, `adapter` applied (NULL: the base model).
+ * `format` NUDGE_TEXT continues the text as it is; NUDGE_CHAT_JSON renders the messages
+ * with the model's chat template and its generation prompt (the reply is the assistant's
+ * answer). `options` may be NULL (defaults: greedy, 256 tokens), `on_token` may be NULL.
+ *
+ * On success `*text_out` (if `text_out` is not NULL) is the reply's text, special tokens
+ * left out, to free with `nudge_string_free`; `*stop_reason_out` (may be NULL) is a
+ * NUDGE_STOP_* value. A stop asked by the callback is a success (NUDGE_STOP_CALLBACK).
+ * On failure `*text_out` is NULL. NUDGE_ERR_BUSY while the adapter is being trained.
+ */
+enum NudgeStatus nudge_generate(const struct NudgeModel *model,
+                                const struct NudgeAdapter *adapter,
+                                const char *prompt,
+                                uint32_t format,
+                                const struct NudgeGenerateOptions *options,
+                                NudgeTokenFn on_token,
+                                void *user_data,
+                                char **text_out,
+                                uint32_t *stop_reason_out);
+
+/**
+ * Frees a string this library returned (e.g. `nudge_generate`'s text). NULL is a no-op.
+ */
+void nudge_string_free(char *s);
 
 /**
  * The number of live handles of every kind: those created and not yet freed (for an

@@ -29,6 +29,8 @@ mod train;
 
 mod score;
 
+mod generate;
+
 mod handles;
 mod options;
 mod pool;
@@ -36,6 +38,7 @@ mod text;
 
 pub use adapter::*;
 pub use dataset::*;
+pub use generate::*;
 pub use handles::{NudgeAdapter, NudgeDataset, NudgeModel, nudge_live_handles};
 pub use model::*;
 pub use score::*;

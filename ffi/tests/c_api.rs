@@ -2,7 +2,7 @@
 //! libnudge.a in target/<profile>/), runs them on the real model, and checks what the C
 //! lifecycle reports against the engine called from Rust.
 
-use engine::adapter::peft;
+use engine::adapter::{gguf_lora, peft};
 use engine::data::{Example, tokenize_row};
 use engine::model::Model;
 use engine::score::ScoreItem;
@@ -230,6 +230,13 @@ fn lifecycle_shared_matches_the_engine() {
     close("trained rejected", trained["rejected"], rejected);
     close("trained chat", trained["chat"], chat);
     assert!(trained["margin"] > 0.0);
+
+    // The llama.cpp GGUF the C side wrote (f32) holds the same adapter.
+    let from_gguf = gguf_lora::load(&dir.join("adapter.gguf"), &model.config).unwrap();
+    let (chosen, rejected, chat) = engine_scores(&model, Some(&from_gguf));
+    close("gguf chosen", trained["chosen"], chosen);
+    close("gguf rejected", trained["rejected"], rejected);
+    close("gguf chat", trained["chat"], chat);
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -251,6 +258,16 @@ fn misuse_shared() {
 #[test]
 fn misuse_static() {
     run(&build("misuse", Link::Static), "misuse", &[]);
+}
+
+#[test]
+fn generate_shared() {
+    run(&build("generate", Link::Shared), "generate", &[]);
+}
+
+#[test]
+fn generate_under_address_sanitizer() {
+    run(&build("generate", Link::Asan), "generate", &[]);
 }
 
 #[test]
