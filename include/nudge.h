@@ -16,20 +16,22 @@
  * thread's next call), except the char* written to an output argument (nudge_generate's
  * text), which the app owns and frees with nudge_string_free.
  *
- * Handles. NudgeModel, NudgeAdapter and NudgeDataset are opaque handles. A handle is an id,
- * not an address: a freed or wrong-kind handle is refused with NUDGE_ERR_INVALID
- * instead of being dereferenced, and ids are never reused within a process. *_free(NULL)
+ * Handles. NudgeModel, NudgeAdapter, NudgeDataset and NudgeJournal are opaque handles. A
+ * handle is an id, not an address: a freed or wrong-kind handle is refused with
+ * NUDGE_ERR_INVALID instead of being dereferenced, and ids are never reused within a process. *_free(NULL)
  * and freeing a handle twice are no-ops. Objects are reference-counted: an adapter keeps
  * its model open after nudge_model_free, and a handle freed while another thread is
  * using it stays alive until that call returns.
  *
  * Threads. Any function may be called from any thread. A model is read-only: any number
- * of threads may use it at once. An adapter or dataset may be read (score, save, info,
- * count, train from a dataset) by several threads at once; a call that modifies it
- * (nudge_train on the adapter, nudge_dataset_add_* on the dataset) needs it alone, and a
+ * of threads may use it at once. An adapter, dataset or journal may be read (score,
+ * generate, save, info, count, stats, train from a dataset) by several threads at once; a
+ * call that modifies it (nudge_train on the adapter, nudge_dataset_add_* on the dataset,
+ * nudge_journal_add_*, _sync and _mark_trained on the journal) needs it alone, and a
  * call that finds the handle in use the other way returns NUDGE_ERR_BUSY at once rather
  * than waiting. Heavy calls run on worker threads of their own (NudgeModelOptions.threads,
- * NudgeTrainOptions.threads, NudgeGenerateOptions.threads), which have exited when the call returns.
+ * NudgeTrainOptions.threads, NudgeGenerateOptions.threads), which have exited when the
+ * call returns; callbacks run on the calling thread.
  *
  * Versioned structs. Option, info and result structs start with uint32_t struct_size:
  * set it to sizeof the struct (the *_options_init functions do). The library accepts the
@@ -158,6 +160,38 @@
 #define NUDGE_CHAT_JSON 1
 
 /**
+ * `NudgeJournalOptions.durability`: every event is fsynced before its call returns.
+ */
+#define NUDGE_DURABILITY_EVERY_RECORD 0
+
+/**
+ * Events reach the disk at `nudge_journal_sync` and `nudge_journal_free`; until then they
+ * survive the app being killed but not a power loss.
+ */
+#define NUDGE_DURABILITY_BATCH 1
+
+/**
+ * `NudgeJournalDataOptions.target`: preference pairs (DPO and its variants): thumbs up and
+ * down on the same prompt are paired.
+ */
+#define NUDGE_JOURNAL_PAIRS 0
+
+/**
+ * Unpaired rows only (the "kto" loss): thumbs as they are, a pair as one row each side.
+ */
+#define NUDGE_JOURNAL_THUMBS 1
+
+/**
+ * `NudgeJournalDataOptions.unpaired`: thumbs without a partner become thumbs rows (KTO).
+ */
+#define NUDGE_UNPAIRED_THUMBS 0
+
+/**
+ * Thumbs without a partner wait for one in a later run.
+ */
+#define NUDGE_UNPAIRED_KEEP 1
+
+/**
  * `NudgeTrainOptions.schedule`: the learning rate stays constant after the warmup.
  */
 #define NUDGE_SCHEDULE_CONSTANT 0
@@ -251,6 +285,11 @@ typedef struct NudgeAdapter NudgeAdapter;
  * Training examples held in memory (opaque).
  */
 typedef struct NudgeDataset NudgeDataset;
+
+/**
+ * An open feedback journal file (opaque).
+ */
+typedef struct NudgeJournal NudgeJournal;
 
 /**
  * An open base model (opaque).
@@ -402,6 +441,75 @@ typedef struct NudgeThumb {
    */
   uint32_t thumbs_up;
 } NudgeThumb;
+
+/**
+ * Options of `nudge_journal_open`. Fill with `nudge_journal_options_init`.
+ */
+typedef struct NudgeJournalOptions {
+  /**
+   * sizeof(NudgeJournalOptions) as the app was compiled.
+   */
+  uint32_t struct_size;
+  /**
+   * NUDGE_DURABILITY_* (default NUDGE_DURABILITY_EVERY_RECORD).
+   */
+  uint32_t durability;
+} NudgeJournalOptions;
+
+/**
+ * Which events of a journal `nudge_dataset_add_journal` adds, and how. Fill with
+ * `nudge_journal_data_options_init`.
+ */
+typedef struct NudgeJournalDataOptions {
+  /**
+   * sizeof(NudgeJournalDataOptions) as the app was compiled.
+   */
+  uint32_t struct_size;
+  /**
+   * Non-zero (default): only the events new since the last `nudge_journal_mark_trained`.
+   */
+  uint32_t only_new;
+  /**
+   * NUDGE_JOURNAL_PAIRS (default) or NUDGE_JOURNAL_THUMBS.
+   */
+  uint32_t target;
+  /**
+   * NUDGE_UNPAIRED_THUMBS (default) or NUDGE_UNPAIRED_KEEP.
+   */
+  uint32_t unpaired;
+} NudgeJournalDataOptions;
+
+/**
+ * What `nudge_journal_stats` reports. Set `struct_size` before the call.
+ */
+typedef struct NudgeJournalStats {
+  /**
+   * sizeof(NudgeJournalStats) as the app was compiled; set by the app.
+   */
+  uint32_t struct_size;
+  /**
+   * Records in the file: thumbs, pairs and training marks.
+   */
+  uint32_t records;
+  uint32_t thumbs;
+  uint32_t thumbs_up;
+  uint32_t thumbs_down;
+  uint32_t pairs;
+  uint32_t training_marks;
+  /**
+   * Thumbs and pairs no training run has consumed yet.
+   */
+  uint32_t new_since_training;
+  /**
+   * The sequence number the next event will get.
+   */
+  uint64_t next_sequence;
+  uint64_t file_bytes;
+  /**
+   * Milliseconds since the Unix epoch of the last training mark; -1 if none.
+   */
+  int64_t last_training_ms;
+} NudgeJournalStats;
 
 /**
  * How to train. Fill with `nudge_train_options_init`, then change what you need.
@@ -809,6 +917,101 @@ enum NudgeStatus nudge_dataset_count(const struct NudgeDataset *dataset,
  * run that started from the dataset has its own copy of the examples.
  */
 void nudge_dataset_free(struct NudgeDataset *dataset);
+
+/**
+ * Fills `options` with the defaults; `struct_size` is sizeof(NudgeJournalOptions).
+ */
+enum NudgeStatus nudge_journal_options_init(struct NudgeJournalOptions *options,
+                                            size_t struct_size);
+
+/**
+ * Fills `options` with the defaults; `struct_size` is sizeof(NudgeJournalDataOptions).
+ */
+enum NudgeStatus nudge_journal_data_options_init(struct NudgeJournalDataOptions *options,
+                                                 size_t struct_size);
+
+/**
+ * Opens the journal file at `path`, creating it if missing. A record whose write was
+ * interrupted (the app or the device died) is cut off the end; every complete record is
+ * kept. One handle at a time may have a file open: a second open of the same file fails.
+ * `options` may be NULL (defaults). On failure `*out` is NULL.
+ */
+enum NudgeStatus nudge_journal_open(const char *path,
+                                    const struct NudgeJournalOptions *options,
+                                    struct NudgeJournal **out);
+
+/**
+ * Syncs what was appended and closes the file (once no call in progress uses it). NULL,
+ * or a handle already freed, is a no-op.
+ */
+void nudge_journal_free(struct NudgeJournal *journal);
+
+/**
+ * Records a thumbs-up (`thumbs_up` non-zero) or thumbs-down on `completion` as the answer
+ * to `prompt` (`format`: NUDGE_TEXT, or NUDGE_CHAT_JSON with the completion as one
+ * assistant message). `id` (non-empty) is the app's name for the event: an event
+ * repeating an earlier id is a retry and does not train twice. `strength` weighs the
+ * event in training (1: ordinary; NaN: none given, which trains as 1). A later thumb on
+ * the same prompt and completion with the other label replaces the earlier one.
+ * `seq_out` (may be NULL) receives the event's sequence number.
+ */
+enum NudgeStatus nudge_journal_add_thumb(struct NudgeJournal *journal,
+                                         const char *id,
+                                         const char *prompt,
+                                         const char *completion,
+                                         uint32_t format,
+                                         uint32_t thumbs_up,
+                                         float strength,
+                                         uint64_t *seq_out);
+
+/**
+ * Records that the user preferred `chosen` over `rejected` as the answer to `prompt`
+ * (`format`, `id`, `strength` and `seq_out` as for `nudge_journal_add_thumb`).
+ */
+enum NudgeStatus nudge_journal_add_pair(struct NudgeJournal *journal,
+                                        const char *id,
+                                        const char *prompt,
+                                        const char *chosen,
+                                        const char *rejected,
+                                        uint32_t format,
+                                        float strength,
+                                        uint64_t *seq_out);
+
+/**
+ * Fsyncs the events appended since the last sync (with NUDGE_DURABILITY_BATCH; with
+ * every-record durability they already are).
+ */
+enum NudgeStatus nudge_journal_sync(struct NudgeJournal *journal);
+
+/**
+ * Counts the journal's records. Set `out->struct_size = sizeof(NudgeJournalStats)` first.
+ */
+enum NudgeStatus nudge_journal_stats(const struct NudgeJournal *journal,
+                                     struct NudgeJournalStats *out);
+
+/**
+ * Adds the journal's events to the dataset as training examples: retries, duplicates and
+ * thumbs the user took back are left out; with NUDGE_JOURNAL_PAIRS thumbs up and down on
+ * the same prompt become pairs (newest with newest). `options` may be NULL (defaults: new
+ * events only, pairs, leftover thumbs as thumbs). The dataset remembers what it took, for
+ * `nudge_journal_mark_trained`. `n_pairs` and `n_thumbs` (may be NULL) receive the
+ * numbers of examples added.
+ */
+enum NudgeStatus nudge_dataset_add_journal(struct NudgeDataset *dataset,
+                                           const struct NudgeJournal *journal,
+                                           const struct NudgeJournalDataOptions *options,
+                                           size_t *n_pairs,
+                                           size_t *n_thumbs);
+
+/**
+ * Records in the journal that a training run consumed the events `dataset` took from it
+ * (the last `nudge_dataset_add_journal` of this journal into it): call it once training on
+ * the dataset succeeded, so that the next dataset of new events leaves them out. Thumbs
+ * kept waiting for a partner (NUDGE_UNPAIRED_KEEP) stay new. NUDGE_ERR_INVALID if the
+ * dataset took nothing from this journal handle.
+ */
+enum NudgeStatus nudge_journal_mark_trained(struct NudgeJournal *journal,
+                                            const struct NudgeDataset *dataset);
 
 /**
  * Fills `options` with the defaults; `struct_size` is sizeof(NudgeTrainOptions).

@@ -25,6 +25,8 @@ mod adapter;
 
 mod dataset;
 
+mod journal;
+
 mod train;
 
 mod score;
@@ -39,7 +41,8 @@ mod text;
 pub use adapter::*;
 pub use dataset::*;
 pub use generate::*;
-pub use handles::{NudgeAdapter, NudgeDataset, NudgeModel, nudge_live_handles};
+pub use handles::{NudgeAdapter, NudgeDataset, NudgeJournal, NudgeModel, nudge_live_handles};
+pub use journal::*;
 pub use model::*;
 pub use score::*;
 pub use status::*;

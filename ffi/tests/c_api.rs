@@ -271,6 +271,16 @@ fn generate_under_address_sanitizer() {
 }
 
 #[test]
+fn journal_shared() {
+    run(&build("journal", Link::Shared), "journal", &[]);
+}
+
+#[test]
+fn journal_under_address_sanitizer() {
+    run(&build("journal", Link::Asan), "journal", &[]);
+}
+
+#[test]
 fn threads_shared() {
     run(&build("threads", Link::Shared), "threads", &[]);
 }
