@@ -13,22 +13,25 @@
  * type says for the duration of the call: NUL-terminated UTF-8 strings (copied when kept),
  * arrays of the given length, structs whose first field holds their size, writable
  * outputs. Strings returned by the library are owned by it (static, or valid until the
- * thread's next call).
+ * thread's next call), except the char* written to an output argument (nudge_generate's
+ * text), which the app owns and frees with nudge_string_free.
  *
- * Handles. NudgeModel, NudgeAdapter and NudgeDataset are opaque handles. A handle is an id,
- * not an address: a freed or wrong-kind handle is refused with NUDGE_ERR_INVALID
- * instead of being dereferenced, and ids are never reused within a process. *_free(NULL)
+ * Handles. NudgeModel, NudgeAdapter, NudgeDataset and NudgeJournal are opaque handles. A
+ * handle is an id, not an address: a freed or wrong-kind handle is refused with
+ * NUDGE_ERR_INVALID instead of being dereferenced, and ids are never reused within a process. *_free(NULL)
  * and freeing a handle twice are no-ops. Objects are reference-counted: an adapter keeps
  * its model open after nudge_model_free, and a handle freed while another thread is
  * using it stays alive until that call returns.
  *
  * Threads. Any function may be called from any thread. A model is read-only: any number
- * of threads may use it at once. An adapter or dataset may be read (score, save, info,
- * count, train from a dataset) by several threads at once; a call that modifies it
- * (nudge_train on the adapter, nudge_dataset_add_* on the dataset) needs it alone, and a
+ * of threads may use it at once. An adapter, dataset or journal may be read (score,
+ * generate, save, info, count, stats, train from a dataset) by several threads at once; a
+ * call that modifies it (nudge_train on the adapter, nudge_dataset_add_* on the dataset,
+ * nudge_journal_add_*, _sync and _mark_trained on the journal) needs it alone, and a
  * call that finds the handle in use the other way returns NUDGE_ERR_BUSY at once rather
  * than waiting. Heavy calls run on worker threads of their own (NudgeModelOptions.threads,
- * NudgeTrainOptions.threads), which have exited when the call returns.
+ * NudgeTrainOptions.threads, NudgeGenerateOptions.threads), which have exited when the
+ * call returns; callbacks run on the calling thread.
  *
  * Versioned structs. Option, info and result structs start with uint32_t struct_size:
  * set it to sizeof the struct (the *_options_init functions do). The library accepts the
@@ -128,6 +131,21 @@
 #define NUDGE_INIT_GAUSSIAN 1
 
 /**
+ * `dtype` of the exports: 32-bit floats.
+ */
+#define NUDGE_DTYPE_F32 0
+
+/**
+ * IEEE half precision.
+ */
+#define NUDGE_DTYPE_F16 1
+
+/**
+ * bfloat16.
+ */
+#define NUDGE_DTYPE_BF16 2
+
+/**
  * Text arguments are plain UTF-8: a prompt and a completion, tokenized without special
  * tokens, with the model's EOS token appended to the completion (TRL's standard format).
  */
@@ -140,6 +158,38 @@
  * format).
  */
 #define NUDGE_CHAT_JSON 1
+
+/**
+ * `NudgeJournalOptions.durability`: every event is fsynced before its call returns.
+ */
+#define NUDGE_DURABILITY_EVERY_RECORD 0
+
+/**
+ * Events reach the disk at `nudge_journal_sync` and `nudge_journal_free`; until then they
+ * survive the app being killed but not a power loss.
+ */
+#define NUDGE_DURABILITY_BATCH 1
+
+/**
+ * `NudgeJournalDataOptions.target`: preference pairs (DPO and its variants): thumbs up and
+ * down on the same prompt are paired.
+ */
+#define NUDGE_JOURNAL_PAIRS 0
+
+/**
+ * Unpaired rows only (the "kto" loss): thumbs as they are, a pair as one row each side.
+ */
+#define NUDGE_JOURNAL_THUMBS 1
+
+/**
+ * `NudgeJournalDataOptions.unpaired`: thumbs without a partner become thumbs rows (KTO).
+ */
+#define NUDGE_UNPAIRED_THUMBS 0
+
+/**
+ * Thumbs without a partner wait for one in a later run.
+ */
+#define NUDGE_UNPAIRED_KEEP 1
 
 /**
  * `NudgeTrainOptions.schedule`: the learning rate stays constant after the warmup.
@@ -155,6 +205,26 @@
  * Linear warmup, then half a cosine down to 0 at the run's last step.
  */
 #define NUDGE_SCHEDULE_COSINE 2
+
+/**
+ * `stop_reason`: the model generated its end-of-sequence token.
+ */
+#define NUDGE_STOP_EOS 0
+
+/**
+ * `max_new_tokens` were generated.
+ */
+#define NUDGE_STOP_LENGTH 1
+
+/**
+ * Prompt and reply fill the model's context.
+ */
+#define NUDGE_STOP_CONTEXT 2
+
+/**
+ * The token callback asked to stop.
+ */
+#define NUDGE_STOP_CALLBACK 3
 
 /**
  * What a call returned. The values are part of the ABI: they are never renumbered, and
@@ -215,6 +285,11 @@ typedef struct NudgeAdapter NudgeAdapter;
  * Training examples held in memory (opaque).
  */
 typedef struct NudgeDataset NudgeDataset;
+
+/**
+ * An open feedback journal file (opaque).
+ */
+typedef struct NudgeJournal NudgeJournal;
 
 /**
  * An open base model (opaque).
@@ -366,6 +441,75 @@ typedef struct NudgeThumb {
    */
   uint32_t thumbs_up;
 } NudgeThumb;
+
+/**
+ * Options of `nudge_journal_open`. Fill with `nudge_journal_options_init`.
+ */
+typedef struct NudgeJournalOptions {
+  /**
+   * sizeof(NudgeJournalOptions) as the app was compiled.
+   */
+  uint32_t struct_size;
+  /**
+   * NUDGE_DURABILITY_* (default NUDGE_DURABILITY_EVERY_RECORD).
+   */
+  uint32_t durability;
+} NudgeJournalOptions;
+
+/**
+ * Which events of a journal `nudge_dataset_add_journal` adds, and how. Fill with
+ * `nudge_journal_data_options_init`.
+ */
+typedef struct NudgeJournalDataOptions {
+  /**
+   * sizeof(NudgeJournalDataOptions) as the app was compiled.
+   */
+  uint32_t struct_size;
+  /**
+   * Non-zero (default): only the events new since the last `nudge_journal_mark_trained`.
+   */
+  uint32_t only_new;
+  /**
+   * NUDGE_JOURNAL_PAIRS (default) or NUDGE_JOURNAL_THUMBS.
+   */
+  uint32_t target;
+  /**
+   * NUDGE_UNPAIRED_THUMBS (default) or NUDGE_UNPAIRED_KEEP.
+   */
+  uint32_t unpaired;
+} NudgeJournalDataOptions;
+
+/**
+ * What `nudge_journal_stats` reports. Set `struct_size` before the call.
+ */
+typedef struct NudgeJournalStats {
+  /**
+   * sizeof(NudgeJournalStats) as the app was compiled; set by the app.
+   */
+  uint32_t struct_size;
+  /**
+   * Records in the file: thumbs, pairs and training marks.
+   */
+  uint32_t records;
+  uint32_t thumbs;
+  uint32_t thumbs_up;
+  uint32_t thumbs_down;
+  uint32_t pairs;
+  uint32_t training_marks;
+  /**
+   * Thumbs and pairs no training run has consumed yet.
+   */
+  uint32_t new_since_training;
+  /**
+   * The sequence number the next event will get.
+   */
+  uint64_t next_sequence;
+  uint64_t file_bytes;
+  /**
+   * Milliseconds since the Unix epoch of the last training mark; -1 if none.
+   */
+  int64_t last_training_ms;
+} NudgeJournalStats;
 
 /**
  * How to train. Fill with `nudge_train_options_init`, then change what you need.
@@ -574,6 +718,53 @@ typedef struct NudgeTrainResult {
   struct NudgeStepMetrics eval;
 } NudgeTrainResult;
 
+/**
+ * How to generate. Fill with `nudge_generate_options_init`, then change what you need.
+ */
+typedef struct NudgeGenerateOptions {
+  /**
+   * sizeof(NudgeGenerateOptions) as the app was compiled.
+   */
+  uint32_t struct_size;
+  /**
+   * The most tokens the reply may have (default 256).
+   */
+  uint32_t max_new_tokens;
+  /**
+   * Divides the logits before sampling; 0 (the default) picks the most likely token
+   * every time (greedy, deterministic).
+   */
+  float temperature;
+  /**
+   * Sample among the top_k most likely tokens only (default 0: all).
+   */
+  uint32_t top_k;
+  /**
+   * Sample among the most likely tokens whose probabilities first reach top_p
+   * (default 1: all).
+   */
+  float top_p;
+  /**
+   * Worker threads of this call (0, default: the model's setting).
+   */
+  uint32_t threads;
+  /**
+   * Seed of the sampling (default 0).
+   */
+  uint64_t seed;
+} NudgeGenerateOptions;
+
+/**
+ * Called for each new token but the end-of-sequence one, on the thread that called
+ * `nudge_generate`. `text` (NUL-terminated, `text_len` bytes, valid during the call) is
+ * the UTF-8 text the token adds to the reply; it is empty while a character's bytes are
+ * incomplete. Return 0 to go on, non-zero to stop after this token.
+ */
+typedef int32_t (*NudgeTokenFn)(uint32_t token_id,
+                                const char *text,
+                                size_t text_len,
+                                void *user_data);
+
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
@@ -658,6 +849,25 @@ enum NudgeStatus nudge_adapter_load(const struct NudgeModel *model,
 enum NudgeStatus nudge_adapter_save_peft(const struct NudgeAdapter *adapter, const char *dir);
 
 /**
+ * Writes the adapter as a llama.cpp LoRA GGUF file (`llama-cli --lora`), for the GGUF of
+ * the adapter's base model; `dtype` is NUDGE_DTYPE_F32, NUDGE_DTYPE_F16 or
+ * NUDGE_DTYPE_BF16. NUDGE_ERR_BUSY while the adapter is being trained.
+ */
+enum NudgeStatus nudge_adapter_save_gguf(const struct NudgeAdapter *adapter,
+                                         const char *path,
+                                         uint32_t dtype);
+
+/**
+ * Writes the base model with the adapter merged into its weights as a Hugging Face
+ * directory `dir` (config, tokenizer, `model.safetensors` in `dtype`), for apps that
+ * cannot apply adapters; `nudge_model_open` opens it. NUDGE_ERR_BUSY while the adapter is
+ * being trained.
+ */
+enum NudgeStatus nudge_adapter_save_merged(const struct NudgeAdapter *adapter,
+                                           const char *dir,
+                                           uint32_t dtype);
+
+/**
  * Describes the adapter. Set `out->struct_size = sizeof(NudgeAdapterInfo)` first.
  * NUDGE_ERR_BUSY while the adapter is being trained.
  */
@@ -709,6 +919,101 @@ enum NudgeStatus nudge_dataset_count(const struct NudgeDataset *dataset,
 void nudge_dataset_free(struct NudgeDataset *dataset);
 
 /**
+ * Fills `options` with the defaults; `struct_size` is sizeof(NudgeJournalOptions).
+ */
+enum NudgeStatus nudge_journal_options_init(struct NudgeJournalOptions *options,
+                                            size_t struct_size);
+
+/**
+ * Fills `options` with the defaults; `struct_size` is sizeof(NudgeJournalDataOptions).
+ */
+enum NudgeStatus nudge_journal_data_options_init(struct NudgeJournalDataOptions *options,
+                                                 size_t struct_size);
+
+/**
+ * Opens the journal file at `path`, creating it if missing. A record whose write was
+ * interrupted (the app or the device died) is cut off the end; every complete record is
+ * kept. One handle at a time may have a file open: a second open of the same file fails.
+ * `options` may be NULL (defaults). On failure `*out` is NULL.
+ */
+enum NudgeStatus nudge_journal_open(const char *path,
+                                    const struct NudgeJournalOptions *options,
+                                    struct NudgeJournal **out);
+
+/**
+ * Syncs what was appended and closes the file (once no call in progress uses it). NULL,
+ * or a handle already freed, is a no-op.
+ */
+void nudge_journal_free(struct NudgeJournal *journal);
+
+/**
+ * Records a thumbs-up (`thumbs_up` non-zero) or thumbs-down on `completion` as the answer
+ * to `prompt` (`format`: NUDGE_TEXT, or NUDGE_CHAT_JSON with the completion as one
+ * assistant message). `id` (non-empty) is the app's name for the event: an event
+ * repeating an earlier id is a retry and does not train twice. `strength` weighs the
+ * event in training (1: ordinary; NaN: none given, which trains as 1). A later thumb on
+ * the same prompt and completion with the other label replaces the earlier one.
+ * `seq_out` (may be NULL) receives the event's sequence number.
+ */
+enum NudgeStatus nudge_journal_add_thumb(struct NudgeJournal *journal,
+                                         const char *id,
+                                         const char *prompt,
+                                         const char *completion,
+                                         uint32_t format,
+                                         uint32_t thumbs_up,
+                                         float strength,
+                                         uint64_t *seq_out);
+
+/**
+ * Records that the user preferred `chosen` over `rejected` as the answer to `prompt`
+ * (`format`, `id`, `strength` and `seq_out` as for `nudge_journal_add_thumb`).
+ */
+enum NudgeStatus nudge_journal_add_pair(struct NudgeJournal *journal,
+                                        const char *id,
+                                        const char *prompt,
+                                        const char *chosen,
+                                        const char *rejected,
+                                        uint32_t format,
+                                        float strength,
+                                        uint64_t *seq_out);
+
+/**
+ * Fsyncs the events appended since the last sync (with NUDGE_DURABILITY_BATCH; with
+ * every-record durability they already are).
+ */
+enum NudgeStatus nudge_journal_sync(struct NudgeJournal *journal);
+
+/**
+ * Counts the journal's records. Set `out->struct_size = sizeof(NudgeJournalStats)` first.
+ */
+enum NudgeStatus nudge_journal_stats(const struct NudgeJournal *journal,
+                                     struct NudgeJournalStats *out);
+
+/**
+ * Adds the journal's events to the dataset as training examples: retries, duplicates and
+ * thumbs the user took back are left out; with NUDGE_JOURNAL_PAIRS thumbs up and down on
+ * the same prompt become pairs (newest with newest). `options` may be NULL (defaults: new
+ * events only, pairs, leftover thumbs as thumbs). The dataset remembers what it took, for
+ * `nudge_journal_mark_trained`. `n_pairs` and `n_thumbs` (may be NULL) receive the
+ * numbers of examples added.
+ */
+enum NudgeStatus nudge_dataset_add_journal(struct NudgeDataset *dataset,
+                                           const struct NudgeJournal *journal,
+                                           const struct NudgeJournalDataOptions *options,
+                                           size_t *n_pairs,
+                                           size_t *n_thumbs);
+
+/**
+ * Records in the journal that a training run consumed the events `dataset` took from it
+ * (the last `nudge_dataset_add_journal` of this journal into it): call it once training on
+ * the dataset succeeded, so that the next dataset of new events leaves them out. Thumbs
+ * kept waiting for a partner (NUDGE_UNPAIRED_KEEP) stay new. NUDGE_ERR_INVALID if the
+ * dataset took nothing from this journal handle.
+ */
+enum NudgeStatus nudge_journal_mark_trained(struct NudgeJournal *journal,
+                                            const struct NudgeDataset *dataset);
+
+/**
  * Fills `options` with the defaults; `struct_size` is sizeof(NudgeTrainOptions).
  */
 enum NudgeStatus nudge_train_options_init(struct NudgeTrainOptions *options, size_t struct_size);
@@ -746,6 +1051,38 @@ enum NudgeStatus nudge_score(const struct NudgeModel *model,
                              uint32_t format,
                              double *logp,
                              uint32_t *n_tokens);
+
+/**
+ * Fills `options` with the defaults; `struct_size` is sizeof(NudgeGenerateOptions).
+ */
+enum NudgeStatus nudge_generate_options_init(struct NudgeGenerateOptions *options,
+                                             size_t struct_size);
+
+/**
+ * Generates a reply to `prompt` with `model`, `adapter` applied (NULL: the base model).
+ * `format` NUDGE_TEXT continues the text as it is; NUDGE_CHAT_JSON renders the messages
+ * with the model's chat template and its generation prompt (the reply is the assistant's
+ * answer). `options` may be NULL (defaults: greedy, 256 tokens), `on_token` may be NULL.
+ *
+ * On success `*text_out` (if `text_out` is not NULL) is the reply's text, special tokens
+ * left out, to free with `nudge_string_free`; `*stop_reason_out` (may be NULL) is a
+ * NUDGE_STOP_* value. A stop asked by the callback is a success (NUDGE_STOP_CALLBACK).
+ * On failure `*text_out` is NULL. NUDGE_ERR_BUSY while the adapter is being trained.
+ */
+enum NudgeStatus nudge_generate(const struct NudgeModel *model,
+                                const struct NudgeAdapter *adapter,
+                                const char *prompt,
+                                uint32_t format,
+                                const struct NudgeGenerateOptions *options,
+                                NudgeTokenFn on_token,
+                                void *user_data,
+                                char **text_out,
+                                uint32_t *stop_reason_out);
+
+/**
+ * Frees a string this library returned (e.g. `nudge_generate`'s text). NULL is a no-op.
+ */
+void nudge_string_free(char *s);
 
 /**
  * The number of live handles of every kind: those created and not yet freed (for an

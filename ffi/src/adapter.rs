@@ -5,7 +5,8 @@ use crate::model::model_arg;
 use crate::options::{self, versioned};
 use crate::status::{Failure, FfiResult, NudgeStatus, guard, guard_void};
 use crate::text::str_arg;
-use engine::adapter::{Adapter, LoraConfig, LoraInit, peft};
+use engine::adapter::{Adapter, LoraConfig, LoraInit, gguf_lora, merge, peft};
+use engine::convert::FloatType;
 use engine::model::weights::Proj;
 use std::ffi::c_char;
 use std::path::Path;
@@ -32,6 +33,22 @@ pub const NUDGE_TARGET_ALL: u32 = 0x7f;
 pub const NUDGE_INIT_KAIMING_UNIFORM: u32 = 0;
 /// A ~ N(0, 1/r) (PEFT's init_lora_weights="gaussian").
 pub const NUDGE_INIT_GAUSSIAN: u32 = 1;
+
+/// `dtype` of the exports: 32-bit floats.
+pub const NUDGE_DTYPE_F32: u32 = 0;
+/// IEEE half precision.
+pub const NUDGE_DTYPE_F16: u32 = 1;
+/// bfloat16.
+pub const NUDGE_DTYPE_BF16: u32 = 2;
+
+fn float_type(dtype: u32) -> FfiResult<FloatType> {
+    match dtype {
+        NUDGE_DTYPE_F32 => Ok(FloatType::F32),
+        NUDGE_DTYPE_F16 => Ok(FloatType::F16),
+        NUDGE_DTYPE_BF16 => Ok(FloatType::BF16),
+        other => Err(Failure::invalid(format!("dtype {other} is not a NUDGE_DTYPE_* value"))),
+    }
+}
 
 /// The shape of a new adapter. Fill with `nudge_adapter_options_init`.
 #[repr(C)]
@@ -200,6 +217,45 @@ pub unsafe extern "C" fn nudge_adapter_save_peft(adapter: *const NudgeAdapter, d
         let dir = str_arg(dir, "dir")?;
         let a = handles::read(&h.adapter, "adapter")?;
         peft::save(&a, Path::new(dir))?;
+        Ok(())
+    })
+}
+
+/// Writes the adapter as a llama.cpp LoRA GGUF file (`llama-cli --lora`), for the GGUF of
+/// the adapter's base model; `dtype` is NUDGE_DTYPE_F32, NUDGE_DTYPE_F16 or
+/// NUDGE_DTYPE_BF16. NUDGE_ERR_BUSY while the adapter is being trained.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nudge_adapter_save_gguf(
+    adapter: *const NudgeAdapter,
+    path: *const c_char,
+    dtype: u32,
+) -> NudgeStatus {
+    guard(|| {
+        let h = handles::get::<AdapterHandle>(adapter, "adapter")?;
+        let path = str_arg(path, "path")?;
+        let dtype = float_type(dtype)?;
+        let a = handles::read(&h.adapter, "adapter")?;
+        gguf_lora::save(&a, &h.model.model, Path::new(path), dtype)?;
+        Ok(())
+    })
+}
+
+/// Writes the base model with the adapter merged into its weights as a Hugging Face
+/// directory `dir` (config, tokenizer, `model.safetensors` in `dtype`), for apps that
+/// cannot apply adapters; `nudge_model_open` opens it. NUDGE_ERR_BUSY while the adapter is
+/// being trained.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nudge_adapter_save_merged(
+    adapter: *const NudgeAdapter,
+    dir: *const c_char,
+    dtype: u32,
+) -> NudgeStatus {
+    guard(|| {
+        let h = handles::get::<AdapterHandle>(adapter, "adapter")?;
+        let dir = str_arg(dir, "dir")?;
+        let dtype = float_type(dtype)?;
+        let a = handles::read(&h.adapter, "adapter")?;
+        merge::export_merged(&h.model.model, &a, Path::new(dir), dtype)?;
         Ok(())
     })
 }

@@ -81,6 +81,7 @@ pub unsafe extern "C" fn nudge_dataset_new(out: *mut *mut NudgeDataset) -> Nudge
         handles::clear_out(out, "out")?;
         let h = DatasetHandle {
             rows: RwLock::new(Vec::new()),
+            journal_marks: Default::default(),
         };
         handles::put(out, handles::register(Arc::new(h)));
         Ok(())

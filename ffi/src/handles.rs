@@ -24,6 +24,11 @@ pub struct NudgeDataset {
     _opaque: [u8; 0],
 }
 
+/// An open feedback journal file (opaque).
+pub struct NudgeJournal {
+    _opaque: [u8; 0],
+}
+
 pub(crate) struct ModelHandle {
     pub model: engine::model::Model,
     /// Worker threads of the calls on this model (0: one per core).
@@ -40,12 +45,20 @@ pub(crate) struct AdapterHandle {
 /// `prompt`, `completion`, `label`), tokenized when a run starts.
 pub(crate) struct DatasetHandle {
     pub rows: RwLock<Vec<serde_json::Value>>,
+    /// Per journal handle (by id) the dataset took events from: the training mark that
+    /// says those events were consumed (None: the journal was empty).
+    pub journal_marks: Mutex<BTreeMap<usize, Option<engine::journal::TrainingMark>>>,
+}
+
+pub(crate) struct JournalHandle {
+    pub journal: RwLock<engine::journal::Journal>,
 }
 
 pub(crate) enum Entry {
     Model(Arc<ModelHandle>),
     Adapter(Arc<AdapterHandle>),
     Dataset(Arc<DatasetHandle>),
+    Journal(Arc<JournalHandle>),
 }
 
 static TABLE: Mutex<BTreeMap<usize, Entry>> = Mutex::new(BTreeMap::new());
@@ -86,6 +99,7 @@ macro_rules! kind {
 kind!(ModelHandle, NudgeModel, Model, "model");
 kind!(AdapterHandle, NudgeAdapter, Adapter, "adapter");
 kind!(DatasetHandle, NudgeDataset, Dataset, "dataset");
+kind!(JournalHandle, NudgeJournal, Journal, "journal");
 
 /// Enters an object in the table and returns its handle.
 pub(crate) fn register<T: Kind>(object: Arc<T>) -> *mut T::C {
@@ -174,6 +188,7 @@ mod tests {
     fn dataset() -> Arc<DatasetHandle> {
         Arc::new(DatasetHandle {
             rows: RwLock::new(Vec::new()),
+            journal_marks: Mutex::new(BTreeMap::new()),
         })
     }
 

@@ -25,9 +25,13 @@ mod adapter;
 
 mod dataset;
 
+mod journal;
+
 mod train;
 
 mod score;
+
+mod generate;
 
 mod handles;
 mod options;
@@ -36,7 +40,9 @@ mod text;
 
 pub use adapter::*;
 pub use dataset::*;
-pub use handles::{NudgeAdapter, NudgeDataset, NudgeModel, nudge_live_handles};
+pub use generate::*;
+pub use handles::{NudgeAdapter, NudgeDataset, NudgeJournal, NudgeModel, nudge_live_handles};
+pub use journal::*;
 pub use model::*;
 pub use score::*;
 pub use status::*;

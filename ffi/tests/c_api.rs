@@ -2,7 +2,7 @@
 //! libnudge.a in target/<profile>/), runs them on the real model, and checks what the C
 //! lifecycle reports against the engine called from Rust.
 
-use engine::adapter::peft;
+use engine::adapter::{gguf_lora, peft};
 use engine::data::{Example, tokenize_row};
 use engine::model::Model;
 use engine::score::ScoreItem;
@@ -230,6 +230,13 @@ fn lifecycle_shared_matches_the_engine() {
     close("trained rejected", trained["rejected"], rejected);
     close("trained chat", trained["chat"], chat);
     assert!(trained["margin"] > 0.0);
+
+    // The llama.cpp GGUF the C side wrote (f32) holds the same adapter.
+    let from_gguf = gguf_lora::load(&dir.join("adapter.gguf"), &model.config).unwrap();
+    let (chosen, rejected, chat) = engine_scores(&model, Some(&from_gguf));
+    close("gguf chosen", trained["chosen"], chosen);
+    close("gguf rejected", trained["rejected"], rejected);
+    close("gguf chat", trained["chat"], chat);
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -251,6 +258,26 @@ fn misuse_shared() {
 #[test]
 fn misuse_static() {
     run(&build("misuse", Link::Static), "misuse", &[]);
+}
+
+#[test]
+fn generate_shared() {
+    run(&build("generate", Link::Shared), "generate", &[]);
+}
+
+#[test]
+fn generate_under_address_sanitizer() {
+    run(&build("generate", Link::Asan), "generate", &[]);
+}
+
+#[test]
+fn journal_shared() {
+    run(&build("journal", Link::Shared), "journal", &[]);
+}
+
+#[test]
+fn journal_under_address_sanitizer() {
+    run(&build("journal", Link::Asan), "journal", &[]);
 }
 
 #[test]
@@ -285,21 +312,50 @@ fn the_example_personalizes_and_saves_an_adapter() {
         .output()
         .expect("run the C compiler");
     assert!(out.status.success(), "examples/c/personalize.c:\n{}", text(&out));
-    let dir = out_dir().join("personalize-adapter");
+    let dir = out_dir().join("personalize-out");
     let _ = std::fs::remove_dir_all(&dir);
-    let out = Command::new(&exe).arg(model_path()).arg(&dir).output().unwrap();
-    assert!(out.status.success(), "personalize:\n{}", text(&out));
-    let stdout = String::from_utf8(out.stdout).unwrap();
-    for line in [
-        "feedback: 12 preference pairs",
-        "  step 3/3",
-        "3 steps in",
-        "adapter saved to",
-    ] {
-        assert!(stdout.contains(line), "no `{line}` in\n{stdout}");
-    }
     let model = Model::open(model_path()).unwrap();
-    let adapter = peft::load(&dir, &model.config).unwrap();
-    assert_eq!(adapter.config.r, 8);
+    for (run, lines) in [
+        (
+            1,
+            &[
+                "journal: 12 thumbs (6 up, 6 down), 12 new since the last training",
+                "feedback: 6 preference pairs",
+                "before training:\n  Q: What is the largest ocean on Earth?\n  A: ",
+                "  step 3/3",
+                "3 steps in",
+                "adapter saved to",
+                "after training:\n  Q: ",
+            ][..],
+        ),
+        // Run again: the 12 events after the mark are retries, the whole journal trains.
+        (
+            2,
+            &[
+                "journal: 24 thumbs (12 up, 12 down), 12 new since the last training",
+                "no new feedback since the last run: training on the whole journal",
+                "feedback: 6 preference pairs",
+                "3 steps in",
+            ][..],
+        ),
+    ] {
+        let out = Command::new(&exe).arg(model_path()).arg(&dir).output().unwrap();
+        assert!(out.status.success(), "personalize (run {run}):\n{}", text(&out));
+        let stdout = String::from_utf8(out.stdout).unwrap();
+        for line in lines {
+            assert!(stdout.contains(line), "run {run}: no `{line}` in\n{stdout}");
+        }
+        // Both saved adapters hold the run's training, for the engine too.
+        let peft_adapter = peft::load(&dir.join("peft"), &model.config).unwrap();
+        let gguf_adapter = gguf_lora::load(&dir.join("adapter.gguf"), &model.config).unwrap();
+        assert_eq!(peft_adapter.config.r, 8);
+        assert_eq!(gguf_adapter.config.r, 8);
+        let (p, _, _) = engine_scores(&model, Some(&peft_adapter));
+        let (g, _, _) = engine_scores(&model, Some(&gguf_adapter));
+        let (base, _, _) = engine_scores(&model, None);
+        assert!(p != base, "run {run}: the saved adapter is untrained");
+        // The GGUF is f16: the same adapter up to rounding.
+        assert!((p - g).abs() < 1e-2 * p.abs(), "run {run}: PEFT {p}, GGUF {g}");
+    }
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -106,8 +106,30 @@ static inline void make_temp_dir(char *buf, size_t n) {
     CHECK(mkdtemp(buf) != NULL);
 }
 
+static inline int file_exists_nonempty(const char *path) {
+    FILE *f = fopen(path, "rb");
+    if (f == NULL) {
+        return 0;
+    }
+    int c = fgetc(f);
+    fclose(f);
+    return c != EOF;
+}
+
+/* The files a merged export writes (chat_template.jinja when the model has a template). */
+static const char *const MERGED_FILES[] = {"config.json", "tokenizer.json", "tokenizer_config.json",
+                                           "chat_template.jinja", "model.safetensors"};
+
 static inline void remove_adapter_dir(const char *dir) {
     char p[4096];
+    snprintf(p, sizeof p, "%s/adapter.gguf", dir);
+    unlink(p);
+    for (size_t i = 0; i < sizeof MERGED_FILES / sizeof MERGED_FILES[0]; i++) {
+        snprintf(p, sizeof p, "%s/merged/%s", dir, MERGED_FILES[i]);
+        unlink(p);
+    }
+    snprintf(p, sizeof p, "%s/merged", dir);
+    rmdir(p);
     snprintf(p, sizeof p, "%s/adapter_config.json", dir);
     unlink(p);
     snprintf(p, sizeof p, "%s/adapter_model.safetensors", dir);

@@ -142,6 +142,23 @@ int main(int argc, char **argv) {
     CHECK(result.last.step == 2 && result.seconds > 0.0);
     CHECK_OK(nudge_adapter_save_peft(adapter, dir));
 
+    /* Exports: llama.cpp's LoRA GGUF (read back by the harness) and the merged model. */
+    char gguf[4200], merged[4200], file[4300];
+    snprintf(gguf, sizeof gguf, "%s/adapter.gguf", dir);
+    snprintf(merged, sizeof merged, "%s/merged", dir);
+    CHECK_STATUS(nudge_adapter_save_gguf(adapter, gguf, 3), NUDGE_ERR_INVALID);
+    CHECK_MESSAGE("dtype 3");
+    CHECK(!file_exists_nonempty(gguf));
+    CHECK_STATUS(nudge_adapter_save_gguf(adapter, NULL, NUDGE_DTYPE_F32), NUDGE_ERR_NULL);
+    CHECK_OK(nudge_adapter_save_gguf(adapter, gguf, NUDGE_DTYPE_F32));
+    CHECK(file_exists_nonempty(gguf));
+    CHECK_STATUS(nudge_adapter_save_merged(adapter, merged, 7), NUDGE_ERR_INVALID);
+    CHECK_OK(nudge_adapter_save_merged(adapter, merged, NUDGE_DTYPE_BF16));
+    for (size_t i = 0; i < COUNT(MERGED_FILES); i++) {
+        snprintf(file, sizeof file, "%s/%s", merged, MERGED_FILES[i]);
+        CHECK(file_exists_nonempty(file));
+    }
+
     /* Thumbs with KTO on a second adapter. */
     NudgeThumb thumbs[2] = {
         {TEXT_PAIRS[1].prompt, TEXT_PAIRS[1].chosen, 1},
@@ -182,6 +199,20 @@ int main(int argc, char **argv) {
     CHECK(margin > 0.0);
     printf("trained chosen=%.17g rejected=%.17g chat=%.17g margin=%.17g\n", trained_chosen, trained_rejected,
            trained_chat, margin);
+
+    /* The merged model scores like the base with the adapter, up to bf16 rounding. */
+    {
+        NudgeModel *m = open_model(merged);
+        NudgeModelInfo mi;
+        memset(&mi, 0, sizeof mi);
+        mi.struct_size = sizeof mi;
+        CHECK_OK(nudge_model_info(m, &mi));
+        CHECK(mi.format == NUDGE_MODEL_SAFETENSORS && mi.vocab_size == info.vocab_size);
+        double merged_chosen = score(m, NULL, p0->prompt, p0->chosen, NUDGE_TEXT, NULL);
+        printf("merged chosen=%.17g\n", merged_chosen);
+        CHECK(fabs(merged_chosen - trained_chosen) < 0.05 * fabs(trained_chosen));
+        nudge_model_free(m);
+    }
 
     /* Free in an order that needs the reference counts; then again (harmless). */
     nudge_dataset_free(data);

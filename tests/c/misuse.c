@@ -52,6 +52,14 @@ static void check_null_arguments(NudgeModel *model, NudgeAdapter *adapter, Nudge
     CHECK_STATUS(nudge_adapter_save_peft(NULL, "/tmp/x"), NUDGE_ERR_NULL);
     CHECK_STATUS(nudge_adapter_save_peft(adapter, NULL), NUDGE_ERR_NULL);
     CHECK_STATUS(nudge_adapter_info(NULL, NULL), NUDGE_ERR_NULL);
+    CHECK_STATUS(nudge_adapter_save_gguf(NULL, "/tmp/x.gguf", NUDGE_DTYPE_F32), NUDGE_ERR_NULL);
+    CHECK_STATUS(nudge_adapter_save_gguf(adapter, NULL, NUDGE_DTYPE_F32), NUDGE_ERR_NULL);
+    CHECK_MESSAGE("path is NULL");
+    CHECK_STATUS(nudge_adapter_save_merged(NULL, "/tmp/x", NUDGE_DTYPE_F16), NUDGE_ERR_NULL);
+    CHECK_STATUS(nudge_adapter_save_merged(adapter, NULL, NUDGE_DTYPE_F16), NUDGE_ERR_NULL);
+    CHECK_STATUS(nudge_generate_options_init(NULL, sizeof(NudgeGenerateOptions)), NUDGE_ERR_NULL);
+    CHECK_STATUS(nudge_journal_options_init(NULL, sizeof(NudgeJournalOptions)), NUDGE_ERR_NULL);
+    CHECK_STATUS(nudge_journal_data_options_init(NULL, sizeof(NudgeJournalDataOptions)), NUDGE_ERR_NULL);
 
     CHECK_STATUS(nudge_dataset_new(NULL), NUDGE_ERR_NULL);
     CHECK_STATUS(nudge_dataset_add_pairs(NULL, TEXT_PAIRS, 1, NUDGE_TEXT), NUDGE_ERR_NULL);
@@ -132,6 +140,9 @@ static void check_bad_files(NudgeModel *model, NudgeAdapter *adapter, const char
     /* A directory below a regular file cannot be made. */
     snprintf(p, sizeof p, "%s/garbage.gguf/adapter", dir);
     CHECK_STATUS(nudge_adapter_save_peft(adapter, p), NUDGE_ERR_IO);
+    CHECK_STATUS(nudge_adapter_save_merged(adapter, p, NUDGE_DTYPE_F16), NUDGE_ERR_IO);
+    snprintf(p, sizeof p, "%s/garbage.gguf/adapter.gguf", dir);
+    CHECK_STATUS(nudge_adapter_save_gguf(adapter, p, NUDGE_DTYPE_F16), NUDGE_ERR_IO);
     remove_file(dir, "garbage.gguf");
 }
 
@@ -261,6 +272,69 @@ static void check_wrong_order(NudgeModel *model, NudgeDataset *pairs) {
     nudge_dataset_free(one);
 }
 
+/* Journals: bad files, NULL and wrong-kind handles, use after free. */
+static void check_journal(NudgeAdapter *adapter, NudgeDataset *data, const char *dir) {
+    char path[4200];
+    NudgeJournal *j = (NudgeJournal *)&j;
+    CHECK_STATUS(nudge_journal_open(NULL, NULL, &j), NUDGE_ERR_NULL);
+    CHECK(j == NULL);
+    CHECK_STATUS(nudge_journal_open(dir, NULL, NULL), NUDGE_ERR_NULL);
+    CHECK_STATUS(nudge_journal_open(dir, NULL, &j), NUDGE_ERR_IO); /* a directory */
+    CHECK(j == NULL);
+    snprintf(path, sizeof path, "%s/no/such/dir/feedback.journal", dir);
+    CHECK_STATUS(nudge_journal_open(path, NULL, &j), NUDGE_ERR_IO);
+    snprintf(path, sizeof path, "%s/not-a-journal", dir);
+    FILE *f = fopen(path, "wb");
+    CHECK(f != NULL);
+    fputs("this is not a journal, but long enough to hold a header of one", f);
+    fclose(f);
+    CHECK_STATUS(nudge_journal_open(path, NULL, &j), NUDGE_ERR_FORMAT);
+    CHECK(j == NULL);
+    unlink(path);
+    NudgeJournalOptions jo;
+    CHECK_OK(nudge_journal_options_init(&jo, sizeof jo));
+    jo.durability = 2;
+    snprintf(path, sizeof path, "%s/feedback.journal", dir);
+    CHECK_STATUS(nudge_journal_open(path, &jo, &j), NUDGE_ERR_INVALID);
+    CHECK_MESSAGE("durability 2");
+    jo.struct_size = 1;
+    CHECK_STATUS(nudge_journal_open(path, &jo, &j), NUDGE_ERR_INVALID);
+
+    CHECK_OK(nudge_journal_open(path, NULL, &j));
+    NudgeJournalStats st;
+    st.struct_size = sizeof st;
+    CHECK_STATUS(nudge_journal_stats(NULL, &st), NUDGE_ERR_NULL);
+    CHECK_STATUS(nudge_journal_stats(j, NULL), NUDGE_ERR_NULL);
+    st.struct_size = 3;
+    CHECK_STATUS(nudge_journal_stats(j, &st), NUDGE_ERR_INVALID);
+    CHECK_STATUS(nudge_journal_add_thumb(NULL, "a", "p", "c", NUDGE_TEXT, 1, 1.0f, NULL), NUDGE_ERR_NULL);
+    CHECK_STATUS(nudge_journal_add_thumb(j, "a", "p", "c", 9, 1, 1.0f, NULL), NUDGE_ERR_INVALID);
+    CHECK_STATUS(nudge_journal_add_pair(j, "a", "p", "c", "r", NUDGE_TEXT, -2.0f, NULL), NUDGE_ERR_INVALID);
+    CHECK_STATUS(nudge_journal_add_pair(j, "a", "[]", "[]", "[]", NUDGE_CHAT_JSON, 1.0f, NULL), NUDGE_ERR_INVALID);
+    CHECK_STATUS(nudge_journal_sync(NULL), NUDGE_ERR_NULL);
+    CHECK_STATUS(nudge_dataset_add_journal(NULL, j, NULL, NULL, NULL), NUDGE_ERR_NULL);
+    CHECK_STATUS(nudge_dataset_add_journal(data, NULL, NULL, NULL, NULL), NUDGE_ERR_NULL);
+    CHECK_STATUS(nudge_journal_mark_trained(NULL, data), NUDGE_ERR_NULL);
+    CHECK_STATUS(nudge_journal_mark_trained(j, NULL), NUDGE_ERR_NULL);
+    /* Handles of another kind are refused, and not freed. */
+    CHECK_STATUS(nudge_journal_sync((NudgeJournal *)data), NUDGE_ERR_INVALID);
+    CHECK_MESSAGE("not a live journal handle");
+    CHECK_STATUS(nudge_dataset_add_journal((NudgeDataset *)j, j, NULL, NULL, NULL), NUDGE_ERR_INVALID);
+    CHECK_STATUS(nudge_adapter_save_gguf((const NudgeAdapter *)j, path, NUDGE_DTYPE_F32), NUDGE_ERR_INVALID);
+    nudge_journal_free((NudgeJournal *)adapter);
+    nudge_dataset_free((NudgeDataset *)j);
+    CHECK_OK(nudge_journal_sync(j));
+    /* Nothing recorded: the file holds no event. */
+    st.struct_size = sizeof st;
+    CHECK_OK(nudge_journal_stats(j, &st));
+    CHECK(st.records == 0);
+    nudge_journal_free(j);
+    CHECK_STATUS(nudge_journal_stats(j, &st), NUDGE_ERR_INVALID);
+    CHECK_MESSAGE("freed");
+    nudge_journal_free(j);
+    unlink(path);
+}
+
 typedef struct StopAt {
     uint32_t calls;
     uint32_t stop_at;
@@ -318,6 +392,7 @@ int main(int argc, char **argv) {
     check_bad_options(path, model, adapter, data);
     check_wrong_order(model, data);
     check_cancel(model, data);
+    check_journal(adapter, data, dir);
 
     /* A success clears the message. */
     CHECK_STATUS(nudge_dataset_new(NULL), NUDGE_ERR_NULL);

@@ -116,6 +116,14 @@ static void busy_adapter(NudgeModel *model, NudgeDataset *data, const char *dir)
     CHECK_MESSAGE("in use");
     CHECK_STATUS(nudge_adapter_info(adapter, &ai), NUDGE_ERR_BUSY);
     CHECK_STATUS(nudge_score(model, adapter, p->prompt, p->chosen, NUDGE_TEXT, &logp, NULL), NUDGE_ERR_BUSY);
+    CHECK_STATUS(nudge_adapter_save_gguf(adapter, dir, NUDGE_DTYPE_F32), NUDGE_ERR_BUSY);
+    CHECK_STATUS(nudge_adapter_save_merged(adapter, dir, NUDGE_DTYPE_F16), NUDGE_ERR_BUSY);
+    {
+        char *text = (char *)1;
+        CHECK_STATUS(nudge_generate(model, adapter, p->prompt, NUDGE_TEXT, NULL, NULL, NULL, &text, NULL),
+                     NUDGE_ERR_BUSY);
+        CHECK(text == NULL);
+    }
     NudgeTrainOptions to = quick_options(1);
     CHECK_STATUS(nudge_train(adapter, data, &to, NULL, NULL, NULL), NUDGE_ERR_BUSY);
     /* The model, the dataset and other adapters are not held by the run. */

@@ -1,0 +1,476 @@
+//! The feedback journal: an app records thumbs and preference pairs in a crash-safe file as
+//! they happen, builds a dataset from them when it trains, and marks them consumed after.
+
+use crate::dataset::{NUDGE_CHAT_JSON, NUDGE_TEXT};
+use crate::handles::{self, DatasetHandle, JournalHandle, NudgeDataset, NudgeJournal};
+use crate::options::{self, versioned};
+use crate::status::{Failure, FfiResult, NudgeStatus, guard, guard_void};
+use crate::text::{str_arg, write_opt};
+use engine::journal::{
+    Durability, Journal, PreferencePair, Prompt, Record, Target, Thumbs, TrainingOptions, UnpairedPolicy,
+};
+use engine::tokenizer::ChatMessage;
+use std::ffi::c_char;
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// `NudgeJournalOptions.durability`: every event is fsynced before its call returns.
+pub const NUDGE_DURABILITY_EVERY_RECORD: u32 = 0;
+/// Events reach the disk at `nudge_journal_sync` and `nudge_journal_free`; until then they
+/// survive the app being killed but not a power loss.
+pub const NUDGE_DURABILITY_BATCH: u32 = 1;
+
+/// `NudgeJournalDataOptions.target`: preference pairs (DPO and its variants): thumbs up and
+/// down on the same prompt are paired.
+pub const NUDGE_JOURNAL_PAIRS: u32 = 0;
+/// Unpaired rows only (the "kto" loss): thumbs as they are, a pair as one row each side.
+pub const NUDGE_JOURNAL_THUMBS: u32 = 1;
+
+/// `NudgeJournalDataOptions.unpaired`: thumbs without a partner become thumbs rows (KTO).
+pub const NUDGE_UNPAIRED_THUMBS: u32 = 0;
+/// Thumbs without a partner wait for one in a later run.
+pub const NUDGE_UNPAIRED_KEEP: u32 = 1;
+
+/// Options of `nudge_journal_open`. Fill with `nudge_journal_options_init`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct NudgeJournalOptions {
+    /// sizeof(NudgeJournalOptions) as the app was compiled.
+    pub struct_size: u32,
+    /// NUDGE_DURABILITY_* (default NUDGE_DURABILITY_EVERY_RECORD).
+    pub durability: u32,
+}
+
+impl Default for NudgeJournalOptions {
+    fn default() -> Self {
+        NudgeJournalOptions {
+            struct_size: size_of::<Self>() as u32,
+            durability: NUDGE_DURABILITY_EVERY_RECORD,
+        }
+    }
+}
+versioned!(NudgeJournalOptions);
+
+/// Which events of a journal `nudge_dataset_add_journal` adds, and how. Fill with
+/// `nudge_journal_data_options_init`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct NudgeJournalDataOptions {
+    /// sizeof(NudgeJournalDataOptions) as the app was compiled.
+    pub struct_size: u32,
+    /// Non-zero (default): only the events new since the last `nudge_journal_mark_trained`.
+    pub only_new: u32,
+    /// NUDGE_JOURNAL_PAIRS (default) or NUDGE_JOURNAL_THUMBS.
+    pub target: u32,
+    /// NUDGE_UNPAIRED_THUMBS (default) or NUDGE_UNPAIRED_KEEP.
+    pub unpaired: u32,
+}
+
+impl Default for NudgeJournalDataOptions {
+    fn default() -> Self {
+        NudgeJournalDataOptions {
+            struct_size: size_of::<Self>() as u32,
+            only_new: 1,
+            target: NUDGE_JOURNAL_PAIRS,
+            unpaired: NUDGE_UNPAIRED_THUMBS,
+        }
+    }
+}
+versioned!(NudgeJournalDataOptions);
+
+/// What `nudge_journal_stats` reports. Set `struct_size` before the call.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct NudgeJournalStats {
+    /// sizeof(NudgeJournalStats) as the app was compiled; set by the app.
+    pub struct_size: u32,
+    /// Records in the file: thumbs, pairs and training marks.
+    pub records: u32,
+    pub thumbs: u32,
+    pub thumbs_up: u32,
+    pub thumbs_down: u32,
+    pub pairs: u32,
+    pub training_marks: u32,
+    /// Thumbs and pairs no training run has consumed yet.
+    pub new_since_training: u32,
+    /// The sequence number the next event will get.
+    pub next_sequence: u64,
+    pub file_bytes: u64,
+    /// Milliseconds since the Unix epoch of the last training mark; -1 if none.
+    pub last_training_ms: i64,
+}
+
+impl Default for NudgeJournalStats {
+    fn default() -> Self {
+        NudgeJournalStats {
+            struct_size: size_of::<Self>() as u32,
+            records: 0,
+            thumbs: 0,
+            thumbs_up: 0,
+            thumbs_down: 0,
+            pairs: 0,
+            training_marks: 0,
+            new_since_training: 0,
+            next_sequence: 0,
+            file_bytes: 0,
+            last_training_ms: -1,
+        }
+    }
+}
+versioned!(NudgeJournalStats);
+
+/// Fills `options` with the defaults; `struct_size` is sizeof(NudgeJournalOptions).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nudge_journal_options_init(
+    options: *mut NudgeJournalOptions,
+    struct_size: usize,
+) -> NudgeStatus {
+    guard(|| options::init(options, struct_size, "options"))
+}
+
+/// Fills `options` with the defaults; `struct_size` is sizeof(NudgeJournalDataOptions).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nudge_journal_data_options_init(
+    options: *mut NudgeJournalDataOptions,
+    struct_size: usize,
+) -> NudgeStatus {
+    guard(|| options::init(options, struct_size, "options"))
+}
+
+/// Opens the journal file at `path`, creating it if missing. A record whose write was
+/// interrupted (the app or the device died) is cut off the end; every complete record is
+/// kept. One handle at a time may have a file open: a second open of the same file fails.
+/// `options` may be NULL (defaults). On failure `*out` is NULL.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nudge_journal_open(
+    path: *const c_char,
+    options: *const NudgeJournalOptions,
+    out: *mut *mut NudgeJournal,
+) -> NudgeStatus {
+    guard(|| {
+        handles::clear_out(out, "out")?;
+        let path = str_arg(path, "path")?;
+        let o = options::read(options, "options")?;
+        let durability = match o.durability {
+            NUDGE_DURABILITY_EVERY_RECORD => Durability::EveryRecord,
+            NUDGE_DURABILITY_BATCH => Durability::Batch,
+            other => {
+                return Err(Failure::invalid(format!(
+                    "durability {other} is not a NUDGE_DURABILITY_* value"
+                )));
+            }
+        };
+        let (journal, _recovery) = Journal::open(path, durability)?;
+        let h = JournalHandle {
+            journal: RwLock::new(journal),
+        };
+        handles::put(out, handles::register(Arc::new(h)));
+        Ok(())
+    })
+}
+
+/// Syncs what was appended and closes the file (once no call in progress uses it). NULL,
+/// or a handle already freed, is a no-op.
+#[unsafe(no_mangle)]
+pub extern "C" fn nudge_journal_free(journal: *mut NudgeJournal) {
+    guard_void(|| {
+        handles::release::<JournalHandle>(journal);
+    })
+}
+
+/// The prompt of an event: plain text, or chat messages in JSON.
+fn prompt_arg(p: *const c_char, format: u32) -> FfiResult<Prompt> {
+    let s = str_arg(p, "prompt")?;
+    match format {
+        NUDGE_TEXT => Ok(Prompt::Text(s.to_string())),
+        NUDGE_CHAT_JSON => {
+            let m: Vec<ChatMessage> = serde_json::from_str(s).map_err(|e| {
+                Failure::invalid(format!(
+                    "prompt is not a JSON array of chat messages with string \"role\" and \"content\": {e}"
+                ))
+            })?;
+            if m.is_empty() {
+                return Err(Failure::invalid("prompt has no chat messages"));
+            }
+            Ok(Prompt::Chat(m))
+        }
+        other => Err(Failure::invalid(format!(
+            "format {other} is neither NUDGE_TEXT nor NUDGE_CHAT_JSON"
+        ))),
+    }
+}
+
+/// A completion: plain text, or (NUDGE_CHAT_JSON) one assistant message in JSON, as the
+/// dataset functions take it.
+fn completion_arg(p: *const c_char, format: u32, what: &str) -> FfiResult<String> {
+    let s = str_arg(p, what)?;
+    if format != NUDGE_CHAT_JSON {
+        return Ok(s.to_string());
+    }
+    let m: Vec<ChatMessage> = serde_json::from_str(s)
+        .map_err(|e| Failure::invalid(format!("{what} is not a JSON array of chat messages: {e}")))?;
+    match m.as_slice() {
+        [one] if one.role == "assistant" => Ok(one.content.clone()),
+        _ => Err(Failure::invalid(format!(
+            "{what} must hold exactly one message, of role \"assistant\""
+        ))),
+    }
+}
+
+fn strength_arg(strength: f32) -> Option<f32> {
+    (!strength.is_nan()).then_some(strength)
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn append(journal: *mut NudgeJournal, record: Record, seq_out: *mut u64) -> FfiResult<()> {
+    let h = handles::get::<JournalHandle>(journal, "journal")?;
+    let seq = handles::write(&h.journal, "journal")?.append(record)?;
+    write_opt(seq_out, seq);
+    Ok(())
+}
+
+/// Records a thumbs-up (`thumbs_up` non-zero) or thumbs-down on `completion` as the answer
+/// to `prompt` (`format`: NUDGE_TEXT, or NUDGE_CHAT_JSON with the completion as one
+/// assistant message). `id` (non-empty) is the app's name for the event: an event
+/// repeating an earlier id is a retry and does not train twice. `strength` weighs the
+/// event in training (1: ordinary; NaN: none given, which trains as 1). A later thumb on
+/// the same prompt and completion with the other label replaces the earlier one.
+/// `seq_out` (may be NULL) receives the event's sequence number.
+#[unsafe(no_mangle)]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn nudge_journal_add_thumb(
+    journal: *mut NudgeJournal,
+    id: *const c_char,
+    prompt: *const c_char,
+    completion: *const c_char,
+    format: u32,
+    thumbs_up: u32,
+    strength: f32,
+    seq_out: *mut u64,
+) -> NudgeStatus {
+    guard(|| {
+        let record = Record::Thumbs(Thumbs {
+            id: str_arg(id, "id")?.to_string(),
+            prompt: prompt_arg(prompt, format)?,
+            completion: completion_arg(completion, format, "completion")?,
+            up: thumbs_up != 0,
+            strength: strength_arg(strength),
+            timestamp_ms: now_ms(),
+        });
+        append(journal, record, seq_out)
+    })
+}
+
+/// Records that the user preferred `chosen` over `rejected` as the answer to `prompt`
+/// (`format`, `id`, `strength` and `seq_out` as for `nudge_journal_add_thumb`).
+#[unsafe(no_mangle)]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn nudge_journal_add_pair(
+    journal: *mut NudgeJournal,
+    id: *const c_char,
+    prompt: *const c_char,
+    chosen: *const c_char,
+    rejected: *const c_char,
+    format: u32,
+    strength: f32,
+    seq_out: *mut u64,
+) -> NudgeStatus {
+    guard(|| {
+        let record = Record::Pair(PreferencePair {
+            id: str_arg(id, "id")?.to_string(),
+            prompt: prompt_arg(prompt, format)?,
+            chosen: completion_arg(chosen, format, "chosen")?,
+            rejected: completion_arg(rejected, format, "rejected")?,
+            strength: strength_arg(strength),
+            timestamp_ms: now_ms(),
+        });
+        append(journal, record, seq_out)
+    })
+}
+
+/// Fsyncs the events appended since the last sync (with NUDGE_DURABILITY_BATCH; with
+/// every-record durability they already are).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nudge_journal_sync(journal: *mut NudgeJournal) -> NudgeStatus {
+    guard(|| {
+        let h = handles::get::<JournalHandle>(journal, "journal")?;
+        handles::write(&h.journal, "journal")?.sync()?;
+        Ok(())
+    })
+}
+
+/// Counts the journal's records. Set `out->struct_size = sizeof(NudgeJournalStats)` first.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nudge_journal_stats(journal: *const NudgeJournal, out: *mut NudgeJournalStats) -> NudgeStatus {
+    guard(|| {
+        let h = handles::get::<JournalHandle>(journal, "journal")?;
+        let s = handles::read(&h.journal, "journal")?.stats();
+        let u = |v: usize| u32::try_from(v).unwrap_or(u32::MAX);
+        let stats = NudgeJournalStats {
+            struct_size: 0,
+            records: u(s.records),
+            thumbs: u(s.thumbs),
+            thumbs_up: u(s.up),
+            thumbs_down: u(s.down),
+            pairs: u(s.pairs),
+            training_marks: u(s.training_marks),
+            new_since_training: u(s.new_since_training),
+            next_sequence: s.next_sequence,
+            file_bytes: s.file_bytes,
+            last_training_ms: s.last_training_ms.map_or(-1, |t| i64::try_from(t).unwrap_or(i64::MAX)),
+        };
+        options::write(out, stats, "out")
+    })
+}
+
+fn training_options(o: &NudgeJournalDataOptions) -> FfiResult<TrainingOptions> {
+    let target = match o.target {
+        NUDGE_JOURNAL_PAIRS => Target::Dpo,
+        NUDGE_JOURNAL_THUMBS => Target::Kto,
+        other => {
+            return Err(Failure::invalid(format!(
+                "target {other} is not a NUDGE_JOURNAL_* value"
+            )));
+        }
+    };
+    let unpaired = match o.unpaired {
+        NUDGE_UNPAIRED_THUMBS => UnpairedPolicy::Kto,
+        NUDGE_UNPAIRED_KEEP => UnpairedPolicy::Keep,
+        other => {
+            return Err(Failure::invalid(format!(
+                "unpaired {other} is not a NUDGE_UNPAIRED_* value"
+            )));
+        }
+    };
+    Ok(TrainingOptions {
+        only_new: o.only_new != 0,
+        target,
+        unpaired,
+        max_length: None,
+    })
+}
+
+/// Adds the journal's events to the dataset as training examples: retries, duplicates and
+/// thumbs the user took back are left out; with NUDGE_JOURNAL_PAIRS thumbs up and down on
+/// the same prompt become pairs (newest with newest). `options` may be NULL (defaults: new
+/// events only, pairs, leftover thumbs as thumbs). The dataset remembers what it took, for
+/// `nudge_journal_mark_trained`. `n_pairs` and `n_thumbs` (may be NULL) receive the
+/// numbers of examples added.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nudge_dataset_add_journal(
+    dataset: *mut NudgeDataset,
+    journal: *const NudgeJournal,
+    options: *const NudgeJournalDataOptions,
+    n_pairs: *mut usize,
+    n_thumbs: *mut usize,
+) -> NudgeStatus {
+    guard(|| {
+        let d = handles::get::<DatasetHandle>(dataset, "dataset")?;
+        let h = handles::get::<JournalHandle>(journal, "journal")?;
+        let o = options::read(options, "options")?;
+        let opts = training_options(&o)?;
+        let plan = handles::read(&h.journal, "journal")?.plan(&opts);
+        let mut rows = handles::write(&d.rows, "dataset")?;
+        rows.extend(plan.rows().into_iter().map(|(_, row)| row));
+        d.journal_marks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(journal.addr(), plan.mark(0));
+        write_opt(n_pairs, plan.pairs.len());
+        write_opt(n_thumbs, plan.unpaired.len());
+        Ok(())
+    })
+}
+
+/// Records in the journal that a training run consumed the events `dataset` took from it
+/// (the last `nudge_dataset_add_journal` of this journal into it): call it once training on
+/// the dataset succeeded, so that the next dataset of new events leaves them out. Thumbs
+/// kept waiting for a partner (NUDGE_UNPAIRED_KEEP) stay new. NUDGE_ERR_INVALID if the
+/// dataset took nothing from this journal handle.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nudge_journal_mark_trained(
+    journal: *mut NudgeJournal,
+    dataset: *const NudgeDataset,
+) -> NudgeStatus {
+    guard(|| {
+        let h = handles::get::<JournalHandle>(journal, "journal")?;
+        let d = handles::get::<DatasetHandle>(dataset, "dataset")?;
+        let mark = d
+            .journal_marks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&journal.addr())
+            .cloned()
+            .ok_or_else(|| {
+                Failure::invalid("the dataset took no events from this journal (see nudge_dataset_add_journal)")
+            })?;
+        if let Some(mut mark) = mark {
+            mark.timestamp_ms = now_ms();
+            handles::write(&h.journal, "journal")?.append(Record::TrainingMark(mark))?;
+        }
+        Ok(())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layouts_end_without_padding() {
+        crate::assert_packed_end!(NudgeJournalOptions, durability, u32);
+        crate::assert_packed_end!(NudgeJournalDataOptions, unpaired, u32);
+        crate::assert_packed_end!(NudgeJournalStats, last_training_ms, i64);
+    }
+
+    #[test]
+    fn data_options_map_to_the_engine_and_bad_ones_are_refused() {
+        let t = training_options(&NudgeJournalDataOptions::default()).unwrap();
+        assert_eq!(
+            t,
+            TrainingOptions {
+                only_new: true,
+                ..TrainingOptions::default()
+            }
+        );
+        for o in [
+            NudgeJournalDataOptions {
+                target: 2,
+                ..Default::default()
+            },
+            NudgeJournalDataOptions {
+                unpaired: 2,
+                ..Default::default()
+            },
+        ] {
+            assert_eq!(
+                training_options(&o).err().unwrap().status,
+                NudgeStatus::NUDGE_ERR_INVALID
+            );
+        }
+    }
+
+    #[test]
+    fn chat_completions_are_one_assistant_message() {
+        let ok = cr#"[{"role":"assistant","content":"Paris."}]"#;
+        assert_eq!(completion_arg(ok.as_ptr(), NUDGE_CHAT_JSON, "c").unwrap(), "Paris.");
+        assert_eq!(
+            completion_arg(ok.as_ptr(), NUDGE_TEXT, "c").unwrap(),
+            ok.to_str().unwrap()
+        );
+        for bad in [cr#"[{"role":"user","content":"x"}]"#, cr#"[]"#, cr#"not json"#] {
+            let e = completion_arg(bad.as_ptr(), NUDGE_CHAT_JSON, "c").err().unwrap();
+            assert_eq!(e.status, NudgeStatus::NUDGE_ERR_INVALID, "{bad:?}");
+        }
+        assert!(matches!(
+            prompt_arg(cr#"[{"role":"user","content":"hi"}]"#.as_ptr(), NUDGE_CHAT_JSON).unwrap(),
+            Prompt::Chat(m) if m.len() == 1
+        ));
+        assert!(prompt_arg(c"[]".as_ptr(), NUDGE_CHAT_JSON).is_err());
+    }
+}
