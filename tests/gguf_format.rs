@@ -301,7 +301,10 @@ fn writer_output_reads_back_identically() {
 fn writer_honours_custom_alignment_and_is_atomic() {
     let mut w = sample_writer();
     w.set("general.alignment", 64u32);
-    let path = tmp_path("aligned64.gguf");
+    // A folder of its own: other tests write (and briefly hold temporary files) in parallel.
+    let dir = tmp_path("atomic");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("aligned64.gguf");
     std::fs::write(&path, b"old contents").unwrap();
     w.write(&path).unwrap();
     let g = GgufFile::open(&path).unwrap();
