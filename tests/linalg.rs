@@ -431,3 +431,46 @@ fn nudge_merge_writes_the_merged_adapter() {
     assert!(String::from_utf8_lossy(&bad.stderr).contains("DIR:WEIGHT"));
     assert!(!dir.join("never").exists());
 }
+
+#[test]
+fn nudge_export_merge_writes_the_combined_adapter_in_any_format() {
+    let spec = TinySpec::default();
+    let dir = fresh_dir("linalg-export");
+    let model_dir = dir.join("model");
+    write_model(&model_dir, &spec);
+    let cfg = config(&spec);
+    let a1 = random_adapter(&cfg, 4, 8.0, false, &[Proj::Q, Proj::V], 71);
+    let a2 = random_adapter(&cfg, 4, 4.0, false, &[Proj::V, Proj::Up], 72);
+    peft::save(&a1, &dir.join("a1")).unwrap();
+    peft::save(&a2, &dir.join("a2")).unwrap();
+    let merge = format!("{}:0.7,{}:0.3", dir.join("a1").display(), dir.join("a2").display());
+    let export = |format: &str, out: &std::path::Path| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_nudge"))
+            .args(["export", "--model"])
+            .arg(&model_dir)
+            .args(["--merge", &merge, "--rank", "8", "--format", format, "--out"])
+            .arg(out)
+            .status()
+            .expect("nudge export runs")
+    };
+    let peft_out = dir.join("peft");
+    assert!(export("peft", &peft_out).success());
+    let m = peft::load(&peft_out, &cfg).unwrap();
+    assert_eq!(m.config.r, 8);
+    for layer in 0..cfg.num_hidden_layers {
+        for p in [Proj::Q, Proj::V, Proj::Up] {
+            let want = expected_sum(&[(&a1, 0.7), (&a2, 0.3)], layer, p);
+            let got = update(m.get(layer, p).unwrap(), f64::from(m.scale()));
+            assert!(rel_err(&got, &want) < 1e-6, "layer {layer} {p:?}");
+        }
+    }
+    // The same combination as a llama.cpp adapter reads back to the same update.
+    let gguf_out = dir.join("merged.gguf");
+    assert!(export("gguf", &gguf_out).success());
+    let g = nudge::adapter::load(&gguf_out, &cfg).unwrap();
+    for layer in 0..cfg.num_hidden_layers {
+        let want = expected_sum(&[(&a1, 0.7), (&a2, 0.3)], layer, Proj::Up);
+        let got = update(g.get(layer, Proj::Up).unwrap(), f64::from(g.scale()));
+        assert!(rel_err(&got, &want) < 1e-5, "gguf layer {layer}");
+    }
+}

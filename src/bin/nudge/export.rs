@@ -23,8 +23,15 @@ pub struct ExportArgs {
     #[arg(long)]
     model: PathBuf,
     /// The adapter: a PEFT directory or a llama.cpp LoRA .gguf file.
+    #[arg(long, required_unless_present = "merge", conflicts_with = "merge")]
+    adapter: Option<PathBuf>,
+    /// Instead of one adapter: several combined with weights, `A:0.7,B:0.3`, through the SVD
+    /// of their summed update (needs the `linalg` feature).
     #[arg(long)]
-    adapter: PathBuf,
+    merge: Option<String>,
+    /// Rank of the combined adapter with --merge (default: the largest input rank).
+    #[arg(long, requires = "merge")]
+    rank: Option<usize>,
     #[arg(long, value_enum)]
     format: Format,
     /// Output directory (peft, merged) or file (gguf).
@@ -38,8 +45,12 @@ pub struct ExportArgs {
 pub fn export(a: ExportArgs) -> Result<()> {
     let dtype: FloatType = a.dtype.parse()?;
     let model = Model::open(&a.model)?;
-    let lora = adapter::load(&a.adapter, &model.config)?;
-    lora.check_fits(&model.config, &a.adapter)?;
+    let (lora, source) = match (&a.merge, &a.adapter) {
+        (Some(spec), _) => (merged(&model, spec, a.rank)?, PathBuf::from(spec)),
+        (None, Some(dir)) => (adapter::load(dir, &model.config)?, dir.clone()),
+        (None, None) => return Err(Error::invalid("give --adapter DIR or --merge A:0.7,B:0.3")),
+    };
+    lora.check_fits(&model.config, &source)?;
     match a.format {
         Format::Peft if dtype != FloatType::F32 => {
             return Err(Error::invalid("--dtype: PEFT adapters are written in f32"));
@@ -50,4 +61,17 @@ pub fn export(a: ExportArgs) -> Result<()> {
     }
     eprintln!("nudge: wrote {}", a.out.display());
     Ok(())
+}
+
+#[cfg(feature = "linalg")]
+fn merged(model: &Model, spec: &str, rank: Option<usize>) -> Result<adapter::Adapter> {
+    Ok(crate::merge::merged_adapter(&model.config, spec, rank, None)?.adapter)
+}
+
+#[cfg(not(feature = "linalg"))]
+fn merged(_model: &Model, _spec: &str, _rank: Option<usize>) -> Result<adapter::Adapter> {
+    Err(Error::invalid(
+        "--merge needs LAPACK: this binary was built without the `linalg` feature \
+         (rebuild with `cargo build --release --features linalg`, which links the system's OpenBLAS)",
+    ))
 }

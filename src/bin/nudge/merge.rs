@@ -35,17 +35,20 @@ pub fn merge_command(_a: MergeArgs) -> Result<()> {
     ))
 }
 
+/// The adapters of `spec` (`DIR:WEIGHT,...`) combined by the SVD of their summed update at
+/// `rank`, for a model of configuration `cfg` (`nudge merge` and `nudge export --merge`).
 #[cfg(feature = "linalg")]
-pub fn merge_command(a: MergeArgs) -> Result<()> {
+pub fn merged_adapter(
+    cfg: &nudge::model::config::Config,
+    spec: &str,
+    rank: Option<usize>,
+    clamp: Option<f32>,
+) -> Result<nudge::adapter::linalg::Merged> {
     use nudge::adapter::linalg::{SvdOptions, Weighted, merge_svd};
-    use nudge::adapter::peft;
-    use nudge::model::Model;
-
-    let list = parse_adapters(&a.adapters)?;
-    let model = Model::open(&a.model)?;
+    let list = parse_adapters(spec)?;
     let mut loaded = Vec::with_capacity(list.len());
     for (dir, w) in &list {
-        loaded.push((dir.display().to_string(), peft::load(dir, &model.config)?, *w));
+        loaded.push((dir.display().to_string(), nudge::adapter::load(dir, cfg)?, *w));
     }
     let inputs: Vec<Weighted> = loaded
         .iter()
@@ -55,17 +58,19 @@ pub fn merge_command(a: MergeArgs) -> Result<()> {
             weight: *weight,
         })
         .collect();
-    let merged = merge_svd(
-        &inputs,
-        &SvdOptions {
-            rank: a.rank,
-            clamp: a.clamp,
-        },
-    )?;
+    merge_svd(&inputs, &SvdOptions { rank, clamp })
+}
+
+#[cfg(feature = "linalg")]
+pub fn merge_command(a: MergeArgs) -> Result<()> {
+    use nudge::adapter::peft;
+    use nudge::model::Model;
+
+    let model = Model::open(&a.model)?;
+    let merged = merged_adapter(&model.config, &a.adapters, a.rank, a.clamp)?;
     peft::save(&merged.adapter, &a.out)?;
     eprintln!(
-        "nudge: {} adapter(s) merged at rank {} over {} projections; {:.4}% of the update's energy kept; adapter in {}",
-        inputs.len(),
+        "nudge: adapters merged at rank {} over {} projections; {:.4}% of the update's energy kept; adapter in {}",
         merged.adapter.config.r,
         merged.spectra.len(),
         100.0 * merged.kept_energy_fraction(),
