@@ -126,14 +126,22 @@ impl safetensors::View for LazyTensor<'_> {
     }
 }
 
-/// Writes `bytes` to `path` atomically: a temporary file in the same folder, fsync, rename.
+/// Writes `bytes` to `path` atomically: a temporary file in the same folder, fsync, rename,
+/// fsync of the folder (the rename is durable once the directory entry is).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
     let tmp = path.with_extension("tmp-write");
     let mut f = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
     f.write_all(bytes).map_err(|e| Error::io(&tmp, e))?;
     f.sync_all().map_err(|e| Error::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
+        && let Ok(d) = std::fs::File::open(dir)
+    {
+        // Best effort: some filesystems refuse fsync on a directory.
+        let _ = d.sync_all();
+    }
+    Ok(())
 }
 
 /// The HF-named tensors of a model (lm_head only when untied), each with its export form.

@@ -220,8 +220,8 @@ pub fn config_json(a: &Adapter) -> Value {
 pub fn save(a: &Adapter, dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let cfg = serde_json::to_vec_pretty(&config_json(a)).expect("JSON values serialize");
-    let tensors = a.tensors();
-    let shapes: Vec<(String, Vec<usize>, Vec<u8>)> = a
+    // Bytes first: the views below borrow them. Same order as `Adapter::tensors`.
+    let tensors: Vec<(String, Vec<usize>, Vec<u8>)> = a
         .layers
         .iter()
         .enumerate()
@@ -246,8 +246,7 @@ pub fn save(a: &Adapter, dir: &Path) -> Result<()> {
             ]
         })
         .collect();
-    debug_assert_eq!(tensors.len(), shapes.len());
-    let views: Vec<(String, safetensors::tensor::TensorView)> = shapes
+    let views: Vec<(String, safetensors::tensor::TensorView)> = tensors
         .iter()
         .map(|(n, s, b)| {
             let v =

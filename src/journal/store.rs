@@ -35,6 +35,18 @@ pub struct Recovery {
     pub why: String,
 }
 
+impl Recovery {
+    /// What a scan's torn tail (if any) means for the caller: it takes the tail out of the scan.
+    fn of(scan: &mut frame::Scan) -> Option<Recovery> {
+        scan.tail.take().map(|t| Recovery {
+            offset: t.offset,
+            cut_bytes: t.bytes,
+            records_kept: scan.entries.len(),
+            why: t.why,
+        })
+    }
+}
+
 /// Counts for `nudge journal stats`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Stats {
@@ -236,13 +248,8 @@ impl Journal {
         let path = path.as_ref();
         let mut file = open_locked(path)?;
         let bytes = read_all(&mut file, path)?;
-        let scan = frame::scan(&bytes, path, false)?;
-        let recovery = scan.tail.map(|t| Recovery {
-            offset: t.offset,
-            cut_bytes: t.bytes,
-            records_kept: scan.entries.len(),
-            why: t.why,
-        });
+        let mut scan = frame::scan(&bytes, path, false)?;
+        let recovery = Recovery::of(&mut scan);
         if recovery.is_some() {
             file.set_len(scan.good_end).map_err(|e| Error::io(path, e))?;
         }
@@ -271,13 +278,8 @@ impl Journal {
         let path = path.as_ref();
         let mut file = File::open(path).map_err(|e| Error::io(path, e))?;
         let bytes = read_all(&mut file, path)?;
-        let scan = frame::scan(&bytes, path, false)?;
-        let recovery = scan.tail.map(|t| Recovery {
-            offset: t.offset,
-            cut_bytes: t.bytes,
-            records_kept: scan.entries.len(),
-            why: t.why,
-        });
+        let mut scan = frame::scan(&bytes, path, false)?;
+        let recovery = Recovery::of(&mut scan);
         let synced = scan.entries.len();
         Ok((
             Journal {
@@ -301,13 +303,8 @@ impl Journal {
         let path = path.as_ref();
         let mut file = open_locked(path)?;
         let bytes = read_all(&mut file, path)?;
-        let scan = frame::scan(&bytes, path, true)?;
-        let tail = scan.tail.map(|t| Recovery {
-            offset: t.offset,
-            cut_bytes: t.bytes,
-            records_kept: scan.entries.len(),
-            why: t.why,
-        });
+        let mut scan = frame::scan(&bytes, path, true)?;
+        let tail = Recovery::of(&mut scan);
         let report = RepairReport {
             skipped: scan.skipped,
             tail,

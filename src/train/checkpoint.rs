@@ -132,14 +132,7 @@ impl Checkpoint {
 
     /// Writes atomically: a temporary file in the same folder, fsync, rename, fsync the folder.
     pub fn save(&self, path: &Path) -> Result<()> {
-        crate::convert::write_atomic(path, &self.to_bytes()?)?;
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            // The rename is durable once the directory entry is.
-            if let Ok(d) = std::fs::File::open(dir) {
-                let _ = d.sync_all();
-            }
-        }
-        Ok(())
+        crate::convert::write_atomic(path, &self.to_bytes()?)
     }
 
     pub fn load(path: &Path) -> Result<Self> {
