@@ -1,13 +1,13 @@
 //! End-to-end throughput on the real model: the forward pass over a 512-token sequence
 //! (what llama-bench's `-p 512` measures) and one LoRA DPO training step of two pairs of
-//! the shared benchmark set. `NUDGE_MODEL` names the model (default: the fetched GGUF).
+//! the benchmark set in `benches/data/`. `NUDGE_MODEL` names the model (default: the fetched GGUF).
 //!
 //! `cargo bench --bench engine -- --warm-up-time 2 --measurement-time 20`
 //! (`nudge bench score|train` print the same figures with FMA-peak fractions and peak RSS.)
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use nudge::adapter::{Adapter, LoraConfig};
-use nudge::data::PreferenceSet;
+use nudge::data::{PreferenceSet, Truncation};
 use nudge::kernels::attention::AttnLayout;
 use nudge::model::{Model, Recompute};
 use nudge::objective::Loss;
@@ -36,8 +36,8 @@ fn benches(c: &mut Criterion) {
     });
     g.finish();
 
-    let data = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/bench/prefs-64.jsonl");
-    let set = PreferenceSet::from_jsonl(&model.tokenizer, &data, None).expect("benchmark set");
+    let data = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("benches/data/prefs-64.jsonl");
+    let set = PreferenceSet::from_jsonl(&model.tokenizer, &data, &Truncation::default()).expect("benchmark set");
     let pairs: Vec<_> = set.pairs.iter().take(2).collect();
     let adapter = Adapter::new(&model.config, LoraConfig::default(), 1, "bench").expect("adapter");
     let refs = vec![(0.0, 0.0); pairs.len()];

@@ -224,20 +224,23 @@ pub fn peak_rss_bytes() -> usize {
 }
 
 /// `nudge bench train`: LoRA r=8, alpha=16 on all seven projections, sigmoid DPO,
-/// `pairs_per_step` pairs per step, over the first steps of `data`.
+/// `pairs_per_step` pairs per step, over the first steps of `data` (JSONL text; `data_name`
+/// names it in reports).
 pub fn train_throughput(
     model_path: &Path,
-    data_path: &Path,
+    data: &str,
+    data_name: &Path,
     steps: usize,
     pairs_per_step: usize,
     memory_budget: usize,
 ) -> Result<TrainBench> {
     use crate::adapter::{Adapter, LoraConfig};
-    use crate::data::PreferenceSet;
+    use crate::data::{PreferenceSet, Truncation};
     use crate::model::Recompute;
     use crate::train::{Control, TrainConfig, Trainer};
     let model = Model::open(model_path)?;
-    let mut data = PreferenceSet::from_jsonl(&model.tokenizer, data_path, None)?;
+    let limits = Truncation::max_length(model.config.max_position_embeddings);
+    let mut data = PreferenceSet::from_jsonl_text(&model.tokenizer, data, data_name, &limits)?;
     data.pairs.truncate(steps * pairs_per_step);
     let adapter = Adapter::new(
         &model.config,
@@ -288,7 +291,7 @@ pub fn train_throughput(
     let peak = fma_peak_gflops();
     Ok(TrainBench {
         model: model_path.display().to_string(),
-        data: data_path.display().to_string(),
+        data: data_name.display().to_string(),
         steps,
         pairs_per_step,
         threads: rayon::current_num_threads(),

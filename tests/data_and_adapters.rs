@@ -77,7 +77,7 @@ fn a_broken_json_line_names_its_line() {
     let e = PreferenceSet::from_jsonl(
         &tiny("rows-json-m", &TinySpec::default()).tokenizer,
         &d.join("missing.jsonl"),
-        None,
+        &nudge::data::Truncation::default(),
     )
     .unwrap_err();
     assert!(matches!(e, Error::Io { .. }), "{e}");

@@ -221,6 +221,18 @@ fn close_rel(a: f64, b: f64, rel: f64) -> bool {
     (a - b).abs() <= rel * b.abs().max(1e-2)
 }
 
+/// A TRL metric against the reference, within the tolerances its README gives: 1e-4
+/// relative (or 1e-6 absolute near zero); `rewards/*` (β times a difference of summed
+/// log-probs) may also differ by β·1e-4 absolute; accuracies are stored as float32, so
+/// they are compared within 1e-6.
+fn metric_close(name: &str, got: f64, want: f64, beta: f64) -> bool {
+    let d = (got - want).abs();
+    if name.ends_with("accuracies") {
+        return d <= 1e-6;
+    }
+    d <= 1e-6 || close_rel(got, want, LOSS_REL) || (name.starts_with("rewards/") && d <= beta * 1e-4)
+}
+
 fn golden_pairs(g: &serde_json::Value) -> Vec<TokenizedPair> {
     g["examples"]
         .as_array()
@@ -349,10 +361,7 @@ fn dpo_loss_metrics_and_every_lora_gradient_match() {
             .as_f64()
             .unwrap_or_else(|| panic!("metric {name} in golden"));
         eprintln!("{name}: {value} vs {want} rel {:e}", (value - want).abs() / want.abs());
-        assert!(
-            (value - want).abs() <= 1e-6 || close_rel(value, want, LOSS_REL),
-            "{name}: {value} vs {want}"
-        );
+        assert!(metric_close(name, value, want, beta), "{name}: {value} vs {want}");
     }
     let refg = read_f32_safetensors(&golden_dir().join("dpo_sigmoid_grads.safetensors"));
     let got: std::collections::BTreeMap<String, &[f32]> = grads.tensors().into_iter().collect();
@@ -432,10 +441,9 @@ fn ten_step_trajectory_and_final_adapter_match() {
     let steps = traj["steps"].as_array().expect("steps");
     let pairs = golden_pairs(&g);
     let n = pairs.len();
+    let beta = g["beta"].as_f64().unwrap();
     let config = TrainConfig {
-        loss: Loss::Sigmoid {
-            beta: g["beta"].as_f64().unwrap(),
-        },
+        loss: Loss::Sigmoid { beta },
         optimizer: AdamWConfig {
             lr: num("lr"),
             betas: (b[0], b[1]),
@@ -482,11 +490,12 @@ fn ten_step_trajectory_and_final_adapter_match() {
             m.step,
             m.rewards_margins
         );
-        assert_eq!(
-            m.rewards_accuracies,
-            want["accuracy"].as_f64().unwrap(),
-            "step {}",
-            m.step
+        let acc = want["accuracy"].as_f64().unwrap();
+        assert!(
+            metric_close("rewards/accuracies", m.rewards_accuracies, acc, beta),
+            "step {}: accuracy {} vs {acc}",
+            m.step,
+            m.rewards_accuracies
         );
     }
     let after = read_f32_safetensors(&golden_dir().join("adapter_after_10_steps/adapter_model.safetensors"));

@@ -12,7 +12,7 @@ use serde_json::Value;
 fn golden_dir() -> PathBuf {
     match std::env::var_os("NUDGE_GOLDEN_DIR") {
         Some(dir) => PathBuf::from(dir),
-        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/golden/smollm2"),
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/golden/smollm2"),
     }
 }
 

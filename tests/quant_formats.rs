@@ -158,7 +158,7 @@ fn hf_layout_sha256(gguf: &GgufFile, t: &GgufTensorInfo, rope_head_dim: Option<u
 #[test]
 fn real_model_dequantizes_to_golden_sha256_in_hf_layout() {
     let model = env_path("NUDGE_MODEL", "models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    let golden_dir = env_path("NUDGE_GOLDEN_DIR", "../shared/golden/smollm2");
+    let golden_dir = env_path("NUDGE_GOLDEN_DIR", "tests/data/golden/smollm2");
     let gguf = GgufFile::open(&model).unwrap();
     let golden = golden_tensors(&golden_dir.join("dequant_f32_hf_layout.json"));
 

@@ -16,7 +16,7 @@ use serde_json::Value;
 fn golden_dir() -> PathBuf {
     std::env::var_os("NUDGE_GOLDEN_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/golden/smollm2"))
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/golden/smollm2"))
 }
 
 fn golden() -> Value {

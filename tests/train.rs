@@ -5,10 +5,10 @@ mod common;
 
 use common::tiny::*;
 use nudge::adapter::{Adapter, LoraConfig, LoraInit};
-use nudge::data::{PreferenceSet, TokenizedPair, TokenizedUnpaired};
+use nudge::data::{PreferenceSet, TokenizedPair, TokenizedUnpaired, Truncation, TruncationMode};
 use nudge::model::{Model, Recompute};
 use nudge::objective::Loss;
-use nudge::optim::AdamWConfig;
+use nudge::optim::{AdamWConfig, Schedule};
 use nudge::train::{Control, TrainConfig, Trainer};
 
 fn tiny_model(name: &str) -> Model {
@@ -165,7 +165,7 @@ fn held_out_pairs_are_evaluated_not_trained() {
     assert_eq!(t.steps_per_epoch(), 2);
     let s = t.run(&mut |_| Control::Continue).expect("runs");
     let e = s.eval.expect("eval metrics");
-    assert!(e.loss.is_finite() && e.pair_tokens > 0);
+    assert!(e.eval_loss.is_finite() && e.pair_tokens > 0 && e.eval_pairs == 2);
 }
 
 #[test]
@@ -208,7 +208,7 @@ fn kto_trains_on_unpaired_thumbs() {
 }
 
 #[test]
-fn wrong_data_for_the_loss_is_an_error() {
+fn no_data_for_the_loss_is_an_error() {
     let m = tiny_model("train-wrong");
     let mut c = config(1);
     c.loss = Loss::Kto {
@@ -216,7 +216,7 @@ fn wrong_data_for_the_loss_is_an_error() {
         desirable_weight: 1.0,
         undesirable_weight: 1.0,
     };
-    assert!(Trainer::new(&m, adapter(&m, 1), c, set(pairs(2))).is_err());
+    assert!(Trainer::new(&m, adapter(&m, 1), c, PreferenceSet::default()).is_err());
     assert!(Trainer::new(&m, adapter(&m, 1), config(1), PreferenceSet::default()).is_err());
     // A held-out split of a single pair would leave nothing to train on.
     let mut c = config(1);
@@ -224,22 +224,186 @@ fn wrong_data_for_the_loss_is_an_error() {
     assert!(Trainer::new(&m, adapter(&m, 1), c, set(pairs(1))).is_err());
 }
 
-#[test]
-fn prompts_longer_than_max_length_are_dropped_and_reported() {
-    let m = tiny_model("train-maxlen");
-    let d = fresh_dir("train-maxlen-data");
+fn write_rows(name: &str, rows: &str) -> std::path::PathBuf {
+    let d = fresh_dir(name);
     let f = d.join("rows.jsonl");
-    std::fs::write(
-        &f,
+    std::fs::write(&f, rows).unwrap();
+    f
+}
+
+#[test]
+fn long_rows_are_cut_as_trl_does_and_reported() {
+    let m = tiny_model("train-maxlen");
+    let f = write_rows(
+        "train-maxlen-data",
         "{\"prompt_ids\": [1,3,4,5,6,7], \"chosen_ids\": [8,2], \"rejected_ids\": [9,2]}\n\
-         {\"prompt_ids\": [1,3], \"chosen_ids\": [8,8,8,8,8,2], \"rejected_ids\": [9,2]}\n",
-    )
-    .unwrap();
-    let s = PreferenceSet::from_jsonl(&m.tokenizer, &f, Some(5)).expect("reads");
-    assert_eq!(s.pairs.len(), 1);
-    assert_eq!(s.dropped.len(), 1);
-    assert_eq!(s.dropped[0].0, 1);
-    // The kept row's completions are cut to fit prompt + completion <= 5.
+         {\"prompt_ids\": [1,3], \"chosen_ids\": [8,8,8,8,8,2], \"rejected_ids\": [9,2]}\n\
+         {\"prompt_ids\": [1,3], \"chosen_ids\": [8,2], \"rejected_ids\": [9,2]}\n",
+    );
+    // keep_start: completions lose their ends; a prompt that leaves no room is skipped.
+    let start = Truncation {
+        max_length: Some(5),
+        mode: TruncationMode::KeepStart,
+        ..Default::default()
+    };
+    let s = PreferenceSet::from_jsonl(&m.tokenizer, &f, &start).expect("reads");
+    assert_eq!(s.pairs.len(), 2);
+    assert_eq!(s.skipped.len(), 1);
+    assert_eq!((s.skipped[0].row, s.skipped[0].file.clone()), (1, f.clone()));
+    assert!(s.skipped[0].reason.contains("max_length 5"), "{}", s.skipped[0].reason);
     assert_eq!(s.pairs[0].chosen, vec![8, 8, 8]);
     assert_eq!(s.pairs[0].rejected, vec![9, 2]);
+    assert_eq!(s.truncated.len(), 1);
+    assert_eq!(s.truncated[0].row, 2);
+    assert!(
+        s.truncated[0].reason.contains("chosen 6 -> 3"),
+        "{}",
+        s.truncated[0].reason
+    );
+
+    // keep_end (TRL's default): the prompt loses its start, by what the longer answer needs.
+    let s = PreferenceSet::from_jsonl(&m.tokenizer, &f, &Truncation::max_length(5)).expect("reads");
+    assert_eq!(s.pairs.len(), 3, "nothing skipped: {:?}", s.skipped);
+    assert_eq!(s.pairs[0].prompt, vec![5, 6, 7]);
+    assert_eq!(
+        (s.pairs[0].chosen.clone(), s.pairs[0].rejected.clone()),
+        (vec![8, 2], vec![9, 2])
+    );
+    // One prompt token always stays; then the longer answer loses its end.
+    assert_eq!(s.pairs[1].prompt, vec![3]);
+    assert_eq!(s.pairs[1].chosen, vec![8, 8, 8, 8]);
+    let rows: Vec<usize> = s.truncated.iter().map(|n| n.row).collect();
+    assert_eq!(rows, vec![1, 2]);
+
+    // max_prompt_length and max_completion_length.
+    let both = Truncation {
+        max_prompt_length: Some(2),
+        max_completion_length: Some(2),
+        ..Default::default()
+    };
+    let s = PreferenceSet::from_jsonl(&m.tokenizer, &f, &both).expect("reads");
+    assert_eq!(s.pairs[0].prompt, vec![6, 7]);
+    assert_eq!(s.pairs[1].chosen, vec![8, 8]);
+}
+
+#[test]
+fn bad_rows_are_reported_with_file_row_and_reason_and_the_rest_trains() {
+    let m = tiny_model("train-badrows");
+    let f = write_rows(
+        "train-badrows-data",
+        "{\"prompt_ids\": [1,3], \"chosen_ids\": [8,2], \"rejected_ids\": [9,2]}\n\
+         {oops\n\
+         {\"question\": \"x\", \"answer\": \"y\"}\n\
+         {\"prompt_ids\": [1,3], \"completion_ids\": [8,2], \"label\": true}\n\
+         {\"prompt_ids\": [1,3], \"chosen_ids\": [], \"rejected_ids\": [9,2]}\n\
+         {\"prompt_ids\": [1,4], \"chosen_ids\": [8,2], \"rejected_ids\": [9,2]}\n",
+    );
+    let s = PreferenceSet::from_jsonl(&m.tokenizer, &f, &Truncation::default()).expect("reads");
+    assert_eq!((s.pairs.len(), s.unpaired.len()), (2, 1));
+    let skipped: Vec<(usize, &str)> = s.skipped.iter().map(|n| (n.row, n.reason.as_str())).collect();
+    assert_eq!(skipped.len(), 3, "{skipped:?}");
+    assert!(skipped[0].0 == 2 && skipped[0].1.contains("not valid JSON"));
+    assert!(
+        skipped[1].0 == 3
+            && skipped[1].1.contains("keys: answer, question")
+            && skipped[1].1.contains("{prompt, chosen, rejected}")
+    );
+    assert!(skipped[2].0 == 5 && skipped[2].1.contains("empty completion"));
+    assert!(s.skipped.iter().all(|n| n.file == f));
+
+    // A pair loss trains the pairs and reports the thumb with the flag that trains it.
+    let t = Trainer::new(&m, adapter(&m, 1), config(2), s.clone()).expect("trainer");
+    let thumb = t.skipped().iter().find(|n| n.row == 4).expect("the thumb is reported");
+    assert!(thumb.reason.contains("--loss kto") && thumb.file == f, "{thumb}");
+    assert_eq!(t.skipped().len(), 4);
+    // KTO trains the thumb and each pair as two thumbs.
+    let mut kc = config(2);
+    kc.loss = Loss::Kto {
+        beta: 0.1,
+        desirable_weight: 1.0,
+        undesirable_weight: 1.0,
+    };
+    let t = Trainer::new(&m, adapter(&m, 1), kc, s.clone()).expect("kto trainer");
+    assert_eq!(t.steps_per_epoch(), 2, "5 thumbs at 4 per step");
+    assert_eq!(t.skipped().len(), 3);
+
+    // Nothing left is an error that says so.
+    let only_thumbs = PreferenceSet {
+        unpaired: s.unpaired.clone(),
+        source: f.clone(),
+        ..Default::default()
+    };
+    let e = Trainer::new(&m, adapter(&m, 1), config(2), only_thumbs)
+        .err()
+        .expect("nothing to train on");
+    assert!(
+        e.to_string().contains("nothing to train on") && e.to_string().contains("--loss kto"),
+        "{e}"
+    );
+}
+
+#[test]
+fn rows_longer_than_the_context_are_left_out_not_fatal() {
+    let m = tiny_model("train-context");
+    let long: Vec<u32> = (0..200).map(|i| 3 + i % 50).collect();
+    let mut p = pairs(3);
+    p[1].chosen = long;
+    let mut t = Trainer::new(&m, adapter(&m, 1), config(2), set(p)).expect("trainer");
+    assert_eq!(t.skipped().len(), 1);
+    assert_eq!(t.skipped()[0].row, 2);
+    assert!(t.skipped()[0].reason.contains("context of 128"), "{}", t.skipped()[0]);
+    t.run(&mut |_| Control::Continue).expect("trains on the rest");
+}
+
+#[test]
+fn max_steps_overrides_epochs_and_schedules_reach_their_end() {
+    let m = tiny_model("train-maxsteps");
+    // 4 pairs at 2 per step: 2 steps an epoch; 5 steps run over 3 epochs.
+    let mut c = config(5);
+    c.batch_size = 2;
+    c.epochs = 1;
+    let mut t = Trainer::new(&m, adapter(&m, 1), c, set(pairs(4))).expect("trainer");
+    assert_eq!(t.total_steps(), 5);
+    let s = t.run(&mut |_| Control::Continue).expect("runs");
+    assert_eq!(s.steps, 5);
+
+    // A linear schedule with total 0 is sized to the steps that run, after the held-out
+    // split: its last step's learning rate is the last before 0.
+    for (schedule, want_last) in [
+        (
+            Schedule::Linear {
+                warmup_steps: 0,
+                total_steps: 0,
+            },
+            1.0 / 3.0,
+        ),
+        (
+            Schedule::Cosine {
+                warmup_steps: 0,
+                total_steps: 0,
+                num_cycles: 0.5,
+            },
+            0.5 * (1.0 + (std::f64::consts::PI * 2.0 / 3.0).cos()),
+        ),
+    ] {
+        let mut c = config(1);
+        c.max_steps = None;
+        c.epochs = 1;
+        c.batch_size = 2;
+        c.eval_fraction = 0.25;
+        c.schedule = schedule;
+        let mut t = Trainer::new(&m, adapter(&m, 1), c, set(pairs(8))).expect("trainer");
+        // 6 training pairs at 2 per step.
+        assert_eq!(t.total_steps(), 3);
+        let mut lrs = Vec::new();
+        t.run(&mut |m| {
+            lrs.push(m.learning_rate);
+            Control::Continue
+        })
+        .expect("runs");
+        let base = 2e-2;
+        assert_eq!(lrs.len(), 3);
+        assert!((lrs[0] - base).abs() < 1e-12, "{lrs:?}");
+        assert!((lrs[2] - base * want_last).abs() < 1e-12, "{lrs:?}");
+    }
 }

@@ -5,7 +5,7 @@
 use crate::handles::{self, DatasetHandle, NudgeDataset};
 use crate::status::{Failure, FfiResult, NudgeStatus, guard, guard_void};
 use crate::text::{slice_arg, str_arg, write_opt};
-use engine::data::{Example, PreferenceSet, tokenize_row};
+use engine::data::{Example, PreferenceSet, Truncation, tokenize_row};
 use engine::model::Model;
 use serde_json::{Value, json};
 use std::ffi::c_char;
@@ -176,9 +176,14 @@ pub extern "C" fn nudge_dataset_free(dataset: *mut NudgeDataset) {
 /// The dataset's rows, tokenized by `model`, truncated to `max_length` tokens per example.
 /// Errors name the row by its index in the dataset.
 pub(crate) fn tokenize(model: &Model, rows: &[Value], max_length: Option<usize>) -> FfiResult<PreferenceSet> {
-    let mut set = PreferenceSet::default();
+    let source = Path::new("dataset");
+    let limits = Truncation::max_length(max_length.unwrap_or(model.config.max_position_embeddings));
+    let mut set = PreferenceSet {
+        source: source.to_path_buf(),
+        ..Default::default()
+    };
     for (i, v) in rows.iter().enumerate() {
-        set.push(tokenize_row(&model.tokenizer, v, Path::new("dataset"), i)?, max_length);
+        set.push_result(tokenize_row(&model.tokenizer, v, source, i), source, i, &limits);
     }
     Ok(set)
 }

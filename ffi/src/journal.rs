@@ -351,7 +351,7 @@ fn training_options(o: &NudgeJournalDataOptions) -> FfiResult<TrainingOptions> {
         only_new: o.only_new != 0,
         target,
         unpaired,
-        max_length: None,
+        truncation: Default::default(),
     })
 }
 

@@ -12,7 +12,7 @@ use engine::data::PreferenceSet;
 use engine::model::{Model, Recompute};
 use engine::objective::Loss;
 use engine::optim::{AdamWConfig, Schedule};
-use engine::train::{StepMetrics, TrainConfig, Trainer};
+use engine::train::{EvalMetrics, StepMetrics, TrainConfig, Trainer};
 use std::ffi::{c_char, c_void};
 use std::time::Instant;
 
@@ -64,9 +64,9 @@ pub struct NudgeTrainOptions {
     /// Examples per forward/backward pass, accumulated up to batch_pairs (0, default:
     /// batch_pairs).
     pub micro_batch: u32,
-    /// Prompt + completion tokens kept per example; a completion is cut at its end, an
-    /// example whose prompt leaves no room is dropped (default 0: no limit but the model's
-    /// context).
+    /// Prompt + completion tokens kept per example (default 0: the model's context). A
+    /// longer example loses its prompt's first tokens (one always stays), then its
+    /// completions' ends, as TRL's keep_end truncation does.
     pub max_length: u32,
     /// NUDGE_SCHEDULE_* (default NUDGE_SCHEDULE_CONSTANT).
     pub schedule: u32,
@@ -175,7 +175,8 @@ pub struct NudgeTrainResult {
     pub skipped_steps: u32,
     /// 1 if the progress callback stopped the run.
     pub cancelled: u32,
-    /// Examples left out (a prompt leaving no room under max_length, an empty completion).
+    /// Examples left out (an empty prompt or completion, an unpaired thumb under a pair
+    /// loss); nudge_last_error_message() is not set for them.
     pub dropped_examples: u32,
     /// 1 if `eval` holds the held-out metrics (eval_fraction > 0 and not cancelled).
     pub has_eval: u32,
@@ -207,6 +208,23 @@ fn metrics(m: &StepMetrics, total_steps: usize) -> NudgeStepMetrics {
         kl: m.kl.unwrap_or(0.0),
         tokens_per_s: m.tokens_per_s,
         pair_tokens: m.pair_tokens as u64,
+    }
+}
+
+/// Held-out metrics in the step struct (no gradient, learning rate or speed: zero).
+fn eval_metrics(e: &EvalMetrics, total_steps: usize) -> NudgeStepMetrics {
+    NudgeStepMetrics {
+        step: e.step as u32,
+        total_steps: total_steps as u32,
+        loss: e.eval_loss,
+        rewards_chosen: e.rewards_chosen,
+        rewards_rejected: e.rewards_rejected,
+        rewards_accuracies: e.rewards_accuracies,
+        rewards_margins: e.rewards_margins,
+        logps_chosen: e.logps_chosen,
+        logps_rejected: e.logps_rejected,
+        pair_tokens: e.pair_tokens as u64,
+        ..Default::default()
     }
 }
 
@@ -281,10 +299,8 @@ fn train_config(o: &NudgeTrainOptions) -> FfiResult<TrainConfig> {
             weight_decay: o.weight_decay,
             ..AdamWConfig::default()
         },
-        // Replaced once the run knows its number of steps.
-        schedule: Schedule::Constant {
-            warmup_steps: o.warmup_steps as u64,
-        },
+        // Total steps 0: the trainer sizes the schedule to the steps the run takes.
+        schedule: schedule(o.schedule, o.warmup_steps)?,
         max_grad_norm: (o.max_grad_norm > 0.0).then_some(o.max_grad_norm as f32),
         epochs: o.epochs as usize,
         max_steps: (o.max_steps > 0).then_some(o.max_steps as usize),
@@ -301,12 +317,11 @@ fn train_config(o: &NudgeTrainOptions) -> FfiResult<TrainConfig> {
         lora_dropout: o.lora_dropout,
     };
     config.validate()?;
-    schedule(o.schedule, o.warmup_steps, 1)?;
     Ok(config)
 }
 
-fn schedule(kind: u32, warmup: u32, total_steps: usize) -> FfiResult<Schedule> {
-    let (warmup_steps, total_steps) = (warmup as u64, total_steps as u64);
+fn schedule(kind: u32, warmup: u32) -> FfiResult<Schedule> {
+    let (warmup_steps, total_steps) = (warmup as u64, 0);
     let s = match kind {
         NUDGE_SCHEDULE_CONSTANT => Schedule::Constant { warmup_steps },
         NUDGE_SCHEDULE_LINEAR => Schedule::Linear {
@@ -362,7 +377,6 @@ fn run(
     model: &Model,
     adapter: Adapter,
     config: TrainConfig,
-    o: &NudgeTrainOptions,
     data: PreferenceSet,
     progress: &Progress,
 ) -> FfiResult<Run> {
@@ -374,14 +388,13 @@ fn run(
             data.pairs.len()
         )));
     }
-    let mut result = NudgeTrainResult {
-        dropped_examples: data.dropped.len() as u32,
-        ..Default::default()
-    };
     let t0 = Instant::now();
     let mut trainer = Trainer::new(model, adapter, config, data)?;
+    let mut result = NudgeTrainResult {
+        dropped_examples: trainer.skipped().len() as u32,
+        ..Default::default()
+    };
     let total = trainer.total_steps();
-    trainer.config.schedule = schedule(o.schedule, o.warmup_steps, total)?;
     let mut error = None;
     while trainer.steps_done() < total {
         let m = match pool.install(|| trainer.train_step()) {
@@ -402,7 +415,7 @@ fn run(
     if evaluate && error.is_none() && result.cancelled == 0 {
         match pool.install(|| trainer.evaluate()) {
             Ok(m) => {
-                result.eval = metrics(&m, total);
+                result.eval = eval_metrics(&m, total);
                 result.has_eval = 1;
             }
             Err(e) => error = Some(e),
@@ -447,7 +460,7 @@ pub unsafe extern "C" fn nudge_train(
         let progress = Progress { f: progress, user_data };
         let threads = crate::model::threads(&a.model, o.threads);
         let run = with_pool(threads, |pool| {
-            run(pool, model, Adapter::clone(&held), config, &o, data, &progress)
+            run(pool, model, Adapter::clone(&held), config, data, &progress)
         })??;
         *held = run.trained;
         drop(held);

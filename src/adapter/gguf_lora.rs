@@ -45,6 +45,8 @@ pub const KEY_LORA_ALPHA: &str = "adapter.lora.alpha";
 pub const KEY_NAME: &str = "general.name";
 pub const KEY_BASE_MODEL_COUNT: &str = "general.base_model.count";
 pub const KEY_BASE_MODEL_NAME: &str = "general.base_model.0.name";
+/// The base model's fingerprint (`Model::fingerprint`); llama.cpp ignores the key.
+pub const KEY_BASE_FINGERPRINT: &str = "nudge.base_fingerprint";
 const KEY_QUANTIZATION_VERSION: &str = "general.quantization_version";
 /// ggml's `GGML_QNT_VERSION`, which gguf-py's writers record in every file.
 const QUANTIZATION_VERSION: u32 = 2;
@@ -136,6 +138,9 @@ pub fn to_writer(adapter: &Adapter, cfg: &Config, arch: &str, dtype: FloatType, 
         w.set(KEY_NAME, format!("{} LoRA", adapter.base_model_name));
         w.set(KEY_BASE_MODEL_COUNT, 1u32);
         w.set(KEY_BASE_MODEL_NAME, adapter.base_model_name.as_str());
+    }
+    if let Some(fp) = &adapter.base_fingerprint {
+        w.set(KEY_BASE_FINGERPRINT, fp.as_str());
     }
     let ty = ggml_dtype(dtype);
     let encode = |v: &[f32]| {
@@ -310,10 +315,15 @@ pub fn load(path: &Path, cfg: &Config) -> Result<Adapter> {
         .and_then(GgufValue::as_str)
         .unwrap_or_default()
         .to_string();
+    let base_fingerprint = g
+        .get(KEY_BASE_FINGERPRINT)
+        .and_then(GgufValue::as_str)
+        .map(str::to_string);
     Ok(Adapter {
         config,
         layers,
         base_model_name,
+        base_fingerprint,
     })
 }
 

@@ -199,6 +199,7 @@ pub fn merge_svd(inputs: &[Weighted], opts: &SvdOptions) -> Result<Merged> {
             config,
             layers,
             base_model_name: first.adapter.base_model_name.clone(),
+            base_fingerprint: first.adapter.base_fingerprint.clone(),
         },
         spectra,
     })

@@ -9,9 +9,14 @@ pub mod merge;
 pub mod peft;
 
 use crate::error::{Error, Result};
+use crate::model::Model;
 use crate::model::config::Config;
 use crate::model::weights::Proj;
 use serde::{Deserialize, Serialize};
+
+/// The largest LoRA rank accepted: far above what preference tuning uses (4 to 64), and
+/// low enough that a rank from a file or a caller cannot ask for absurd memory.
+pub const MAX_RANK: usize = 1024;
 
 /// How A is initialized (B always starts at zero, so a new adapter changes nothing).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -58,8 +63,11 @@ impl LoraConfig {
     }
 
     pub fn validate(&self) -> Result<()> {
-        if self.r == 0 {
-            return Err(Error::invalid("LoRA rank r must be at least 1"));
+        if self.r == 0 || self.r > MAX_RANK {
+            return Err(Error::invalid(format!(
+                "LoRA rank r {} must be between 1 and {MAX_RANK}",
+                self.r
+            )));
         }
         if !self.lora_alpha.is_finite() || self.lora_alpha <= 0.0 {
             return Err(Error::invalid(format!(
@@ -97,18 +105,60 @@ pub struct Adapter {
     pub config: LoraConfig,
     /// Per layer, per projection (indexed by `Proj as usize`).
     pub layers: Vec<[Option<LoraPair>; 7]>,
-    /// Recorded in `adapter_config.json` (`base_model_name_or_path`).
+    /// The base model's name ([`Model::name`]), recorded as `base_model_name_or_path`.
     pub base_model_name: String,
+    /// The base model's [`Model::fingerprint`], when known: an adapter trained here
+    /// records the base it was trained on, and loading it over another base is refused.
+    pub base_fingerprint: Option<String>,
 }
 
 /// Loads an adapter in either of its file formats: a PEFT directory, or a llama.cpp
-/// LoRA GGUF file.
+/// LoRA GGUF file. Checks only that its shapes fit `model`; [`load_for`] also checks that
+/// it was made for this base.
 pub fn load(path: &std::path::Path, model: &Config) -> Result<Adapter> {
     if path.is_dir() {
         peft::load(path, model)
     } else {
         gguf_lora::load(path, model)
     }
+}
+
+/// Whether an adapter recorded for another base may be applied anyway.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum BaseCheck {
+    /// Refuse an adapter whose recorded fingerprint is not this model's.
+    #[default]
+    Strict,
+    /// Apply it anyway (e.g. to another quantization of the same model).
+    AllowOtherBase,
+}
+
+/// [`load`], then the base check: an adapter that records the fingerprint of another base
+/// is refused (unless `check` allows it) with a message naming both. Adapters that record
+/// no fingerprint (made by other tools) are checked for shape only.
+pub fn load_for(path: &std::path::Path, model: &Model, check: BaseCheck) -> Result<Adapter> {
+    let a = load(path, &model.config)?;
+    if let Some(fp) = &a.base_fingerprint
+        && check == BaseCheck::Strict
+    {
+        let ours = model.fingerprint();
+        if *fp != ours {
+            let short = |f: &str| f.chars().take(19).collect::<String>();
+            return Err(Error::field(
+                path,
+                "base_fingerprint",
+                format!(
+                    "this adapter was trained on the base model `{}` ({}), not on `{}` ({}); apply it \
+                     anyway with --allow-other-base (e.g. for another quantization of the same model)",
+                    a.base_model_name,
+                    short(fp),
+                    model.name(),
+                    short(&ours)
+                ),
+            ));
+        }
+    }
+    Ok(a)
 }
 
 /// (out_features, in_features) of a projection for a model config.
@@ -159,6 +209,7 @@ impl Adapter {
             config,
             layers,
             base_model_name: base_model_name.into(),
+            base_fingerprint: None,
         })
     }
 

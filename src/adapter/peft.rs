@@ -146,10 +146,12 @@ pub fn load(dir: &Path, model: &Config) -> Result<Adapter> {
             "not part of an adapter of this model (another layer count or target list?)",
         ));
     }
+    let base_fingerprint = st_metadata(&bytes, &wpath)?.remove(META_BASE_FINGERPRINT);
     Ok(Adapter {
         config,
         layers,
         base_model_name,
+        base_fingerprint,
     })
 }
 
@@ -254,11 +256,25 @@ pub fn save(a: &Adapter, dir: &Path) -> Result<()> {
             (n.clone(), v)
         })
         .collect();
-    let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
+    let mut meta = HashMap::from([("format".to_string(), "pt".to_string())]);
+    if let Some(fp) = &a.base_fingerprint {
+        meta.insert(META_BASE_FINGERPRINT.to_string(), fp.clone());
+    }
     let bytes =
         safetensors::serialize(views, Some(meta)).map_err(|e| Error::invalid(format!("serializing adapter: {e}")))?;
     write_atomic(&dir.join(WEIGHTS_FILE), &bytes)?;
     write_atomic(&dir.join(CONFIG_FILE), &cfg)
+}
+
+/// The base model's fingerprint (`Model::fingerprint`) in the weights file's metadata,
+/// where PEFT keeps whatever it finds and `adapter_config.json` stays PEFT's own.
+pub const META_BASE_FINGERPRINT: &str = "nudge.base_fingerprint";
+
+/// The `__metadata__` of a safetensors file (empty when it has none).
+fn st_metadata(bytes: &[u8], file: &Path) -> Result<HashMap<String, String>> {
+    let (_, meta) = safetensors::SafeTensors::read_metadata(bytes)
+        .map_err(|e| Error::format(file, format!("invalid safetensors: {e}")))?;
+    Ok(meta.metadata().clone().unwrap_or_default())
 }
 
 fn le_bytes(v: &[f32]) -> Vec<u8> {

@@ -16,7 +16,6 @@
 use crate::error::{Error, Result};
 use crate::tokenizer::{ChatMessage, TextTokenizer};
 use serde_json::Value;
-use std::io::BufRead;
 use std::path::Path;
 
 #[derive(Clone, Debug, PartialEq)]
@@ -46,24 +45,35 @@ pub enum Example {
     Unpaired(TokenizedUnpaired),
 }
 
-/// Non-empty lines of a JSONL file with their 1-based line numbers.
+/// Non-empty lines of a JSONL file with their 1-based line numbers; a line that is not a
+/// JSON object is an error naming the file and row.
 pub fn read_jsonl(path: &Path) -> Result<Vec<(usize, Value)>> {
-    let f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    let mut rows = Vec::new();
-    for (i, line) in std::io::BufReader::new(f).lines().enumerate() {
-        let line = line.map_err(|e| Error::io(path, e))?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let v: Value =
-            serde_json::from_str(&line).map_err(|e| Error::row(path, i + 1, format!("not valid JSON: {e}")))?;
-        if !v.is_object() {
-            return Err(Error::row(path, i + 1, "not a JSON object"));
-        }
-        rows.push((i + 1, v));
-    }
-    Ok(rows)
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    parse_jsonl(&text)
+        .map(|(row, v)| v.map(|v| (row, v)).map_err(|what| Error::row(path, row, what)))
+        .collect()
 }
+
+/// Each non-empty line of JSONL text with its 1-based line number: the object, or why the
+/// line is not one.
+pub fn parse_jsonl(text: &str) -> impl Iterator<Item = (usize, std::result::Result<Value, String>)> + '_ {
+    text.lines()
+        .enumerate()
+        .filter(|(_, line)| !line.trim().is_empty())
+        .map(|(i, line)| {
+            let v = match serde_json::from_str::<Value>(line) {
+                Ok(v) if v.is_object() => Ok(v),
+                Ok(_) => Err("not a JSON object".to_string()),
+                Err(e) => Err(format!("not valid JSON: {e}")),
+            };
+            (i + 1, v)
+        })
+}
+
+/// The row formats [`tokenize_row`] reads, for messages that list them.
+pub const ROW_FORMATS: &str = "{prompt, chosen, rejected} (strings or message lists), {chosen, rejected} \
+     (conversations sharing their leading messages), {prompt_ids, chosen_ids, rejected_ids}, \
+     {prompt, completion, label} or {prompt_ids, completion_ids, label} (unpaired thumbs)";
 
 /// Turns one row into token ids; `file` and `row` name it in errors.
 /// Token ids are checked against the tokenizer's vocabulary.
@@ -131,8 +141,19 @@ pub fn tokenize_row(tok: &TextTokenizer, v: &Value, file: &Path, row: usize) -> 
         }));
     }
 
-    let chosen = v.get("chosen").ok_or_else(|| err("missing `chosen`".into()))?;
-    let rejected = v.get("rejected").ok_or_else(|| err("missing `rejected`".into()))?;
+    let (Some(chosen), Some(rejected)) = (v.get("chosen"), v.get("rejected")) else {
+        let keys: Vec<&str> = v
+            .as_object()
+            .map_or(Vec::new(), |o| o.keys().map(String::as_str).collect());
+        return Err(err(format!(
+            "not a row of a known format (keys: {}); accepted: {ROW_FORMATS}",
+            if keys.is_empty() {
+                "none".to_string()
+            } else {
+                keys.join(", ")
+            }
+        )));
+    };
     let (prompt, chosen, rejected) = match v.get("prompt") {
         Some(p) => (p.clone(), chosen.clone(), rejected.clone()),
         None => implicit_prompt(chosen, rejected).map_err(err)?,

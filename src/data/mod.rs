@@ -3,5 +3,5 @@
 pub mod jsonl;
 pub mod set;
 
-pub use jsonl::{Example, TokenizedPair, TokenizedUnpaired, read_jsonl, tokenize_row};
-pub use set::PreferenceSet;
+pub use jsonl::{Example, ROW_FORMATS, TokenizedPair, TokenizedUnpaired, parse_jsonl, read_jsonl, tokenize_row};
+pub use set::{PreferenceSet, RowNote, Truncation, TruncationMode};

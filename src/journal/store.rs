@@ -146,6 +146,20 @@ fn sync_dir(path: &Path) -> Result<()> {
 /// written and fsynced under another name, then linked in (which fails rather than
 /// replacing a journal another process created meanwhile).
 fn create(path: &Path) -> Result<()> {
+    // Say which folder is missing rather than naming the temporary file that failed.
+    let folder = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    if !folder.is_dir() {
+        return Err(Error::io(
+            path,
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("the folder {} does not exist; create it first", folder.display()),
+            ),
+        ));
+    }
     let tmp = sibling(path, &format!(".{}.new", std::process::id()));
     let written = OpenOptions::new()
         .write(true)

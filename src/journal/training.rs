@@ -26,7 +26,7 @@
 
 use super::record::{PreferencePair, Prompt, Record, Thumbs, TrainingMark};
 use super::store::Journal;
-use crate::data::{PreferenceSet, tokenize_row};
+use crate::data::{PreferenceSet, Truncation, tokenize_row};
 use crate::error::{Error, Result};
 use crate::tokenizer::TextTokenizer;
 use serde::Serialize;
@@ -61,8 +61,8 @@ pub struct TrainingOptions {
     pub only_new: bool,
     pub target: Target,
     pub unpaired: UnpairedPolicy,
-    /// Prompt + completion tokens kept per row, as in `PreferenceSet::from_jsonl`.
-    pub max_length: Option<usize>,
+    /// How rows are cut to length, as in `PreferenceSet::from_jsonl`.
+    pub truncation: Truncation,
 }
 
 /// A preference pair to train on.
@@ -314,14 +314,23 @@ impl Journal {
         plan
     }
 
-    /// Tokenized training data. A row's number (in errors and in `data.dropped`) is the
+    /// Tokenized training data. A row's number (in `data.skipped` and `data.truncated`) is the
     /// sequence number of its first source event.
     pub fn training_set(&self, tok: &TextTokenizer, opts: &TrainingOptions) -> Result<TrainingSet> {
         let plan = self.plan(opts);
-        let mut data = PreferenceSet::default();
+        opts.truncation.validate()?;
+        let mut data = PreferenceSet {
+            source: self.path().to_path_buf(),
+            ..Default::default()
+        };
         for (seq, row) in plan.rows() {
             let row_no = usize::try_from(seq).map_err(|_| Error::invalid(format!("sequence {seq} too large")))?;
-            data.push(tokenize_row(tok, &row, self.path(), row_no)?, opts.max_length);
+            data.push_result(
+                tokenize_row(tok, &row, self.path(), row_no),
+                self.path(),
+                row_no,
+                &opts.truncation,
+            );
         }
         Ok(TrainingSet { data, plan })
     }

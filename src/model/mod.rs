@@ -3,6 +3,7 @@
 pub mod config;
 pub mod gguf;
 pub mod gguf_model;
+mod identity;
 mod llama;
 pub use llama::{Dropout, LoraCtx, Recompute, Tape};
 
@@ -38,6 +39,7 @@ pub struct Model {
     pub weights: Weights,
     pub tokenizer: TextTokenizer,
     pub(crate) inv_freq: Vec<f32>,
+    name: String,
 }
 
 impl Model {
@@ -45,16 +47,26 @@ impl Model {
     pub fn open(path: impl AsRef<Path>) -> Result<Model> {
         let path = path.as_ref();
         let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
-        let (format, config, weights, tokenizer) = if meta.is_dir() {
+        // A file or folder name, not the path: names are written into shared adapters.
+        let stem = |p: &Path| {
+            let p = p.canonicalize().unwrap_or_else(|_| p.to_path_buf());
+            let name = if p.is_dir() { p.file_name() } else { p.file_stem() };
+            name.map_or_else(String::new, |s| s.to_string_lossy().into_owned())
+        };
+        let (format, config, weights, tokenizer, name) = if meta.is_dir() {
             let (c, w) = safetensors_dir::open(path)?;
             let tok = TextTokenizer::from_hf_dir(path)?;
-            (ModelFormat::Safetensors, c, w, tok)
+            (ModelFormat::Safetensors, c, w, tok, stem(path))
         } else {
             let g = gguf::GgufFile::open(path)?;
             let (c, w) = gguf_model::open(&g)?;
             let vocab = GgufVocab::from_metadata(&g.metadata, path)?;
             let tok = TextTokenizer::from_gguf_vocab(&vocab, path)?;
-            (ModelFormat::Gguf, c, w, tok)
+            let name = match g.get("general.name").and_then(|v| v.as_str()) {
+                Some(n) if !n.trim().is_empty() => n.trim().to_string(),
+                _ => stem(path),
+            };
+            (ModelFormat::Gguf, c, w, tok, name)
         };
         if tokenizer.vocab_size() > config.vocab_size {
             return Err(Error::field(
@@ -75,6 +87,7 @@ impl Model {
             weights,
             tokenizer,
             inv_freq,
+            name,
         })
     }
 }

@@ -78,7 +78,8 @@ fn yes() -> bool {
 }
 
 /// Every base name, longest first so that `exo_pair_eps1e-3` is not read as `exo`.
-const NAMES: [&str; 16] = [
+/// The base names [`Loss::parse`] reads (`dpo` is read as `sigmoid`, its name in TRL).
+pub const NAMES: [&str; 16] = [
     "margin_dpo",
     "sppo_hard",
     "nca_pair",
@@ -183,6 +184,11 @@ impl Loss {
     /// undesirable weights) and the flag `_no_nll`. `default_beta` applies when the name
     /// gives none; other parameters default to TRL's defaults.
     pub fn parse(s: &str, default_beta: f64) -> Result<Loss> {
+        if let Some(rest) = s.strip_prefix("dpo")
+            && (rest.is_empty() || rest.starts_with('_'))
+        {
+            return Self::parse(&format!("sigmoid{rest}"), default_beta);
+        }
         let bad = |what: String| Error::invalid(format!("loss `{s}`: {what}"));
         let name = NAMES
             .iter()

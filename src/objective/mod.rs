@@ -18,6 +18,6 @@ mod pair;
 
 pub use batch::{BatchLoss, RunningMean, batch_loss, bco_reward_mean, orpo_nll};
 pub use kto::{KtoBatch, KtoExample, KtoMetrics, kto_batch, kto_kl};
-pub use loss::Loss;
+pub use loss::{Loss, NAMES as LOSS_NAMES};
 pub use metrics::{RewardMetrics, reward_metrics};
 pub use pair::{PairLogps, PairLoss, pair_loss};

@@ -13,7 +13,8 @@ pub enum Schedule {
         #[serde(default)]
         warmup_steps: u64,
     },
-    /// `get_linear_schedule_with_warmup`: linear warmup, then linear decay to 0 at `total_steps`.
+    /// `get_linear_schedule_with_warmup`: linear warmup, then linear decay to 0 at
+    /// `total_steps` (0: at the end of the run, see [`Schedule::sized`]).
     Linear {
         #[serde(default)]
         warmup_steps: u64,
@@ -21,7 +22,7 @@ pub enum Schedule {
     },
     /// `get_cosine_schedule_with_warmup`: linear warmup, then a cosine of `num_cycles`
     /// periods (0.5 = half a cosine down to 0 at `total_steps`; like transformers, the
-    /// curve is not clamped past the end).
+    /// curve is not clamped past the end; `total_steps` 0: the end of the run).
     Cosine {
         #[serde(default)]
         warmup_steps: u64,
@@ -48,6 +49,30 @@ impl Schedule {
                 "cosine schedule: num_cycles must be finite, got {num_cycles}"
             ))),
             _ => Ok(()),
+        }
+    }
+
+    /// The same schedule over a run of `total` steps, where its `total_steps` is 0 ("the
+    /// whole run"); a schedule with its own length is kept as it is.
+    pub fn sized(self, total: u64) -> Self {
+        match self {
+            Schedule::Linear {
+                warmup_steps,
+                total_steps: 0,
+            } => Schedule::Linear {
+                warmup_steps,
+                total_steps: total,
+            },
+            Schedule::Cosine {
+                warmup_steps,
+                total_steps: 0,
+                num_cycles,
+            } => Schedule::Cosine {
+                warmup_steps,
+                total_steps: total,
+                num_cycles,
+            },
+            s => s,
         }
     }
 

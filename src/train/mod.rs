@@ -8,4 +8,4 @@ pub mod trainer;
 
 pub use checkpoint::Checkpoint;
 pub use step::{KtoStep, PairStep, kto_step, pair_step};
-pub use trainer::{Control, RefCache, StepMetrics, TrainConfig, TrainSummary, Trainer};
+pub use trainer::{Control, EvalMetrics, RefCache, StepMetrics, TrainConfig, TrainSummary, Trainer};

@@ -5,10 +5,10 @@
 use super::checkpoint::{BaseShape, Checkpoint};
 use super::step::{kto_step, pair_step};
 use crate::adapter::Adapter;
-use crate::data::{PreferenceSet, TokenizedPair, TokenizedUnpaired};
+use crate::data::{PreferenceSet, RowNote, TokenizedPair, TokenizedUnpaired};
 use crate::error::{Error, Result};
 use crate::model::{Dropout, Model, Recompute};
-use crate::objective::{Loss, PairLogps, reward_metrics};
+use crate::objective::{Loss, PairLogps, RewardMetrics, reward_metrics};
 use crate::optim::{AdamW, AdamWConfig, Schedule, clip_grad_norm};
 use crate::rng::Rng;
 use crate::score::ScoreItem;
@@ -65,6 +65,12 @@ impl Default for TrainConfig {
 }
 
 impl TrainConfig {
+    /// Optimizer steps of a run over `examples` training examples.
+    pub fn total_steps(&self, examples: usize) -> usize {
+        let per_epoch = examples.div_ceil(self.batch_size.max(1));
+        self.max_steps.unwrap_or(per_epoch.saturating_mul(self.epochs))
+    }
+
     pub fn validate(&self) -> Result<()> {
         self.loss.validate()?;
         self.optimizer.validate()?;
@@ -84,6 +90,12 @@ impl TrainConfig {
                 self.lora_dropout
             )));
         }
+        if self.max_steps == Some(0) {
+            return Err(Error::invalid("max_steps must be at least 1"));
+        }
+        if self.max_steps.is_none() && self.epochs == 0 {
+            return Err(Error::invalid("epochs must be at least 1"));
+        }
         if let Some(n) = self.max_grad_norm
             && !(n.is_finite() && n > 0.0)
         {
@@ -93,7 +105,8 @@ impl TrainConfig {
     }
 }
 
-/// What one optimizer step logs (TRL's names in [`StepMetrics::entries`]).
+/// What one optimizer step logs; serialized under TRL's names (`rewards/chosen`, ...), as
+/// a line of `metrics.jsonl`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct StepMetrics {
     pub step: usize,
@@ -102,13 +115,20 @@ pub struct StepMetrics {
     /// Global gradient norm before clipping.
     pub grad_norm: f64,
     pub learning_rate: f64,
+    #[serde(rename = "rewards/chosen")]
     pub rewards_chosen: f64,
+    #[serde(rename = "rewards/rejected")]
     pub rewards_rejected: f64,
+    #[serde(rename = "rewards/accuracies")]
     pub rewards_accuracies: f64,
+    #[serde(rename = "rewards/margins")]
     pub rewards_margins: f64,
+    #[serde(rename = "logps/chosen")]
     pub logps_chosen: f64,
+    #[serde(rename = "logps/rejected")]
     pub logps_rejected: f64,
     /// KTO's KL estimate (KTO only).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
     pub kl: Option<f64>,
     /// Tokens as TRL counts them (prompt + chosen + prompt + rejected per pair).
     pub pair_tokens: usize,
@@ -137,6 +157,40 @@ impl StepMetrics {
         }
         v
     }
+
+    fn set_rewards(&mut self, r: &RewardMetrics) {
+        self.rewards_chosen = r.rewards_chosen;
+        self.rewards_rejected = r.rewards_rejected;
+        self.rewards_accuracies = r.rewards_accuracies;
+        self.rewards_margins = r.rewards_margins;
+        self.logps_chosen = r.logps_chosen;
+        self.logps_rejected = r.logps_rejected;
+    }
+}
+
+/// Loss and reward metrics of the held-out pairs, under TRL's evaluation names
+/// (`eval_loss`, `eval_rewards/chosen`, ...); no update was made, so there is no gradient
+/// norm or learning rate.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct EvalMetrics {
+    /// Optimizer steps taken when the pairs were evaluated.
+    pub step: usize,
+    pub eval_loss: f64,
+    #[serde(rename = "eval_rewards/chosen")]
+    pub rewards_chosen: f64,
+    #[serde(rename = "eval_rewards/rejected")]
+    pub rewards_rejected: f64,
+    #[serde(rename = "eval_rewards/accuracies")]
+    pub rewards_accuracies: f64,
+    #[serde(rename = "eval_rewards/margins")]
+    pub rewards_margins: f64,
+    #[serde(rename = "eval_logps/chosen")]
+    pub logps_chosen: f64,
+    #[serde(rename = "eval_logps/rejected")]
+    pub logps_rejected: f64,
+    /// Held-out pairs evaluated.
+    pub eval_pairs: usize,
+    pub pair_tokens: usize,
 }
 
 /// The callback's answer after each step.
@@ -152,7 +206,7 @@ pub struct TrainSummary {
     pub skipped_steps: usize,
     pub cancelled: bool,
     pub last: Option<StepMetrics>,
-    pub eval: Option<StepMetrics>,
+    pub eval: Option<EvalMetrics>,
     pub seconds: f64,
 }
 
@@ -238,27 +292,50 @@ pub struct Trainer<'m> {
     epoch: usize,
     step: usize,
     data_fingerprint: [u8; 32],
+    skipped: Vec<RowNote>,
 }
 
 impl<'m> Trainer<'m> {
-    pub fn new(model: &'m Model, adapter: Adapter, config: TrainConfig, data: PreferenceSet) -> Result<Self> {
+    /// A run over `data`. Rows the loss cannot use (unpaired thumbs under a pair loss) and
+    /// examples longer than the model's context are left out and listed in
+    /// [`Self::skipped`]; under KTO each pair trains as two thumbs. It is an error only
+    /// when nothing is left to train on. A linear or cosine schedule whose `total_steps`
+    /// is 0 is sized to the steps this run takes.
+    pub fn new(
+        model: &'m Model,
+        mut adapter: Adapter,
+        mut config: TrainConfig,
+        mut data: PreferenceSet,
+    ) -> Result<Self> {
         config.validate()?;
         adapter.check_fits(&model.config, std::path::Path::new("<adapter>"))?;
+        // What it is trained on is its base from now on.
+        adapter.base_fingerprint = Some(model.fingerprint());
+        if adapter.base_model_name.is_empty() {
+            adapter.base_model_name = model.name().to_string();
+        }
         let kto = matches!(config.loss, Loss::Kto { .. });
         let mut rng = Rng::new(config.seed);
+        data.fit_to_loss(kto);
+        data.drop_longer_than(model.config.max_position_embeddings);
         let data_fingerprint = super::checkpoint::data_fingerprint(&data);
         let PreferenceSet {
-            mut pairs, unpaired, ..
+            mut pairs,
+            unpaired,
+            skipped,
+            ..
         } = data;
         if kto && unpaired.is_empty() {
-            return Err(Error::invalid(
-                "the kto loss needs unpaired rows (prompt, completion, label)",
-            ));
+            return Err(Error::invalid(format!(
+                "nothing to train on: the kto loss needs thumbs (prompt, completion, label) or pairs{}",
+                skipped_note(&skipped)
+            )));
         }
         if !kto && pairs.is_empty() {
             return Err(Error::invalid(format!(
-                "the {} loss needs preference pairs",
-                config.loss.name()
+                "nothing to train on: the {} loss needs preference pairs (prompt, chosen, rejected){}",
+                config.loss.name(),
+                skipped_note(&skipped)
             )));
         }
         let mut eval_pairs = Vec::new();
@@ -274,6 +351,8 @@ impl<'m> Trainer<'m> {
             let n_eval = ((pairs.len() as f32 * config.eval_fraction).round() as usize).clamp(1, pairs.len() - 1);
             eval_pairs = pairs.split_off(pairs.len() - n_eval);
         }
+        let n_train = if kto { unpaired.len() } else { pairs.len() };
+        config.schedule = config.schedule.sized(config.total_steps(n_train) as u64);
         let sizes: Vec<usize> = adapter.params().iter().map(|p| p.len()).collect();
         let optimizer = AdamW::new(config.optimizer, &sizes)?;
         let mut t = Trainer {
@@ -291,6 +370,7 @@ impl<'m> Trainer<'m> {
             epoch: 0,
             step: 0,
             data_fingerprint,
+            skipped,
         };
         t.new_epoch();
         Ok(t)
@@ -394,9 +474,15 @@ impl<'m> Trainer<'m> {
         self.n_train().div_ceil(self.config.batch_size)
     }
 
+    /// The steps this run takes: `max_steps` when set (over as many epochs as that needs,
+    /// as TRL's `max_steps` overrides `num_train_epochs`), else every epoch's.
     pub fn total_steps(&self) -> usize {
-        let all = self.steps_per_epoch() * self.config.epochs;
-        self.config.max_steps.map_or(all, |m| m.min(all))
+        self.config.total_steps(self.n_train())
+    }
+
+    /// Rows of the data that this run does not train on, with why.
+    pub fn skipped(&self) -> &[RowNote] {
+        &self.skipped
     }
 
     pub fn steps_done(&self) -> usize {
@@ -489,7 +575,7 @@ impl<'m> Trainer<'m> {
                 m.pair_tokens += pairs.iter().map(|p| PreferenceSet::pair_tokens(p)).sum::<usize>();
                 all.extend(s.logps);
             }
-            fill_reward_metrics(&mut m, self.config.loss.beta(), &all);
+            m.set_rewards(&reward_metrics(self.config.loss.beta(), &all));
         }
         self.apply(grads, &mut m)?;
         m.epoch = self.epoch as f64 + self.position as f64 / self.order.len().max(1) as f64;
@@ -602,11 +688,12 @@ impl<'m> Trainer<'m> {
     }
 
     /// Loss and metrics of the held-out pairs under the current adapter (no update).
-    pub fn evaluate(&mut self) -> Result<StepMetrics> {
+    pub fn evaluate(&mut self) -> Result<EvalMetrics> {
         let pairs: Vec<TokenizedPair> = self.eval_pairs.clone();
         let mut all = Vec::new();
-        let mut m = StepMetrics {
+        let mut m = EvalMetrics {
             step: self.step,
+            eval_pairs: pairs.len(),
             ..Default::default()
         };
         for chunk in pairs.chunks(self.config.micro_batch_size) {
@@ -632,8 +719,14 @@ impl<'m> Trainer<'m> {
                 m.pair_tokens += PreferenceSet::pair_tokens(p);
             }
         }
-        m.loss = crate::objective::batch_loss(&self.config.loss, &all)?.loss;
-        fill_reward_metrics(&mut m, self.config.loss.beta(), &all);
+        m.eval_loss = crate::objective::batch_loss(&self.config.loss, &all)?.loss;
+        let r = reward_metrics(self.config.loss.beta(), &all);
+        m.rewards_chosen = r.rewards_chosen;
+        m.rewards_rejected = r.rewards_rejected;
+        m.rewards_accuracies = r.rewards_accuracies;
+        m.rewards_margins = r.rewards_margins;
+        m.logps_chosen = r.logps_chosen;
+        m.logps_rejected = r.logps_rejected;
         Ok(m)
     }
 }
@@ -658,12 +751,10 @@ fn pair_refs(cache: &mut RefCache, model: &Model, loss: &Loss, pairs: &[&Tokeniz
         .collect())
 }
 
-fn fill_reward_metrics(m: &mut StepMetrics, beta: f64, logps: &[PairLogps]) {
-    let r = reward_metrics(beta, logps);
-    m.rewards_chosen = r.rewards_chosen;
-    m.rewards_rejected = r.rewards_rejected;
-    m.rewards_accuracies = r.rewards_accuracies;
-    m.rewards_margins = r.rewards_margins;
-    m.logps_chosen = r.logps_chosen;
-    m.logps_rejected = r.logps_rejected;
+/// ", and N rows were left out (first: ...)" for an error about an empty training set.
+fn skipped_note(skipped: &[RowNote]) -> String {
+    match skipped.first() {
+        None => String::new(),
+        Some(first) => format!("; {} rows were left out, the first: {first}", skipped.len()),
+    }
 }

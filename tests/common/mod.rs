@@ -6,11 +6,11 @@ pub mod tiny;
 use serde_json::Value;
 use std::path::PathBuf;
 
-/// The golden reference directory: `NUDGE_GOLDEN_DIR`, default `../shared/golden/smollm2`.
+/// The golden reference directory: `NUDGE_GOLDEN_DIR`, default `tests/data/golden/smollm2`.
 pub fn golden_dir() -> PathBuf {
     match std::env::var_os("NUDGE_GOLDEN_DIR") {
         Some(d) => PathBuf::from(d),
-        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/golden/smollm2"),
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/golden/smollm2"),
     }
 }
 

@@ -5,33 +5,44 @@ use nudge::Result;
 use nudge::bench::{ScoreBench, score_throughput, train_throughput};
 use std::path::PathBuf;
 
+/// The shared training benchmark set, built in so that `nudge bench train` runs anywhere.
+const BENCH_PREFS: &str = include_str!("../../../benches/data/prefs-64.jsonl");
+
 #[derive(Subcommand)]
 pub enum BenchCommand {
     /// LoRA (r=8, alpha=16, all seven projections) sigmoid-DPO training throughput.
     Train {
-        #[arg(long)]
+        /// A .gguf file or an HF model folder.
+        #[arg(short, long)]
         model: PathBuf,
-        #[arg(long, default_value = "../shared/bench/prefs-64.jsonl")]
-        data: PathBuf,
-        #[arg(long, default_value_t = 8)]
-        steps: usize,
-        #[arg(long, default_value_t = 2)]
-        pairs_per_step: usize,
+        /// Preference pairs (JSONL); default: the benchmark set built into nudge
+        /// (`benches/data/prefs-64.jsonl`, 64 pairs).
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Optimizer steps timed.
+        #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..))]
+        steps: u32,
+        /// Pairs per optimizer step.
+        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..))]
+        pairs_per_step: u32,
         /// MiB of activations kept for the backward pass (the rest is recomputed).
         #[arg(long, default_value_t = 128)]
         memory_budget_mb: usize,
+        /// One JSON line instead of text.
         #[arg(long)]
         json: bool,
     },
     /// Forward tokens per second on sequences of `--seq-len` tokens.
     Score {
-        #[arg(long)]
+        /// A .gguf file or an HF model folder.
+        #[arg(short, long)]
         model: PathBuf,
-        #[arg(long, default_value_t = 512)]
-        seq_len: usize,
+        /// Tokens per sequence.
+        #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..))]
+        seq_len: u32,
         /// Timed repetitions (after one warm-up).
-        #[arg(long, default_value_t = 3)]
-        reps: usize,
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+        reps: u32,
         /// One JSON line instead of text.
         #[arg(long)]
         json: bool,
@@ -48,7 +59,15 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
             memory_budget_mb,
             json,
         } => {
-            let r = train_throughput(&model, &data, steps, pairs_per_step, memory_budget_mb << 20)?;
+            let (text, name) = match &data {
+                Some(p) => (
+                    std::fs::read_to_string(p).map_err(|e| nudge::Error::io(p, e))?,
+                    p.clone(),
+                ),
+                None => (BENCH_PREFS.to_string(), PathBuf::from("benches/data/prefs-64.jsonl")),
+            };
+            let budget = memory_budget_mb.saturating_mul(1 << 20);
+            let r = train_throughput(&model, &text, &name, steps as usize, pairs_per_step as usize, budget)?;
             if json {
                 println!("{}", serde_json::to_string(&r).expect("serializable"));
             } else {
@@ -76,7 +95,7 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
             reps,
             json,
         } => {
-            let r: ScoreBench = score_throughput(&model, seq_len, reps)?;
+            let r: ScoreBench = score_throughput(&model, seq_len as usize, reps as usize)?;
             if json {
                 println!("{}", serde_json::to_string(&r).expect("serializable"));
             } else {

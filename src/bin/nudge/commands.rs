@@ -1,9 +1,9 @@
 //! The inspection, conversion and scoring commands.
 
+use crate::args::{AdapterArg, open_model};
 use nudge::Result;
 use nudge::convert::{FloatType, convert_to_hf};
 use nudge::data::{Example, read_jsonl, tokenize_row};
-use nudge::model::Model;
 use nudge::score::ScoreItem;
 use nudge::tokenizer::ChatMessage;
 use serde_json::json;
@@ -12,7 +12,7 @@ use std::io::Write;
 use std::path::Path;
 
 pub fn info(path: &Path, as_json: bool) -> Result<()> {
-    let m = Model::open(path)?;
+    let m = open_model(path)?;
     let c = &m.config;
     let mut dtypes: BTreeMap<String, usize> = BTreeMap::new();
     for t in m.weights.matrices() {
@@ -20,6 +20,8 @@ pub fn info(path: &Path, as_json: bool) -> Result<()> {
     }
     let v = json!({
         "path": m.path.display().to_string(),
+        "name": m.name(),
+        "fingerprint": m.fingerprint(),
         "format": format!("{:?}", m.format),
         "architecture": c.architecture.gguf_name(),
         "vocab_size": c.vocab_size,
@@ -48,7 +50,7 @@ pub fn info(path: &Path, as_json: bool) -> Result<()> {
 }
 
 pub fn tokenize(path: &Path, chat: bool, special: bool, text: &str) -> Result<()> {
-    let m = Model::open(path)?;
+    let m = open_model(path)?;
     let text = if chat {
         m.tokenizer
             .apply_chat_template(&[ChatMessage::new("user", text)], true)?
@@ -64,17 +66,16 @@ pub fn tokenize(path: &Path, chat: bool, special: bool, text: &str) -> Result<()
     Ok(())
 }
 
-pub fn convert(path: &Path, out: &Path, dtype: &str) -> Result<()> {
-    let dtype: FloatType = dtype.parse()?;
-    let m = Model::open(path)?;
+pub fn convert(path: &Path, out: &Path, dtype: FloatType) -> Result<()> {
+    let m = open_model(path)?;
     convert_to_hf(&m, out, dtype)?;
     eprintln!("wrote {}", out.display());
     Ok(())
 }
 
-pub fn score(path: &Path, data: &Path, adapter: Option<&Path>) -> Result<()> {
-    let m = Model::open(path)?;
-    let adapter = adapter.map(|d| nudge::adapter::peft::load(d, &m.config)).transpose()?;
+pub fn score(path: &Path, data: &Path, adapter: &AdapterArg) -> Result<()> {
+    let m = open_model(path)?;
+    let adapter = adapter.load(&m)?;
     let adapter = adapter.as_ref();
     let rows = read_jsonl(data)?;
     let bar = progress(rows.len() as u64);

@@ -1,7 +1,8 @@
 //! `nudge export`: an adapter as PEFT, as a llama.cpp LoRA GGUF, or merged into the base.
 
+use crate::args::{Dtype, open_model};
 use clap::{Args, ValueEnum};
-use nudge::adapter::{self, gguf_lora, merge, peft};
+use nudge::adapter::{self, BaseCheck, gguf_lora, merge, peft};
 use nudge::convert::FloatType;
 use nudge::model::Model;
 use nudge::{Error, Result};
@@ -19,35 +20,45 @@ pub enum Format {
 
 #[derive(Args)]
 pub struct ExportArgs {
-    /// The base model the adapter was trained on (.gguf file or HF directory).
-    #[arg(long)]
+    /// The base model the adapter was trained on (.gguf file or HF folder).
+    #[arg(short, long)]
     model: PathBuf,
-    /// The adapter: a PEFT directory or a llama.cpp LoRA .gguf file.
+    /// The adapter: a PEFT folder or a llama.cpp LoRA .gguf file.
     #[arg(long, required_unless_present = "merge", conflicts_with = "merge")]
     adapter: Option<PathBuf>,
+    /// Export an adapter that records another base model (e.g. another quantization of the
+    /// same model); by default it is refused.
+    #[arg(long)]
+    allow_other_base: bool,
     /// Instead of one adapter: several combined with weights, `A:0.7,B:0.3`, through the SVD
-    /// of their summed update (needs the `linalg` feature).
+    /// of their summed update (needs a build with --features linalg).
     #[arg(long)]
     merge: Option<String>,
     /// Rank of the combined adapter with --merge (default: the largest input rank).
     #[arg(long, requires = "merge")]
     rank: Option<usize>,
+    /// What to write.
     #[arg(long, value_enum)]
     format: Format,
-    /// Output directory (peft, merged) or file (gguf).
-    #[arg(long)]
+    /// Output folder (peft, merged) or file (gguf).
+    #[arg(short, long)]
     out: PathBuf,
-    /// Element type of the written tensors: f32, f16 or bf16 (peft: f32 only).
-    #[arg(long, default_value = "f32")]
-    dtype: String,
+    /// Element type of the written tensors (peft: f32 only).
+    #[arg(long, value_enum, default_value = "f32")]
+    dtype: Dtype,
 }
 
 pub fn export(a: ExportArgs) -> Result<()> {
-    let dtype: FloatType = a.dtype.parse()?;
-    let model = Model::open(&a.model)?;
+    let dtype: FloatType = a.dtype.into();
+    let model = open_model(&a.model)?;
+    let check = if a.allow_other_base {
+        BaseCheck::AllowOtherBase
+    } else {
+        BaseCheck::Strict
+    };
     let (lora, source) = match (&a.merge, &a.adapter) {
         (Some(spec), _) => (merged(&model, spec, a.rank)?, PathBuf::from(spec)),
-        (None, Some(dir)) => (adapter::load(dir, &model.config)?, dir.clone()),
+        (None, Some(dir)) => (adapter::load_for(dir, &model, check)?, dir.clone()),
         (None, None) => return Err(Error::invalid("give --adapter DIR or --merge A:0.7,B:0.3")),
     };
     lora.check_fits(&model.config, &source)?;

@@ -1,9 +1,9 @@
 //! `nudge generate`: a reply from the model (with an adapter, to see what it changed),
 //! streamed to stdout; counts and speed to stderr.
 
+use crate::args::{AdapterArg, open_model};
 use clap::Args;
 use nudge::generate::{GenerateOptions, generate};
-use nudge::model::Model;
 use nudge::tokenizer::ChatMessage;
 use nudge::{Error, Result};
 use std::io::Write;
@@ -13,37 +13,37 @@ use std::time::Instant;
 
 #[derive(Args)]
 pub struct GenerateArgs {
-    #[arg(long)]
+    /// The base model: a .gguf file or an HF model folder.
+    #[arg(short, long)]
     model: PathBuf,
-    /// A PEFT adapter directory to apply.
-    #[arg(long)]
-    adapter: Option<PathBuf>,
+    #[command(flatten)]
+    adapter: AdapterArg,
     /// Render the prompt as one user message with the chat template and generation prompt.
     #[arg(long)]
     chat: bool,
-    #[arg(long)]
+    /// The prompt text.
+    #[arg(short, long)]
     prompt: String,
-    #[arg(long, default_value_t = 256)]
+    /// Stop after this many new tokens.
+    #[arg(short = 'n', long, default_value_t = 256)]
     max_new_tokens: usize,
-    /// 0 picks the most likely token (greedy).
+    /// Sampling temperature; 0 picks the most likely token (greedy).
     #[arg(long, default_value_t = 0.0)]
     temperature: f32,
-    /// 0 = no limit.
+    /// Sample among the K most likely tokens (0 = no limit).
     #[arg(long, default_value_t = 0)]
     top_k: usize,
+    /// Sample among the most likely tokens whose probabilities reach P (1 = all).
     #[arg(long, default_value_t = 1.0)]
     top_p: f32,
+    /// Seed of the sampling.
     #[arg(long, default_value_t = 0)]
     seed: u64,
 }
 
 pub fn run(a: GenerateArgs) -> Result<()> {
-    let m = Model::open(&a.model)?;
-    let adapter = a
-        .adapter
-        .as_deref()
-        .map(|d| nudge::adapter::peft::load(d, &m.config))
-        .transpose()?;
+    let m = open_model(&a.model)?;
+    let adapter = a.adapter.load(&m)?;
     // A rendered chat already holds its special tokens; a raw prompt gets the
     // tokenizer's (e.g. BOS), as transformers does.
     let prompt = if a.chat {

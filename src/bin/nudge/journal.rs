@@ -29,8 +29,9 @@ pub enum DurabilityArg {
 #[derive(Args)]
 pub struct EventArgs {
     /// The prompt text (with --chat, the content of one user message).
-    #[arg(long)]
+    #[arg(short, long)]
     prompt: String,
+    /// The prompt is one user message of a chat (rendered with the model's template).
     #[arg(long)]
     chat: bool,
     /// How strongly it was meant (1 = ordinary); the training weight.
@@ -54,7 +55,9 @@ pub enum FormatArg {
 
 #[derive(Clone, Copy, ValueEnum)]
 pub enum UnpairedArg {
+    /// Write them as KTO rows (prompt, completion, label).
     Kto,
+    /// Leave them in the journal for a later run, when a partner may have come.
     Keep,
 }
 
@@ -66,10 +69,13 @@ pub enum JournalCommand {
         path: JournalPath,
         #[command(flatten)]
         event: EventArgs,
+        /// The model's answer that was rated.
         #[arg(long)]
         completion: String,
+        /// Thumbs up: the user liked the answer.
         #[arg(long, conflicts_with = "down", required_unless_present = "down")]
         up: bool,
+        /// Thumbs down: the user disliked the answer.
         #[arg(long)]
         down: bool,
     },
@@ -79,8 +85,10 @@ pub enum JournalCommand {
         path: JournalPath,
         #[command(flatten)]
         event: EventArgs,
+        /// The answer the user preferred.
         #[arg(long)]
         chosen: String,
+        /// The answer the user liked less.
         #[arg(long)]
         rejected: String,
     },
@@ -90,6 +98,7 @@ pub enum JournalCommand {
     Ingest {
         #[command(flatten)]
         path: JournalPath,
+        /// When records are fsynced.
         #[arg(long, value_enum, default_value = "every")]
         durability: DurabilityArg,
     },
@@ -108,6 +117,7 @@ pub enum JournalCommand {
     Stats {
         #[command(flatten)]
         path: JournalPath,
+        /// One JSON object instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -115,8 +125,10 @@ pub enum JournalCommand {
     Export {
         #[command(flatten)]
         path: JournalPath,
-        #[arg(long)]
+        /// The JSONL file to write.
+        #[arg(short, long)]
         out: PathBuf,
+        /// Which rows to write.
         #[arg(long, value_enum, default_value = "pairs")]
         format: FormatArg,
         /// Thumbs without a partner: KTO rows, or kept for a later run.
@@ -133,6 +145,7 @@ pub enum JournalCommand {
     Mark {
         #[command(flatten)]
         path: JournalPath,
+        /// The last sequence number the run trained on (default: the newest).
         #[arg(long)]
         up_to: Option<u64>,
         /// Events at or before UP_TO left for a later run (comma-separated).
@@ -393,7 +406,7 @@ fn export(path: &Path, out: &Path, format: FormatArg, unpaired: UnpairedArg, onl
             UnpairedArg::Kto => UnpairedPolicy::Kto,
             UnpairedArg::Keep => UnpairedPolicy::Keep,
         },
-        max_length: None,
+        truncation: Default::default(),
     };
     let mut j = if mark {
         open(path, Durability::EveryRecord)?

@@ -1,6 +1,7 @@
 //! The `nudge` command: inspect, convert and score models; generate; train, merge and
 //! export adapters; keep the feedback journal.
 
+mod args;
 mod bench;
 mod commands;
 mod export;
@@ -9,6 +10,7 @@ mod journal;
 mod merge;
 mod train;
 
+use args::{AdapterArg, Dtype, check_threads};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -17,11 +19,13 @@ use std::process::ExitCode;
 #[command(
     name = "nudge",
     version,
-    about = "On-device preference tuning (DPO family) of small language models"
+    about = "On-device preference tuning (DPO family) of small language models",
+    after_help = "A MODEL is a .gguf file or an HF model folder (config.json, model.safetensors, \
+                  tokenizer.json). scripts/fetch-model.sh fetches SmolLM2-135M-Instruct into models/."
 )]
 struct Cli {
     /// Worker threads (default: all cores).
-    #[arg(long, global = true)]
+    #[arg(short = 't', long, global = true, value_name = "N")]
     threads: Option<usize>,
     #[command(subcommand)]
     command: Command,
@@ -31,7 +35,7 @@ struct Cli {
 enum Command {
     /// Architecture, dimensions, dtypes and bytes mapped of a model.
     Info {
-        /// A .gguf file or an HF model directory.
+        /// A .gguf file or an HF model folder.
         model: PathBuf,
         /// One JSON object instead of text.
         #[arg(long)]
@@ -39,7 +43,8 @@ enum Command {
     },
     /// Token ids of a text (or of a chat rendered with the model's template).
     Tokenize {
-        #[arg(long)]
+        /// A .gguf file or an HF model folder.
+        #[arg(short, long)]
         model: PathBuf,
         /// Render TEXT as one user message with the chat template and generation prompt.
         #[arg(long)]
@@ -47,33 +52,41 @@ enum Command {
         /// Add the tokenizer's special tokens (e.g. BOS).
         #[arg(long)]
         special: bool,
+        /// The text to tokenize.
         text: String,
     },
-    /// Write a model as an HF directory (safetensors + config + tokenizer + template).
+    /// Write a model as an HF folder (safetensors + config + tokenizer + template).
     Convert {
-        #[arg(long)]
+        /// A .gguf file or an HF model folder.
+        #[arg(short, long)]
         model: PathBuf,
-        #[arg(long)]
+        /// The output folder.
+        #[arg(short, long)]
         out: PathBuf,
-        /// f32, f16 or bf16.
-        #[arg(long, default_value = "f32")]
-        dtype: String,
+        /// Element type of the written weights.
+        #[arg(long, value_enum, default_value = "f32")]
+        dtype: Dtype,
     },
     /// Log-probs of the completions of each row of a JSONL file (one JSON line per row).
     Score {
-        #[arg(long)]
+        /// A .gguf file or an HF model folder.
+        #[arg(short, long)]
         model: PathBuf,
+        /// TRL-format JSONL: preference rows or unpaired rows.
         #[arg(long)]
         data: PathBuf,
-        /// A PEFT adapter directory to apply.
-        #[arg(long)]
-        adapter: Option<PathBuf>,
+        #[command(flatten)]
+        adapter: AdapterArg,
     },
-    /// Generate a reply (optionally through an adapter), streamed to stdout.
+    /// Generate replies (optionally through an adapter), streamed to stdout.
     Generate(Box<generate::GenerateArgs>),
     /// Train a LoRA adapter on preference pairs (or thumbs, with --loss kto).
     Train(Box<train::TrainArgs>),
-    /// Combine adapters with weights into one of a chosen rank (SVD; needs the `linalg` feature).
+    /// Combine adapters with weights into one of a chosen rank (SVD).
+    #[cfg_attr(
+        not(feature = "linalg"),
+        command(about = "Combine adapters by SVD (not in this build: rebuild with --features linalg)")
+    )]
     Merge(Box<merge::MergeArgs>),
     /// Write an adapter as PEFT, as a llama.cpp LoRA GGUF, or merged into the base model.
     Export(export::ExportArgs),
@@ -90,12 +103,25 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // Output piped into `head` ends with the pipe closing: end quietly as other command-line
+    // tools do, instead of failing a write (a panic inside print!).
+    #[cfg(unix)]
+    // SAFETY: restoring the default action of one signal before any other thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
-    if let Some(n) = cli.threads
-        && let Err(e) = rayon::ThreadPoolBuilder::new().num_threads(n).build_global()
-    {
-        eprintln!("nudge: cannot start {n} threads: {e}");
-        return ExitCode::from(2);
+    if let Some(n) = cli.threads {
+        let started = check_threads(n).and_then(|n| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(n)
+                .build_global()
+                .map_err(|e| nudge::Error::invalid(format!("cannot start {n} threads: {e}")))
+        });
+        if let Err(e) = started {
+            eprintln!("nudge: {e}");
+            return ExitCode::from(2);
+        }
     }
     let r = match cli.command {
         Command::Info { model, json } => commands::info(&model, json),
@@ -105,8 +131,8 @@ fn main() -> ExitCode {
             special,
             text,
         } => commands::tokenize(&model, chat, special, &text),
-        Command::Convert { model, out, dtype } => commands::convert(&model, &out, &dtype),
-        Command::Score { model, data, adapter } => commands::score(&model, &data, adapter.as_deref()),
+        Command::Convert { model, out, dtype } => commands::convert(&model, &out, dtype.into()),
+        Command::Score { model, data, adapter } => commands::score(&model, &data, &adapter),
         Command::Generate(a) => generate::run(*a),
         Command::Train(a) => train::train(*a),
         Command::Merge(a) => merge::merge_command(*a),
@@ -118,7 +144,44 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("nudge: {e}");
+            if let nudge::Error::CorruptRecord { file, .. } = &e {
+                eprintln!(
+                    "nudge: `nudge journal repair --journal {}` drops the damaged record and keeps every intact one",
+                    file.display()
+                );
+            }
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// Every command and every flag says what it is for in `--help`.
+    #[test]
+    fn every_flag_has_help() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            let path = format!("{path} {}", cmd.get_name());
+            if cmd.get_about().is_none() && path != " nudge" {
+                missing.push(format!("{path}: no about"));
+            }
+            for a in cmd.get_arguments() {
+                let builtin = matches!(a.get_id().as_str(), "help" | "version");
+                if !builtin && a.get_help().is_none() && a.get_long_help().is_none() {
+                    missing.push(format!("{path} --{}", a.get_id()));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                walk(sub, &path, missing);
+            }
+        }
+        let cmd = Cli::command();
+        cmd.clone().debug_assert();
+        let mut missing = Vec::new();
+        walk(&cmd, "", &mut missing);
+        assert!(missing.is_empty(), "flags without help:\n{}", missing.join("\n"));
     }
 }

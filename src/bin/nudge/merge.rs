@@ -11,7 +11,7 @@ use std::path::PathBuf;
 #[cfg_attr(not(feature = "linalg"), allow(dead_code))]
 pub struct MergeArgs {
     /// The base model the adapters were trained on (checks their shapes).
-    #[arg(long)]
+    #[arg(short, long)]
     model: PathBuf,
     /// Comma-separated DIR:WEIGHT pairs, e.g. a:0.7,b:0.3 (weights may be negative).
     #[arg(long)]
@@ -22,8 +22,8 @@ pub struct MergeArgs {
     /// Clamp the factors to this quantile of their values (PEFT's svd_clamp; default off).
     #[arg(long)]
     clamp: Option<f32>,
-    /// Output directory (PEFT format).
-    #[arg(long)]
+    /// Output folder (PEFT format).
+    #[arg(short, long)]
     out: PathBuf,
 }
 

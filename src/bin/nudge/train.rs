@@ -1,87 +1,139 @@
 //! `nudge train`: a PEFT adapter from a preference (or thumbs) JSONL file.
 
+use crate::args::{AdapterArg, LossName, open_model};
 use crate::commands::progress;
-use clap::Args;
-use nudge::adapter::{Adapter, LoraConfig, LoraInit, peft};
-use nudge::data::PreferenceSet;
+use clap::{Args, ValueEnum};
+use nudge::adapter::{Adapter, LoraConfig, LoraInit, MAX_RANK, peft};
+use nudge::data::{PreferenceSet, RowNote, Truncation, TruncationMode};
+use nudge::model::Recompute;
 use nudge::model::weights::Proj;
-use nudge::model::{Model, Recompute};
 use nudge::objective::Loss;
 use nudge::optim::{AdamWConfig, Schedule};
 use nudge::train::{Checkpoint, Control, TrainConfig, Trainer};
 use nudge::{Error, Result};
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum InitArg {
+    /// PEFT's default: Kaiming-uniform A.
+    Kaiming,
+    /// PEFT's init_lora_weights="gaussian": A ~ N(0, 1/r).
+    Gaussian,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum ScheduleArg {
+    Constant,
+    /// Linear decay to 0 at the last step.
+    Linear,
+    /// Half a cosine down to 0 at the last step.
+    Cosine,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum TruncationArg {
+    /// Cut the prompt's start (TRL's default).
+    #[value(name = "keep_end")]
+    KeepEnd,
+    /// Cut the completions' ends.
+    #[value(name = "keep_start")]
+    KeepStart,
+}
 
 #[derive(Args)]
 pub struct TrainArgs {
-    #[arg(long)]
+    /// The base model: a .gguf file or an HF model folder.
+    #[arg(short, long)]
     model: PathBuf,
-    /// TRL-format JSONL: preference rows, or unpaired rows (prompt, completion, label) for kto.
+    /// TRL-format JSONL: preference rows (prompt/chosen/rejected), or unpaired thumbs
+    /// (prompt/completion/label) for --loss kto.
     #[arg(long)]
     data: PathBuf,
-    /// Output directory: the adapter in PEFT format and `metrics.jsonl`.
-    #[arg(long)]
+    /// Output folder: the adapter in PEFT format, metrics.jsonl, and skipped_rows.jsonl
+    /// when rows were left out.
+    #[arg(short, long)]
     out: PathBuf,
-    /// sigmoid, ipo, cdpo, robust, hinge, nca_pair, bco_pair, apo_zero, apo_down, sppo_hard,
-    /// exo_pair, discopop, simpo, orpo, margin_dpo, kto; parameters as suffixes
-    /// (e.g. cdpo_eps0.1, simpo_beta2_gamma0.5, kto_dw1_uw1.33).
-    #[arg(long, default_value = "sigmoid")]
+    /// The loss; parameters go in the name as suffixes (cdpo_eps0.1, simpo_beta2_gamma0.5,
+    /// kto_dw1_uw1.33). `dpo` is `sigmoid`.
+    #[arg(long, default_value = "sigmoid", value_parser = LossName)]
     loss: String,
+    /// DPO's beta: how far the adapted model may move from the base.
     #[arg(long, default_value_t = 0.1)]
     beta: f64,
-    #[arg(long, default_value_t = 8)]
-    lora_r: usize,
+    /// LoRA rank.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=MAX_RANK as i64))]
+    lora_r: u32,
+    /// LoRA alpha (the update is scaled by alpha / r).
     #[arg(long, default_value_t = 16.0)]
     lora_alpha: f32,
-    /// Comma-separated projections (q_proj,k_proj,...), or all.
+    /// Comma-separated projections (q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj),
+    /// or all.
     #[arg(long, default_value = "all")]
     targets: String,
+    /// Scale the update by alpha / sqrt(r) (rsLoRA).
     #[arg(long)]
     rslora: bool,
+    /// Dropout on the adapter's input while training.
     #[arg(long, default_value_t = 0.0)]
     lora_dropout: f32,
-    /// A's initialization: kaiming (PEFT's default) or gaussian.
-    #[arg(long, default_value = "kaiming")]
-    init: String,
-    /// Continue training this PEFT adapter instead of creating one.
-    #[arg(long)]
-    adapter: Option<PathBuf>,
+    /// How A is initialized.
+    #[arg(long, value_enum, default_value = "kaiming")]
+    init: InitArg,
+    #[command(flatten)]
+    adapter: AdapterArg,
+    /// Learning rate.
     #[arg(long, default_value_t = 5e-5)]
     lr: f64,
+    /// AdamW weight decay.
     #[arg(long, default_value_t = 0.0)]
     weight_decay: f64,
-    /// constant, linear or cosine.
-    #[arg(long, default_value = "constant")]
-    schedule: String,
+    /// Learning-rate schedule over the steps the run takes.
+    #[arg(long, value_enum, default_value = "constant")]
+    schedule: ScheduleArg,
+    /// Steps of linear learning-rate warmup.
     #[arg(long, default_value_t = 0)]
     warmup_steps: u64,
+    /// Clip the global gradient norm to this.
     #[arg(long, default_value_t = 1.0)]
     max_grad_norm: f32,
-    #[arg(long, default_value_t = 1)]
-    epochs: usize,
-    #[arg(long)]
-    max_steps: Option<usize>,
+    /// Passes over the data (ignored when --max-steps is given).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    epochs: u32,
+    /// Optimizer steps to take; overrides --epochs (as TRL's max_steps does).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    max_steps: Option<u32>,
     /// Pairs (or thumbs) per optimizer step.
-    #[arg(long, default_value_t = 2)]
-    batch_pairs: usize,
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    batch_pairs: u32,
     /// Pairs per forward/backward pass (gradient accumulation over batch_pairs / this).
-    #[arg(long)]
-    micro_batch: Option<usize>,
-    /// Prompt + completion tokens kept per row (longer prompts are dropped and reported).
-    #[arg(long)]
-    max_length: Option<usize>,
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    micro_batch: Option<u32>,
+    /// Prompt + completion tokens per sequence (default: the model's context); longer rows
+    /// are cut as --truncation-mode says, and reported.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(2..))]
+    max_length: Option<u32>,
+    /// Prompt tokens kept (default: no limit).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    max_prompt_length: Option<u32>,
+    /// Tokens kept of each completion (default: no limit).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    max_completion_length: Option<u32>,
+    /// Which end of an over-long row survives.
+    #[arg(long, value_enum, default_value = "keep_end")]
+    truncation_mode: TruncationArg,
+    /// Seed of the shuffling, the adapter's initialization and dropout.
     #[arg(long, default_value_t = 42)]
     seed: u64,
-    /// Fraction of pairs held out for evaluation.
+    /// Fraction of pairs held out for evaluation after training.
     #[arg(long, default_value_t = 0.0)]
     eval_fraction: f32,
     /// MiB of activations kept for the backward pass (the rest is recomputed); 0 keeps none.
     #[arg(long, default_value_t = 128)]
     memory_budget_mb: usize,
     /// Write OUT/checkpoint.bin every N steps (and when the run ends).
-    #[arg(long)]
-    checkpoint_every: Option<usize>,
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    checkpoint_every: Option<u32>,
     /// Continue from OUT/checkpoint.bin (same model and data; the run's settings come from
     /// the checkpoint, except --max-steps, which may extend it).
     #[arg(long)]
@@ -103,57 +155,124 @@ fn targets(s: &str) -> Result<Vec<Proj>> {
         .collect()
 }
 
-pub fn train(a: TrainArgs) -> Result<()> {
-    let model = Model::open(&a.model)?;
-    let loss = Loss::parse(&a.loss, a.beta)?;
-    let init = match a.init.as_str() {
-        "kaiming" => LoraInit::KaimingUniform,
-        "gaussian" => LoraInit::Gaussian,
-        o => return Err(Error::invalid(format!("--init `{o}`: kaiming or gaussian"))),
+/// Checks the float flags clap cannot bound, naming the flag.
+fn check_floats(a: &TrainArgs) -> Result<()> {
+    let bad = |flag: &str, v: f64, want: &str| Err(Error::invalid(format!("--{flag} {v}: {want}")));
+    if !(a.beta.is_finite() && a.beta > 0.0) {
+        return bad("beta", a.beta, "must be a positive number");
+    }
+    if !(a.lora_alpha.is_finite() && a.lora_alpha > 0.0) {
+        return bad("lora-alpha", a.lora_alpha.into(), "must be a positive number");
+    }
+    if !(0.0..1.0).contains(&a.lora_dropout) {
+        return bad("lora-dropout", a.lora_dropout.into(), "must be in [0, 1)");
+    }
+    if !(a.lr.is_finite() && a.lr > 0.0) {
+        return bad("lr", a.lr, "must be a positive number");
+    }
+    if !(a.weight_decay.is_finite() && a.weight_decay >= 0.0) {
+        return bad("weight-decay", a.weight_decay, "must be >= 0");
+    }
+    if !(a.max_grad_norm.is_finite() && a.max_grad_norm > 0.0) {
+        return bad("max-grad-norm", a.max_grad_norm.into(), "must be a positive number");
+    }
+    if !(0.0..1.0).contains(&a.eval_fraction) {
+        return bad("eval-fraction", a.eval_fraction.into(), "must be in [0, 1)");
+    }
+    if let (Some(m), b) = (a.micro_batch, a.batch_pairs)
+        && m > b
+    {
+        return Err(Error::invalid(format!(
+            "--micro-batch {m} is larger than --batch-pairs {b}"
+        )));
+    }
+    Ok(())
+}
+
+/// Prints the first rows of a report to stderr and writes all of them to `file`.
+fn report(what: &str, notes: &[RowNote], file: &Path) -> Result<()> {
+    const SHOWN: usize = 10;
+    if notes.is_empty() {
+        return Ok(());
+    }
+    for n in notes.iter().take(SHOWN) {
+        eprintln!("nudge: {n}");
+    }
+    let lines: String = notes
+        .iter()
+        .map(|n| {
+            format!(
+                "{}\n",
+                serde_json::json!({"file": n.file, "row": n.row, "reason": n.reason})
+            )
+        })
+        .collect();
+    nudge::convert::write_atomic(file, lines.as_bytes())?;
+    let more = notes.len().saturating_sub(SHOWN);
+    let more = if more > 0 {
+        format!(" ({more} more not shown)")
+    } else {
+        String::new()
     };
-    let adapter = match &a.adapter {
-        Some(dir) => peft::load(dir, &model.config)?,
+    eprintln!(
+        "nudge: {} rows {what}{more}; all listed in {}",
+        notes.len(),
+        file.display()
+    );
+    Ok(())
+}
+
+pub fn train(a: TrainArgs) -> Result<()> {
+    check_floats(&a)?;
+    let model = open_model(&a.model)?;
+    let loss = Loss::parse(&a.loss, a.beta)?;
+    let init = match a.init {
+        InitArg::Kaiming => LoraInit::KaimingUniform,
+        InitArg::Gaussian => LoraInit::Gaussian,
+    };
+    let adapter = match a.adapter.load(&model)? {
+        Some(adapter) => adapter,
         None => {
             let lora = LoraConfig {
-                r: a.lora_r,
+                r: a.lora_r as usize,
                 lora_alpha: a.lora_alpha,
                 target_modules: targets(&a.targets)?,
                 use_rslora: a.rslora,
                 lora_dropout: a.lora_dropout,
                 init,
             };
-            Adapter::new(&model.config, lora, a.seed, model.path.display().to_string())?
+            Adapter::new(&model.config, lora, a.seed, model.name())?
         }
     };
-    let data = PreferenceSet::from_jsonl(&model.tokenizer, &a.data, a.max_length)?;
-    for (row, why) in &data.dropped {
-        eprintln!("nudge: {}: row {row} dropped: {why}", a.data.display());
-    }
-    let examples = if matches!(loss, Loss::Kto { .. }) {
-        data.unpaired.len()
-    } else {
-        data.pairs.len()
+    let limits = Truncation {
+        max_length: Some(
+            a.max_length
+                .map_or(model.config.max_position_embeddings, |m| m as usize),
+        ),
+        max_prompt_length: a.max_prompt_length.map(|m| m as usize),
+        max_completion_length: a.max_completion_length.map(|m| m as usize),
+        mode: match a.truncation_mode {
+            TruncationArg::KeepEnd => TruncationMode::KeepEnd,
+            TruncationArg::KeepStart => TruncationMode::KeepStart,
+        },
     };
-    let steps_per_epoch = examples.div_ceil(a.batch_pairs.max(1));
-    let total = a
-        .max_steps
-        .unwrap_or(steps_per_epoch * a.epochs)
-        .min(steps_per_epoch * a.epochs) as u64;
-    let schedule = match a.schedule.as_str() {
-        "constant" => Schedule::Constant {
-            warmup_steps: a.warmup_steps,
+    let data = PreferenceSet::from_jsonl(&model.tokenizer, &a.data, &limits)?;
+    std::fs::create_dir_all(&a.out).map_err(|e| Error::io(&a.out, e))?;
+    report("truncated", &data.truncated, &a.out.join("truncated_rows.jsonl"))?;
+    let (warmup_steps, total_steps) = (a.warmup_steps, 0); // 0: sized to the run
+    let schedule = match a.schedule {
+        ScheduleArg::Constant => Schedule::Constant { warmup_steps },
+        ScheduleArg::Linear => Schedule::Linear {
+            warmup_steps,
+            total_steps,
         },
-        "linear" => Schedule::Linear {
-            warmup_steps: a.warmup_steps,
-            total_steps: total,
-        },
-        "cosine" => Schedule::Cosine {
-            warmup_steps: a.warmup_steps,
-            total_steps: total,
+        ScheduleArg::Cosine => Schedule::Cosine {
+            warmup_steps,
+            total_steps,
             num_cycles: 0.5,
         },
-        o => return Err(Error::invalid(format!("--schedule `{o}`: constant, linear or cosine"))),
     };
+    let batch = a.batch_pairs as usize;
     let config = TrainConfig {
         loss,
         optimizer: AdamWConfig {
@@ -163,28 +282,34 @@ pub fn train(a: TrainArgs) -> Result<()> {
         },
         schedule,
         max_grad_norm: Some(a.max_grad_norm),
-        epochs: a.epochs,
-        max_steps: a.max_steps,
-        batch_size: a.batch_pairs,
-        micro_batch_size: a.micro_batch.unwrap_or(a.batch_pairs),
+        epochs: a.epochs as usize,
+        max_steps: a.max_steps.map(|m| m as usize),
+        batch_size: batch,
+        micro_batch_size: a.micro_batch.map_or(batch, |m| m as usize),
         seed: a.seed,
         shuffle: true,
         eval_fraction: a.eval_fraction,
-        recompute: Recompute::Budget(a.memory_budget_mb << 20),
+        recompute: Recompute::Budget(a.memory_budget_mb.saturating_mul(1 << 20)),
         lora_dropout: a.lora_dropout,
     };
-    std::fs::create_dir_all(&a.out).map_err(|e| Error::io(&a.out, e))?;
     let ck_path = a.out.join("checkpoint.bin");
     let log_path = a.out.join("metrics.jsonl");
     let mut trainer = if a.resume {
+        if !ck_path.exists() {
+            return Err(Error::invalid(format!(
+                "--resume: no checkpoint at {}; a run writes one when started with --checkpoint-every N",
+                ck_path.display()
+            )));
+        }
         let mut ck = Checkpoint::load(&ck_path)?;
         if a.max_steps.is_some() {
-            ck.config.max_steps = a.max_steps;
+            ck.config.max_steps = a.max_steps.map(|m| m as usize);
         }
         Trainer::resume(&model, ck, data, &ck_path)?
     } else {
         Trainer::new(&model, adapter, config, data)?
     };
+    report("skipped", trainer.skipped(), &a.out.join("skipped_rows.jsonl"))?;
     // A resumed run appends to the log of the run it continues.
     let log_file = std::fs::OpenOptions::new()
         .create(true)
@@ -197,7 +322,7 @@ pub fn train(a: TrainArgs) -> Result<()> {
     let bar = progress(trainer.total_steps() as u64);
     bar.inc(trainer.steps_done() as u64);
     let mut io_err = None;
-    let every = a.checkpoint_every.unwrap_or(0);
+    let every = a.checkpoint_every.unwrap_or(0) as usize;
     let summary = trainer.run_with(
         &mut |m| {
             if let Err(e) = serde_json::to_writer(&mut log, m)
@@ -246,8 +371,13 @@ pub fn train(a: TrainArgs) -> Result<()> {
     if let Some(e) = &summary.eval {
         eprintln!(
             "nudge: held-out loss {:.4}, rewards/accuracies {:.2}, rewards/margins {:.3}",
-            e.loss, e.rewards_accuracies, e.rewards_margins
+            e.eval_loss, e.rewards_accuracies, e.rewards_margins
         );
+        serde_json::to_writer(&mut log, e)
+            .map_err(std::io::Error::other)
+            .and_then(|_| writeln!(log))
+            .and_then(|_| log.flush())
+            .map_err(|e| Error::io(&log_path, e))?;
     }
     println!("{}", serde_json::to_string(&summary).expect("serializable"));
     Ok(())

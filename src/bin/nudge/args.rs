@@ -1,0 +1,129 @@
+//! Arguments several commands share: the model, an adapter in either format, float types,
+//! and the loss name (a closed list that `--help` shows, with parameters as suffixes).
+
+use clap::builder::{PossibleValue, TypedValueParser};
+use clap::{Args, ValueEnum};
+use nudge::adapter::{self, Adapter, BaseCheck};
+use nudge::convert::FloatType;
+use nudge::model::Model;
+use nudge::objective::LOSS_NAMES as NAMES;
+use nudge::{Error, Result};
+use std::path::{Path, PathBuf};
+
+/// Opens a model, saying what a model is when the path is not one.
+pub fn open_model(path: &Path) -> Result<Model> {
+    if path.is_dir() && !path.join("config.json").exists() {
+        return Err(Error::invalid(format!(
+            "{} is a folder without config.json: a model is a .gguf file or an HF model folder \
+             (config.json, model.safetensors, tokenizer.json); scripts/fetch-model.sh fetches one \
+             into models/",
+            path.display()
+        )));
+    }
+    Model::open(path)
+}
+
+/// An adapter to apply: a PEFT folder or a llama.cpp LoRA .gguf file.
+#[derive(Args, Clone, Debug, Default)]
+pub struct AdapterArg {
+    /// A LoRA adapter to apply: a PEFT folder (adapter_config.json +
+    /// adapter_model.safetensors) or a llama.cpp LoRA .gguf file.
+    #[arg(long, value_name = "PATH")]
+    pub adapter: Option<PathBuf>,
+    /// Apply an adapter that records another base model (e.g. another quantization of the
+    /// same model); by default it is refused.
+    #[arg(long, requires = "adapter")]
+    pub allow_other_base: bool,
+}
+
+impl AdapterArg {
+    pub fn load(&self, model: &Model) -> Result<Option<Adapter>> {
+        let check = if self.allow_other_base {
+            BaseCheck::AllowOtherBase
+        } else {
+            BaseCheck::Strict
+        };
+        self.adapter
+            .as_deref()
+            .map(|p| adapter::load_for(p, model, check))
+            .transpose()
+    }
+}
+
+/// Element type of written tensors.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum Dtype {
+    F32,
+    F16,
+    Bf16,
+}
+
+impl From<Dtype> for FloatType {
+    fn from(d: Dtype) -> FloatType {
+        match d {
+            Dtype::F32 => FloatType::F32,
+            Dtype::F16 => FloatType::F16,
+            Dtype::Bf16 => FloatType::BF16,
+        }
+    }
+}
+
+/// `--loss`: one of the known names, optionally with `_<param><value>` suffixes
+/// (`cdpo_eps0.1`). The names are clap's possible values, so `--help` lists them, while
+/// the suffixes still parse.
+#[derive(Clone)]
+pub struct LossName;
+
+impl TypedValueParser for LossName {
+    type Value = String;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> std::result::Result<String, clap::Error> {
+        let s = value.to_str().unwrap_or_default();
+        match nudge::objective::Loss::parse(s, 0.1) {
+            Ok(_) => Ok(s.to_string()),
+            Err(e) => {
+                let mut err = clap::Error::new(clap::error::ErrorKind::InvalidValue).with_cmd(cmd);
+                use clap::error::{ContextKind, ContextValue};
+                err.insert(
+                    ContextKind::InvalidArg,
+                    ContextValue::String(arg.map_or("--loss".into(), |a| a.to_string())),
+                );
+                err.insert(ContextKind::InvalidValue, ContextValue::String(s.to_string()));
+                err.insert(
+                    ContextKind::ValidValue,
+                    ContextValue::Strings(loss_names().map(str::to_string).collect()),
+                );
+                err.insert(
+                    ContextKind::Suggested,
+                    ContextValue::StyledStrs(vec![e.to_string().into()]),
+                );
+                Err(err)
+            }
+        }
+    }
+
+    fn possible_values(&self) -> Option<Box<dyn Iterator<Item = PossibleValue> + '_>> {
+        Some(Box::new(loss_names().map(PossibleValue::new)))
+    }
+}
+
+fn loss_names() -> impl Iterator<Item = &'static str> {
+    std::iter::once("dpo").chain(NAMES)
+}
+
+/// `--threads`: at least 1, and not far past the machine's cores.
+pub fn check_threads(n: usize) -> Result<usize> {
+    let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
+    let max = (8 * cores).max(64);
+    if n == 0 || n > max {
+        return Err(Error::invalid(format!(
+            "--threads {n}: give 1 to {max} ({cores} cores here)"
+        )));
+    }
+    Ok(n)
+}
