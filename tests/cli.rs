@@ -1,0 +1,283 @@
+//! The command line as a user meets it: help, errors that name the fix, nothing dropped in
+//! silence, files that mean what they say. Runs the `nudge` binary on tiny models.
+
+mod common;
+
+use common::tiny::*;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+struct Out {
+    ok: bool,
+    stdout: String,
+    stderr: String,
+}
+
+fn nudge(args: &[&str]) -> Out {
+    let o = Command::new(env!("CARGO_BIN_EXE_nudge"))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("runs nudge");
+    Out {
+        ok: o.status.success(),
+        stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+    }
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+/// A tiny model folder named `name` (its name is what adapters record).
+fn model(dir: &str, seed: u64) -> PathBuf {
+    let d = fresh_dir(dir).join("tiny-base");
+    std::fs::create_dir_all(&d).unwrap();
+    write_model(
+        &d,
+        &TinySpec {
+            seed,
+            ..TinySpec::default()
+        },
+    );
+    d
+}
+
+const PAIRS: &str = "{\"prompt\": \"t3 t4\", \"chosen\": \"t5 t6\", \"rejected\": \"t7 t8 t9\"}\n\
+                     {\"prompt\": \"t10 t4\", \"chosen\": \"t5 t6\", \"rejected\": \"t7 t8 t9\"}\n\
+                     {\"prompt\": \"t11 t4\", \"chosen\": \"t5 t6\", \"rejected\": \"t7 t8 t9\"}\n\
+                     {\"prompt\": \"t12 t4\", \"chosen\": \"t5 t6\", \"rejected\": \"t7 t8 t9\"}\n";
+
+fn train(m: &Path, data: &Path, out: &Path, extra: &[&str]) -> Out {
+    let mut args = vec![
+        "train",
+        "-m",
+        s(m),
+        "--data",
+        s(data),
+        "-o",
+        s(out),
+        "--lora-r",
+        "2",
+        "--lr",
+        "1e-2",
+        "--batch-pairs",
+        "2",
+    ];
+    args.extend_from_slice(extra);
+    nudge(&args)
+}
+
+#[test]
+fn help_lists_closed_choices_and_short_flags() {
+    let h = nudge(&["train", "--help"]).stdout;
+    for want in [
+        "-m, --model",
+        "-o, --out",
+        "-t, --threads",
+        "possible values: dpo,",
+        "kto",
+        "simpo",
+        "keep_end",
+        "cosine",
+        "gaussian",
+    ] {
+        assert!(h.contains(want), "`{want}` missing from train --help:\n{h}");
+    }
+    let h = nudge(&["generate", "--help"]).stdout;
+    for want in ["-p, --prompt", "-n, --max-new-tokens", "--allow-other-base"] {
+        assert!(h.contains(want), "`{want}` missing from generate --help:\n{h}");
+    }
+    let h = nudge(&["export", "--help"]).stdout;
+    assert!(h.contains("peft") && h.contains("merged") && h.contains("bf16"), "{h}");
+    #[cfg(not(feature = "linalg"))]
+    assert!(nudge(&["--help"]).stdout.contains("not in this build"));
+}
+
+#[test]
+fn bad_numbers_are_refused_naming_the_flag() {
+    let d = fresh_dir("cli-numbers");
+    let m = model("cli-numbers-model", 7);
+    let data = d.join("pairs.jsonl");
+    std::fs::write(&data, PAIRS).unwrap();
+    for (flags, want) in [
+        (vec!["--threads", "100000"], "--threads 100000"),
+        (vec!["--batch-pairs", "0"], "--batch-pairs"),
+        (vec!["--lora-r", "100000000000"], "--lora-r"),
+        (vec!["--lora-r", "0"], "--lora-r"),
+        (vec!["--lora-alpha=-1"], "--lora-alpha"),
+        (vec!["--lr", "nan"], "--lr"),
+        (vec!["--epochs", "0"], "--epochs"),
+        (vec!["--max-steps", "0"], "--max-steps"),
+        (vec!["--loss", "sigmoidd"], "--loss"),
+        (vec!["--eval-fraction", "1.5"], "--eval-fraction"),
+    ] {
+        let o = train(&m, &data, &d.join("out"), &flags);
+        assert!(!o.ok, "{flags:?} accepted");
+        assert!(o.stderr.contains(want), "{flags:?}: {}", o.stderr);
+        assert!(!o.stderr.contains("panicked"), "{}", o.stderr);
+    }
+    // `dpo` is another name for sigmoid.
+    let o = train(&m, &data, &d.join("dpo"), &["--loss", "dpo", "--max-steps", "1"]);
+    assert!(o.ok, "{}", o.stderr);
+}
+
+#[test]
+fn training_reports_every_row_it_leaves_out_and_writes_trl_names() {
+    let d = fresh_dir("cli-report");
+    let m = model("cli-report-model", 7);
+    let data = d.join("mixed.jsonl");
+    // Pairs, an unpaired thumb (as `journal export` writes them), a row of an unknown
+    // format, and a row longer than --max-length.
+    let long_prompt: String = (0..40).map(|i| format!("t{} ", 3 + i % 50)).collect();
+    std::fs::write(
+        &data,
+        format!(
+            "{PAIRS}{{\"prompt\": \"t3\", \"completion\": \"t5\", \"label\": true}}\n\
+             {{\"question\": \"t3\"}}\n\
+             {{\"prompt\": \"{long_prompt}\", \"chosen\": \"t5\", \"rejected\": \"t6\"}}\n"
+        ),
+    )
+    .unwrap();
+    let out = d.join("adapter");
+    let o = train(
+        &m,
+        &data,
+        &out,
+        &["--max-length", "12", "--eval-fraction", "0.25", "--max-steps", "3", "--schedule", "linear"],
+    );
+    assert!(o.ok, "{}", o.stderr);
+    let file = s(&data);
+    for want in [
+        format!("{file}: row 5: an unpaired thumb"),
+        "--loss kto".to_string(),
+        format!("{file}: row 6: not a row of a known format"),
+        format!("{file}: row 7: truncated (keep_end): prompt"),
+    ] {
+        assert!(o.stderr.contains(&want), "`{want}` missing:\n{}", o.stderr);
+    }
+    let skipped = std::fs::read_to_string(out.join("skipped_rows.jsonl")).unwrap();
+    assert_eq!(skipped.lines().count(), 2, "{skipped}");
+    // --max-steps beats --epochs (1 by default): 3 steps.
+    let log = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+    let lines: Vec<Value> = log.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 4, "3 steps and the held-out record:\n{log}");
+    for l in &lines[..3] {
+        for k in ["loss", "grad_norm", "learning_rate", "rewards/chosen", "rewards/margins", "logps/rejected"] {
+            assert!(l.get(k).is_some(), "{k} missing from {l}");
+        }
+        assert!(l.get("rewards_chosen").is_none() && l.get("kl").is_none(), "{l}");
+    }
+    // The linear schedule reaches its end at the last step that runs.
+    let lr: Vec<f64> = lines[..3].iter().map(|l| l["learning_rate"].as_f64().unwrap()).collect();
+    assert!((lr[2] - 1e-2 / 3.0).abs() < 1e-12, "{lr:?}");
+    let eval = &lines[3];
+    assert!(eval.get("eval_loss").is_some() && eval.get("eval_rewards/accuracies").is_some(), "{eval}");
+    assert!(eval.get("grad_norm").is_none() && eval.get("learning_rate").is_none(), "{eval}");
+
+    // The adapter names its base by name, never by a local path.
+    let cfg: Value = serde_json::from_str(&std::fs::read_to_string(out.join("adapter_config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["base_model_name_or_path"], "tiny-base");
+}
+
+#[test]
+fn an_adapter_for_another_base_is_refused_unless_allowed_and_both_formats_load() {
+    let d = fresh_dir("cli-base");
+    let m = model("cli-base-a", 7);
+    let other = model("cli-base-b", 8); // same shape, other weights
+    let data = d.join("pairs.jsonl");
+    std::fs::write(&data, PAIRS).unwrap();
+    let out = d.join("adapter");
+    assert!(train(&m, &data, &out, &["--max-steps", "2"]).ok);
+    let gguf = d.join("adapter.gguf");
+    let e = nudge(&["export", "-m", s(&m), "--adapter", s(&out), "--format", "gguf", "-o", s(&gguf)]);
+    assert!(e.ok, "{}", e.stderr);
+    for adapter in [&out, &gguf] {
+        let ok = nudge(&["score", "-m", s(&m), "--data", s(&data), "--adapter", s(adapter)]);
+        assert!(ok.ok, "{}", ok.stderr);
+        let reply = nudge(&["generate", "-m", s(&m), "--adapter", s(adapter), "-p", "t3 t4", "-n", "3"]);
+        assert!(reply.ok, "generate with {}: {}", adapter.display(), reply.stderr);
+        let refused = nudge(&["score", "-m", s(&other), "--data", s(&data), "--adapter", s(adapter)]);
+        assert!(!refused.ok);
+        assert!(
+            refused.stderr.contains("trained on the base model `tiny-base`") && refused.stderr.contains("--allow-other-base"),
+            "{}",
+            refused.stderr
+        );
+        let allowed = nudge(&[
+            "score",
+            "-m",
+            s(&other),
+            "--data",
+            s(&data),
+            "--adapter",
+            s(adapter),
+            "--allow-other-base",
+        ]);
+        assert!(allowed.ok, "{}", allowed.stderr);
+    }
+    // Continuing training on another base is refused the same way.
+    let cont = train(&other, &data, &d.join("cont"), &["--adapter", s(&out)]);
+    assert!(!cont.ok && cont.stderr.contains("--allow-other-base"), "{}", cont.stderr);
+}
+
+#[test]
+fn errors_name_the_fix() {
+    let d = fresh_dir("cli-errors");
+    let m = model("cli-errors-model", 7);
+    // An empty folder as a model.
+    let empty = d.join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let o = nudge(&["info", s(&empty)]);
+    assert!(!o.ok && o.stderr.contains("a model is a .gguf file or an HF model folder"), "{}", o.stderr);
+    // --resume with no checkpoint.
+    let data = d.join("pairs.jsonl");
+    std::fs::write(&data, PAIRS).unwrap();
+    let o = train(&m, &data, &d.join("fresh"), &["--resume"]);
+    assert!(!o.ok && o.stderr.contains("--checkpoint-every"), "{}", o.stderr);
+    // A journal in a missing folder names the folder, not a temporary file.
+    let missing = d.join("nope").join("j.nj");
+    let o = nudge(&["journal", "add", "--journal", s(&missing), "-p", "hi", "--completion", "yo", "--up"]);
+    assert!(!o.ok && o.stderr.contains("does not exist") && !o.stderr.contains(".new"), "{}", o.stderr);
+    // A damaged journal suggests the repair.
+    let j = d.join("j.nj");
+    for p in ["a", "b", "c"] {
+        assert!(nudge(&["journal", "add", "--journal", s(&j), "-p", p, "--completion", "x", "--up"]).ok);
+    }
+    let mut bytes = std::fs::read(&j).unwrap();
+    bytes[60] ^= 0xff; // inside the first record
+    std::fs::write(&j, bytes).unwrap();
+    let o = nudge(&["journal", "list", "--journal", s(&j)]);
+    assert!(!o.ok && o.stderr.contains("nudge journal repair --journal"), "{}", o.stderr);
+    // Nothing to train on says so and lists what was left out.
+    let thumbs = d.join("thumbs.jsonl");
+    std::fs::write(&thumbs, "{\"prompt\": \"t3\", \"completion\": \"t5\", \"label\": true}\n").unwrap();
+    let o = train(&m, &thumbs, &d.join("none"), &[]);
+    assert!(!o.ok && o.stderr.contains("nothing to train on"), "{}", o.stderr);
+}
+
+#[test]
+fn a_closed_pipe_ends_quietly() {
+    let d = fresh_dir("cli-pipe");
+    let m = model("cli-pipe-model", 7);
+    let data = d.join("pairs.jsonl");
+    std::fs::write(&data, PAIRS.repeat(50)).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_nudge"))
+        .args(["score", "-m", s(&m), "--data", s(&data)])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Read one line, then close the pipe as `head -1` does.
+    let mut stdout = child.stdout.take().unwrap();
+    let mut first = [0u8; 16];
+    std::io::Read::read_exact(&mut stdout, &mut first).unwrap();
+    drop(stdout);
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    // Ended by SIGPIPE (or done before the pipe closed), never exit 101.
+    assert_ne!(out.status.code(), Some(101), "{stderr}");
+}
