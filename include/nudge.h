@@ -583,9 +583,9 @@ typedef struct NudgeTrainOptions {
    */
   uint32_t micro_batch;
   /**
-   * Prompt + completion tokens kept per example; a completion is cut at its end, an
-   * example whose prompt leaves no room is dropped (default 0: no limit but the model's
-   * context).
+   * Prompt + completion tokens kept per example (default 0: the model's context). A
+   * longer example loses its prompt's first tokens (one always stays), then its
+   * completions' ends, as TRL's keep_end truncation does.
    */
   uint32_t max_length;
   /**
@@ -697,7 +697,8 @@ typedef struct NudgeTrainResult {
    */
   uint32_t cancelled;
   /**
-   * Examples left out (a prompt leaving no room under max_length, an empty completion).
+   * Examples left out (an empty prompt or completion, an unpaired thumb under a pair
+   * loss); nudge_last_error_message() is not set for them.
    */
   uint32_t dropped_examples;
   /**

@@ -146,7 +146,16 @@ fn training_reports_every_row_it_leaves_out_and_writes_trl_names() {
         &m,
         &data,
         &out,
-        &["--max-length", "12", "--eval-fraction", "0.25", "--max-steps", "3", "--schedule", "linear"],
+        &[
+            "--max-length",
+            "12",
+            "--eval-fraction",
+            "0.25",
+            "--max-steps",
+            "3",
+            "--schedule",
+            "linear",
+        ],
     );
     assert!(o.ok, "{}", o.stderr);
     let file = s(&data);
@@ -165,17 +174,33 @@ fn training_reports_every_row_it_leaves_out_and_writes_trl_names() {
     let lines: Vec<Value> = log.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(lines.len(), 4, "3 steps and the held-out record:\n{log}");
     for l in &lines[..3] {
-        for k in ["loss", "grad_norm", "learning_rate", "rewards/chosen", "rewards/margins", "logps/rejected"] {
+        for k in [
+            "loss",
+            "grad_norm",
+            "learning_rate",
+            "rewards/chosen",
+            "rewards/margins",
+            "logps/rejected",
+        ] {
             assert!(l.get(k).is_some(), "{k} missing from {l}");
         }
         assert!(l.get("rewards_chosen").is_none() && l.get("kl").is_none(), "{l}");
     }
     // The linear schedule reaches its end at the last step that runs.
-    let lr: Vec<f64> = lines[..3].iter().map(|l| l["learning_rate"].as_f64().unwrap()).collect();
+    let lr: Vec<f64> = lines[..3]
+        .iter()
+        .map(|l| l["learning_rate"].as_f64().unwrap())
+        .collect();
     assert!((lr[2] - 1e-2 / 3.0).abs() < 1e-12, "{lr:?}");
     let eval = &lines[3];
-    assert!(eval.get("eval_loss").is_some() && eval.get("eval_rewards/accuracies").is_some(), "{eval}");
-    assert!(eval.get("grad_norm").is_none() && eval.get("learning_rate").is_none(), "{eval}");
+    assert!(
+        eval.get("eval_loss").is_some() && eval.get("eval_rewards/accuracies").is_some(),
+        "{eval}"
+    );
+    assert!(
+        eval.get("grad_norm").is_none() && eval.get("learning_rate").is_none(),
+        "{eval}"
+    );
 
     // The adapter names its base by name, never by a local path.
     let cfg: Value = serde_json::from_str(&std::fs::read_to_string(out.join("adapter_config.json")).unwrap()).unwrap();
@@ -192,17 +217,38 @@ fn an_adapter_for_another_base_is_refused_unless_allowed_and_both_formats_load()
     let out = d.join("adapter");
     assert!(train(&m, &data, &out, &["--max-steps", "2"]).ok);
     let gguf = d.join("adapter.gguf");
-    let e = nudge(&["export", "-m", s(&m), "--adapter", s(&out), "--format", "gguf", "-o", s(&gguf)]);
+    let e = nudge(&[
+        "export",
+        "-m",
+        s(&m),
+        "--adapter",
+        s(&out),
+        "--format",
+        "gguf",
+        "-o",
+        s(&gguf),
+    ]);
     assert!(e.ok, "{}", e.stderr);
     for adapter in [&out, &gguf] {
         let ok = nudge(&["score", "-m", s(&m), "--data", s(&data), "--adapter", s(adapter)]);
         assert!(ok.ok, "{}", ok.stderr);
-        let reply = nudge(&["generate", "-m", s(&m), "--adapter", s(adapter), "-p", "t3 t4", "-n", "3"]);
+        let reply = nudge(&[
+            "generate",
+            "-m",
+            s(&m),
+            "--adapter",
+            s(adapter),
+            "-p",
+            "t3 t4",
+            "-n",
+            "3",
+        ]);
         assert!(reply.ok, "generate with {}: {}", adapter.display(), reply.stderr);
         let refused = nudge(&["score", "-m", s(&other), "--data", s(&data), "--adapter", s(adapter)]);
         assert!(!refused.ok);
         assert!(
-            refused.stderr.contains("trained on the base model `tiny-base`") && refused.stderr.contains("--allow-other-base"),
+            refused.stderr.contains("trained on the base model `tiny-base`")
+                && refused.stderr.contains("--allow-other-base"),
             "{}",
             refused.stderr
         );
@@ -220,7 +266,11 @@ fn an_adapter_for_another_base_is_refused_unless_allowed_and_both_formats_load()
     }
     // Continuing training on another base is refused the same way.
     let cont = train(&other, &data, &d.join("cont"), &["--adapter", s(&out)]);
-    assert!(!cont.ok && cont.stderr.contains("--allow-other-base"), "{}", cont.stderr);
+    assert!(
+        !cont.ok && cont.stderr.contains("--allow-other-base"),
+        "{}",
+        cont.stderr
+    );
 }
 
 #[test]
@@ -231,7 +281,11 @@ fn errors_name_the_fix() {
     let empty = d.join("empty");
     std::fs::create_dir_all(&empty).unwrap();
     let o = nudge(&["info", s(&empty)]);
-    assert!(!o.ok && o.stderr.contains("a model is a .gguf file or an HF model folder"), "{}", o.stderr);
+    assert!(
+        !o.ok && o.stderr.contains("a model is a .gguf file or an HF model folder"),
+        "{}",
+        o.stderr
+    );
     // --resume with no checkpoint.
     let data = d.join("pairs.jsonl");
     std::fs::write(&data, PAIRS).unwrap();
@@ -239,21 +293,56 @@ fn errors_name_the_fix() {
     assert!(!o.ok && o.stderr.contains("--checkpoint-every"), "{}", o.stderr);
     // A journal in a missing folder names the folder, not a temporary file.
     let missing = d.join("nope").join("j.nj");
-    let o = nudge(&["journal", "add", "--journal", s(&missing), "-p", "hi", "--completion", "yo", "--up"]);
-    assert!(!o.ok && o.stderr.contains("does not exist") && !o.stderr.contains(".new"), "{}", o.stderr);
+    let o = nudge(&[
+        "journal",
+        "add",
+        "--journal",
+        s(&missing),
+        "-p",
+        "hi",
+        "--completion",
+        "yo",
+        "--up",
+    ]);
+    assert!(
+        !o.ok && o.stderr.contains("does not exist") && !o.stderr.contains(".new"),
+        "{}",
+        o.stderr
+    );
     // A damaged journal suggests the repair.
     let j = d.join("j.nj");
     for p in ["a", "b", "c"] {
-        assert!(nudge(&["journal", "add", "--journal", s(&j), "-p", p, "--completion", "x", "--up"]).ok);
+        assert!(
+            nudge(&[
+                "journal",
+                "add",
+                "--journal",
+                s(&j),
+                "-p",
+                p,
+                "--completion",
+                "x",
+                "--up"
+            ])
+            .ok
+        );
     }
     let mut bytes = std::fs::read(&j).unwrap();
     bytes[60] ^= 0xff; // inside the first record
     std::fs::write(&j, bytes).unwrap();
     let o = nudge(&["journal", "list", "--journal", s(&j)]);
-    assert!(!o.ok && o.stderr.contains("nudge journal repair --journal"), "{}", o.stderr);
+    assert!(
+        !o.ok && o.stderr.contains("nudge journal repair --journal"),
+        "{}",
+        o.stderr
+    );
     // Nothing to train on says so and lists what was left out.
     let thumbs = d.join("thumbs.jsonl");
-    std::fs::write(&thumbs, "{\"prompt\": \"t3\", \"completion\": \"t5\", \"label\": true}\n").unwrap();
+    std::fs::write(
+        &thumbs,
+        "{\"prompt\": \"t3\", \"completion\": \"t5\", \"label\": true}\n",
+    )
+    .unwrap();
     let o = train(&m, &thumbs, &d.join("none"), &[]);
     assert!(!o.ok && o.stderr.contains("nothing to train on"), "{}", o.stderr);
 }
