@@ -835,8 +835,10 @@ enum NudgeStatus nudge_adapter_new(const struct NudgeModel *model,
                                    struct NudgeAdapter **out);
 
 /**
- * Loads a PEFT adapter directory (adapter_config.json + adapter_model.safetensors) made
- * for `model`'s architecture and shape. On failure `*out` is NULL.
+ * Loads an adapter made for `model`: a PEFT directory (adapter_config.json +
+ * adapter_model.safetensors) or a llama.cpp LoRA .gguf file. An adapter that records the
+ * fingerprint of another base model (one trained by nudge on another model, even of the
+ * same shape) is refused with NUDGE_ERR_FORMAT. On failure `*out` is NULL.
  */
 enum NudgeStatus nudge_adapter_load(const struct NudgeModel *model,
                                     const char *dir,

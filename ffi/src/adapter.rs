@@ -5,7 +5,7 @@ use crate::model::model_arg;
 use crate::options::{self, versioned};
 use crate::status::{Failure, FfiResult, NudgeStatus, guard, guard_void};
 use crate::text::str_arg;
-use engine::adapter::{Adapter, LoraConfig, LoraInit, gguf_lora, merge, peft};
+use engine::adapter::{Adapter, BaseCheck, LoraConfig, LoraInit, gguf_lora, merge, peft};
 use engine::convert::FloatType;
 use engine::model::weights::Proj;
 use std::ffi::c_char;
@@ -182,15 +182,16 @@ pub unsafe extern "C" fn nudge_adapter_new(
         let m = model_arg(model)?;
         let o = options::read(options, "options")?;
         let config = lora_config(&o)?;
-        let name = m.model.path.display().to_string();
-        let adapter = Adapter::new(&m.model.config, config, o.seed, name)?;
+        let adapter = Adapter::new(&m.model.config, config, o.seed, m.model.name())?;
         register(m, adapter, out);
         Ok(())
     })
 }
 
-/// Loads a PEFT adapter directory (adapter_config.json + adapter_model.safetensors) made
-/// for `model`'s architecture and shape. On failure `*out` is NULL.
+/// Loads an adapter made for `model`: a PEFT directory (adapter_config.json +
+/// adapter_model.safetensors) or a llama.cpp LoRA .gguf file. An adapter that records the
+/// fingerprint of another base model (one trained by nudge on another model, even of the
+/// same shape) is refused with NUDGE_ERR_FORMAT. On failure `*out` is NULL.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn nudge_adapter_load(
     model: *const NudgeModel,
@@ -201,7 +202,7 @@ pub unsafe extern "C" fn nudge_adapter_load(
         handles::clear_out(out, "out")?;
         let m = model_arg(model)?;
         let dir = str_arg(dir, "dir")?;
-        let adapter = peft::load(Path::new(dir), &m.model.config)?;
+        let adapter = engine::adapter::load_for(Path::new(dir), &m.model, BaseCheck::Strict)?;
         register(m, adapter, out);
         Ok(())
     })
