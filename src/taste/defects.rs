@@ -20,6 +20,13 @@ pub const TRUNCATED_PENALTY: f64 = 1.5;
 /// Repeated word 4-grams: ordinary answers repeat a few phrases ("make sure to"), below
 /// this share. Beyond it the answer loops.
 pub const NGRAM_REPEAT_LIMIT: f64 = 0.1;
+/// Share of lines or sentences repeating an earlier one (not the one just before) that
+/// ordinary answers may reach: a stock sentence said again ("Hold for 30 seconds.").
+/// Beyond it the answer loops; below it a repeat is a flaw, not a breakage.
+pub const UNIT_REPEAT_LIMIT: f64 = 0.15;
+/// The penalty of a repeated line or sentence below [`UNIT_REPEAT_LIMIT`]: disliked, but
+/// less than the taste range.
+pub const REPEAT_FLAW: f64 = 0.25;
 /// The longest tolerated run of one word ("very very very" is still prose).
 pub const WORD_RUN_LIMIT: usize = 3;
 /// Distinct-word ratio below which a long answer is a loop (ordinary prose of up to a few
@@ -31,8 +38,9 @@ pub const DISTINCT_MIN_WORDS: usize = 50;
 pub const ODD_CHAR_LIMIT: f64 = 0.2;
 /// Default mean NLL per token (nats, under the base model given the prompt) beyond which an
 /// answer reads as gibberish. SmolLM2-135M-Instruct's own samples at temperature 0.8 lie
-/// near 1 (all below 2); shuffled words lie near 6.
-pub const NLL_LIMIT: f64 = 3.0;
+/// near 1.2 (40 answers: max 2.1), a fluent hand-written answer near 2.5, the same words
+/// shuffled near 6.4.
+pub const NLL_LIMIT: f64 = 3.5;
 
 /// The penalties of one answer (each ≥ 0; 0 when the answer has no such defect).
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -100,13 +108,21 @@ fn beyond(value: f64, limit: f64, slope: f64) -> f64 {
     }
 }
 
-/// Loops and repetition: repeated 4-grams, repeated lines, repeated sentences, a run of one
-/// word, too few distinct words in a long answer. The largest of their penalties.
+/// Loops and repetition: repeated 4-grams, lines or sentences repeated back to back or
+/// often, a run of one word, too few distinct words in a long answer. The largest of their
+/// penalties.
 fn repetition(text: &str, words: usize) -> f64 {
     let mut p = beyond(measures::repeated_ngram_share(text, 4), NGRAM_REPEAT_LIMIT, 4.0);
-    // Any repeated line or sentence reads as broken: people do not say a sentence twice.
-    p = p.max(beyond(measures::repeated_line_share(text), 0.0, 3.0));
-    p = p.max(beyond(measures::repeated_sentence_share(text), 0.0, 3.0));
+    // A line or sentence said again right after itself: nobody does that on purpose.
+    let again = measures::back_to_back_repeats(text);
+    if again > 0 {
+        p = p.max(BROKEN + 0.25 * (again - 1) as f64);
+    }
+    let units = measures::repeated_line_share(text).max(measures::repeated_sentence_share(text));
+    p = p.max(beyond(units, UNIT_REPEAT_LIMIT, 3.0));
+    if units > 0.0 {
+        p = p.max(REPEAT_FLAW);
+    }
     p = p.max(beyond(
         measures::longest_word_run(text) as f64,
         WORD_RUN_LIMIT as f64,
@@ -169,7 +185,12 @@ mod tests {
         );
         assert!(lines.repetition >= BROKEN);
         assert!(Defects::of(&clean("This is so so so so good."), NLL_LIMIT).repetition >= BROKEN);
-        let g = Defects::of(&clean("Boil it for six minutes.").with_nll(6.0), NLL_LIMIT);
+        // A stock sentence said twice among many is a flaw, not a breakage.
+        let stock = "Lift your left arm. Hold for thirty seconds. Bend your right knee slowly. Roll your \
+                     shoulders back. Turn your head to the side. Hold for thirty seconds. Breathe out slowly now.";
+        let flaw = Defects::of(&clean(stock), NLL_LIMIT).repetition;
+        assert!(flaw > 0.0 && flaw < BROKEN, "{flaw}");
+        let g = Defects::of(&clean("Boil it for six minutes.").with_nll(NLL_LIMIT + 1.0), NLL_LIMIT);
         assert!(g.gibberish >= BROKEN && g.names() == ["gibberish"], "{g:?}");
         assert!(Defects::of(&clean("\u{FFFD}\u{FFFD}\u{FFFD} ok"), NLL_LIMIT).gibberish >= BROKEN);
     }

@@ -103,7 +103,8 @@ pub fn repeated_ngram_share(text: &str, n: usize) -> f64 {
 
 /// A line or sentence as compared for repetition: its words normalized, a leading list
 /// marker dropped (a loop often renumbers its lines: "3. Drink water", "4. Drink water").
-/// `None` for pieces of fewer than two words, which repeat innocently ("Ingredients:").
+/// `None` for pieces of fewer than [`MIN_UNIT_WORDS`] words, which repeat innocently
+/// ("Ingredients:", "Good luck!").
 fn unit_key(piece: &str) -> Option<String> {
     let piece = piece.trim();
     let piece = match list_marker_len(piece) {
@@ -111,8 +112,11 @@ fn unit_key(piece: &str) -> Option<String> {
         None => piece,
     };
     let w = normalized_words(piece);
-    (w.len() >= 2).then(|| w.join(" "))
+    (w.len() >= MIN_UNIT_WORDS).then(|| w.join(" "))
 }
+
+/// The fewest words a line or sentence needs to count in repetition measures.
+pub const MIN_UNIT_WORDS: usize = 3;
 
 /// Of the keyed pieces, the share that repeat an earlier one (the first copy is not counted).
 fn repeated_share<'a>(pieces: impl Iterator<Item = &'a str>) -> f64 {
@@ -128,8 +132,14 @@ fn repeated_share<'a>(pieces: impl Iterator<Item = &'a str>) -> f64 {
     if total == 0 { 0.0 } else { repeats as f64 / total as f64 }
 }
 
-/// The share of non-empty lines (of two words or more) that repeat an earlier line, list
-/// markers and case aside. Two identical lines out of two give 0.5.
+/// How many keyed pieces equal the one just before them.
+fn back_to_back<'a>(pieces: impl Iterator<Item = &'a str>) -> usize {
+    let keys: Vec<String> = pieces.filter_map(unit_key).collect();
+    keys.windows(2).filter(|w| w[0] == w[1]).count()
+}
+
+/// The share of non-empty lines (of [`MIN_UNIT_WORDS`] words or more) that repeat an
+/// earlier line, list markers and case aside. Two identical lines out of two give 0.5.
 pub fn repeated_line_share(text: &str) -> f64 {
     repeated_share(text.lines())
 }
@@ -141,10 +151,18 @@ pub fn sentences(text: &str) -> impl Iterator<Item = &str> {
         .filter(|s| s.chars().any(char::is_alphanumeric))
 }
 
-/// The share of sentences (of two words or more) that repeat an earlier one. Catches a loop
-/// on one line ("A hiccup is a culinary disaster! A hiccup is a culinary disaster!").
+/// The share of sentences (of [`MIN_UNIT_WORDS`] words or more) that repeat an earlier one.
+/// Catches a loop on one line ("A hiccup is a culinary disaster! A hiccup is a culinary
+/// disaster!"). Ordinary answers may repeat a stock sentence ("Hold for 30 seconds.") once
+/// or twice among many.
 pub fn repeated_sentence_share(text: &str) -> f64 {
     repeated_share(sentences(text))
+}
+
+/// How many lines or sentences (of [`MIN_UNIT_WORDS`] words or more) say again what the
+/// one just before said: the surest sign of a loop, since nobody does it on purpose.
+pub fn back_to_back_repeats(text: &str) -> usize {
+    back_to_back(text.lines()) + back_to_back(sentences(text))
 }
 
 /// The longest run of one word repeated back to back ("very very very": 3). 0 for no words.
@@ -244,15 +262,24 @@ mod tests {
 
     #[test]
     fn repeated_lines_and_sentences() {
-        assert_eq!(repeated_line_share("one line\nanother line"), 0.0);
-        assert_eq!(repeated_line_share("same line\nsame line"), 0.5);
-        // Renumbered list lines are the same line; one-word lines never count.
-        let t = "1. Drink water\n2. Drink water\n3. Sleep well\nNote:\nNote:";
+        assert_eq!(repeated_line_share("one line here\nanother line here"), 0.0);
+        assert_eq!(repeated_line_share("the same line\nthe same line"), 0.5);
+        // Renumbered list lines are the same line; short lines never count.
+        let t = "1. Drink more water\n2. Drink more water\n3. Sleep well tonight\nGood luck!\nGood luck!";
         assert!((repeated_line_share(t) - 1.0 / 3.0).abs() < 1e-12);
-        assert_eq!(repeated_sentence_share("It rains. It pours. It stops."), 0.0);
+        assert_eq!(
+            repeated_sentence_share("It rains today. It pours today. It stops today."),
+            0.0
+        );
         let s = "A hiccup is funny! A hiccup is funny! A hiccup is funny!";
         assert!((repeated_sentence_share(s) - 2.0 / 3.0).abs() < 1e-12);
         assert_eq!(repeated_line_share(s), 0.0);
+        assert_eq!(back_to_back_repeats(s), 2);
+        assert_eq!(back_to_back_repeats(t), 2, "a line and its one sentence");
+        // The same sentence again later, not right after, is no back-to-back repeat.
+        let stock = "Lift your arm. Hold for thirty seconds. Bend your knee. Hold for thirty seconds.";
+        assert_eq!(back_to_back_repeats(stock), 0);
+        assert!((repeated_sentence_share(stock) - 0.25).abs() < 1e-12);
     }
 
     #[test]

@@ -143,13 +143,13 @@ impl SimulatedUser {
     }
 
     /// The (like, dislike) utility thresholds of [`Self::rate`]:
-    /// - `short`: like up to about 40 words, dislike from about 115;
+    /// - `short`: like up to about 50 words, dislike from about 115;
     /// - `question`: like an answer closing with a follow-up question, dislike (mildly)
     ///   one without any; an answer that is only a question is undecided;
     /// - `no-lists`: like at most 10% list/markdown lines, dislike from 50%.
     pub fn thresholds(&self) -> (f64, f64) {
         match self.taste {
-            Taste::Short => (0.6, 0.3),
+            Taste::Short => (0.55, 0.3),
             Taste::Question => (0.75, 0.0),
             Taste::NoLists => (0.9, 0.5),
         }
