@@ -161,6 +161,18 @@ fn judge(model: &str, path: &str) -> nudge::Result<()> {
         let done = stats(complete.iter().map(|r| t.metric(&r.answer)).collect());
         println!("{t} ({}): all {all}; complete {done}", t.metric_name());
     }
+    for (i, r) in rows.iter().enumerate() {
+        let u = SimulatedUser::new(Taste::Short).utility(&r.answer);
+        println!(
+            "answer {i}: {} tokens{}, {} words, nll {}, defects {:?}: {}",
+            r.answer.tokens,
+            if r.answer.truncated { " (cut)" } else { "" },
+            measures::word_count(&r.answer.text),
+            r.answer.nll.map(|n| format!("{n:.2}")).unwrap_or_default(),
+            u.defects.names(),
+            r.prompt
+        );
+    }
     for r in &rows {
         let u = SimulatedUser::new(Taste::Short).utility(&r.answer);
         let defects = u.defects.names();

@@ -7,7 +7,7 @@ mod common;
 
 use nudge::generate::{Generated, StopReason};
 use nudge::model::Model;
-use nudge::taste::limits::NLL_LIMIT;
+use nudge::taste::limits::{BROKEN, NLL_LIMIT};
 use nudge::taste::{Answer, SimulatedUser, Taste, Thumb, Which, answer_nll, measures};
 use nudge::tokenizer::ChatMessage;
 

@@ -37,10 +37,13 @@ pub const DISTINCT_MIN_WORDS: usize = 50;
 /// garbage; emoji keep ordinary chat well below it.
 pub const ODD_CHAR_LIMIT: f64 = 0.2;
 /// Default mean NLL per token (nats, under the base model given the prompt) beyond which an
-/// answer reads as gibberish. SmolLM2-135M-Instruct's own samples at temperature 0.8 lie
-/// near 1.2 (40 answers: max 2.1), a fluent hand-written answer near 2.5, the same words
+/// answer starts to read as gibberish; half a nat more and it is broken. SmolLM2-135M-
+/// Instruct's own samples at temperature 0.8 lie near 1.2 (52 answers: 0.7 to 2.1, one
+/// garbled 12-word answer 2.9), a fluent hand-written answer near 2.55, the same words
 /// shuffled near 6.4.
-pub const NLL_LIMIT: f64 = 3.5;
+pub const NLL_LIMIT: f64 = 2.6;
+/// Penalty per nat of mean NLL beyond the limit.
+pub const NLL_SLOPE: f64 = 2.0;
 
 /// The penalties of one answer (each ≥ 0; 0 when the answer has no such defect).
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -141,7 +144,7 @@ fn repetition(text: &str, words: usize) -> f64 {
 /// nonsense), and garbage characters.
 fn gibberish(text: &str, nll: Option<f64>, nll_limit: f64) -> f64 {
     let by_nll = match nll {
-        Some(n) if n > nll_limit => 2.0 * (n - nll_limit),
+        Some(n) if n > nll_limit => NLL_SLOPE * (n - nll_limit),
         Some(n) if n.is_nan() => BROKEN, // a NaN score is no evidence of fluency
         _ => 0.0,
     };

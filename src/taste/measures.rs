@@ -106,13 +106,17 @@ pub fn repeated_ngram_share(text: &str, n: usize) -> f64 {
 /// `None` for pieces of fewer than [`MIN_UNIT_WORDS`] words, which repeat innocently
 /// ("Ingredients:", "Good luck!").
 fn unit_key(piece: &str) -> Option<String> {
+    unit_key_min(piece, MIN_UNIT_WORDS)
+}
+
+fn unit_key_min(piece: &str, min_words: usize) -> Option<String> {
     let piece = piece.trim();
     let piece = match list_marker_len(piece) {
         Some(n) => &piece[n..],
         None => piece,
     };
     let w = normalized_words(piece);
-    (w.len() >= MIN_UNIT_WORDS).then(|| w.join(" "))
+    (w.len() >= min_words.max(1)).then(|| w.join(" "))
 }
 
 /// The fewest words a line or sentence needs to count in repetition measures.
@@ -132,9 +136,9 @@ fn repeated_share<'a>(pieces: impl Iterator<Item = &'a str>) -> f64 {
     if total == 0 { 0.0 } else { repeats as f64 / total as f64 }
 }
 
-/// How many keyed pieces equal the one just before them.
+/// How many pieces (of one word or more) equal the one just before them.
 fn back_to_back<'a>(pieces: impl Iterator<Item = &'a str>) -> usize {
-    let keys: Vec<String> = pieces.filter_map(unit_key).collect();
+    let keys: Vec<String> = pieces.filter_map(|p| unit_key_min(p, 1)).collect();
     keys.windows(2).filter(|w| w[0] == w[1]).count()
 }
 
@@ -159,8 +163,8 @@ pub fn repeated_sentence_share(text: &str) -> f64 {
     repeated_share(sentences(text))
 }
 
-/// How many lines or sentences (of [`MIN_UNIT_WORDS`] words or more) say again what the
-/// one just before said: the surest sign of a loop, since nobody does it on purpose.
+/// How many lines or sentences say again what the one just before said (even a one-word
+/// line: "Thanks!\nThanks!"): the surest sign of a loop, since nobody does it on purpose.
 pub fn back_to_back_repeats(text: &str) -> usize {
     back_to_back(text.lines()) + back_to_back(sentences(text))
 }
@@ -275,7 +279,12 @@ mod tests {
         assert!((repeated_sentence_share(s) - 2.0 / 3.0).abs() < 1e-12);
         assert_eq!(repeated_line_share(s), 0.0);
         assert_eq!(back_to_back_repeats(s), 2);
-        assert_eq!(back_to_back_repeats(t), 2, "a line and its one sentence");
+        assert_eq!(back_to_back_repeats(t), 4, "two lines, each also a sentence");
+        assert_eq!(
+            back_to_back_repeats("Sufficeit out.\n\ntorerawfulness\n\ntorerawfulness"),
+            2
+        );
+        assert_eq!(back_to_back_repeats("1.\n2.\n---\n---"), 0, "no words, no repeat");
         // The same sentence again later, not right after, is no back-to-back repeat.
         let stock = "Lift your arm. Hold for thirty seconds. Bend your knee. Hold for thirty seconds.";
         assert_eq!(back_to_back_repeats(stock), 0);

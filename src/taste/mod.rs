@@ -29,8 +29,8 @@ pub use user::{Judgement, SimulatedUser, Thumb, Utility, Which, strength};
 /// The thresholds and constants, for reports and tuning.
 pub mod limits {
     pub use super::defects::{
-        BROKEN, DISTINCT_MIN_WORDS, DISTINCT_RATIO_LIMIT, EMPTY_PENALTY, NGRAM_REPEAT_LIMIT, NLL_LIMIT, ODD_CHAR_LIMIT,
-        REPEAT_FLAW, TRUNCATED_PENALTY, UNIT_REPEAT_LIMIT, WORD_RUN_LIMIT,
+        BROKEN, DISTINCT_MIN_WORDS, DISTINCT_RATIO_LIMIT, EMPTY_PENALTY, NGRAM_REPEAT_LIMIT, NLL_LIMIT, NLL_SLOPE,
+        ODD_CHAR_LIMIT, REPEAT_FLAW, TRUNCATED_PENALTY, UNIT_REPEAT_LIMIT, WORD_RUN_LIMIT,
     };
     pub use super::user::{SHORT_ENOUGH, STRENGTH_SCALE, TIE, TOO_LONG};
 }
