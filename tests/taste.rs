@@ -267,10 +267,15 @@ fn nll_of_fluent_text_is_lower_than_of_shuffled_words() {
     let (f, s) = (nll(fluent), nll(&shuffled));
     eprintln!("mean NLL per token: fluent {f:.3}, shuffled {s:.3}");
     assert!(f.is_finite() && f > 0.0);
-    assert!(
-        f < NLL_LIMIT && s > NLL_LIMIT,
-        "fluent {f}, shuffled {s}, limit {NLL_LIMIT}"
-    );
     assert!(s > f + 1.5, "fluent {f}, shuffled {s}");
+    // With their NLLs, every simulated user finds the fluent answer clean and the shuffled
+    // one broken, and prefers the fluent one.
+    for t in Taste::ALL {
+        let u = SimulatedUser::new(t);
+        let (a, b) = (answer(fluent).with_nll(f), answer(&shuffled).with_nll(s));
+        assert!(u.utility(&a).defects.is_clean(), "{t}: fluent {f}, limit {NLL_LIMIT}");
+        assert!(u.utility(&b).defects.gibberish >= BROKEN, "{t}: shuffled {s}");
+        assert_eq!(prefers(&u, &a, &b), Which::A);
+    }
     assert!(answer_nll(&m, &prompt, &[]).is_err());
 }
