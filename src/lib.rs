@@ -20,4 +20,5 @@ pub mod generate;
 pub mod journal;
 pub mod rng;
 pub mod score;
+pub mod taste;
 pub mod train;
