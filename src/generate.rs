@@ -4,12 +4,21 @@
 //!
 //! Sampling follows transformers' order (temperature, then top-k, then top-p) with a
 //! seeded [`Rng`], so a seed reproduces a reply exactly; temperature 0 is greedy.
+//!
+//! [`generate_batch`] answers many requests together: every live row's new token runs
+//! through one batched step ([`Model::decode_batch`]), so the weights are read once per
+//! step for all rows instead of once per row. Identical prompts (samples of one prompt)
+//! are prefilled once and their cache copied. The kernels are batch-invariant, so each
+//! reply is bit-identical to [`generate`] of its request alone.
 
 use crate::adapter::Adapter;
 use crate::error::{Error, Result};
-use crate::model::Model;
+use crate::kernels::logprob::logits;
 use crate::model::config::Config;
+use crate::model::{CachedSeq, Model};
 use crate::rng::Rng;
+use rayon::prelude::*;
+use std::collections::HashMap;
 use std::ops::ControlFlow;
 
 /// Keys (after rope) and values of every past position, per layer: what a new token's
@@ -101,6 +110,27 @@ impl KvCache {
 
     pub(crate) fn set_len(&mut self, len: usize) {
         self.len = len;
+    }
+
+    /// A copy holding room for `tokens` positions in all (no reallocation while it grows
+    /// to that length).
+    fn fork(&self, tokens: usize) -> KvCache {
+        let copy = |layers: &[Vec<f32>]| {
+            layers
+                .iter()
+                .map(|l| {
+                    let mut c = Vec::with_capacity(l.len().max(tokens * self.kv_dim));
+                    c.extend_from_slice(l);
+                    c
+                })
+                .collect()
+        };
+        KvCache {
+            k: copy(&self.k),
+            v: copy(&self.v),
+            kv_dim: self.kv_dim,
+            len: self.len,
+        }
     }
 }
 
@@ -413,12 +443,7 @@ pub fn generate(
             break;
         }
         let text = g.text()?;
-        // A byte-level token may end inside a character: wait for the rest of it.
-        let delta = match text.get(shown..) {
-            Some(d) if !text.ends_with('\u{FFFD}') => d,
-            _ => "",
-        };
-        shown += delta.len();
+        let delta = text_delta(&text, &mut shown);
         if on_token(t, delta).is_break() {
             g.stop(StopReason::Callback);
         }
@@ -428,4 +453,396 @@ pub fn generate(
         stop_reason: g.stop_reason().expect("the loop ends only when generation has"),
         ids: g.generated,
     })
+}
+
+/// What `text` adds after its first `*shown` bytes, which then cover it; empty while its
+/// last character is incomplete (a byte-level token may end inside a character).
+pub fn text_delta<'t>(text: &'t str, shown: &mut usize) -> &'t str {
+    let delta = match text.get(*shown..) {
+        Some(d) if !text.ends_with('\u{FFFD}') => d,
+        _ => "",
+    };
+    *shown += delta.len();
+    delta
+}
+
+/// One reply to generate in a batch: the prompt's token ids and how to sample and stop.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct GenerateRequest {
+    pub prompt: Vec<u32>,
+    pub opts: GenerateOptions,
+}
+
+/// How [`generate_batch_with`] schedules its rows.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BatchOptions {
+    /// The most rows decoded together (0: all requests). Requests beyond it wait and take
+    /// the place of rows that finish. Each live row holds its KV cache (per token
+    /// `2 * layers * kv_dim * 4` bytes, 46 KB on SmolLM2-135M).
+    pub max_rows: usize,
+    /// The most prompt tokens prefilled in one forward pass (a longer prompt runs alone).
+    pub max_prefill_tokens: usize,
+}
+
+impl Default for BatchOptions {
+    fn default() -> Self {
+        BatchOptions {
+            max_rows: 16,
+            max_prefill_tokens: 2048,
+        }
+    }
+}
+
+/// A token a batch step generated for one request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BatchToken<'a> {
+    /// The request's index in the slice given to [`generate_batch`].
+    pub request: usize,
+    pub token: u32,
+    /// The text the token adds to the reply (empty while a character's bytes are
+    /// incomplete), as [`generate`]'s callback gets it.
+    pub text: &'a str,
+}
+
+/// What one step of [`generate_batch`] did, shown to its callback.
+#[derive(Debug)]
+pub struct BatchProgress<'a> {
+    /// The new tokens of this step, one per row that got one, in row order. A stop token
+    /// is not among them (as with [`generate`]): its request is in `finished`.
+    pub tokens: &'a [BatchToken<'a>],
+    /// Requests whose reply ended at this step (a stop token, `max_new_tokens`, the
+    /// context), before the callback's own stops.
+    pub finished: &'a [usize],
+    /// Requests done so far (`finished` included) and in all.
+    pub done: usize,
+    pub total: usize,
+    /// New tokens generated so far, over all requests.
+    pub generated: usize,
+    /// Rows decoded together at this step.
+    pub rows: usize,
+    stops: &'a mut Vec<usize>,
+}
+
+impl BatchProgress<'_> {
+    /// Ends request `request`'s reply after this step's token ([`StopReason::Callback`]);
+    /// nothing for a request that is not running or already ended.
+    pub fn stop(&mut self, request: usize) {
+        self.stops.push(request);
+    }
+}
+
+/// [`generate_batch_with`] with the default [`BatchOptions`] (16 rows at a time).
+pub fn generate_batch(
+    model: &Model,
+    requests: &[GenerateRequest],
+    adapter: Option<&Adapter>,
+    on_step: impl FnMut(&mut BatchProgress) -> ControlFlow<()>,
+) -> Result<Vec<Generated>> {
+    generate_batch_with(model, requests, adapter, &BatchOptions::default(), on_step)
+}
+
+/// Generates a reply to every request, decoding up to `batch.max_rows` of them together,
+/// and returns the replies in request order. Each reply is bit-identical to [`generate`]
+/// of its request alone (same tokens, same text, same stop reason) whatever the batch.
+///
+/// Every request is checked first: a bad one (empty prompt, token out of vocabulary,
+/// prompt longer than the context, bad options) is an [`Error::Request`] naming its index,
+/// and nothing runs. `on_step` is called after each step (on the calling thread); it may
+/// stop single requests ([`BatchProgress::stop`]) or, by breaking, all of them: the
+/// replies so far are returned with [`StopReason::Callback`] (empty for requests that had
+/// not started).
+pub fn generate_batch_with(
+    model: &Model,
+    requests: &[GenerateRequest],
+    adapter: Option<&Adapter>,
+    batch: &BatchOptions,
+    mut on_step: impl FnMut(&mut BatchProgress) -> ControlFlow<()>,
+) -> Result<Vec<Generated>> {
+    let cfg = &model.config;
+    if let Some(a) = adapter {
+        a.check_fits(cfg, std::path::Path::new("<adapter>"))?;
+    }
+    let max_pos = cfg.max_position_embeddings;
+    for (i, r) in requests.iter().enumerate() {
+        check_request(model, r).map_err(|e| e.for_request(i))?;
+    }
+    let vocab = model.tokenizer.vocab_size().min(cfg.vocab_size);
+    let max_rows = if batch.max_rows == 0 {
+        requests.len()
+    } else {
+        batch.max_rows
+    };
+    let mut results: Vec<Option<Generated>> = vec![None; requests.len()];
+    let finish_empty = |reason| Generated {
+        ids: Vec::new(),
+        text: String::new(),
+        stop_reason: reason,
+    };
+    // Samples of one prompt share its prefill: one group per distinct prompt.
+    let mut groups: Vec<Group> = Vec::new();
+    let mut group_of = vec![usize::MAX; requests.len()];
+    let mut by_prompt: HashMap<&[u32], usize> = HashMap::new();
+    let mut waiting = std::collections::VecDeque::new();
+    for (i, r) in requests.iter().enumerate() {
+        // What generate() would find before its first sample.
+        if r.opts.max_new_tokens == 0 {
+            results[i] = Some(finish_empty(StopReason::Length));
+            continue;
+        }
+        if r.prompt.len() >= max_pos {
+            results[i] = Some(finish_empty(StopReason::ContextFull));
+            continue;
+        }
+        let g = *by_prompt.entry(&r.prompt).or_insert_with(|| {
+            groups.push(Group {
+                prompt: &r.prompt,
+                waiting: 0,
+                prefix: None,
+            });
+            groups.len() - 1
+        });
+        groups[g].waiting += 1;
+        group_of[i] = g;
+        waiting.push_back(i);
+    }
+    let mut done = requests.len() - waiting.len();
+    let mut generated = 0usize;
+    let mut rows: Vec<Row> = Vec::new();
+    let mut finished = Vec::new();
+    let mut stops = Vec::new();
+    loop {
+        // Admit waiting requests into free rows, prefilling the prompts not yet cached.
+        let admit: Vec<usize> = waiting.drain(..(max_rows - rows.len()).min(waiting.len())).collect();
+        let need: Vec<usize> = {
+            let mut need: Vec<usize> = admit.iter().map(|&i| group_of[i]).collect();
+            need.sort_unstable();
+            need.dedup();
+            need.retain(|&g| groups[g].prefix.is_none());
+            need
+        };
+        prefill_groups(model, &mut groups, &need, adapter, batch.max_prefill_tokens)?;
+        for i in admit {
+            let g = &mut groups[group_of[i]];
+            g.waiting -= 1;
+            let r = &requests[i];
+            let room = (r.prompt.len() + r.opts.max_new_tokens).min(max_pos);
+            let (cache, logits) = if g.waiting == 0 {
+                let (mut c, l) = g.prefix.take().expect("prefilled");
+                c.reserve(room - c.len());
+                (c, l)
+            } else {
+                let (c, l) = g.prefix.as_ref().expect("prefilled");
+                (c.fork(room), l.clone())
+            };
+            rows.push(Row {
+                request: i,
+                prompt_len: r.prompt.len(),
+                cache,
+                sampler: Sampler::new(&r.opts)?,
+                stop_tokens: r.opts.stop_tokens_for(model),
+                max_new_tokens: r.opts.max_new_tokens,
+                logits,
+                generated: Vec::new(),
+                shown: 0,
+                delta: String::new(),
+                stop: None,
+            });
+        }
+        if rows.is_empty() {
+            break;
+        }
+        // Sample every row's next token.
+        rows.par_iter_mut()
+            .try_for_each(|row| row.sample(model, vocab, max_pos))?;
+        generated += rows.len();
+        finished.clear();
+        finished.extend(rows.iter().filter(|r| r.stop.is_some()).map(|r| r.request));
+        done += finished.len();
+        let tokens: Vec<BatchToken> = rows
+            .iter()
+            .filter(|r| r.stop != Some(StopReason::Eos))
+            .map(|r| BatchToken {
+                request: r.request,
+                token: *r.generated.last().expect("sampled"),
+                text: &r.delta,
+            })
+            .collect();
+        stops.clear();
+        let mut progress = BatchProgress {
+            tokens: &tokens,
+            finished: &finished,
+            done,
+            total: requests.len(),
+            generated,
+            rows: rows.len(),
+            stops: &mut stops,
+        };
+        let cancel = on_step(&mut progress).is_break();
+        drop(tokens);
+        for row in rows.iter_mut() {
+            if row.stop.is_none() && (cancel || stops.contains(&row.request)) {
+                row.stop = Some(StopReason::Callback);
+                done += 1;
+            }
+        }
+        // Retire the finished rows (their caches are freed here).
+        let (ended, live): (Vec<Row>, Vec<Row>) = rows.into_iter().partition(|r| r.stop.is_some());
+        rows = live;
+        for row in ended {
+            let request = row.request;
+            results[request] = Some(row.finish(model)?);
+        }
+        if cancel {
+            for i in waiting.drain(..) {
+                results[i] = Some(finish_empty(StopReason::Callback));
+            }
+            break;
+        }
+        if rows.is_empty() {
+            continue;
+        }
+        // One batched step: every live row's last token.
+        let step_tokens: Vec<u32> = rows.iter().map(|r| *r.generated.last().expect("sampled")).collect();
+        let mut caches: Vec<&mut KvCache> = rows.iter_mut().map(|r| &mut r.cache).collect();
+        let out = model
+            .decode_batch(&step_tokens, &mut caches, adapter)
+            .map_err(|e| match e {
+                Error::Request { index, source } => Error::Request {
+                    index: rows[index].request,
+                    source,
+                },
+                e => e,
+            })?;
+        for (row, l) in rows.iter_mut().zip(out.chunks_exact(cfg.vocab_size)) {
+            row.logits.copy_from_slice(l);
+        }
+    }
+    Ok(results.into_iter().map(|r| r.expect("every request ends")).collect())
+}
+
+/// What [`generate`] checks before it runs.
+fn check_request(model: &Model, r: &GenerateRequest) -> Result<()> {
+    r.opts.validate()?;
+    if r.prompt.is_empty() {
+        return Err(Error::invalid("the prompt has no tokens"));
+    }
+    let vocab = model.config.vocab_size;
+    if let Some((position, &id)) = r.prompt.iter().enumerate().find(|&(_, &id)| id as usize >= vocab) {
+        return Err(Error::TokenOutOfVocabulary {
+            id,
+            position,
+            vocab_size: vocab,
+        });
+    }
+    let max = model.config.max_position_embeddings;
+    if r.prompt.len() > max {
+        return Err(Error::SequenceTooLong {
+            len: r.prompt.len(),
+            max,
+        });
+    }
+    Ok(())
+}
+
+/// The requests of a batch that share one prompt.
+struct Group<'r> {
+    prompt: &'r [u32],
+    /// Requests not yet given a row.
+    waiting: usize,
+    /// The prompt's cache and next-token logits, from when the first request is admitted
+    /// until the last one is.
+    prefix: Option<(KvCache, Vec<f32>)>,
+}
+
+/// Prefills the prompts of `groups[need]`, several per forward pass up to `budget`
+/// tokens.
+fn prefill_groups(
+    model: &Model,
+    groups: &mut [Group],
+    need: &[usize],
+    adapter: Option<&Adapter>,
+    budget: usize,
+) -> Result<()> {
+    let (hidden, vocab) = (model.config.hidden_size, model.config.vocab_size);
+    let lm_head = model.weights.view(&model.weights.lm_head);
+    let mut rest = need;
+    while !rest.is_empty() {
+        let mut n = 0;
+        let mut tokens = 0;
+        while n < rest.len() && (n == 0 || tokens + groups[rest[n]].prompt.len() <= budget) {
+            tokens += groups[rest[n]].prompt.len();
+            n += 1;
+        }
+        let (part, tail) = rest.split_at(n);
+        rest = tail;
+        let mut caches: Vec<KvCache> = part.iter().map(|_| KvCache::new(&model.config)).collect();
+        let mut seqs: Vec<CachedSeq> = part
+            .iter()
+            .zip(caches.iter_mut())
+            .map(|(&g, cache)| CachedSeq {
+                tokens: groups[g].prompt,
+                cache,
+            })
+            .collect();
+        let h = model.extend_batch(&mut seqs, adapter)?;
+        // The last position of each prompt gives its next-token logits.
+        let mut last = Vec::with_capacity(part.len() * hidden);
+        let mut end = 0;
+        for s in &seqs {
+            end += s.tokens.len();
+            last.extend_from_slice(&h[(end - 1) * hidden..end * hidden]);
+        }
+        drop(seqs);
+        let l = logits(&last, part.len(), &lm_head);
+        for ((&g, cache), l) in part.iter().zip(caches).zip(l.chunks_exact(vocab)) {
+            groups[g].prefix = Some((cache, l.to_vec()));
+        }
+    }
+    Ok(())
+}
+
+/// A request being decoded.
+struct Row {
+    request: usize,
+    prompt_len: usize,
+    cache: KvCache,
+    sampler: Sampler,
+    stop_tokens: Vec<u32>,
+    max_new_tokens: usize,
+    logits: Vec<f32>, // [config vocab] of the next token
+    generated: Vec<u32>,
+    shown: usize,  // bytes of the text already shown
+    delta: String, // the text the last token added
+    stop: Option<StopReason>,
+}
+
+impl Row {
+    /// Samples the next token and ends the row where [`Generator`] would.
+    fn sample(&mut self, model: &Model, vocab: usize, max_pos: usize) -> Result<()> {
+        let t = self.sampler.sample(&self.logits[..vocab]);
+        self.generated.push(t);
+        self.delta.clear();
+        if self.stop_tokens.contains(&t) {
+            self.stop = Some(StopReason::Eos);
+            return Ok(());
+        }
+        let text = model.tokenizer.decode(&self.generated, true)?;
+        self.delta.push_str(text_delta(&text, &mut self.shown));
+        if self.generated.len() >= self.max_new_tokens {
+            self.stop = Some(StopReason::Length);
+        } else if self.prompt_len + self.generated.len() >= max_pos {
+            self.stop = Some(StopReason::ContextFull);
+        }
+        Ok(())
+    }
+
+    fn finish(self, model: &Model) -> Result<Generated> {
+        let stop_reason = self.stop.expect("a finished row");
+        let end = self.generated.len() - usize::from(stop_reason == StopReason::Eos);
+        Ok(Generated {
+            text: model.tokenizer.decode(&self.generated[..end], true)?,
+            ids: self.generated,
+            stop_reason,
+        })
+    }
 }
