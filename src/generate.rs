@@ -510,9 +510,10 @@ pub struct BatchProgress<'a> {
     /// The new tokens of this step, one per row that got one, in row order. A stop token
     /// is not among them (as with [`generate`]): its request is in `finished`.
     pub tokens: &'a [BatchToken<'a>],
-    /// Requests whose reply ended at this step (a stop token, `max_new_tokens`, the
-    /// context), before the callback's own stops.
-    pub finished: &'a [usize],
+    /// The replies that ended at this step by themselves (a stop token, `max_new_tokens`,
+    /// the context), with their request's index: final, as [`generate_batch`] returns
+    /// them. Replies the callback stops are only in the returned list.
+    pub finished: &'a [(usize, Generated)],
     /// Requests done so far (`finished` included) and in all.
     pub done: usize,
     pub total: usize,
@@ -608,7 +609,6 @@ pub fn generate_batch_with(
     let mut done = requests.len() - waiting.len();
     let mut generated = 0usize;
     let mut rows: Vec<Row> = Vec::new();
-    let mut finished = Vec::new();
     let mut stops = Vec::new();
     loop {
         // Admit waiting requests into free rows, prefilling the prompts not yet cached.
@@ -655,18 +655,30 @@ pub fn generate_batch_with(
         rows.par_iter_mut()
             .try_for_each(|row| row.sample(model, vocab, max_pos))?;
         generated += rows.len();
-        finished.clear();
-        finished.extend(rows.iter().filter(|r| r.stop.is_some()).map(|r| r.request));
-        done += finished.len();
-        let tokens: Vec<BatchToken> = rows
-            .iter()
+        let step: Vec<(usize, u32, String)> = rows
+            .iter_mut()
             .filter(|r| r.stop != Some(StopReason::Eos))
-            .map(|r| BatchToken {
-                request: r.request,
-                token: *r.generated.last().expect("sampled"),
-                text: &r.delta,
+            .map(|r| {
+                let t = *r.generated.last().expect("sampled");
+                (r.request, t, std::mem::take(&mut r.delta))
             })
             .collect();
+        let tokens: Vec<BatchToken> = step
+            .iter()
+            .map(|(request, token, text)| BatchToken {
+                request: *request,
+                token: *token,
+                text,
+            })
+            .collect();
+        // Rows that ended by themselves leave the batch (their caches are freed here).
+        let ended;
+        (ended, rows) = rows.into_iter().partition(|r| r.stop.is_some());
+        let finished = ended
+            .into_iter()
+            .map(|r| Ok((r.request, r.finish(model)?)))
+            .collect::<Result<Vec<_>>>()?;
+        done += finished.len();
         stops.clear();
         let mut progress = BatchProgress {
             tokens: &tokens,
@@ -674,23 +686,23 @@ pub fn generate_batch_with(
             done,
             total: requests.len(),
             generated,
-            rows: rows.len(),
+            rows: rows.len() + finished.len(),
             stops: &mut stops,
         };
         let cancel = on_step(&mut progress).is_break();
-        drop(tokens);
-        for row in rows.iter_mut() {
-            if row.stop.is_none() && (cancel || stops.contains(&row.request)) {
+        for (i, g) in finished {
+            results[i] = Some(g);
+        }
+        // Rows the callback stopped leave too.
+        if cancel || !stops.is_empty() {
+            let stopped;
+            (stopped, rows) = rows.into_iter().partition(|r| cancel || stops.contains(&r.request));
+            for mut row in stopped {
                 row.stop = Some(StopReason::Callback);
                 done += 1;
+                let request = row.request;
+                results[request] = Some(row.finish(model)?);
             }
-        }
-        // Retire the finished rows (their caches are freed here).
-        let (ended, live): (Vec<Row>, Vec<Row>) = rows.into_iter().partition(|r| r.stop.is_some());
-        rows = live;
-        for row in ended {
-            let request = row.request;
-            results[request] = Some(row.finish(model)?);
         }
         if cancel {
             for i in waiting.drain(..) {

@@ -359,6 +359,7 @@ fn the_step_callback_streams_each_reply_and_can_stop_rows_or_all() {
         })
         .collect();
     let mut seen: BTreeMap<usize, (Vec<u32>, String)> = BTreeMap::new();
+    let mut ended: BTreeMap<usize, Generated> = BTreeMap::new();
     let mut last_done = 0;
     let opts = BatchOptions {
         max_rows: 2,
@@ -373,10 +374,18 @@ fn the_step_callback_streams_each_reply_and_can_stop_rows_or_all() {
             e.0.push(t.token);
             e.1.push_str(t.text);
         }
+        for (i, g) in p.finished {
+            assert!(ended.insert(*i, g.clone()).is_none(), "request {i} ends once");
+        }
         ControlFlow::Continue(())
     })
     .unwrap();
     assert_eq!(last_done, 5);
+    assert_eq!(
+        ended.into_values().collect::<Vec<_>>(),
+        got,
+        "the callback saw the final replies"
+    );
     for (i, w) in want.iter().enumerate() {
         assert_eq!(&seen[&i], w, "request {i}");
         assert_eq!(got[i].text, w.1);
