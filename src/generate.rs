@@ -732,7 +732,14 @@ pub fn generate_batch_with(
     Ok(results.into_iter().map(|r| r.expect("every request ends")).collect())
 }
 
-/// What [`generate`] checks before it runs.
+impl GenerateRequest {
+    /// What [`generate`] and [`generate_batch`] check before they run: the options, a
+    /// non-empty prompt of ids in the vocabulary, no longer than the context.
+    pub fn check(&self, model: &Model) -> Result<()> {
+        check_request(model, self)
+    }
+}
+
 fn check_request(model: &Model, r: &GenerateRequest) -> Result<()> {
     r.opts.validate()?;
     if r.prompt.is_empty() {

@@ -467,3 +467,108 @@ fn real_model_batch_of_four_prompts_two_samples_equals_single_generation() {
     }
     assert_ne!(got[0].ids, got[1].ids, "two samples of one prompt differ");
 }
+
+#[test]
+fn the_cli_writes_one_line_per_row_and_sample_equal_to_single_generation() {
+    let dir = fresh_dir("genb-cli");
+    let model_dir = dir.join("model");
+    write_model(&model_dir, &TinySpec::default());
+    let m = Model::open(&model_dir).unwrap();
+    let rows = [
+        r#"{"prompt": "t5 t9 t13"}"#,
+        r#"{"prompt": "t7", "max_new_tokens": 3, "seed": 40}"#,
+        "",
+        r#"{"prompt": "t3 t4 t5 t6 t7 t8 t9 t10 t11 t12", "temperature": 0, "top_k": 5, "top_p": 0.5}"#,
+    ];
+    let file = dir.join("prompts.jsonl");
+    std::fs::write(&file, rows.join("\n")).unwrap();
+    let out = dir.join("replies.jsonl");
+    let run = |extra: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_nudge"))
+            .args(["generate", "--model"])
+            .arg(&model_dir)
+            .arg("--prompts")
+            .arg(&file)
+            .args([
+                "--samples",
+                "2",
+                "--batch",
+                "3",
+                "--max-new-tokens",
+                "12",
+                "--temperature",
+                "1.3",
+            ])
+            .args(["--seed", "7", "--out"])
+            .arg(&out)
+            .args(extra)
+            .output()
+            .expect("runs nudge")
+    };
+    let o = run(&[]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{stderr}");
+    assert!(stderr.contains("3 rows x 2 samples: 6 replies"), "{stderr}");
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&out)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 6);
+    let settings = [(1, "t5 t9 t13", 12, 1.3, 0, 1.0, 7), (2, "t7", 3, 1.3, 0, 1.0, 40)];
+    let last = (4, "t3 t4 t5 t6 t7 t8 t9 t10 t11 t12", 12, 0.0, 5, 0.5, 7);
+    for (i, line) in lines.iter().enumerate() {
+        let (row, text, max_new_tokens, temperature, top_k, top_p, seed) = *settings.get(i / 2).unwrap_or(&last);
+        let sample = i % 2;
+        let g = generate(
+            &m,
+            &m.tokenizer.encode(text, true).unwrap(),
+            &GenerateOptions {
+                max_new_tokens,
+                temperature,
+                top_k,
+                top_p,
+                seed: seed + sample as u64,
+                stop_tokens: None,
+            },
+            None,
+            |_, _| ControlFlow::Continue(()),
+        )
+        .unwrap();
+        let want = serde_json::json!({
+            "row": row,
+            "sample": sample,
+            "prompt": text,
+            "text": g.text,
+            "tokens": g.ids.len(),
+            "stop_reason": g.stop_reason.as_str(),
+        });
+        assert_eq!(line, &want, "line {i}");
+    }
+    assert_ne!(
+        lines[0]["text"], lines[1]["text"],
+        "two samples of a sampled row differ"
+    );
+    assert_eq!(lines[4]["text"], lines[5]["text"], "greedy samples agree");
+
+    // A bad row names the file and its line; nothing is written.
+    std::fs::remove_file(&out).unwrap();
+    std::fs::write(&file, format!("{}\n{}\n", rows[0], r#"{"prompt": "t1", "top_p": 2}"#)).unwrap();
+    let o = run(&[]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(
+        stderr.contains("prompts.jsonl: row 2: ") && stderr.contains("top_p"),
+        "{stderr}"
+    );
+    let long = vec!["t5"; 129].join(" ");
+    std::fs::write(&file, format!("{}\n\n{{\"prompt\": \"{long}\"}}\n", rows[0])).unwrap();
+    let o = run(&[]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(
+        stderr.contains("prompts.jsonl: row 3: ") && stderr.contains("129 tokens"),
+        "{stderr}"
+    );
+    assert!(!out.exists());
+}
