@@ -18,7 +18,7 @@ use crate::model::config::Config;
 use crate::model::{CachedSeq, Model};
 use crate::rng::Rng;
 use rayon::prelude::*;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::ops::ControlFlow;
 
 /// Keys (after rope) and values of every past position, per layer: what a new token's
@@ -229,6 +229,16 @@ pub struct Generated {
     /// The reply's text: the new tokens but the stop token, special tokens skipped.
     pub text: String,
     pub stop_reason: StopReason,
+}
+
+impl Generated {
+    fn empty(stop_reason: StopReason) -> Self {
+        Generated {
+            ids: Vec::new(),
+            text: String::new(),
+            stop_reason,
+        }
+    }
 }
 
 /// Picks a token from logits: greedy, or sampled after temperature, top-k and top-p.
@@ -544,14 +554,15 @@ pub fn generate_batch(
 
 /// Generates a reply to every request, decoding up to `batch.max_rows` of them together,
 /// and returns the replies in request order. Each reply is bit-identical to [`generate`]
-/// of its request alone (same tokens, same text, same stop reason) whatever the batch.
+/// of its request alone (same tokens, same text, same stop reason; unless the callback
+/// stops it) whatever the batch.
 ///
 /// Every request is checked first: a bad one (empty prompt, token out of vocabulary,
 /// prompt longer than the context, bad options) is an [`Error::Request`] naming its index,
 /// and nothing runs. `on_step` is called after each step (on the calling thread); it may
 /// stop single requests ([`BatchProgress::stop`]) or, by breaking, all of them: the
 /// replies so far are returned with [`StopReason::Callback`] (empty for requests that had
-/// not started).
+/// not started). [`BatchGenerator`] runs the same steps one call at a time.
 pub fn generate_batch_with(
     model: &Model,
     requests: &[GenerateRequest],
@@ -559,72 +570,278 @@ pub fn generate_batch_with(
     batch: &BatchOptions,
     mut on_step: impl FnMut(&mut BatchProgress) -> ControlFlow<()>,
 ) -> Result<Vec<Generated>> {
-    let cfg = &model.config;
-    if let Some(a) = adapter {
-        a.check_fits(cfg, std::path::Path::new("<adapter>"))?;
-    }
-    let max_pos = cfg.max_position_embeddings;
-    for (i, r) in requests.iter().enumerate() {
-        check_request(model, r).map_err(|e| e.for_request(i))?;
-    }
-    let vocab = model.tokenizer.vocab_size().min(cfg.vocab_size);
-    let max_rows = if batch.max_rows == 0 {
-        requests.len()
-    } else {
-        batch.max_rows
-    };
-    let mut results: Vec<Option<Generated>> = vec![None; requests.len()];
-    let finish_empty = |reason| Generated {
-        ids: Vec::new(),
-        text: String::new(),
-        stop_reason: reason,
-    };
-    // Samples of one prompt share its prefill: one group per distinct prompt.
-    let mut groups: Vec<Group> = Vec::new();
-    let mut group_of = vec![usize::MAX; requests.len()];
-    let mut by_prompt: HashMap<&[u32], usize> = HashMap::new();
-    let mut waiting = std::collections::VecDeque::new();
-    for (i, r) in requests.iter().enumerate() {
-        // What generate() would find before its first sample.
-        if r.opts.max_new_tokens == 0 {
-            results[i] = Some(finish_empty(StopReason::Length));
-            continue;
-        }
-        if r.prompt.len() >= max_pos {
-            results[i] = Some(finish_empty(StopReason::ContextFull));
-            continue;
-        }
-        let g = *by_prompt.entry(&r.prompt).or_insert_with(|| {
-            groups.push(Group {
-                prompt: &r.prompt,
-                waiting: 0,
-                prefix: None,
-            });
-            groups.len() - 1
-        });
-        groups[g].waiting += 1;
-        group_of[i] = g;
-        waiting.push_back(i);
-    }
-    let mut done = requests.len() - waiting.len();
-    let mut generated = 0usize;
-    let mut rows: Vec<Row> = Vec::new();
+    let mut g = BatchGenerator::new(model, requests, adapter, batch)?;
     let mut stops = Vec::new();
-    loop {
-        // Admit waiting requests into free rows, prefilling the prompts not yet cached.
-        let admit: Vec<usize> = waiting.drain(..(max_rows - rows.len()).min(waiting.len())).collect();
-        let need: Vec<usize> = {
-            let mut need: Vec<usize> = admit.iter().map(|&i| group_of[i]).collect();
-            need.sort_unstable();
-            need.dedup();
-            need.retain(|&g| groups[g].prefix.is_none());
-            need
+    while g.step()? {
+        let tokens = g.tokens();
+        let mut progress = BatchProgress {
+            tokens: &tokens,
+            finished: g.finished(),
+            done: g.done(),
+            total: requests.len(),
+            generated: g.generated(),
+            rows: g.rows(),
+            stops: &mut stops,
         };
-        prefill_groups(model, &mut groups, &need, adapter, batch.max_prefill_tokens)?;
+        let cancel = on_step(&mut progress).is_break();
+        drop(tokens);
+        for r in stops.drain(..) {
+            g.stop(r);
+        }
+        if cancel {
+            g.stop_all();
+        }
+    }
+    g.into_results()
+}
+
+/// Batched generation one step at a time (for callers that drive the loop themselves,
+/// e.g. to run the steps on a thread pool and the callbacks elsewhere):
+/// [`generate_batch_with`] is `new`, then [`Self::step`] until it returns false, with
+/// [`Self::stop`] wherever wanted, then [`Self::into_results`].
+pub struct BatchGenerator<'a> {
+    model: &'a Model,
+    requests: &'a [GenerateRequest],
+    adapter: Option<&'a Adapter>,
+    max_rows: usize,
+    max_prefill_tokens: usize,
+    /// Ids a token may take: the tokenizer's (embedding tables may have padding rows).
+    vocab: usize,
+    groups: Vec<Group<'a>>,
+    group_of: Vec<usize>,
+    /// Requests not yet given a row, in order.
+    waiting: VecDeque<usize>,
+    rows: Vec<Row>,
+    results: Vec<Option<Generated>>,
+    done: usize,
+    generated: usize,
+    step_rows: usize,
+    /// This step's (request, token, text) and the replies that ended by themselves.
+    step_tokens: Vec<(usize, u32, String)>,
+    step_finished: Vec<(usize, Generated)>,
+    /// A reply that [`Self::stop`] could not finish.
+    error: Option<Error>,
+}
+
+impl<'a> BatchGenerator<'a> {
+    /// Checks every request (an [`Error::Request`] names a bad one) and the adapter.
+    pub fn new(
+        model: &'a Model,
+        requests: &'a [GenerateRequest],
+        adapter: Option<&'a Adapter>,
+        batch: &BatchOptions,
+    ) -> Result<Self> {
+        let cfg = &model.config;
+        if let Some(a) = adapter {
+            a.check_fits(cfg, std::path::Path::new("<adapter>"))?;
+        }
+        for (i, r) in requests.iter().enumerate() {
+            check_request(model, r).map_err(|e| e.for_request(i))?;
+        }
+        let max_pos = cfg.max_position_embeddings;
+        let mut results: Vec<Option<Generated>> = vec![None; requests.len()];
+        // Samples of one prompt share its prefill: one group per distinct prompt.
+        let mut groups: Vec<Group> = Vec::new();
+        let mut group_of = vec![usize::MAX; requests.len()];
+        let mut by_prompt: HashMap<&[u32], usize> = HashMap::new();
+        let mut waiting = VecDeque::new();
+        for (i, r) in requests.iter().enumerate() {
+            // What generate() finds before its first sample.
+            if r.opts.max_new_tokens == 0 {
+                results[i] = Some(Generated::empty(StopReason::Length));
+                continue;
+            }
+            if r.prompt.len() >= max_pos {
+                results[i] = Some(Generated::empty(StopReason::ContextFull));
+                continue;
+            }
+            let g = *by_prompt.entry(&r.prompt).or_insert_with(|| {
+                groups.push(Group {
+                    prompt: &r.prompt,
+                    waiting: 0,
+                    prefix: None,
+                });
+                groups.len() - 1
+            });
+            groups[g].waiting += 1;
+            group_of[i] = g;
+            waiting.push_back(i);
+        }
+        Ok(BatchGenerator {
+            model,
+            requests,
+            adapter,
+            max_rows: if batch.max_rows == 0 {
+                requests.len()
+            } else {
+                batch.max_rows
+            },
+            max_prefill_tokens: batch.max_prefill_tokens,
+            vocab: model.tokenizer.vocab_size().min(cfg.vocab_size),
+            groups,
+            group_of,
+            done: requests.len() - waiting.len(),
+            waiting,
+            rows: Vec::new(),
+            results,
+            generated: 0,
+            step_rows: 0,
+            step_tokens: Vec::new(),
+            step_finished: Vec::new(),
+            error: None,
+        })
+    }
+
+    /// One step: the live rows' last tokens run through one batched forward pass, waiting
+    /// requests take the free rows (their prompts prefilled), and every row samples its
+    /// next token. False once every request has ended (nothing was done).
+    pub fn step(&mut self) -> Result<bool> {
+        self.keep_finished();
+        self.step_tokens.clear();
+        self.decode()?;
+        self.admit()?;
+        self.step_rows = self.rows.len();
+        if self.rows.is_empty() {
+            return Ok(false);
+        }
+        let (model, vocab) = (self.model, self.vocab);
+        let max_pos = model.config.max_position_embeddings;
+        self.rows
+            .par_iter_mut()
+            .try_for_each(|row| row.sample(model, vocab, max_pos))?;
+        self.generated += self.rows.len();
+        self.step_tokens.extend(
+            self.rows
+                .iter_mut()
+                .filter(|r| r.stop != Some(StopReason::Eos))
+                .map(|r| {
+                    let t = *r.generated.last().expect("sampled");
+                    (r.request, t, std::mem::take(&mut r.delta))
+                }),
+        );
+        // Rows that ended by themselves leave the batch (their caches are freed here).
+        let ended;
+        (ended, self.rows) = std::mem::take(&mut self.rows)
+            .into_iter()
+            .partition(|r| r.stop.is_some());
+        for row in ended {
+            let request = row.request;
+            self.step_finished.push((request, row.finish(model)?));
+        }
+        self.done += self.step_finished.len();
+        Ok(true)
+    }
+
+    /// The last step's new tokens, one per row that got one, in row order (a stop token
+    /// is not among them: its request is in [`Self::finished`]).
+    pub fn tokens(&self) -> Vec<BatchToken<'_>> {
+        self.step_tokens
+            .iter()
+            .map(|(request, token, text)| BatchToken {
+                request: *request,
+                token: *token,
+                text,
+            })
+            .collect()
+    }
+
+    /// The replies that ended at the last step by themselves, with their request's index.
+    pub fn finished(&self) -> &[(usize, Generated)] {
+        &self.step_finished
+    }
+
+    /// Requests ended so far.
+    pub fn done(&self) -> usize {
+        self.done
+    }
+
+    /// New tokens generated so far, over all requests.
+    pub fn generated(&self) -> usize {
+        self.generated
+    }
+
+    /// Rows decoded together at the last step.
+    pub fn rows(&self) -> usize {
+        self.step_rows
+    }
+
+    /// Ends request `request`'s reply after its last token ([`StopReason::Callback`]);
+    /// nothing for a request that is waiting or has ended.
+    pub fn stop(&mut self, request: usize) {
+        if let Some(i) = self.rows.iter().position(|r| r.request == request) {
+            let mut row = self.rows.remove(i);
+            row.stop = Some(StopReason::Callback);
+            self.retire(row);
+        }
+    }
+
+    /// Ends every reply: running ones after their last token, waiting ones empty (all
+    /// [`StopReason::Callback`]).
+    pub fn stop_all(&mut self) {
+        for mut row in std::mem::take(&mut self.rows) {
+            row.stop = Some(StopReason::Callback);
+            self.retire(row);
+        }
+        for i in std::mem::take(&mut self.waiting) {
+            self.results[i] = Some(Generated::empty(StopReason::Callback));
+            self.done += 1;
+        }
+    }
+
+    /// Every reply, in request order; requests still running or waiting end as by
+    /// [`Self::stop_all`].
+    pub fn into_results(mut self) -> Result<Vec<Generated>> {
+        self.stop_all();
+        self.keep_finished();
+        if let Some(e) = self.error {
+            return Err(e);
+        }
+        Ok(self
+            .results
+            .into_iter()
+            .map(|r| r.expect("every request ends"))
+            .collect())
+    }
+
+    fn keep_finished(&mut self) {
+        for (i, g) in self.step_finished.drain(..) {
+            self.results[i] = Some(g);
+        }
+    }
+
+    fn retire(&mut self, row: Row) {
+        let request = row.request;
+        match row.finish(self.model) {
+            Ok(g) => self.results[request] = Some(g),
+            // Kept for into_results (stop() returns nothing).
+            Err(e) => {
+                self.error.get_or_insert(e.for_request(request));
+                self.results[request] = Some(Generated::empty(StopReason::Callback));
+            }
+        }
+        self.done += 1;
+    }
+
+    /// Waiting requests into free rows, prefilling the prompts not yet cached.
+    fn admit(&mut self) -> Result<()> {
+        let free = self.max_rows.saturating_sub(self.rows.len()).min(self.waiting.len());
+        let admit: Vec<usize> = self.waiting.drain(..free).collect();
+        let mut need: Vec<usize> = admit.iter().map(|&i| self.group_of[i]).collect();
+        need.sort_unstable();
+        need.dedup();
+        need.retain(|&g| self.groups[g].prefix.is_none());
+        prefill_groups(
+            self.model,
+            &mut self.groups,
+            &need,
+            self.adapter,
+            self.max_prefill_tokens,
+        )?;
+        let max_pos = self.model.config.max_position_embeddings;
         for i in admit {
-            let g = &mut groups[group_of[i]];
+            let g = &mut self.groups[self.group_of[i]];
             g.waiting -= 1;
-            let r = &requests[i];
+            let r = &self.requests[i];
             let room = (r.prompt.len() + r.opts.max_new_tokens).min(max_pos);
             let (cache, logits) = if g.waiting == 0 {
                 let (mut c, l) = g.prefix.take().expect("prefilled");
@@ -634,12 +851,12 @@ pub fn generate_batch_with(
                 let (c, l) = g.prefix.as_ref().expect("prefilled");
                 (c.fork(room), l.clone())
             };
-            rows.push(Row {
+            self.rows.push(Row {
                 request: i,
                 prompt_len: r.prompt.len(),
                 cache,
                 sampler: Sampler::new(&r.opts)?,
-                stop_tokens: r.opts.stop_tokens_for(model),
+                stop_tokens: r.opts.stop_tokens_for(self.model),
                 max_new_tokens: r.opts.max_new_tokens,
                 logits,
                 generated: Vec::new(),
@@ -648,88 +865,36 @@ pub fn generate_batch_with(
                 stop: None,
             });
         }
-        if rows.is_empty() {
-            break;
+        Ok(())
+    }
+
+    /// One batched forward pass of every live row's last token.
+    fn decode(&mut self) -> Result<()> {
+        if self.rows.is_empty() {
+            return Ok(());
         }
-        // Sample every row's next token.
-        rows.par_iter_mut()
-            .try_for_each(|row| row.sample(model, vocab, max_pos))?;
-        generated += rows.len();
-        let step: Vec<(usize, u32, String)> = rows
-            .iter_mut()
-            .filter(|r| r.stop != Some(StopReason::Eos))
-            .map(|r| {
-                let t = *r.generated.last().expect("sampled");
-                (r.request, t, std::mem::take(&mut r.delta))
-            })
-            .collect();
-        let tokens: Vec<BatchToken> = step
+        let tokens: Vec<u32> = self
+            .rows
             .iter()
-            .map(|(request, token, text)| BatchToken {
-                request: *request,
-                token: *token,
-                text,
-            })
+            .map(|r| *r.generated.last().expect("a live row has sampled"))
             .collect();
-        // Rows that ended by themselves leave the batch (their caches are freed here).
-        let ended;
-        (ended, rows) = rows.into_iter().partition(|r| r.stop.is_some());
-        let finished = ended
-            .into_iter()
-            .map(|r| Ok((r.request, r.finish(model)?)))
-            .collect::<Result<Vec<_>>>()?;
-        done += finished.len();
-        stops.clear();
-        let mut progress = BatchProgress {
-            tokens: &tokens,
-            finished: &finished,
-            done,
-            total: requests.len(),
-            generated,
-            rows: rows.len() + finished.len(),
-            stops: &mut stops,
-        };
-        let cancel = on_step(&mut progress).is_break();
-        for (i, g) in finished {
-            results[i] = Some(g);
-        }
-        // Rows the callback stopped leave too.
-        if cancel || !stops.is_empty() {
-            let stopped;
-            (stopped, rows) = rows.into_iter().partition(|r| cancel || stops.contains(&r.request));
-            for mut row in stopped {
-                row.stop = Some(StopReason::Callback);
-                done += 1;
-                let request = row.request;
-                results[request] = Some(row.finish(model)?);
-            }
-        }
-        if cancel {
-            for i in waiting.drain(..) {
-                results[i] = Some(finish_empty(StopReason::Callback));
-            }
-            break;
-        }
-        if rows.is_empty() {
-            continue;
-        }
-        // One batched step: every live row's last token.
-        let step_tokens: Vec<u32> = rows.iter().map(|r| *r.generated.last().expect("sampled")).collect();
-        let mut caches: Vec<&mut KvCache> = rows.iter_mut().map(|r| &mut r.cache).collect();
-        let out = model
-            .decode_batch(&step_tokens, &mut caches, adapter)
+        let mut caches: Vec<&mut KvCache> = self.rows.iter_mut().map(|r| &mut r.cache).collect();
+        let out = self
+            .model
+            .decode_batch(&tokens, &mut caches, self.adapter)
             .map_err(|e| match e {
                 Error::Request { index, source } => Error::Request {
-                    index: rows[index].request,
+                    index: self.rows[index].request,
                     source,
                 },
                 e => e,
             })?;
-        for (row, l) in rows.iter_mut().zip(out.chunks_exact(cfg.vocab_size)) {
+        let v = self.model.config.vocab_size;
+        for (row, l) in self.rows.iter_mut().zip(out.chunks_exact(v)) {
             row.logits.copy_from_slice(l);
         }
+        Ok(())
     }
-    Ok(results.into_iter().map(|r| r.expect("every request ends")).collect())
 }
 
 impl GenerateRequest {
