@@ -82,6 +82,16 @@ pub enum Error {
     /// A long-running job stopped because its caller asked it to.
     #[error("cancelled")]
     Cancelled,
+
+    /// One request of a batch (e.g. a prompt of [`crate::generate::generate_batch`], a
+    /// sequence of [`crate::model::Model::extend_batch`]) cannot be used: `index` is its
+    /// 0-based place in the batch, `source` what is wrong with it.
+    #[error("request {index}: {source}")]
+    Request {
+        index: usize,
+        #[source]
+        source: Box<Error>,
+    },
 }
 
 impl Error {
@@ -120,5 +130,12 @@ impl Error {
     }
     pub fn invalid(what: impl Into<String>) -> Self {
         Error::Invalid(what.into())
+    }
+    /// This error, as the error of request `index` of a batch.
+    pub fn for_request(self, index: usize) -> Self {
+        Error::Request {
+            index,
+            source: Box::new(self),
+        }
     }
 }

@@ -93,17 +93,22 @@ impl Failure {
     }
 }
 
+/// The status of an engine error; a batch request's error has its cause's.
+fn status_of(e: &engine::Error) -> NudgeStatus {
+    use engine::Error as E;
+    match e {
+        E::Io { .. } => NUDGE_ERR_IO,
+        E::Format { .. } | E::Tensor { .. } | E::Field { .. } | E::Row { .. } => NUDGE_ERR_FORMAT,
+        E::UnsupportedArchitecture { .. } => NUDGE_ERR_UNSUPPORTED,
+        E::Cancelled => NUDGE_ERR_CANCELLED,
+        E::Request { source, .. } => status_of(source),
+        _ => NUDGE_ERR_INVALID,
+    }
+}
+
 impl From<engine::Error> for Failure {
     fn from(e: engine::Error) -> Self {
-        use engine::Error as E;
-        let status = match &e {
-            E::Io { .. } => NUDGE_ERR_IO,
-            E::Format { .. } | E::Tensor { .. } | E::Field { .. } | E::Row { .. } => NUDGE_ERR_FORMAT,
-            E::UnsupportedArchitecture { .. } => NUDGE_ERR_UNSUPPORTED,
-            E::Cancelled => NUDGE_ERR_CANCELLED,
-            _ => NUDGE_ERR_INVALID,
-        };
-        Failure::new(status, e.to_string())
+        Failure::new(status_of(&e), e.to_string())
     }
 }
 
@@ -216,6 +221,8 @@ mod tests {
             (engine::Error::invalid("r"), NUDGE_ERR_INVALID),
             (engine::Error::SequenceTooLong { len: 9, max: 8 }, NUDGE_ERR_INVALID),
             (engine::Error::Cancelled, NUDGE_ERR_CANCELLED),
+            (engine::Error::invalid("r").for_request(2), NUDGE_ERR_INVALID),
+            (engine::Error::row("/x", 3, "bad").for_request(0), NUDGE_ERR_FORMAT),
         ];
         for (e, want) in cases {
             let text = e.to_string();

@@ -15,6 +15,7 @@ use crate::kernels::matmul::{matmul_w_acc, matmul_wt};
 use crate::kernels::rmsnorm::{rmsnorm_backward, rmsnorm_forward};
 use crate::kernels::rope::{RopeTable, rope_backward, rope_forward};
 use crate::kernels::swiglu::{swiglu_backward, swiglu_forward};
+use rayon::prelude::*;
 
 /// Adapter dropout during training: masks are a function of (seed, layer, projection).
 #[derive(Clone, Copy, Debug)]
@@ -600,7 +601,18 @@ impl Model {
 }
 
 // Incremental forward for generation: new tokens run against the keys and values of the
-// past ones, kept in a KvCache, instead of recomputing the whole sequence.
+// past ones, kept in a KvCache, instead of recomputing the whole sequence. One call may
+// carry several sequences (a batch of replies), each with its own cache: their rows share
+// the projections' matrix products, attention reads each sequence's own cache. The
+// kernels are batch-invariant, so a sequence gets the same bits alone or in a batch.
+
+/// One sequence of a batched cached forward ([`Model::extend_batch`]): `tokens` run at
+/// positions `cache.len()..` of `cache`.
+pub struct CachedSeq<'a> {
+    pub tokens: &'a [u32],
+    pub cache: &'a mut KvCache,
+}
+
 impl Model {
     /// Runs `tokens` after the `cache.len()` tokens already in `cache` (positions
     /// `cache.len()..`), appends their keys and values, and returns their final hidden
@@ -609,38 +621,24 @@ impl Model {
     pub fn extend(&self, tokens: &[u32], cache: &mut KvCache, adapter: Option<&Adapter>) -> Result<Vec<f32>> {
         let lora = LoraCtx { adapter, dropout: None };
         self.check_adapter(&lora)?;
-        cache.check_fits(&self.config)?;
-        let start = cache.len();
-        let vocab = self.config.vocab_size;
-        if let Some((i, &id)) = tokens.iter().enumerate().find(|&(_, &id)| id as usize >= vocab) {
-            return Err(Error::TokenOutOfVocabulary {
-                id,
-                position: start + i,
-                vocab_size: vocab,
-            });
-        }
-        let n = tokens.len();
-        let end = start
-            .checked_add(n)
-            .ok_or_else(|| Error::invalid("sequence length overflows"))?;
-        let max = self.config.max_position_embeddings;
-        if end > max {
-            return Err(Error::SequenceTooLong { len: end, max });
-        }
-        let positions: Vec<u32> = (start..end)
-            .map(|p| u32::try_from(p).map_err(|_| Error::invalid("position overflows u32")))
-            .collect::<Result<_>>()?;
-        cache.reserve(n);
-        let table = RopeTable::new(&self.inv_freq, &positions);
-        let mut x = self.embed(tokens);
-        let mut s = LayerActs::sized(self, n);
-        for (li, layer) in self.weights.layers.iter().enumerate() {
-            self.layer_forward_cached(li, layer, &mut x, start, &table, &lora, cache, &mut s);
-        }
-        cache.set_len(end);
-        let mut out = vec![0f32; n * self.config.hidden_size];
-        rmsnorm_forward(&x, &self.weights.norm, self.config.rms_norm_eps, &mut out, &mut s.inv1);
-        Ok(out)
+        let start = self.check_cached(tokens, cache)?;
+        self.forward_cached(&mut [CachedSeq { tokens, cache }], &[start], &lora)
+    }
+
+    /// [`Self::extend`] for several sequences at once, each with its own cache (distinct
+    /// caches, possibly of different lengths): the hidden states of every sequence's new
+    /// tokens, one after the other: [Σ n, hidden]. Each sequence's rows are bit-identical
+    /// to what [`Self::extend`] gives it alone. An error names the sequence
+    /// ([`Error::Request`]) and leaves every cache unchanged.
+    pub fn extend_batch(&self, seqs: &mut [CachedSeq<'_>], adapter: Option<&Adapter>) -> Result<Vec<f32>> {
+        let lora = LoraCtx { adapter, dropout: None };
+        self.check_adapter(&lora)?;
+        let starts = seqs
+            .iter()
+            .enumerate()
+            .map(|(i, s)| self.check_cached(s.tokens, s.cache).map_err(|e| e.for_request(i)))
+            .collect::<Result<Vec<_>>>()?;
+        self.forward_cached(seqs, &starts, &lora)
     }
 
     /// Logits of the next token after `tokens` (appended to `cache`): [vocab].
@@ -662,18 +660,97 @@ impl Model {
         self.prefill(&[token], cache, adapter)
     }
 
-    /// [`Self::layer_forward`] for `n` new tokens at positions `start..`: their keys and
-    /// values are appended to layer `li` of the cache and attention reads the whole cache.
+    /// One decode step of a batch: `tokens[i]` is appended to `caches[i]`; returns the
+    /// logits of each row's next token: [B, vocab], row `i` bit-identical to
+    /// [`Self::decode_step`] of `tokens[i]` on `caches[i]` alone. An error names the row
+    /// ([`Error::Request`]) and leaves every cache unchanged.
+    pub fn decode_batch(
+        &self,
+        tokens: &[u32],
+        caches: &mut [&mut KvCache],
+        adapter: Option<&Adapter>,
+    ) -> Result<Vec<f32>> {
+        if tokens.len() != caches.len() {
+            return Err(Error::invalid(format!(
+                "decode_batch: {} tokens for {} caches",
+                tokens.len(),
+                caches.len()
+            )));
+        }
+        let mut seqs: Vec<CachedSeq> = tokens
+            .iter()
+            .zip(caches.iter_mut())
+            .map(|(t, c)| CachedSeq {
+                tokens: std::slice::from_ref(t),
+                cache: c,
+            })
+            .collect();
+        let h = self.extend_batch(&mut seqs, adapter)?;
+        Ok(logits(&h, tokens.len(), &self.weights.view(&self.weights.lm_head)))
+    }
+
+    /// Checks `tokens` can run after `cache`; returns their first position.
+    fn check_cached(&self, tokens: &[u32], cache: &KvCache) -> Result<usize> {
+        cache.check_fits(&self.config)?;
+        let start = cache.len();
+        let vocab = self.config.vocab_size;
+        if let Some((i, &id)) = tokens.iter().enumerate().find(|&(_, &id)| id as usize >= vocab) {
+            return Err(Error::TokenOutOfVocabulary {
+                id,
+                position: start + i,
+                vocab_size: vocab,
+            });
+        }
+        let end = start
+            .checked_add(tokens.len())
+            .ok_or_else(|| Error::invalid("sequence length overflows"))?;
+        let max = self.config.max_position_embeddings;
+        if end > max {
+            return Err(Error::SequenceTooLong { len: end, max });
+        }
+        u32::try_from(end).map_err(|_| Error::invalid("position overflows u32"))?;
+        Ok(start)
+    }
+
+    /// The cached forward of checked sequences (`starts[i]` = `seqs[i].cache.len()`).
+    fn forward_cached(&self, seqs: &mut [CachedSeq<'_>], starts: &[usize], lora: &LoraCtx) -> Result<Vec<f32>> {
+        let mut tokens = Vec::new();
+        let mut positions = Vec::new();
+        for (seq, &start) in seqs.iter_mut().zip(starts) {
+            let n = seq.tokens.len();
+            tokens.extend_from_slice(seq.tokens);
+            positions.extend((start..start + n).map(|p| p as u32));
+            seq.cache.reserve(n);
+        }
+        let n = tokens.len();
+        let table = RopeTable::new(&self.inv_freq, &positions);
+        let mut x = self.embed(&tokens);
+        let mut s = LayerActs::sized(self, n);
+        for (li, layer) in self.weights.layers.iter().enumerate() {
+            self.layer_forward_cached(li, layer, &mut x, seqs, starts, &table, lora, &mut s);
+        }
+        for (seq, &start) in seqs.iter_mut().zip(starts) {
+            seq.cache.set_len(start + seq.tokens.len());
+        }
+        let mut out = vec![0f32; n * self.config.hidden_size];
+        rmsnorm_forward(&x, &self.weights.norm, self.config.rms_norm_eps, &mut out, &mut s.inv1);
+        Ok(out)
+    }
+
+    /// [`Self::layer_forward`] for the new tokens of `seqs` (their rows one after the other
+    /// in x: [Σ n, hidden]; sequence `i`'s at positions `starts[i]..`): the projections and
+    /// the MLP run on all rows at once; each sequence's keys and values are appended to
+    /// layer `li` of its cache and its queries attend to that cache.
     #[allow(clippy::too_many_arguments)]
     fn layer_forward_cached(
         &self,
         li: usize,
         l: &Layer,
-        x: &mut [f32], // [n, hidden]
-        start: usize,
+        x: &mut [f32],
+        seqs: &mut [CachedSeq<'_>],
+        starts: &[usize],
         table: &RopeTable,
         lora: &LoraCtx,
-        cache: &mut KvCache,
         s: &mut LayerActs,
     ) {
         let cfg = &self.config;
@@ -690,8 +767,26 @@ impl Model {
         linear(Proj::V, &s.xn1, l.v_bias.as_deref(), &mut s.v, &mut s.u, &mut s.xdrop);
         rope_forward(&mut s.q, cfg.num_attention_heads, table);
         rope_forward(&mut s.k, cfg.num_key_value_heads, table);
-        let (k, v) = cache.append(li, start, &s.k, &s.v);
-        attention_cached(&s.q, k, v, start, self.attn_shape(), &mut s.attn);
+        let (qw, kvw) = (cfg.q_dim(), cfg.kv_dim());
+        // Each sequence's query rows and attention output rows.
+        let mut parts = Vec::with_capacity(seqs.len());
+        let (mut q, mut out) = (&s.q[..], &mut s.attn[..]);
+        let mut row = 0;
+        for (seq, &start) in seqs.iter_mut().zip(starts) {
+            let m = seq.tokens.len();
+            let rows = row * kvw..(row + m) * kvw;
+            seq.cache.append(li, start, &s.k[rows.clone()], &s.v[rows]);
+            let (qs, qrest) = q.split_at(m * qw);
+            let (os, orest) = std::mem::take(&mut out).split_at_mut(m * qw);
+            (q, out) = (qrest, orest);
+            parts.push((&*seq.cache, start, qs, os));
+            row += m;
+        }
+        let shape = self.attn_shape();
+        parts.into_par_iter().for_each(|(cache, start, q, out)| {
+            let (k, v) = cache.layer(li).expect("the cache fits the model");
+            attention_cached(q, k, v, start, shape, out);
+        });
         linear(Proj::O, &s.attn, None, &mut s.proj, &mut s.u, &mut s.xdrop);
         add_into(x, &s.proj);
         rmsnorm_forward(x, &l.post_attention_layernorm, eps, &mut s.xn2, &mut s.inv2);

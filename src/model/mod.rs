@@ -5,7 +5,7 @@ pub mod gguf;
 pub mod gguf_model;
 mod identity;
 mod llama;
-pub use llama::{Dropout, LoraCtx, Recompute, Tape};
+pub use llama::{CachedSeq, Dropout, LoraCtx, Recompute, Tape};
 
 /// Bytes of activations one layer keeps for the backward pass over `tokens` tokens with
 /// LoRA rank `r` (what a [`Recompute::Budget`] is measured in).
