@@ -16,6 +16,7 @@ pub mod adapter;
 pub mod bench;
 pub mod convert;
 pub mod data;
+pub mod demo;
 pub mod generate;
 pub mod journal;
 pub mod rng;
