@@ -4,7 +4,9 @@
 mod args;
 mod bench;
 mod commands;
+mod demo;
 mod export;
+mod fetch;
 mod generate;
 mod journal;
 mod merge;
@@ -33,6 +35,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// The on-device feedback loop end to end: a simulated user's thumbs train an adapter,
+    /// then base and adapted model are compared on held-out prompts.
+    Demo(Box<demo::DemoArgs>),
     /// Architecture, dimensions, dtypes and bytes mapped of a model.
     Info {
         /// A .gguf file or an HF model folder.
@@ -124,6 +129,7 @@ fn main() -> ExitCode {
         }
     }
     let r = match cli.command {
+        Command::Demo(a) => demo::run(*a),
         Command::Info { model, json } => commands::info(&model, json),
         Command::Tokenize {
             model,
