@@ -1,6 +1,8 @@
 //! End-to-end throughput on the real model: the forward pass over a 512-token sequence
-//! (what llama-bench's `-p 512` measures) and one LoRA DPO training step of two pairs of
-//! the benchmark set in `benches/data/`. `NUDGE_MODEL` names the model (default: the fetched GGUF).
+//! (what llama-bench's `-p 512` measures), one LoRA DPO training step of two pairs of
+//! the benchmark set in `benches/data/`, and one generation step with a KV cache of 64 tokens for one
+//! row and for 16 rows decoded together (what llama-bench's `-n` measures, and its batched
+//! version). `NUDGE_MODEL` names the model (default: the fetched GGUF).
 //!
 //! `cargo bench --bench engine -- --warm-up-time 2 --measurement-time 20`
 //! (`nudge bench score|train` print the same figures with FMA-peak fractions and peak RSS.)
@@ -8,6 +10,7 @@
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use nudge::adapter::{Adapter, LoraConfig};
 use nudge::data::{PreferenceSet, Truncation};
+use nudge::generate::KvCache;
 use nudge::kernels::attention::AttnLayout;
 use nudge::model::{Model, Recompute};
 use nudge::objective::Loss;
@@ -34,6 +37,33 @@ fn benches(c: &mut Criterion) {
     g.bench_function("512_tokens", |b| {
         b.iter(|| model.hidden_states(&tokens, &layout).expect("forward"))
     });
+    g.finish();
+
+    // Decode steps after 64 cached tokens; each iteration rewinds the caches to 64.
+    let past = 64;
+    let mut g = c.benchmark_group("decode");
+    g.sample_size(10);
+    for rows in [1usize, 16] {
+        let mut caches: Vec<KvCache> = (0..rows)
+            .map(|r| {
+                let mut cache = KvCache::new(&model.config);
+                model.extend(&tokens[r..r + past], &mut cache, None).expect("prefill");
+                cache
+            })
+            .collect();
+        let step: Vec<u32> = tokens[past..past + rows].to_vec();
+        g.throughput(Throughput::Elements(rows as u64));
+        g.bench_function(format!("{rows}_rows_after_{past}_tokens"), |b| {
+            b.iter(|| {
+                let mut refs: Vec<&mut KvCache> = caches.iter_mut().collect();
+                let logits = model.decode_batch(&step, &mut refs, None).expect("step");
+                for c in caches.iter_mut() {
+                    c.truncate(past);
+                }
+                logits
+            })
+        });
+    }
     g.finish();
 
     let data = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("benches/data/prefs-64.jsonl");

@@ -14,7 +14,7 @@
  * arrays of the given length, structs whose first field holds their size, writable
  * outputs. Strings returned by the library are owned by it (static, or valid until the
  * thread's next call), except the char* written to an output argument (nudge_generate's
- * text), which the app owns and frees with nudge_string_free.
+ * text, nudge_generate_batch's texts), which the app owns and frees with nudge_string_free.
  *
  * Handles. NudgeModel, NudgeAdapter, NudgeDataset and NudgeJournal are opaque handles. A
  * handle is an id, not an address: a freed or wrong-kind handle is refused with
@@ -225,6 +225,22 @@
  * The token callback asked to stop.
  */
 #define NUDGE_STOP_CALLBACK 3
+
+/**
+ * `NudgeBatchTokenFn`'s return: go on.
+ */
+#define NUDGE_BATCH_CONTINUE 0
+
+/**
+ * `NudgeBatchTokenFn`'s return: end this reply after this token (NUDGE_STOP_CALLBACK).
+ */
+#define NUDGE_BATCH_STOP_REPLY 1
+
+/**
+ * `NudgeBatchTokenFn`'s return: end every reply now (NUDGE_STOP_CALLBACK; replies not
+ * started are empty).
+ */
+#define NUDGE_BATCH_STOP_ALL 2
 
 /**
  * What a call returned. The values are part of the ABI: they are never renumbered, and
@@ -766,6 +782,37 @@ typedef int32_t (*NudgeTokenFn)(uint32_t token_id,
                                 size_t text_len,
                                 void *user_data);
 
+/**
+ * How `nudge_generate_batch` schedules its replies. Fill with
+ * `nudge_batch_options_init`, then change what you need.
+ */
+typedef struct NudgeBatchOptions {
+  /**
+   * sizeof(NudgeBatchOptions) as the app was compiled.
+   */
+  uint32_t struct_size;
+  /**
+   * The most replies decoded together (default 16; 0: all at once). More rows share
+   * each read of the weights; each running reply holds its own KV cache (46 KB per
+   * token on SmolLM2-135M).
+   */
+  uint32_t max_rows;
+} NudgeBatchOptions;
+
+/**
+ * Called for each new token of a batch but the end-of-sequence ones, on the thread that
+ * called `nudge_generate_batch`: reply `sample` of prompt `prompt_index`, with the text the
+ * token adds (as `NudgeTokenFn`). The tokens of one step come one reply after the
+ * other. Return NUDGE_BATCH_CONTINUE, NUDGE_BATCH_STOP_REPLY or NUDGE_BATCH_STOP_ALL
+ * (any other value stops all).
+ */
+typedef int32_t (*NudgeBatchTokenFn)(size_t prompt_index,
+                                     uint32_t sample,
+                                     uint32_t token_id,
+                                     const char *text,
+                                     size_t text_len,
+                                     void *user_data);
+
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
@@ -1081,6 +1128,42 @@ enum NudgeStatus nudge_generate(const struct NudgeModel *model,
                                 void *user_data,
                                 char **text_out,
                                 uint32_t *stop_reason_out);
+
+/**
+ * Fills `options` with the defaults; `struct_size` is sizeof(NudgeBatchOptions).
+ */
+enum NudgeStatus nudge_batch_options_init(struct NudgeBatchOptions *options, size_t struct_size);
+
+/**
+ * Generates `samples` replies to each of `prompts[0..n_prompts]` (all in `format`, as
+ * `nudge_generate` takes a prompt), decoding up to `batch->max_rows` replies together:
+ * every running reply's next token goes through one forward pass, and a prompt is
+ * prefilled once for all its samples. Reply k of a prompt samples with `options->seed +
+ * k` (so samples differ when `temperature` > 0); every reply is the one `nudge_generate`
+ * gives with those options (the same tokens: batching changes the speed, not the
+ * result). `options` (NULL: defaults) applies to every reply, `batch` may be NULL
+ * (defaults), `on_token` may be NULL.
+ *
+ * `texts_out` is an array of `n_prompts * samples` pointers, reply k of prompt i at
+ * `i * samples + k`: on success each is the reply's text, special tokens left out, which
+ * the app frees with `nudge_string_free`; on failure all are NULL. `stop_reasons_out`
+ * (may be NULL) is an array of as many NUDGE_STOP_* values. A stop asked by the callback
+ * is a success. A bad prompt (not a string, bad chat JSON, no tokens, longer than the
+ * context) fails the call before any generation, and the message names its index
+ * (`prompts[i]`). NUDGE_ERR_BUSY while the adapter is being trained.
+ */
+enum NudgeStatus nudge_generate_batch(const struct NudgeModel *model,
+                                      const struct NudgeAdapter *adapter,
+                                      const char *const *prompts,
+                                      size_t n_prompts,
+                                      uint32_t format,
+                                      uint32_t samples,
+                                      const struct NudgeGenerateOptions *options,
+                                      const struct NudgeBatchOptions *batch,
+                                      NudgeBatchTokenFn on_token,
+                                      void *user_data,
+                                      char **texts_out,
+                                      uint32_t *stop_reasons_out);
 
 /**
  * Frees a string this library returned (e.g. `nudge_generate`'s text). NULL is a no-op.

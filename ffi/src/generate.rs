@@ -1,5 +1,6 @@
 //! Generating a reply: options, a per-token callback that can stop it, the reply's text
-//! handed to C as a string it frees with `nudge_string_free`.
+//! handed to C as a string it frees with `nudge_string_free`. Many replies at once
+//! (`nudge_generate_batch`): several prompts, several samples each, decoded together.
 
 use crate::dataset::text_value;
 use crate::handles::{self, AdapterHandle, NudgeAdapter, NudgeModel};
@@ -7,8 +8,8 @@ use crate::model::model_arg;
 use crate::options::{self, versioned};
 use crate::pool::with_pool;
 use crate::status::{Failure, FfiResult, NudgeStatus, guard, guard_void};
-use crate::text::write_opt;
-use engine::generate::{GenerateOptions, Generator, StopReason};
+use crate::text::{slice_arg, write_opt};
+use engine::generate::{BatchGenerator, BatchOptions, GenerateOptions, GenerateRequest, Generator, StopReason};
 use engine::model::Model;
 use engine::tokenizer::ChatMessage;
 use serde_json::Value;
@@ -193,6 +194,201 @@ pub unsafe extern "C" fn nudge_generate(
     })
 }
 
+/// How `nudge_generate_batch` schedules its replies. Fill with
+/// `nudge_batch_options_init`, then change what you need.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct NudgeBatchOptions {
+    /// sizeof(NudgeBatchOptions) as the app was compiled.
+    pub struct_size: u32,
+    /// The most replies decoded together (default 16; 0: all at once). More rows share
+    /// each read of the weights; each running reply holds its own KV cache (46 KB per
+    /// token on SmolLM2-135M).
+    pub max_rows: u32,
+}
+
+impl Default for NudgeBatchOptions {
+    fn default() -> Self {
+        NudgeBatchOptions {
+            struct_size: size_of::<Self>() as u32,
+            max_rows: BatchOptions::default().max_rows as u32,
+        }
+    }
+}
+versioned!(NudgeBatchOptions);
+
+/// Fills `options` with the defaults; `struct_size` is sizeof(NudgeBatchOptions).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nudge_batch_options_init(options: *mut NudgeBatchOptions, struct_size: usize) -> NudgeStatus {
+    guard(|| options::init(options, struct_size, "batch"))
+}
+
+/// `NudgeBatchTokenFn`'s return: go on.
+pub const NUDGE_BATCH_CONTINUE: i32 = 0;
+/// `NudgeBatchTokenFn`'s return: end this reply after this token (NUDGE_STOP_CALLBACK).
+pub const NUDGE_BATCH_STOP_REPLY: i32 = 1;
+/// `NudgeBatchTokenFn`'s return: end every reply now (NUDGE_STOP_CALLBACK; replies not
+/// started are empty).
+pub const NUDGE_BATCH_STOP_ALL: i32 = 2;
+
+/// Called for each new token of a batch but the end-of-sequence ones, on the thread that
+/// called `nudge_generate_batch`: reply `sample` of prompt `prompt_index`, with the text the
+/// token adds (as `NudgeTokenFn`). The tokens of one step come one reply after the
+/// other. Return NUDGE_BATCH_CONTINUE, NUDGE_BATCH_STOP_REPLY or NUDGE_BATCH_STOP_ALL
+/// (any other value stops all).
+pub type NudgeBatchTokenFn = Option<
+    unsafe extern "C" fn(
+        prompt_index: usize,
+        sample: u32,
+        token_id: u32,
+        text: *const c_char,
+        text_len: usize,
+        user_data: *mut c_void,
+    ) -> i32,
+>;
+
+/// Generates `samples` replies to each of `prompts[0..n_prompts]` (all in `format`, as
+/// `nudge_generate` takes a prompt), decoding up to `batch->max_rows` replies together:
+/// every running reply's next token goes through one forward pass, and a prompt is
+/// prefilled once for all its samples. Reply k of a prompt samples with `options->seed +
+/// k` (so samples differ when `temperature` > 0); every reply is the one `nudge_generate`
+/// gives with those options (the same tokens: batching changes the speed, not the
+/// result). `options` (NULL: defaults) applies to every reply, `batch` may be NULL
+/// (defaults), `on_token` may be NULL.
+///
+/// `texts_out` is an array of `n_prompts * samples` pointers, reply k of prompt i at
+/// `i * samples + k`: on success each is the reply's text, special tokens left out, which
+/// the app frees with `nudge_string_free`; on failure all are NULL. `stop_reasons_out`
+/// (may be NULL) is an array of as many NUDGE_STOP_* values. A stop asked by the callback
+/// is a success. A bad prompt (not a string, bad chat JSON, no tokens, longer than the
+/// context) fails the call before any generation, and the message names its index
+/// (`prompts[i]`). NUDGE_ERR_BUSY while the adapter is being trained.
+#[unsafe(no_mangle)]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn nudge_generate_batch(
+    model: *const NudgeModel,
+    adapter: *const NudgeAdapter,
+    prompts: *const *const c_char,
+    n_prompts: usize,
+    format: u32,
+    samples: u32,
+    options: *const NudgeGenerateOptions,
+    batch: *const NudgeBatchOptions,
+    on_token: NudgeBatchTokenFn,
+    user_data: *mut c_void,
+    texts_out: *mut *mut c_char,
+    stop_reasons_out: *mut u32,
+) -> NudgeStatus {
+    guard(|| {
+        let samples = samples as usize;
+        let n = n_prompts
+            .checked_mul(samples)
+            .ok_or_else(|| Failure::invalid("n_prompts * samples overflows"))?;
+        if n > 0 && texts_out.is_null() {
+            return Err(Failure::null("texts_out"));
+        }
+        for i in 0..n {
+            // SAFETY: texts_out points to the caller's array of n pointers.
+            unsafe { texts_out.add(i).write(std::ptr::null_mut()) };
+        }
+        let m = model_arg(model)?;
+        let a = if adapter.is_null() {
+            None
+        } else {
+            Some(handles::get::<AdapterHandle>(adapter, "adapter")?)
+        };
+        if samples == 0 {
+            return Err(Failure::invalid("samples must be at least 1"));
+        }
+        let prompts = slice_arg(prompts, n_prompts, "prompts")?;
+        let o = options::read(options, "options")?;
+        let settings = generate_options(&o)?;
+        let b = options::read(batch, "batch")?;
+        let mut requests = Vec::with_capacity(n);
+        for (i, &p) in prompts.iter().enumerate() {
+            let what = format!("prompts[{i}]");
+            let ids = text_value(p, format, &what)
+                .and_then(|v| prompt_ids(&m.model, v))
+                .map_err(|f| match f.message.starts_with(&what) {
+                    true => f,
+                    false => Failure::new(f.status, format!("{what}: {}", f.message)),
+                })?;
+            requests.extend((0..samples).map(|k| GenerateRequest {
+                prompt: ids.clone(),
+                opts: GenerateOptions {
+                    seed: settings.seed.wrapping_add(k as u64),
+                    ..settings.clone()
+                },
+            }));
+        }
+        let held = a.as_ref().map(|a| handles::read(&a.adapter, "adapter")).transpose()?;
+        if let Some(held) = &held {
+            held.check_fits(&m.model.config, Path::new("adapter"))?;
+        }
+        let scheduling = BatchOptions {
+            max_rows: b.max_rows as usize,
+            ..BatchOptions::default()
+        };
+        let threads = crate::model::threads(&m, o.threads);
+        let replies = with_pool(threads, |pool| -> engine::Result<Vec<engine::generate::Generated>> {
+            let mut g = pool.install(|| BatchGenerator::new(&m.model, &requests, held.as_deref(), &scheduling))?;
+            let mut piece = Vec::new();
+            let mut stops = Vec::new();
+            // The model runs on the pool; the callback on the calling thread, as documented.
+            while pool.install(|| g.step())? {
+                let Some(f) = on_token else { continue };
+                let mut all = false;
+                for t in g.tokens() {
+                    piece.clear();
+                    piece.extend_from_slice(t.text.as_bytes());
+                    piece.push(0);
+                    let (prompt, sample) = (t.request / samples, (t.request % samples) as u32);
+                    // SAFETY: the app's callback, given a NUL-terminated buffer that lives for the call.
+                    match unsafe { f(prompt, sample, t.token, piece.as_ptr().cast(), t.text.len(), user_data) } {
+                        NUDGE_BATCH_CONTINUE => {}
+                        NUDGE_BATCH_STOP_REPLY => stops.push(t.request),
+                        _ => {
+                            all = true;
+                            break;
+                        }
+                    }
+                }
+                for r in stops.drain(..) {
+                    g.stop(r);
+                }
+                if all {
+                    g.stop_all();
+                }
+            }
+            g.into_results()
+        })?
+        .map_err(|e| match e {
+            engine::Error::Request { index, source } => {
+                let f = Failure::from(*source);
+                Failure::new(f.status, format!("prompts[{}]: {}", index / samples, f.message))
+            }
+            e => Failure::from(e),
+        })?;
+        let texts = replies
+            .iter()
+            .map(|r| {
+                CString::new(r.text.replace('\0', " "))
+                    .map_err(|_| Failure::new(NudgeStatus::NUDGE_ERR_PANIC, "a NUL survived in a reply"))
+            })
+            .collect::<FfiResult<Vec<_>>>()?;
+        for (i, (text, reply)) in texts.into_iter().zip(&replies).enumerate() {
+            // SAFETY: both arrays have n entries (stop_reasons_out when not NULL).
+            unsafe {
+                texts_out.add(i).write(text.into_raw());
+                if !stop_reasons_out.is_null() {
+                    stop_reasons_out.add(i).write(stop_code(reply.stop_reason));
+                }
+            }
+        }
+        Ok(())
+    })
+}
+
 /// Frees a string this library returned (e.g. `nudge_generate`'s text). NULL is a no-op.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn nudge_string_free(s: *mut c_char) {
@@ -211,6 +407,7 @@ mod tests {
     #[test]
     fn layouts_end_without_padding() {
         crate::assert_packed_end!(NudgeGenerateOptions, seed, u64);
+        crate::assert_packed_end!(NudgeBatchOptions, max_rows, u32);
     }
 
     #[test]

@@ -271,6 +271,16 @@ fn generate_under_address_sanitizer() {
 }
 
 #[test]
+fn generate_batch_shared() {
+    run(&build("generate_batch", Link::Shared), "generate_batch", &[]);
+}
+
+#[test]
+fn generate_batch_under_address_sanitizer() {
+    run(&build("generate_batch", Link::Asan), "generate_batch", &[]);
+}
+
+#[test]
 fn journal_shared() {
     run(&build("journal", Link::Shared), "journal", &[]);
 }
