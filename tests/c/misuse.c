@@ -234,14 +234,16 @@ static void check_wrong_order(NudgeModel *model, NudgeDataset *pairs) {
     NudgeThumb t = {"p", "c", 1};
     CHECK_OK(nudge_dataset_add_thumbs(thumbs, &t, 1, NUDGE_TEXT));
 
-    /* Training with nothing to train on, or data of the other kind. */
+    /* Training with nothing to train on: no rows, or only thumbs under a pair loss. */
     NudgeTrainOptions to = quick_options(1);
     CHECK_STATUS(nudge_train(adapter, empty, &to, NULL, NULL, NULL), NUDGE_ERR_INVALID);
     CHECK_MESSAGE("needs preference pairs");
     CHECK_STATUS(nudge_train(adapter, thumbs, &to, NULL, NULL, NULL), NUDGE_ERR_INVALID);
+    /* KTO trains pairs as two thumbs each (chosen up, rejected down), as TRL unpairs them. */
     to.loss = "kto";
-    CHECK_STATUS(nudge_train(adapter, pairs, &to, NULL, NULL, NULL), NUDGE_ERR_INVALID);
-    CHECK_MESSAGE("unpaired");
+    CHECK_OK(nudge_train(adapter, pairs, &to, NULL, NULL, NULL));
+    CHECK_STATUS(nudge_train(adapter, empty, &to, NULL, NULL, NULL), NUDGE_ERR_INVALID);
+    CHECK_MESSAGE("nothing to train on");
     to = quick_options(1);
     to.eval_fraction = 0.5f;
     NudgeDataset *one = NULL;
