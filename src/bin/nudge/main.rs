@@ -8,6 +8,7 @@ mod export;
 mod generate;
 mod journal;
 mod merge;
+mod report;
 mod train;
 
 use args::{AdapterArg, Dtype, check_threads};
