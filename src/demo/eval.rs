@@ -21,10 +21,14 @@ pub struct HeldOut {
     pub base: Vec<Answer>,
     /// Held-out pairs (prompt ids, chosen ids, rejected ids) judged by the user among two
     /// sampled base answers, with their reference log-probs.
-    pairs: Vec<(usize, Vec<u32>, Vec<u32>, f64, f64)>,
+    pairs: Vec<HeldPair>,
     neutral: Vec<Vec<u32>>,
     neutral_base: f64,
 }
+
+/// A held-out pair: prompt index, chosen ids, rejected ids, and the base model's log-prob
+/// of each answer.
+type HeldPair = (usize, Vec<u32>, Vec<u32>, f64, f64);
 
 /// Mean, median and every value of a metric over the held-out answers.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -183,7 +187,7 @@ impl HeldOut {
             max_new_tokens: cfg.max_new_tokens,
             temperature: cfg.temperature,
             top_p: cfg.top_p,
-            seed: cfg.seed ^ 0x5eed_0f_4e1d_0u64,
+            seed: cfg.seed ^ 0x05ee_d0f4_e1d0_u64,
             ..GenerateOptions::default()
         };
         let sampled = sample(model, &prompts, 2, &opts, None, cfg, "held-out: pairs", progress)?;

@@ -151,7 +151,7 @@ pub fn train(
     progress: &mut dyn Progress,
 ) -> Result<(Adapter, Vec<StepMetrics>)> {
     let config = TrainConfig {
-        loss: loss.clone(),
+        loss: *loss,
         optimizer: AdamWConfig {
             lr: cfg.lr,
             weight_decay: 0.0,

@@ -10,6 +10,7 @@ mod fetch;
 mod generate;
 mod journal;
 mod merge;
+mod report;
 mod train;
 
 use args::{AdapterArg, Dtype, check_threads};
