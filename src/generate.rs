@@ -298,28 +298,38 @@ impl Sampler {
             self.cand.select_nth_unstable_by(self.top_k - 1, order);
             self.cand.truncate(self.top_k);
         }
-        if self.top_p < 1.0 || self.top_k > 0 {
+        let max = self.cand.iter().map(|c| c.0).fold(f32::NEG_INFINITY, f32::max);
+        let weight = |c: &(f32, u32)| ((c.0 - max) as f64).exp();
+        if self.top_p < 1.0 {
+            // The nucleus is the smallest most-likely head whose mass reaches top_p: find it
+            // by sorting a growing head (64, 256, ... candidates) instead of the whole
+            // vocabulary, which would cost more than the model's own step in a batch.
+            let want = self.top_p as f64 * self.cand.iter().map(weight).sum::<f64>();
+            let mut head = 64usize;
+            let keep = loop {
+                let n = head.min(self.cand.len());
+                if n < self.cand.len() {
+                    self.cand.select_nth_unstable_by(n - 1, order);
+                }
+                self.cand[..n].sort_unstable_by(order);
+                let mut acc = 0.0;
+                let found = self.cand[..n].iter().position(|c| {
+                    acc += weight(c);
+                    acc >= want
+                });
+                match found {
+                    Some(i) => break i + 1,
+                    None if n == self.cand.len() => break n,
+                    None => head *= 4,
+                }
+            };
+            self.cand.truncate(keep);
+        } else if self.top_k > 0 {
             self.cand.sort_unstable_by(order);
         }
-        let max = self.cand.iter().map(|c| c.0).fold(f32::NEG_INFINITY, f32::max);
         self.probs.clear();
-        self.probs.extend(self.cand.iter().map(|c| ((c.0 - max) as f64).exp()));
-        let mut total: f64 = self.probs.iter().sum();
-        if self.top_p < 1.0 {
-            // Keep the smallest head of the sorted list whose mass reaches top_p.
-            let want = self.top_p as f64 * total;
-            let mut acc = 0.0;
-            let mut keep = self.probs.len();
-            for (i, p) in self.probs.iter().enumerate() {
-                acc += p;
-                if acc >= want {
-                    keep = i + 1;
-                    break;
-                }
-            }
-            self.probs.truncate(keep);
-            total = self.probs.iter().sum();
-        }
+        self.probs.extend(self.cand.iter().map(weight));
+        let total: f64 = self.probs.iter().sum();
         let u = (self.rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64 * total;
         let mut acc = 0.0;
         for (i, p) in self.probs.iter().enumerate() {

@@ -485,3 +485,49 @@ fn real_model_answers_a_chat_prompt() {
     let n = g.ids.len().min(6);
     assert_eq!(g.ids[..n], argmax_stepping(&m, &prompt, n, None)[..]);
 }
+
+/// Over a large vocabulary the nucleus is found by sorting a growing head of the
+/// candidates, not all of them: every draw must still come from the exact nucleus (the
+/// smallest most-likely set whose mass reaches top-p), and a flat tail must be reached.
+#[test]
+fn top_p_over_a_large_vocabulary_draws_only_from_the_exact_nucleus() {
+    let n = 20_000;
+    let logits: Vec<f32> = random_vec(n, 11, 3.0);
+    for top_p in [0.5f32, 0.95] {
+        // The reference nucleus: sort everything, most likely first (ties by id).
+        let mut order: Vec<usize> = (0..n).collect();
+        order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
+        let max = logits[order[0]] as f64;
+        let w: Vec<f64> = logits.iter().map(|&l| (l as f64 - max).exp()).collect();
+        let want = top_p as f64 * w.iter().sum::<f64>();
+        let mut acc = 0.0;
+        let size = order.iter().position(|&i| {
+            acc += w[i];
+            acc >= want
+        });
+        let nucleus: std::collections::HashSet<usize> = order[..size.unwrap() + 1].iter().copied().collect();
+        assert!(
+            nucleus.len() > 256,
+            "the test needs a nucleus past the first heads: {}",
+            nucleus.len()
+        );
+        let opts = GenerateOptions {
+            temperature: 1.0,
+            top_p,
+            seed: 3,
+            ..GenerateOptions::default()
+        };
+        let mut s = Sampler::new(&opts).unwrap();
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..5000 {
+            let t = s.sample(&logits) as usize;
+            assert!(nucleus.contains(&t), "top-p {top_p}: token {t} is outside the nucleus");
+            seen.insert(t);
+        }
+        assert!(
+            seen.len() > 200,
+            "top-p {top_p}: only {} distinct tokens drawn",
+            seen.len()
+        );
+    }
+}

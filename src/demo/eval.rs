@@ -104,10 +104,15 @@ pub struct EvalReport {
     pub examples: Vec<SideBySide>,
 }
 
-fn greedy(cfg: &DemoConfig) -> GenerateOptions {
+/// How held-out answers are decoded, for the base and the adapted model alike: sampled as
+/// an app samples (greedy decoding makes a small model loop far more than any app shows),
+/// with the same seed per prompt for both models.
+fn answering(cfg: &DemoConfig) -> GenerateOptions {
     GenerateOptions {
         max_new_tokens: cfg.max_new_tokens,
-        temperature: 0.0,
+        temperature: cfg.eval_temperature,
+        top_p: cfg.top_p,
+        seed: cfg.seed ^ 0x0e7a_1d00,
         ..GenerateOptions::default()
     }
 }
@@ -164,8 +169,8 @@ fn neutral_loglik(model: &Model, texts: &[Vec<u32>], adapter: Option<&Adapter>) 
 }
 
 impl HeldOut {
-    /// Greedy base answers to the held-out prompts, pairs judged among two sampled base
-    /// answers each, and the neutral text under the base.
+    /// The base model's answers to the held-out prompts, pairs judged between them and a
+    /// second sampled answer each, and the neutral text under the base.
     pub fn prepare(model: &Model, user: &SimulatedUser, cfg: &DemoConfig, progress: &mut dyn Progress) -> Result<Self> {
         let all = prompts::heldout_prompts();
         let prompts: Vec<&'static str> = all.iter().copied().take(cfg.heldout_prompts).collect();
@@ -174,7 +179,7 @@ impl HeldOut {
             model,
             &prompts,
             1,
-            &greedy(cfg),
+            &answering(cfg),
             None,
             cfg,
             "held-out: base answers",
@@ -183,21 +188,33 @@ impl HeldOut {
         let gens: Vec<Generated> = gens.into_iter().map(|mut g| g.remove(0)).collect();
         let base = answers(model, &prompt_ids, &gens)?;
 
+        // Held-out pairs: the user's judgement between the base answer and a second one
+        // sampled at the collection temperature.
         let opts = GenerateOptions {
             max_new_tokens: cfg.max_new_tokens,
             temperature: cfg.temperature,
             top_p: cfg.top_p,
-            seed: cfg.seed ^ 0x05ee_d0f4_e1d0_u64,
+            seed: cfg.seed ^ 0x5eed_0f4e_1d00,
             ..GenerateOptions::default()
         };
-        let sampled = sample(model, &prompts, 2, &opts, None, cfg, "held-out: pairs", progress)?;
+        let others = sample(
+            model,
+            &prompts,
+            1,
+            &opts,
+            None,
+            cfg,
+            "held-out: second answers",
+            progress,
+        )?;
         let mut pairs = Vec::new();
-        for (i, gens) in sampled.iter().enumerate() {
-            let (a, b) = (Answer::from_generated(&gens[0]), Answer::from_generated(&gens[1]));
-            if let Some(j) = user.judge_pair(prompts[i], &a, &b) {
+        for (i, other) in others.iter().enumerate() {
+            let (g0, g1) = (&gens[i], &other[0]);
+            let b = Answer::from_generated(g1);
+            if let Some(j) = user.judge_pair(prompts[i], &base[i], &b) {
                 let (c, r) = match j.preferred {
-                    Which::A => (&gens[0], &gens[1]),
-                    Which::B => (&gens[1], &gens[0]),
+                    Which::A => (g0, g1),
+                    Which::B => (g1, g0),
                 };
                 if !c.ids.is_empty() && !r.ids.is_empty() {
                     let rc = model.score(&prompt_ids[i], &c.ids)?.logp;
@@ -240,7 +257,7 @@ pub fn evaluate(
         model,
         &held.prompts,
         1,
-        &greedy(cfg),
+        &answering(cfg),
         Some(adapter),
         cfg,
         "held-out: adapted answers",

@@ -42,7 +42,10 @@ pub struct DemoConfig {
     pub heldout_prompts: usize,
     /// Token limit of every answer; an answer cut there counts as cut off.
     pub max_new_tokens: usize,
+    /// Sampling temperature of the collected answers.
     pub temperature: f32,
+    /// Sampling temperature of the held-out answers (base and adapted, same seeds).
+    pub eval_temperature: f32,
     pub top_p: f32,
     /// Rows decoded together.
     pub batch_rows: usize,
@@ -76,6 +79,7 @@ impl Default for DemoConfig {
             heldout_prompts: 40,
             max_new_tokens: 256,
             temperature: 0.8,
+            eval_temperature: 0.7,
             top_p: 0.95,
             batch_rows: 16,
             seed: 1,

@@ -291,7 +291,9 @@ pub fn run(a: DemoArgs) -> Result<()> {
             &path,
             serde_json::to_string_pretty(&report).expect("serializable").as_bytes(),
         )?;
-        println!("\nwrote {}", path.display());
+        let html = a.out.join("losses.html");
+        crate::report::write_html(&html, model.name(), &cfg, &[], None, &results)?;
+        println!("\nwrote {} and {}", path.display(), html.display());
         if a.json {
             let rows: Vec<_> = results
                 .iter()
@@ -323,7 +325,13 @@ pub fn run(a: DemoArgs) -> Result<()> {
         &report_path,
         serde_json::to_string_pretty(&report).expect("serializable").as_bytes(),
     )?;
+    let html = a.out.join("report.html");
+    crate::report::write_html(&html, model.name(), &cfg, &run.rounds, Some(&run.eval), &[])?;
     println!("\nin {seconds:.0}s; wrote:");
+    println!(
+        "  {}  the report: plots, figures and answers side by side",
+        html.display()
+    );
     println!("  {}  the feedback journal", journal.display());
     println!("  {}  the adapter (PEFT)", adapter_dir.display());
     println!("  {}  the adapter for llama.cpp (--lora)", gguf.display());

@@ -9,7 +9,6 @@
 //! needs no font file and no system font library.
 
 // `nudge demo` is the caller; until it lands only the tests call the page.
-#![cfg_attr(not(test), allow(dead_code))]
 
 use nudge::demo::{DemoConfig, EvalReport, Fluency, LossResult, RoundReport};
 use nudge::train::StepMetrics;
