@@ -1,4 +1,4 @@
-//! The feedback loop end to end on the real model, with a reduced budget: a simulated user
+//! The feedback loop end to end on the real model, as `nudge demo` runs it: a simulated user
 //! who likes short answers rates sampled answers, the thumbs go through the journal, DPO
 //! trains an adapter, and on held-out prompts the adapted model answers visibly shorter
 //! without breaking: no more loops, cut-offs or broken answers than the base, and the
@@ -17,17 +17,10 @@ fn thumbs_for_short_answers_make_held_out_answers_shorter_and_keep_them_sound() 
     let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("demo-e2e");
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    let cfg = DemoConfig {
-        train_prompts: 32,
-        samples: 2,
-        heldout_prompts: 16,
-        max_new_tokens: 128,
-        batch_rows: 16,
-        loss: Loss::Sigmoid { beta: 0.1 },
-        lr: 5e-4,
-        epochs: 2,
-        ..DemoConfig::default()
-    };
+    // The demo's own settings: the test proves what `nudge demo` shows (about 10 minutes
+    // on 2 cores; every figure is deterministic for a given seed).
+    let cfg = DemoConfig::default();
+    assert_eq!(cfg.loss, Loss::Sigmoid { beta: 0.1 });
     let journal = dir.join("feedback.journal");
     let run = demo::run(&model, &cfg, &journal, &mut Quiet).expect("the demo runs");
 
@@ -51,7 +44,7 @@ fn thumbs_for_short_answers_make_held_out_answers_shorter_and_keep_them_sound() 
         adapted <= 0.7 * base,
         "median words {base} -> {adapted}: not 30% shorter"
     );
-    assert!(e.win_rate >= 0.6, "win rate {}", e.win_rate);
+    assert!(e.win_rate >= 0.8, "win rate {}", e.win_rate);
     assert!(
         e.neutral_loglik_change.abs() <= 0.10,
         "neutral text moved {}",

@@ -106,7 +106,22 @@ pub fn collect(
     let t0 = std::time::Instant::now();
     let what = format!("round {}: sampling {} answers", round + 1, prompts.len() * cfg.samples);
     let answers = sample(model, prompts, cfg.samples, &opts, adapter, cfg, &what, progress)?;
-    let sampling_seconds = t0.elapsed().as_secs_f64();
+    let mut c = rate_and_record(model, prompts, &answers, user, journal, cfg, round)?;
+    c.sampling_seconds = t0.elapsed().as_secs_f64();
+    Ok(c)
+}
+
+/// The user's ratings of `answers` (per prompt, its samples) recorded in `journal`, then
+/// the journal's new events as training rows: pairs, or thumbs with `cfg.unpaired`.
+pub fn rate_and_record(
+    model: &Model,
+    prompts: &[&str],
+    answers: &[Vec<Generated>],
+    user: &SimulatedUser,
+    journal: &mut Journal,
+    cfg: &DemoConfig,
+    round: usize,
+) -> Result<Collected> {
     let mut c = Collected {
         data: PreferenceSet::default(),
         mark: None,
@@ -115,7 +130,7 @@ pub fn collect(
         ties: 0,
         answers: 0,
         answers_cut: 0,
-        sampling_seconds,
+        sampling_seconds: 0.0,
         tokens_generated: 0,
     };
     let now = std::time::SystemTime::now()
@@ -131,7 +146,7 @@ pub fn collect(
             timestamp_ms: now,
         }))
     };
-    for (i, (prompt, gens)) in prompts.iter().zip(&answers).enumerate() {
+    for (i, (prompt, gens)) in prompts.iter().zip(answers).enumerate() {
         let rated: Vec<Answer> = gens.iter().map(Answer::from_generated).collect();
         c.answers += rated.len();
         c.answers_cut += rated.iter().filter(|a| a.truncated).count();

@@ -35,6 +35,11 @@ type HeldPair = (usize, Vec<u32>, Vec<u32>, f64, f64);
 pub struct Summary {
     pub mean: f64,
     pub median: f64,
+    /// The 10th, 25th, 75th and 90th percentiles (nearest rank).
+    pub p10: f64,
+    pub p25: f64,
+    pub p75: f64,
+    pub p90: f64,
     pub values: Vec<f64>,
 }
 
@@ -53,7 +58,22 @@ impl Summary {
         } else {
             values.iter().sum::<f64>() / n as f64
         };
-        Summary { mean, median, values }
+        let rank = |q: f64| {
+            if n == 0 {
+                f64::NAN
+            } else {
+                sorted[((q * n as f64).ceil() as usize).clamp(1, n) - 1]
+            }
+        };
+        Summary {
+            mean,
+            median,
+            p10: rank(0.1),
+            p25: rank(0.25),
+            p75: rank(0.75),
+            p90: rank(0.9),
+            values,
+        }
     }
 }
 

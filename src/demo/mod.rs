@@ -11,7 +11,7 @@
 mod collect;
 mod eval;
 
-pub use collect::{Collected, collect};
+pub use collect::{Collected, collect, rate_and_record};
 pub use eval::{EvalReport, Fluency, HeldOut, SideBySide, Summary, evaluate};
 
 use crate::adapter::{Adapter, LoraConfig};
@@ -74,17 +74,17 @@ impl Default for DemoConfig {
             taste: Taste::Short,
             unpaired: false,
             rounds: 1,
-            train_prompts: 64,
+            train_prompts: 96,
             samples: 2,
             heldout_prompts: 40,
-            max_new_tokens: 256,
+            max_new_tokens: 192,
             temperature: 0.8,
             eval_temperature: 0.7,
             top_p: 0.95,
-            batch_rows: 16,
+            batch_rows: 32,
             seed: 1,
             loss: Loss::Sigmoid { beta: 0.1 },
-            lr: 5e-4,
+            lr: 1e-3,
             epochs: 2,
             batch_pairs: 4,
             lora: LoraConfig::default(),
@@ -280,13 +280,19 @@ pub fn compare_losses(
     let user = SimulatedUser::new(cfg.taste);
     let all = prompts::train_prompts();
     let prompts: Vec<&str> = all.iter().copied().take(cfg.train_prompts).collect();
-    // Pairs for the pair losses; the same answers' thumbs for KTO (a second journal).
+    // One set of answers from the base model, rated twice: as pairs for the pair losses,
+    // and one thumb per answer for KTO, each through a journal of its own.
+    let opts = crate::generate::GenerateOptions {
+        max_new_tokens: cfg.max_new_tokens,
+        temperature: cfg.temperature,
+        top_p: cfg.top_p,
+        seed: cfg.seed ^ 0xd1b5_4a32_d192_ed03,
+        ..Default::default()
+    };
+    let what = format!("sampling {} answers", prompts.len() * cfg.samples);
+    let answers = collect::sample(model, &prompts, cfg.samples, &opts, None, cfg, &what, progress)?;
     let mut data = Vec::new();
     for unpaired in [false, true] {
-        if !losses.iter().any(|l| matches!(l, Loss::Kto { .. }) == unpaired) {
-            data.push(None);
-            continue;
-        }
         let c = DemoConfig {
             unpaired,
             loss: if unpaired {
@@ -297,18 +303,16 @@ pub fn compare_losses(
             ..cfg.clone()
         };
         let path = journal_dir.join(if unpaired { "thumbs.journal" } else { "pairs.journal" });
+        let _ = std::fs::remove_file(&path);
         let (mut journal, _) = Journal::open(&path, Durability::Batch)?;
-        data.push(Some(
-            collect(model, None, &prompts, &user, &mut journal, &c, 0, progress)?.data,
-        ));
+        data.push(collect::rate_and_record(model, &prompts, &answers, &user, &mut journal, &c, 0)?.data);
         journal.close()?;
     }
     let held = HeldOut::prepare(model, &user, cfg, progress)?;
     let mut out = Vec::new();
     for loss in losses {
         let kto = matches!(loss, Loss::Kto { .. });
-        let Some(set) = &data[kto as usize] else { continue };
-        let mut set = set.clone();
+        let mut set = data[kto as usize].clone();
         if matches!(loss, Loss::MarginDpo { .. }) {
             for p in &mut set.pairs {
                 p.margin = p.weight;

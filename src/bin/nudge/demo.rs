@@ -43,7 +43,7 @@ pub struct DemoArgs {
     #[arg(long, default_value_t = 0.1)]
     beta: f64,
     /// Learning rate.
-    #[arg(long, default_value_t = 5e-4)]
+    #[arg(long, default_value_t = 1e-3)]
     lr: f64,
     /// Passes over each round's feedback.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=100))]
@@ -58,7 +58,7 @@ pub struct DemoArgs {
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=20))]
     rounds: u32,
     /// Training prompts per round (of the 120 shipped).
-    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=120))]
+    #[arg(long, default_value_t = 96, value_parser = clap::value_parser!(u32).range(1..=120))]
     prompts: u32,
     /// Sampled answers per prompt.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=16))]
@@ -67,13 +67,13 @@ pub struct DemoArgs {
     #[arg(long, default_value_t = 40, value_parser = clap::value_parser!(u32).range(1..=40))]
     heldout: u32,
     /// Token limit of every answer.
-    #[arg(short = 'n', long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(8..=4096))]
+    #[arg(short = 'n', long, default_value_t = 192, value_parser = clap::value_parser!(u32).range(8..=4096))]
     max_new_tokens: u32,
     /// Sampling temperature of the collected answers.
     #[arg(long, default_value_t = 0.8)]
     temperature: f32,
     /// Answers decoded together.
-    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=256))]
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=256))]
     batch: u32,
     /// Seed of sampling, shuffling and the adapter's initialization.
     #[arg(long, default_value_t = 1)]
@@ -180,6 +180,8 @@ fn print_eval(e: &EvalReport, taste: Taste) {
         "lower"
     };
     println!("held-out prompts: {}", e.taste_metric_base.values.len());
+    let spread =
+        |s: &nudge::demo::Summary| format!("p10 {:.1}, p25 {:.1}, p75 {:.1}, p90 {:.1}", s.p10, s.p25, s.p75, s.p90);
     println!(
         "  {} ({better} is the taste): base mean {:.2} median {:.2} -> adapted mean {:.2} median {:.2}",
         e.taste_metric,
@@ -188,6 +190,8 @@ fn print_eval(e: &EvalReport, taste: Taste) {
         e.taste_metric_adapted.mean,
         e.taste_metric_adapted.median
     );
+    println!("    base    {}", spread(&e.taste_metric_base));
+    println!("    adapted {}", spread(&e.taste_metric_adapted));
     println!(
         "  win rate of adapted over base: {:.0}% ({} wins, {} losses, {} ties)",
         100.0 * e.win_rate,
