@@ -370,3 +370,23 @@ fn a_closed_pipe_ends_quietly() {
     // Ended by SIGPIPE (or done before the pipe closed), never exit 101.
     assert_ne!(out.status.code(), Some(101), "{stderr}");
 }
+
+#[test]
+fn demo_settings_are_checked_before_any_work() {
+    let m = model("cli-demo-model", 7);
+    let out = fresh_dir("cli-demo-out");
+    let o = nudge(&["demo", "-m", s(&m), "-o", s(&out), "--samples", "1"]);
+    assert!(!o.ok && o.stderr.contains("at least 2 samples"), "{}", o.stderr);
+    let o = nudge(&["demo", "-m", s(&m), "-o", s(&out), "--taste", "loud"]);
+    assert!(
+        !o.ok && o.stderr.contains("short") && o.stderr.contains("no-lists"),
+        "{}",
+        o.stderr
+    );
+    let o = nudge(&["demo", "-m", s(&m), "-o", s(&out), "--unpaired", "--loss", "ipo"]);
+    assert!(!o.ok && o.stderr.contains("kto"), "{}", o.stderr);
+    let h = nudge(&["demo", "--help"]).stdout;
+    for want in ["--taste", "--unpaired", "--losses", "--json", "fetched from PyPI"] {
+        assert!(h.contains(want), "`{want}` missing from demo --help:\n{h}");
+    }
+}

@@ -858,7 +858,11 @@ mod tests {
 
     fn write(name: &str, eval: Option<&EvalReport>, rounds: &[RoundReport], losses: &[LossResult]) -> String {
         let path = std::env::temp_dir().join(format!("nudge-report-{}-{name}.html", std::process::id()));
-        write_html(&path, "Tiny <Model>", &DemoConfig::default(), rounds, eval, losses).unwrap();
+        let cfg = DemoConfig {
+            lr: 5e-4,
+            ..DemoConfig::default()
+        };
+        write_html(&path, "Tiny <Model>", &cfg, rounds, eval, losses).unwrap();
         let html = std::fs::read_to_string(&path).unwrap();
         std::fs::remove_file(&path).unwrap();
         html
