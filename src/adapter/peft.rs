@@ -262,6 +262,7 @@ pub fn save(a: &Adapter, dir: &Path) -> Result<()> {
     }
     let bytes =
         safetensors::serialize(views, Some(meta)).map_err(|e| Error::invalid(format!("serializing adapter: {e}")))?;
+    let bytes = sorted_metadata(bytes)?;
     write_atomic(&dir.join(WEIGHTS_FILE), &bytes)?;
     write_atomic(&dir.join(CONFIG_FILE), &cfg)
 }
@@ -269,6 +270,36 @@ pub fn save(a: &Adapter, dir: &Path) -> Result<()> {
 /// The base model's fingerprint (`Model::fingerprint`) in the weights file's metadata,
 /// where PEFT keeps whatever it finds and `adapter_config.json` stays PEFT's own.
 pub const META_BASE_FINGERPRINT: &str = "nudge.base_fingerprint";
+
+/// The same safetensors bytes with the `__metadata__` entries in sorted order: the crate
+/// writes them in a hash map's order, which differs from run to run, and the same adapter
+/// must give the same file.
+fn sorted_metadata(bytes: Vec<u8>) -> Result<Vec<u8>> {
+    let bad = |what: String| Error::invalid(format!("serializing adapter: {what}"));
+    let n = bytes
+        .get(..8)
+        .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")) as usize)
+        .ok_or_else(|| bad("no header".into()))?;
+    let header_end = 8usize
+        .checked_add(n)
+        .filter(|&e| e <= bytes.len())
+        .ok_or_else(|| bad("bad header".into()))?;
+    let mut header: Value = serde_json::from_slice(&bytes[8..header_end]).map_err(|e| bad(e.to_string()))?;
+    if let Some(Value::Object(meta)) = header.get("__metadata__") {
+        let sorted: std::collections::BTreeMap<String, Value> = meta.clone().into_iter().collect();
+        header["__metadata__"] = Value::Object(sorted.into_iter().collect());
+    }
+    let mut h = serde_json::to_vec(&header).map_err(|e| bad(e.to_string()))?;
+    // The data that follows stays 8-byte aligned, as the format asks.
+    while h.len() % 8 != 0 {
+        h.push(b' ');
+    }
+    let mut out = Vec::with_capacity(8 + h.len() + bytes.len() - header_end);
+    out.extend_from_slice(&(h.len() as u64).to_le_bytes());
+    out.extend_from_slice(&h);
+    out.extend_from_slice(&bytes[header_end..]);
+    Ok(out)
+}
 
 /// The `__metadata__` of a safetensors file (empty when it has none).
 fn st_metadata(bytes: &[u8], file: &Path) -> Result<HashMap<String, String>> {
