@@ -556,7 +556,7 @@ fn names_parse_print_and_serialize() {
     }
     assert_eq!(Loss::parse("ipo", 0.3).unwrap(), Loss::Ipo { beta: 0.3 });
     for bad in [
-        "dpo",
+        "dpox",
         "sigmoid_",
         "sigmoidx",
         "sigmoid_eps0.1",
@@ -574,6 +574,9 @@ fn names_parse_print_and_serialize() {
     ] {
         assert!(bad.parse::<Loss>().is_err(), "`{bad}` should not parse");
     }
+    // `dpo` is TRL's name of the sigmoid loss.
+    assert_eq!(Loss::parse("dpo", 0.1).unwrap(), Loss::Sigmoid { beta: 0.1 });
+    assert_eq!(Loss::parse("dpo_beta0.5", 0.1).unwrap(), Loss::Sigmoid { beta: 0.5 });
     let cfg: Loss = serde_json::from_str(r#"{"type":"orpo","beta":0.2}"#).unwrap();
     assert_eq!(cfg, Loss::Orpo { beta: 0.2, nll: true });
     assert!(serde_json::from_str::<Loss>(r#"{"type":"sigmoid","beta":0.2,"eps":0.1}"#).is_err());
