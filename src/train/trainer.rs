@@ -719,15 +719,17 @@ impl<'m> Trainer<'m> {
                 m.pair_tokens += PreferenceSet::pair_tokens(p);
             }
         }
-        m.eval_loss = crate::objective::batch_loss(&self.config.loss, &all)?.loss;
         let r = reward_metrics(self.config.loss.beta(), &all);
-        m.rewards_chosen = r.rewards_chosen;
-        m.rewards_rejected = r.rewards_rejected;
-        m.rewards_accuracies = r.rewards_accuracies;
-        m.rewards_margins = r.rewards_margins;
-        m.logps_chosen = r.logps_chosen;
-        m.logps_rejected = r.logps_rejected;
-        Ok(m)
+        Ok(EvalMetrics {
+            eval_loss: crate::objective::batch_loss(&self.config.loss, &all)?.loss,
+            rewards_chosen: r.rewards_chosen,
+            rewards_rejected: r.rewards_rejected,
+            rewards_accuracies: r.rewards_accuracies,
+            rewards_margins: r.rewards_margins,
+            logps_chosen: r.logps_chosen,
+            logps_rejected: r.logps_rejected,
+            ..m
+        })
     }
 }
 
