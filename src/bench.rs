@@ -101,12 +101,12 @@ pub fn fma_peak_gflops() -> f64 {
 
 #[cfg(target_arch = "x86_64")]
 fn fma_loop(iters: u64) -> (f64, f32) {
-    use crate::kernels::simd::{Level, level};
-    match level() {
-        // SAFETY: level() checked the features.
-        Level::Avx512 => unsafe { fma_loop_avx512(iters) },
-        Level::Avx2 => unsafe { fma_loop_avx2(iters) },
-        Level::Scalar => fma_loop_scalar(iters),
+    use crate::isa::Isa;
+    match Isa::best() {
+        // SAFETY: Isa::best() checked the features.
+        Isa::Avx512 => unsafe { fma_loop_avx512(iters) },
+        Isa::Avx2 => unsafe { fma_loop_avx2(iters) },
+        _ => fma_loop_scalar(iters),
     }
 }
 

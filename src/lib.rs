@@ -4,6 +4,7 @@
 //! quantized form); feedback becomes a LoRA adapter trained with the DPO family on the CPU.
 
 pub mod error;
+pub mod isa;
 pub mod kernels;
 pub mod model;
 pub mod objective;

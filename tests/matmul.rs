@@ -4,8 +4,9 @@
 //! SIMD unit of this CPU and several thread counts.
 
 use half::{bf16, f16};
+use nudge::isa::Isa;
 use nudge::kernels::matmul::{
-    Isa, RowOrder, WeightRef, gemm, gemm_isa, matmul_w_acc, matmul_w_acc_isa, matmul_wt, matmul_wt_isa,
+    RowOrder, WeightRef, gemm, gemm_isa, matmul_w_acc, matmul_w_acc_isa, matmul_wt, matmul_wt_isa,
 };
 use nudge::quant::{DType, dequantize_row};
 

@@ -15,8 +15,9 @@
 //! ([`tile`]), with keys and values packed once per call. The results are the same bits
 //! for any number of threads.
 
-use super::simd::{AVX2, AVX512, Level, PORTABLE, dot16, exp16, level, max_vectors, sum_vectors, tile};
+use super::simd::{AVX2, AVX512, PORTABLE, dot16, exp16, max_vectors, sum_vectors, tile};
 use crate::error::{Error, Result};
+use crate::isa::Isa;
 use rayon::prelude::*;
 use std::cell::Cell;
 use std::thread::LocalKey;
@@ -412,11 +413,11 @@ fn forward_task(
         ) {
             forward_tiles::<AVX2, 2, 2>(q, pk, g, task, out, lse, buf)
         }
-        match level() {
-            // SAFETY: level() verified the CPU has these features.
-            Level::Avx512 => return unsafe { v512(q, pk, g, task, out, lse, buf) },
-            Level::Avx2 => return unsafe { v256(q, pk, g, task, out, lse, buf) },
-            Level::Scalar => {}
+        match Isa::best() {
+            // SAFETY: Isa::best() verified the CPU has these features.
+            Isa::Avx512 => return unsafe { v512(q, pk, g, task, out, lse, buf) },
+            Isa::Avx2 => return unsafe { v256(q, pk, g, task, out, lse, buf) },
+            _ => {}
         }
     }
     forward_tiles::<PORTABLE, 2, 2>(q, pk, g, task, out, lse, buf)
@@ -811,11 +812,11 @@ fn backward_task(
         ) {
             backward_tiles::<AVX2, 2, 2>(x, pk, g, task, dq, part, buf)
         }
-        match level() {
-            // SAFETY: level() verified the CPU has these features.
-            Level::Avx512 => return unsafe { v512(x, pk, g, task, dq, part, buf) },
-            Level::Avx2 => return unsafe { v256(x, pk, g, task, dq, part, buf) },
-            Level::Scalar => {}
+        match Isa::best() {
+            // SAFETY: Isa::best() verified the CPU has these features.
+            Isa::Avx512 => return unsafe { v512(x, pk, g, task, dq, part, buf) },
+            Isa::Avx2 => return unsafe { v256(x, pk, g, task, dq, part, buf) },
+            _ => {}
         }
     }
     backward_tiles::<PORTABLE, 2, 2>(x, pk, g, task, dq, part, buf)

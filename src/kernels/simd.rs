@@ -10,37 +10,10 @@
 //! small matrix products and whole-vector reductions, where it picks poor shapes, the
 //! x86 paths are written with explicit vector code in the same operation order.
 
-use std::sync::OnceLock;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Level {
-    Scalar,
-    Avx2,
-    Avx512,
-}
-
-/// The widest instruction set this CPU supports (detected once).
-pub fn level() -> Level {
-    static LEVEL: OnceLock<Level> = OnceLock::new();
-    *LEVEL.get_or_init(|| {
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::env::var_os("NUDGE_NO_SIMD").is_some() {
-                return Level::Scalar;
-            }
-            if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("fma") {
-                return Level::Avx512;
-            }
-            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-                return Level::Avx2;
-            }
-        }
-        Level::Scalar
-    })
-}
+use crate::isa::Isa;
 
 /// Defines `fn name(args) -> ret` whose body is compiled for AVX-512, AVX2+FMA and the
-/// baseline, dispatched on [`level`]. The body must only call `#[inline(always)]` helpers
+/// baseline, dispatched on [`Isa::best`]. The body must only call `#[inline(always)]` helpers
 /// (such as [`dot16`]) so that they inherit the instruction set.
 macro_rules! multiversion {
     ($(#[$m:meta])* $vis:vis fn $name:ident($($arg:ident : $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
@@ -58,11 +31,11 @@ macro_rules! multiversion {
                 #[target_feature(enable = "avx2,fma")]
                 #[allow(clippy::too_many_arguments)]
                 unsafe fn v256($($arg: $ty),*) $(-> $ret)? { inner($($arg),*) }
-                match $crate::kernels::simd::level() {
-                    // SAFETY: level() verified the CPU has these features.
-                    $crate::kernels::simd::Level::Avx512 => return unsafe { v512($($arg),*) },
-                    $crate::kernels::simd::Level::Avx2 => return unsafe { v256($($arg),*) },
-                    $crate::kernels::simd::Level::Scalar => {}
+                match $crate::isa::Isa::best() {
+                    // SAFETY: Isa::best() verified the CPU has these features.
+                    $crate::isa::Isa::Avx512 => return unsafe { v512($($arg),*) },
+                    $crate::isa::Isa::Avx2 => return unsafe { v256($($arg),*) },
+                    _ => {}
                 }
             }
             inner($($arg),*)
@@ -252,12 +225,12 @@ pub fn tile<const ISA: u8, const R: usize, const C: usize>(
     #[cfg(target_arch = "x86_64")]
     {
         let (ap, bp, cp) = (a.as_ptr(), b.as_ptr(), c.as_mut_ptr());
-        if ISA == AVX512 && level() == Level::Avx512 {
+        if ISA == AVX512 && Isa::best() == Isa::Avx512 {
             // SAFETY: the CPU has AVX-512F; extents asserted above.
             unsafe { x86::tile_avx512::<R, C>(k, ap, ars, acs, bp, ldb, cp, ldc, alpha, add) };
             return;
         }
-        if ISA == AVX2 && matches!(level(), Level::Avx2 | Level::Avx512) {
+        if ISA == AVX2 && matches!(Isa::best(), Isa::Avx2 | Isa::Avx512) {
             // SAFETY: the CPU has AVX2 and FMA; extents asserted above.
             unsafe { x86::tile_avx2::<R, C>(k, ap, ars, acs, bp, ldb, cp, ldc, alpha, add) };
             return;
@@ -317,11 +290,11 @@ pub fn sum_vectors<const ISA: u8>(x: &[f32]) -> f32 {
     );
     #[cfg(target_arch = "x86_64")]
     {
-        if ISA == AVX512 && level() == Level::Avx512 {
+        if ISA == AVX512 && Isa::best() == Isa::Avx512 {
             // SAFETY: the CPU has AVX-512F.
             return unsafe { x86::sum_avx512(x) };
         }
-        if ISA == AVX2 && matches!(level(), Level::Avx2 | Level::Avx512) {
+        if ISA == AVX2 && matches!(Isa::best(), Isa::Avx2 | Isa::Avx512) {
             // SAFETY: the CPU has AVX2.
             return unsafe { x86::sum_avx2(x) };
         }
@@ -345,11 +318,11 @@ pub fn max_vectors<const ISA: u8>(x: &[f32]) -> f32 {
     );
     #[cfg(target_arch = "x86_64")]
     {
-        if ISA == AVX512 && level() == Level::Avx512 {
+        if ISA == AVX512 && Isa::best() == Isa::Avx512 {
             // SAFETY: the CPU has AVX-512F.
             return unsafe { x86::max_avx512(x) };
         }
-        if ISA == AVX2 && matches!(level(), Level::Avx2 | Level::Avx512) {
+        if ISA == AVX2 && matches!(Isa::best(), Isa::Avx2 | Isa::Avx512) {
             // SAFETY: the CPU has AVX2.
             return unsafe { x86::max_avx2(x) };
         }

@@ -187,8 +187,8 @@ impl AdamW {
 /// bit-identical to torch's float32 (checked against tests/data/optim/adamw_ref.json).
 fn update(s: &StepScalars, p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("fma") {
-        // SAFETY: the CPU has FMA, checked just above.
+    if matches!(crate::isa::Isa::best(), crate::isa::Isa::Avx2 | crate::isa::Isa::Avx512) {
+        // SAFETY: both units include FMA, which Isa::best() checked.
         unsafe { update_fma(s, p, g, m, v) };
         return;
     }

@@ -44,9 +44,7 @@ fn q4_1(block: &[u8], out: &mut [f32]) {
 
 pub(super) fn dequantize_blocks(dtype: DType, src: &[u8], dst: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    if let Some(level) = x86::Level::detect()
-        && x86::dequantize_blocks(level, dtype, src, dst)
-    {
+    if x86::dequantize_blocks(crate::isa::Isa::best(), dtype, src, dst) {
         return;
     }
     scalar_blocks(dtype, src, dst);
@@ -78,49 +76,24 @@ fn scalar_blocks(dtype: DType, src: &[u8], dst: &mut [f32]) {
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use super::DType;
+    use crate::isa::Isa;
     use std::arch::x86_64::*;
 
-    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-    pub(super) enum Level {
-        Avx2,
-        Avx512,
-    }
-
-    impl Level {
-        /// The widest level this CPU has (std caches the CPUID query).
-        pub(super) fn detect() -> Option<Level> {
-            if is_x86_feature_detected!("avx512f") {
-                Some(Level::Avx512)
-            } else if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("f16c") {
-                Some(Level::Avx2)
-            } else {
-                None
-            }
-        }
-
-        pub(super) fn available(self) -> bool {
-            match self {
-                Level::Avx2 => is_x86_feature_detected!("avx2") && is_x86_feature_detected!("f16c"),
-                Level::Avx512 => is_x86_feature_detected!("avx512f"),
-            }
-        }
-    }
-
-    /// Expands whole blocks like the scalar path; `false` when `dtype` has no vector
-    /// path (the caller falls back). `level` must be [`Level::available`].
-    pub(super) fn dequantize_blocks(level: Level, dtype: DType, src: &[u8], dst: &mut [f32]) -> bool {
-        debug_assert!(level.available());
-        // SAFETY: `level` was detected on this CPU, which is what the target features of
+    /// Expands whole blocks like the scalar path; `false` when `dtype` or `isa` has no
+    /// vector path (the caller falls back). `isa` must be supported by this CPU.
+    pub(super) fn dequantize_blocks(isa: Isa, dtype: DType, src: &[u8], dst: &mut [f32]) -> bool {
+        assert!(isa.is_supported(), "{isa:?} is not supported by this CPU");
+        // SAFETY: `isa` is supported by this CPU (asserted above), which is what the target features of
         // the called functions require; they read and write only inside the exact-size
         // block chunks they are given.
         unsafe {
-            match (level, dtype) {
-                (Level::Avx2, DType::Q8_0) => q8_0_avx2(src, dst),
-                (Level::Avx2, DType::Q4_0) => q4_avx2::<false>(src, dst),
-                (Level::Avx2, DType::Q4_1) => q4_avx2::<true>(src, dst),
-                (Level::Avx512, DType::Q8_0) => q8_0_avx512(src, dst),
-                (Level::Avx512, DType::Q4_0) => q4_avx512::<false>(src, dst),
-                (Level::Avx512, DType::Q4_1) => q4_avx512::<true>(src, dst),
+            match (isa, dtype) {
+                (Isa::Avx2, DType::Q8_0) => q8_0_avx2(src, dst),
+                (Isa::Avx2, DType::Q4_0) => q4_avx2::<false>(src, dst),
+                (Isa::Avx2, DType::Q4_1) => q4_avx2::<true>(src, dst),
+                (Isa::Avx512, DType::Q8_0) => q8_0_avx512(src, dst),
+                (Isa::Avx512, DType::Q4_0) => q4_avx512::<false>(src, dst),
+                (Isa::Avx512, DType::Q4_1) => q4_avx512::<true>(src, dst),
                 _ => return false,
             }
         }
@@ -262,10 +235,7 @@ mod x86 {
 
         #[test]
         fn vector_paths_match_scalar_bit_for_bit() {
-            let levels: Vec<Level> = [Level::Avx2, Level::Avx512]
-                .into_iter()
-                .filter(|l| l.available())
-                .collect();
+            let levels: Vec<Isa> = Isa::supported();
             for dtype in [DType::Q8_0, DType::Q4_0, DType::Q4_1] {
                 for (seed, n) in [(1u64, 1usize), (2, 7), (3, 300)] {
                     let src = random_blocks(dtype, n, seed);
@@ -273,7 +243,10 @@ mod x86 {
                     scalar_blocks(dtype, &src, &mut want);
                     for &level in &levels {
                         let mut got = vec![1f32; n * 32];
-                        assert!(dequantize_blocks(level, dtype, &src, &mut got));
+                        if !dequantize_blocks(level, dtype, &src, &mut got) {
+                            assert!(matches!(level, Isa::Scalar | Isa::Neon), "{dtype} {level:?}");
+                            continue;
+                        }
                         for (i, (g, w)) in got.iter().zip(&want).enumerate() {
                             // Which NaN an operation on two NaNs returns is not specified
                             // (the compiler may swap commutative operands): NaN must stay
@@ -287,7 +260,7 @@ mod x86 {
                     }
                 }
             }
-            assert!(!dequantize_blocks(Level::Avx2, DType::Q4_K, &[], &mut []));
+            assert!(!dequantize_blocks(Isa::Avx2, DType::Q4_K, &[], &mut []));
         }
     }
 }

@@ -38,6 +38,7 @@ pub fn info(path: &Path, as_json: bool) -> Result<()> {
         "matrix_dtypes": dtypes,
         "bytes_mapped": m.weights.mapped_bytes(),
         "chat_template": m.tokenizer.has_chat_template(),
+        "kernels": nudge::isa::Isa::best().name(),
     });
     if as_json {
         println!("{v}");

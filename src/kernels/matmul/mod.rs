@@ -17,6 +17,7 @@
 //! over it (`scalar`, `x86`, `aarch64`).
 
 use crate::error::{Error, Result};
+use crate::isa::Isa;
 use crate::quant::DType;
 
 mod driver;
@@ -166,65 +167,17 @@ impl<'a> WeightRef<'a> {
     }
 }
 
-/// The SIMD unit a product runs on. All of them give bit-identical results.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Isa {
-    Scalar,
-    /// x86_64 with AVX2 and FMA.
-    Avx2,
-    /// x86_64 with AVX-512F (and F16C, which every such CPU has).
-    Avx512,
-    /// aarch64 Advanced SIMD.
-    Neon,
-}
-
-impl Isa {
-    /// The fastest unit of this CPU, detected once.
-    pub fn best() -> Isa {
-        static BEST: std::sync::OnceLock<Isa> = std::sync::OnceLock::new();
-        *BEST.get_or_init(|| {
-            [Isa::Avx512, Isa::Avx2, Isa::Neon]
-                .into_iter()
-                .find(|isa| isa.is_supported())
-                .unwrap_or(Isa::Scalar)
-        })
-    }
-
-    /// Every unit this CPU can run, slowest first.
-    pub fn supported() -> Vec<Isa> {
-        [Isa::Scalar, Isa::Neon, Isa::Avx2, Isa::Avx512]
-            .into_iter()
-            .filter(|isa| isa.is_supported())
-            .collect()
-    }
-
-    pub fn is_supported(self) -> bool {
-        match self {
-            Isa::Scalar => true,
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma"),
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 => {
-                std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("f16c")
-            }
-            #[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
-            Isa::Neon => true,
-            #[allow(unreachable_patterns)]
-            _ => false,
-        }
-    }
-
-    fn kernel(self) -> Kernel {
-        assert!(self.is_supported(), "{self:?} is not supported by this CPU");
-        match self {
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => x86::AVX2,
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 => x86::AVX512,
-            #[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
-            Isa::Neon => aarch64::NEON,
-            _ => scalar::SCALAR,
-        }
+/// The microkernel of a unit (all give bit-identical results).
+fn kernel(isa: Isa) -> Kernel {
+    assert!(isa.is_supported(), "{isa:?} is not supported by this CPU");
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => x86::AVX2,
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => x86::AVX512,
+        #[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
+        Isa::Neon => aarch64::NEON,
+        _ => scalar::SCALAR,
     }
 }
 
@@ -254,7 +207,7 @@ pub fn matmul_wt_isa(
     assert!(x.len() >= m * k, "x has {} elements, need {m}x{k}", x.len());
     assert!(y.len() >= m * n, "y has {} elements, need {m}x{n}", y.len());
     let a = StridedA::new(x, k, 1, 1.0);
-    driver::run(isa.kernel(), m, n, k, &a, &WeightT(w), y, n, false);
+    driver::run(kernel(isa), m, n, k, &a, &WeightT(w), y, n, false);
 }
 
 /// `dx[m, k] += dy[m, n] · W`, with `n = w.rows`, `k = w.cols`.
@@ -283,7 +236,7 @@ pub fn matmul_w_acc_isa(
     assert!(dy.len() >= m * n, "dy has {} elements, need {m}x{n}", dy.len());
     assert!(dx.len() >= m * k, "dx has {} elements, need {m}x{k}", dx.len());
     let a = StridedA::new(dy, n, 1, 1.0);
-    driver::run(isa.kernel(), m, k, n, &a, &WeightN(w), dx, k, true);
+    driver::run(kernel(isa), m, k, n, &a, &WeightN(w), dx, k, true);
 }
 
 /// Plain f32 row-major GEMM: `C[m, n] (+)= alpha · op(A) · op(B)`, where `op(A)` is
@@ -353,7 +306,7 @@ pub fn gemm_isa(
     check_strided("C", c, m, n, ldc, 1, n, ldc);
     let a = StridedA::new(a, ars, acs, alpha);
     let b = StridedB::new(b, brs, bcs);
-    driver::run(isa.kernel(), m, n, k, &a, &b, c, ldc, beta_accumulate);
+    driver::run(kernel(isa), m, n, k, &a, &b, c, ldc, beta_accumulate);
 }
 
 /// Asserts that `rows x cols` elements at `i * rs + j * cs` lie inside `data`, and that
