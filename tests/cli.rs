@@ -27,6 +27,21 @@ fn nudge(args: &[&str]) -> Out {
     }
 }
 
+/// [`nudge`] with `NUDGE_NO_SIMD=1` in its environment.
+fn nudge_scalar(args: &[&str]) -> Out {
+    let o = Command::new(env!("CARGO_BIN_EXE_nudge"))
+        .args(args)
+        .env("NUDGE_NO_SIMD", "1")
+        .stdin(Stdio::null())
+        .output()
+        .expect("runs nudge");
+    Out {
+        ok: o.status.success(),
+        stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+    }
+}
+
 fn s(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
 }
@@ -389,4 +404,65 @@ fn demo_settings_are_checked_before_any_work() {
     for want in ["--taste", "--unpaired", "--losses", "--json", "fetched from PyPI"] {
         assert!(h.contains(want), "`{want}` missing from demo --help:\n{h}");
     }
+}
+
+/// One switch, `NUDGE_NO_SIMD`, turns every vector path off (block expansion, matrix
+/// products, attention, element-wise kernels, the optimizer), and the results keep their
+/// bits: the same log-probs from a quantized model, the same trained adapter.
+#[test]
+fn the_portable_kernels_give_the_same_bits() {
+    let info = |o: Out| -> Value {
+        assert!(o.ok, "{}", o.stderr);
+        serde_json::from_str(&o.stdout).expect("json")
+    };
+    let q4 = Path::new("tests/data/tiny/llama_q4_0.gguf");
+    let scalar = info(nudge_scalar(&["info", "--json", s(q4)]));
+    assert_eq!(scalar["kernels"], "scalar");
+    let best = info(nudge(&["info", "--json", s(q4)]));
+    assert!(best["kernels"].is_string());
+
+    let dir = fresh_dir("cli-no-simd");
+    let rows = dir.join("rows.jsonl");
+    std::fs::write(
+        &rows,
+        "{\"prompt\": \"hello there\", \"chosen\": \"a b c\", \"rejected\": \"d e\"}\n",
+    )
+    .unwrap();
+    let scores = [
+        nudge(&["score", "-m", s(q4), "--data", s(&rows)]),
+        nudge_scalar(&["score", "-m", s(q4), "--data", s(&rows)]),
+    ];
+    assert!(scores.iter().all(|o| o.ok), "{}", scores[1].stderr);
+    assert!(scores[0].stdout.contains("chosen_logp"));
+    assert_eq!(scores[0].stdout, scores[1].stdout);
+
+    let m = model("cli-no-simd-model", 7);
+    let data = dir.join("pairs.jsonl");
+    std::fs::write(&data, PAIRS).unwrap();
+    let (fast, slow) = (dir.join("fast"), dir.join("slow"));
+    let t = train(&m, &data, &fast, &[]);
+    assert!(t.ok, "{}", t.stderr);
+    let args = [
+        "train",
+        "-m",
+        s(&m),
+        "--data",
+        s(&data),
+        "-o",
+        s(&slow),
+        "--lora-r",
+        "2",
+        "--lr",
+        "1e-2",
+        "--batch-pairs",
+        "2",
+    ];
+    let t = nudge_scalar(&args);
+    assert!(t.ok, "{}", t.stderr);
+    let weights = |d: &Path| std::fs::read(d.join("adapter_model.safetensors")).expect("adapter written");
+    assert_eq!(
+        weights(&fast),
+        weights(&slow),
+        "training without SIMD gives the same adapter"
+    );
 }

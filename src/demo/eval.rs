@@ -192,7 +192,7 @@ impl HeldOut {
     /// The base model's answers to the held-out prompts, pairs judged between them and a
     /// second sampled answer each, and the neutral text under the base.
     pub fn prepare(model: &Model, user: &SimulatedUser, cfg: &DemoConfig, progress: &mut dyn Progress) -> Result<Self> {
-        let all = prompts::heldout_prompts();
+        let (_, all) = prompts::for_taste(cfg.taste);
         let prompts: Vec<&'static str> = all.iter().copied().take(cfg.heldout_prompts).collect();
         let prompt_ids: Vec<Vec<u32>> = prompts.iter().map(|p| chat_prompt(model, p)).collect::<Result<_>>()?;
         let gens = sample(

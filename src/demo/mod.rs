@@ -222,7 +222,7 @@ pub fn run(
     cfg.validate()?;
     let user = SimulatedUser::new(cfg.taste);
     let (mut journal, _) = Journal::open(journal_path, Durability::Batch)?;
-    let all = prompts::train_prompts();
+    let (all, _) = prompts::for_taste(cfg.taste);
     let mut adapter = Adapter::new(&model.config, cfg.lora.clone(), cfg.seed, model.name())?;
     let mut rounds = Vec::new();
     for round in 0..cfg.rounds {
@@ -259,10 +259,20 @@ pub fn run(
     Ok(DemoRun { rounds, adapter, eval })
 }
 
+/// One entry of [`compare_losses`]: a loss and the learning rate it trains with (losses
+/// differ in the scale of their gradients, so one rate does not suit them all).
+#[derive(Clone, Copy, Debug)]
+pub struct LossRun {
+    pub loss: Loss,
+    pub lr: f64,
+}
+
 /// One loss's result in [`compare_losses`].
 #[derive(Clone, Debug, Serialize)]
 pub struct LossResult {
+    /// The loss's name, with `@lr` when its learning rate is not the demo's.
     pub loss: String,
+    pub lr: f64,
     pub steps: Vec<StepMetrics>,
     pub eval: EvalReport,
 }
@@ -273,12 +283,12 @@ pub struct LossResult {
 pub fn compare_losses(
     model: &Model,
     cfg: &DemoConfig,
-    losses: &[Loss],
+    runs: &[LossRun],
     journal_dir: &std::path::Path,
     progress: &mut dyn Progress,
 ) -> Result<Vec<LossResult>> {
     let user = SimulatedUser::new(cfg.taste);
-    let all = prompts::train_prompts();
+    let (all, _) = prompts::for_taste(cfg.taste);
     let prompts: Vec<&str> = all.iter().copied().take(cfg.train_prompts).collect();
     // One set of answers from the base model, rated twice: as pairs for the pair losses,
     // and one thumb per answer for KTO, each through a journal of its own.
@@ -310,7 +320,8 @@ pub fn compare_losses(
     }
     let held = HeldOut::prepare(model, &user, cfg, progress)?;
     let mut out = Vec::new();
-    for loss in losses {
+    for run in runs {
+        let loss = &run.loss;
         let kto = matches!(loss, Loss::Kto { .. });
         let mut set = data[kto as usize].clone();
         if matches!(loss, Loss::MarginDpo { .. }) {
@@ -319,10 +330,19 @@ pub fn compare_losses(
             }
         }
         let fresh = Adapter::new(&model.config, cfg.lora.clone(), cfg.seed, model.name())?;
-        let (adapter, steps) = train(model, fresh, set, cfg, loss, progress)?;
+        let c = DemoConfig {
+            lr: run.lr,
+            ..cfg.clone()
+        };
+        let (adapter, steps) = train(model, fresh, set, &c, loss, progress)?;
         let eval = evaluate(model, &adapter, &held, &user, cfg, progress)?;
         out.push(LossResult {
-            loss: loss.name().to_string(),
+            loss: if run.lr == cfg.lr {
+                loss.name().to_string()
+            } else {
+                format!("{}@{}", loss.name(), run.lr)
+            },
+            lr: run.lr,
             steps,
             eval,
         });

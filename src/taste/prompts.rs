@@ -3,12 +3,19 @@
 //!
 //! - train: everyday chat prompts whose answers the simulated user rates for training;
 //! - held-out: different prompts of the same kinds, for the before/after comparison;
+//! - list prompts (train and held-out): requests for tips, steps, ideas and checklists, the
+//!   questions a small model answers with a list, asked of the user who dislikes lists
+//!   (on the everyday prompts most answers have none, so a change would hardly show);
 //! - neutral: short encyclopedia-like paragraphs, to check that an adapter barely changes
 //!   the model's likelihood of ordinary text.
 
 const TRAIN: &str = include_str!("../../data/prompts/train.txt");
 const HELDOUT: &str = include_str!("../../data/prompts/heldout.txt");
+const LISTS_TRAIN: &str = include_str!("../../data/prompts/lists-train.txt");
+const LISTS_HELDOUT: &str = include_str!("../../data/prompts/lists-heldout.txt");
 const NEUTRAL: &str = include_str!("../../data/neutral.txt");
+
+use super::Taste;
 
 /// One item a non-empty line, trimmed.
 fn lines(s: &'static str) -> Vec<&'static str> {
@@ -23,6 +30,25 @@ pub fn train_prompts() -> Vec<&'static str> {
 /// The held-out prompts (about 40), disjoint from the training prompts.
 pub fn heldout_prompts() -> Vec<&'static str> {
     lines(HELDOUT)
+}
+
+/// The list-inviting training prompts (about 80).
+pub fn list_train_prompts() -> Vec<&'static str> {
+    lines(LISTS_TRAIN)
+}
+
+/// The list-inviting held-out prompts (about 40), disjoint from every training prompt.
+pub fn list_heldout_prompts() -> Vec<&'static str> {
+    lines(LISTS_HELDOUT)
+}
+
+/// The (training, held-out) prompts a user of `taste` is asked: the list-inviting ones for
+/// `no-lists`, the everyday ones otherwise.
+pub fn for_taste(taste: Taste) -> (Vec<&'static str>, Vec<&'static str>) {
+    match taste {
+        Taste::NoLists => (list_train_prompts(), list_heldout_prompts()),
+        Taste::Short | Taste::Question => (train_prompts(), heldout_prompts()),
+    }
 }
 
 /// The neutral paragraphs (about 30), one per line of `data/neutral.txt`.
@@ -73,6 +99,9 @@ mod tests {
             "plan",
             "there",
             "your",
+            "steps",
+            "ideas",
+            "list",
         ];
         words(p)
             .map(normalize_word)
@@ -83,10 +112,17 @@ mod tests {
     #[test]
     fn sets_are_sized_unique_and_disjoint() {
         let (train, held, neutral) = (train_prompts(), heldout_prompts(), neutral_texts());
+        let (ltrain, lheld) = (list_train_prompts(), list_heldout_prompts());
         assert!((100..=140).contains(&train.len()), "{}", train.len());
         assert!((30..=50).contains(&held.len()), "{}", held.len());
+        assert!((60..=100).contains(&ltrain.len()), "{}", ltrain.len());
+        assert!((30..=50).contains(&lheld.len()), "{}", lheld.len());
         assert!((25..=40).contains(&neutral.len()), "{}", neutral.len());
-        let all: Vec<&str> = train.iter().chain(&held).copied().collect();
+        let all: Vec<&str> = [&train, &held, &ltrain, &lheld]
+            .into_iter()
+            .flatten()
+            .copied()
+            .collect();
         let norm: HashSet<String> = all.iter().map(|p| p.to_lowercase()).collect();
         assert_eq!(norm.len(), all.len(), "a prompt occurs twice");
         let texts: HashSet<&str> = neutral.iter().copied().collect();
@@ -98,9 +134,10 @@ mod tests {
 
     #[test]
     fn held_out_prompts_are_not_near_duplicates_of_train() {
-        for h in heldout_prompts() {
+        let train: Vec<&str> = train_prompts().into_iter().chain(list_train_prompts()).collect();
+        for h in heldout_prompts().into_iter().chain(list_heldout_prompts()) {
             let hc = content(h);
-            for t in train_prompts() {
+            for &t in &train {
                 let tc = content(t);
                 let shared = hc.intersection(&tc).count();
                 let union = hc.union(&tc).count().max(1);

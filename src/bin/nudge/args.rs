@@ -86,30 +86,67 @@ impl TypedValueParser for LossName {
         let s = value.to_str().unwrap_or_default();
         match nudge::objective::Loss::parse(s, 0.1) {
             Ok(_) => Ok(s.to_string()),
-            Err(e) => {
-                let mut err = clap::Error::new(clap::error::ErrorKind::InvalidValue).with_cmd(cmd);
-                use clap::error::{ContextKind, ContextValue};
-                err.insert(
-                    ContextKind::InvalidArg,
-                    ContextValue::String(arg.map_or("--loss".into(), |a| a.to_string())),
-                );
-                err.insert(ContextKind::InvalidValue, ContextValue::String(s.to_string()));
-                err.insert(
-                    ContextKind::ValidValue,
-                    ContextValue::Strings(loss_names().map(str::to_string).collect()),
-                );
-                err.insert(
-                    ContextKind::Suggested,
-                    ContextValue::StyledStrs(vec![e.to_string().into()]),
-                );
-                Err(err)
-            }
+            Err(e) => Err(bad_loss(cmd, arg, s, e)),
         }
     }
 
     fn possible_values(&self) -> Option<Box<dyn Iterator<Item = PossibleValue> + '_>> {
         Some(Box::new(loss_names().map(PossibleValue::new)))
     }
+}
+
+/// A loss with an optional learning rate of its own: `kto` or `kto@2e-4`.
+#[derive(Clone)]
+pub struct LossWithLr;
+
+/// Splits `loss@lr` into the loss and its learning rate (None when not given).
+pub fn split_loss_lr(s: &str) -> Result<(&str, Option<f64>)> {
+    match s.split_once('@') {
+        None => Ok((s, None)),
+        Some((loss, lr)) => match lr.parse::<f64>() {
+            Ok(v) if v.is_finite() && v > 0.0 => Ok((loss, Some(v))),
+            _ => Err(Error::invalid(format!(
+                "`{s}`: the learning rate after @ must be a positive number"
+            ))),
+        },
+    }
+}
+
+impl TypedValueParser for LossWithLr {
+    type Value = String;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> std::result::Result<String, clap::Error> {
+        let s = value.to_str().unwrap_or_default();
+        let checked = split_loss_lr(s).and_then(|(loss, _)| nudge::objective::Loss::parse(loss, 0.1));
+        match checked {
+            Ok(_) => Ok(s.to_string()),
+            Err(e) => Err(bad_loss(cmd, arg, s, e)),
+        }
+    }
+}
+
+fn bad_loss(cmd: &clap::Command, arg: Option<&clap::Arg>, s: &str, e: Error) -> clap::Error {
+    use clap::error::{ContextKind, ContextValue};
+    let mut err = clap::Error::new(clap::error::ErrorKind::InvalidValue).with_cmd(cmd);
+    err.insert(
+        ContextKind::InvalidArg,
+        ContextValue::String(arg.map_or("--loss".into(), |a| a.to_string())),
+    );
+    err.insert(ContextKind::InvalidValue, ContextValue::String(s.to_string()));
+    err.insert(
+        ContextKind::ValidValue,
+        ContextValue::Strings(loss_names().map(str::to_string).collect()),
+    );
+    err.insert(
+        ContextKind::Suggested,
+        ContextValue::StyledStrs(vec![e.to_string().into()]),
+    );
+    err
 }
 
 fn loss_names() -> impl Iterator<Item = &'static str> {

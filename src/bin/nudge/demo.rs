@@ -3,12 +3,12 @@
 //! DPO trains an adapter, and the adapted model is compared with the base on prompts it
 //! never saw. Writes the adapter (PEFT and llama.cpp GGUF), a JSON and an HTML report.
 
-use crate::args::{LossName, open_model};
+use crate::args::{LossName, LossWithLr, open_model, split_loss_lr};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use nudge::adapter::{LoraConfig, gguf_lora, peft};
 use nudge::convert::FloatType;
-use nudge::demo::{self, DemoConfig, EvalReport, LossResult, Progress, RoundReport};
+use nudge::demo::{self, DemoConfig, EvalReport, LossResult, LossRun, Progress, RoundReport};
 use nudge::objective::Loss;
 use nudge::taste::Taste;
 use nudge::train::StepMetrics;
@@ -36,8 +36,8 @@ pub struct DemoArgs {
     loss: String,
     /// Instead of one run: the same collected feedback through each of these losses
     /// (comma-separated, e.g. sigmoid,ipo,cdpo,robust,margin_dpo,kto,orpo,simpo), compared
-    /// on the held-out prompts.
-    #[arg(long, value_delimiter = ',', value_parser = LossName)]
+    /// on the held-out prompts. A loss may carry its own learning rate: kto@2e-4.
+    #[arg(long, value_delimiter = ',', value_parser = LossWithLr)]
     losses: Vec<String>,
     /// DPO's beta.
     #[arg(long, default_value_t = 0.1)]
@@ -57,13 +57,14 @@ pub struct DemoArgs {
     /// Collect-and-train rounds (rounds after the first sample from the adapted model).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=20))]
     rounds: u32,
-    /// Training prompts per round (of the 120 shipped).
+    /// Training prompts per round (of the taste's shipped set: 120 everyday prompts, or 80
+    /// requests for tips and steps with --taste no-lists).
     #[arg(long, default_value_t = 96, value_parser = clap::value_parser!(u32).range(1..=120))]
     prompts: u32,
     /// Sampled answers per prompt.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=16))]
     samples: u32,
-    /// Held-out prompts evaluated (of the 40 shipped).
+    /// Held-out prompts evaluated (of the taste's 40 shipped).
     #[arg(long, default_value_t = 40, value_parser = clap::value_parser!(u32).range(1..=40))]
     heldout: u32,
     /// Token limit of every answer.
@@ -245,14 +246,15 @@ fn print_rounds(rounds: &[RoundReport]) {
 
 fn print_losses(results: &[LossResult]) {
     println!(
-        "\n{:12} {:>9} {:>12} {:>12} {:>10} {:>9} {:>7}",
-        "loss", "win rate", "metric mean", "metric med.", "neutral %", "rew. acc", "broken"
+        "\n{:12} {:>7} {:>9} {:>12} {:>12} {:>10} {:>9} {:>7}",
+        "loss", "lr", "win rate", "metric mean", "metric med.", "neutral %", "rew. acc", "broken"
     );
     for r in results {
         let e = &r.eval;
         println!(
-            "{:12} {:>8.0}% {:>12.2} {:>12.2} {:>+10.2} {:>8.0}% {:>7}",
-            r.loss,
+            "{:12} {:>7.0e} {:>8.0}% {:>12.2} {:>12.2} {:>+10.2} {:>8.0}% {:>7}",
+            r.loss.split('@').next().unwrap_or_default(),
+            r.lr,
             100.0 * e.win_rate,
             e.taste_metric_adapted.mean,
             e.taste_metric_adapted.median,
@@ -285,8 +287,18 @@ pub fn run(a: DemoArgs) -> Result<()> {
         taste.description().to_lowercase()
     );
     if !a.losses.is_empty() {
-        let losses: Vec<Loss> = a.losses.iter().map(|l| Loss::parse(l, a.beta)).collect::<Result<_>>()?;
-        let results = demo::compare_losses(&model, &cfg, &losses, &a.out, &mut bars)?;
+        let runs: Vec<LossRun> = a
+            .losses
+            .iter()
+            .map(|l| {
+                let (name, lr) = split_loss_lr(l)?;
+                Ok(LossRun {
+                    loss: Loss::parse(name, a.beta)?,
+                    lr: lr.unwrap_or(cfg.lr),
+                })
+            })
+            .collect::<Result<_>>()?;
+        let results = demo::compare_losses(&model, &cfg, &runs, &a.out, &mut bars)?;
         drop(bars);
         print_losses(&results);
         let report = json!({"config": cfg, "losses": results, "seconds": t0.elapsed().as_secs_f64()});

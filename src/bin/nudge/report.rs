@@ -649,7 +649,7 @@ fn loss_comparison(h: &mut String, cfg: &DemoConfig, losses: &[LossResult]) -> n
         );
     }
     h.push_str(
-        "<table class=\"losses\">\n<tr><th>loss</th><th>win rate (wins / losses / ties)</th>\
+        "<table class=\"losses\">\n<tr><th>loss</th><th>learning rate</th><th>win rate (wins / losses / ties)</th>\
          <th>taste metric mean</th><th>taste metric median</th><th>neutral change</th>\
          <th>reward accuracy</th><th>broken answers</th></tr>\n",
     );
@@ -657,10 +657,11 @@ fn loss_comparison(h: &mut String, cfg: &DemoConfig, losses: &[LossResult]) -> n
         let e = &l.eval;
         let _ = writeln!(
             h,
-            "<tr><th>{}</th><td class=\"n\">{}</td><td class=\"n\">{}</td>\
+            "<tr><th>{}</th><td class=\"n\">{:.0e}</td><td class=\"n\">{}</td><td class=\"n\">{}</td>\
              <td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td>\
              <td class=\"n\">{}</td></tr>",
             esc(&l.loss),
+            l.lr,
             esc(&format!("{} ({} / {} / {})", pct(e.win_rate), e.wins, e.losses, e.ties)),
             num(e.taste_metric_adapted.mean, 2),
             num(e.taste_metric_adapted.median, 2),
@@ -925,6 +926,7 @@ mod tests {
             .into_iter()
             .map(|(name, w)| LossResult {
                 loss: name.into(),
+                lr: 1e-3,
                 steps: rounds()[0].steps.clone(),
                 eval: eval(w),
             })
@@ -939,6 +941,7 @@ mod tests {
         assert!(html.contains("<td class=\"n\">-0.45%</td>"));
         assert!(html.contains("<td class=\"n\">81.2%</td>"));
         assert!(html.contains("<td class=\"n\">2 / 8</td>"));
+        assert!(html.contains("<td class=\"n\">1e-3</td>"), "each loss's learning rate");
         // The bar chart and the loss curves; no training or histogram plots without a run.
         assert_eq!(html.matches("<svg").count(), 2);
         for text in [
@@ -966,6 +969,7 @@ mod tests {
         // One loss only, and without steps.
         let one = [LossResult {
             loss: "sigmoid".into(),
+            lr: 1e-3,
             steps: vec![],
             eval: e.clone(),
         }];
