@@ -531,3 +531,25 @@ fn top_p_over_a_large_vocabulary_draws_only_from_the_exact_nucleus() {
         );
     }
 }
+
+/// Top-p's mass is of the whole vocabulary, a long flat tail included: 10 likely tokens
+/// (weight 1 each) over 100,000 unlikely ones (5e-5 each, a third of the mass together).
+/// At top-p 0.58 (8.7 of 15) the nucleus is the first 9 likely tokens (ties go by id), not 6, as it
+/// would be if the tail's mass were forgotten.
+#[test]
+fn top_p_counts_the_mass_of_a_long_tail() {
+    let mut logits = vec![0.00005f32.ln(); 100_010];
+    logits[..10].fill(0.0);
+    let opts = GenerateOptions {
+        temperature: 1.0,
+        top_p: 0.58,
+        seed: 5,
+        ..GenerateOptions::default()
+    };
+    let mut s = Sampler::new(&opts).unwrap();
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..3000 {
+        seen.insert(s.sample(&logits));
+    }
+    assert_eq!(seen.into_iter().collect::<Vec<_>>(), (0..9).collect::<Vec<u32>>());
+}
