@@ -13,7 +13,6 @@
 
 use crate::adapter::Adapter;
 use crate::error::{Error, Result};
-use crate::kernels::logprob::logits;
 use crate::kernels::simd::exp_in_place;
 use crate::model::config::Config;
 use crate::model::{CachedSeq, Model};
@@ -1017,7 +1016,6 @@ fn prefill_groups(
     budget: usize,
 ) -> Result<()> {
     let (hidden, vocab) = (model.config.hidden_size, model.config.vocab_size);
-    let lm_head = model.weights.view(&model.weights.lm_head);
     let mut rest = need;
     while !rest.is_empty() {
         let mut n = 0;
@@ -1046,7 +1044,7 @@ fn prefill_groups(
             last.extend_from_slice(&h[(end - 1) * hidden..end * hidden]);
         }
         drop(seqs);
-        let l = logits(&last, part.len(), &lm_head);
+        let l = model.logits(&last);
         for ((&g, cache), l) in part.iter().zip(caches).zip(l.chunks_exact(vocab)) {
             groups[g].prefix = Some((cache, l.to_vec()));
         }

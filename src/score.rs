@@ -3,7 +3,6 @@
 use crate::adapter::Adapter;
 use crate::error::{Error, Result};
 use crate::kernels::attention::{AttnLayout, Span};
-use crate::kernels::logprob::token_logprobs;
 use crate::model::{LoraCtx, Model};
 
 /// Log-probs of one completion.
@@ -48,16 +47,7 @@ impl Model {
         } = pack(items)?;
         let lora = LoraCtx { adapter, dropout: None };
         let h = self.hidden_states_with(&tokens, &layout, lora)?;
-        let hidden = self.config.hidden_size;
-        // Gather the rows that predict completion tokens; only they reach the vocabulary.
-        let mut rows = Vec::with_capacity(targets.len() * hidden);
-        let mut ids = Vec::with_capacity(targets.len());
-        for &(pos, id) in &targets {
-            rows.extend_from_slice(&h[pos * hidden..(pos + 1) * hidden]);
-            ids.push(id);
-        }
-        let mut logp = vec![0f32; ids.len()];
-        token_logprobs(&rows, &ids, &self.weights.view(&self.weights.lm_head), &mut logp);
+        let (logp, _) = self.target_logprobs(&h, &targets);
         let mut out = Vec::with_capacity(items.len());
         let mut at = 0;
         for it in items {

@@ -9,7 +9,6 @@ mod common;
 
 use common::{floats, ids};
 use nudge::kernels::attention::AttnLayout;
-use nudge::kernels::logprob::logits;
 use nudge::model::config::{Architecture, Config, RopeScaling};
 use nudge::model::{Model, ModelFormat};
 use serde_json::Value;
@@ -169,7 +168,7 @@ fn check_model(name: &str) {
         .iter()
         .flat_map(|&p| h[p * hidden..(p + 1) * hidden].to_vec())
         .collect();
-    let got = logits(&rows, positions.len(), &m.weights.view(&m.weights.lm_head));
+    let got = m.logits(&rows);
     let vocab = m.config.vocab_size;
     assert_eq!(got.len(), positions.len() * vocab, "{name}");
     let mut worst_logit = 0f64;

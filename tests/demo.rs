@@ -65,3 +65,72 @@ fn thumbs_for_short_answers_make_held_out_answers_shorter_and_keep_them_sound() 
         "{fb:?} -> {fa:?}"
     );
 }
+
+/// Single-answer thumbs trained with KTO, over two rounds as an app would run them: each
+/// round's thumbs go through the journal, the second round samples from the adapted model
+/// and trains only on what is new, and each round ends with a training mark. A reduced
+/// budget (a couple of minutes): this checks the loop, not the size of the effect.
+#[test]
+fn unpaired_thumbs_over_two_rounds_train_only_what_is_new() {
+    let model = Model::open(common::model_path()).expect("model opens");
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("demo-unpaired");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = DemoConfig {
+        unpaired: true,
+        loss: Loss::parse("kto", 0.1).unwrap(),
+        rounds: 2,
+        train_prompts: 12,
+        samples: 2,
+        heldout_prompts: 6,
+        max_new_tokens: 48,
+        epochs: 1,
+        lr: 2e-4,
+        ..DemoConfig::default()
+    };
+    let journal = dir.join("feedback.journal");
+    let run = demo::run(&model, &cfg, &journal, &mut Quiet).expect("the demo runs");
+    assert_eq!(run.rounds.len(), 2);
+
+    let (j, _) = Journal::open_read_only(&journal).unwrap();
+    let thumbs: Vec<u64> = j
+        .entries()
+        .iter()
+        .filter(|e| matches!(e.record, Record::Thumbs(_)))
+        .map(|e| e.seq)
+        .collect();
+    let marks: Vec<u64> = j
+        .entries()
+        .iter()
+        .filter_map(|e| match &e.record {
+            Record::TrainingMark(m) => Some(m.up_to_sequence),
+            _ => None,
+        })
+        .collect();
+    let per_round: Vec<usize> = run.rounds.iter().map(|r| r.thumbs_up + r.thumbs_down).collect();
+    assert_eq!(thumbs.len(), per_round.iter().sum::<usize>());
+    assert_eq!(marks.len(), 2, "one training mark per round");
+    for (i, r) in run.rounds.iter().enumerate() {
+        assert!(r.thumbs_up > 0 && r.thumbs_down > 0, "round {i}: {r:?}");
+        // KTO trains each thumb of the round once: the round's own thumbs, none older.
+        assert_eq!(r.rows, per_round[i], "round {i} trained on other rows than its own");
+        assert_eq!(r.steps.len(), r.rows.div_ceil(cfg.batch_pairs), "round {i}");
+        assert!(r.steps.iter().all(|s| s.loss.is_finite()), "round {i}");
+    }
+    // The first mark covers exactly the first round's thumbs, the second all of them.
+    assert_eq!(marks[0], thumbs[per_round[0] - 1]);
+    assert_eq!(marks[1], *thumbs.last().unwrap());
+    assert!(
+        j.entries()
+            .iter()
+            .filter(|e| matches!(e.record, Record::Thumbs(_)))
+            .all(|e| !j.is_new(e.seq)),
+        "thumbs left untrained"
+    );
+
+    let e = &run.eval;
+    assert_eq!(e.taste_metric_base.values.len(), cfg.heldout_prompts);
+    assert_eq!(e.wins + e.losses + e.ties, cfg.heldout_prompts);
+    assert!(e.neutral_loglik_change.is_finite());
+    assert!(e.neutral_loglik_change.abs() <= 0.10, "{}", e.neutral_loglik_change);
+}

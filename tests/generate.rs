@@ -10,7 +10,6 @@ use nudge::Error;
 use nudge::adapter::{Adapter, LoraConfig};
 use nudge::generate::{GenerateOptions, Generated, Generator, KvCache, Sampler, StopReason, argmax, generate};
 use nudge::kernels::attention::AttnLayout;
-use nudge::kernels::logprob::logits;
 use nudge::model::{LoraCtx, Model};
 use nudge::rng::Rng;
 use nudge::tokenizer::ChatMessage;
@@ -45,7 +44,7 @@ fn full_logits(m: &Model, tokens: &[u32], adapter: Option<&Adapter>) -> Vec<f32>
     let layout = AttnLayout::sequences(&[tokens.len()]);
     let lora = LoraCtx { adapter, dropout: None };
     let h = m.hidden_states_with(tokens, &layout, lora).expect("forward");
-    logits(&h, tokens.len(), &m.weights.view(&m.weights.lm_head))
+    m.logits(&h)
 }
 
 /// Logits at positions `split - 1..T` from a prefill of `tokens[..split]` and one
@@ -144,12 +143,11 @@ fn prefill_in_chunks_and_a_rewound_cache_give_the_same_logits() {
     let tokens: Vec<u32> = (0..20).map(|i| ((i * 7 + 3) % 64) as u32).collect();
     let a = random_adapter(&m, 4, 0.05);
     let full = full_logits(&m, &tokens, Some(&a));
-    let lm_head = m.weights.view(&m.weights.lm_head);
     let mut cache = KvCache::new(&m.config);
     let mut got = Vec::new();
     for chunk in [&tokens[..3], &tokens[3..11], &tokens[11..]] {
         let h = m.extend(chunk, &mut cache, Some(&a)).expect("extend");
-        got.extend(logits(&h, chunk.len(), &lm_head));
+        got.extend(m.logits(&h));
     }
     assert!(max_abs_diff(&got, &full) <= 1e-5);
     assert_eq!(cache.len(), 20);
@@ -163,7 +161,7 @@ fn prefill_in_chunks_and_a_rewound_cache_give_the_same_logits() {
         .extend(&other[8..], &mut cache, Some(&a))
         .expect("extend after truncate");
     let v = m.config.vocab_size;
-    assert!(max_abs_diff(&logits(&h, 3, &lm_head), &full_other[8 * v..]) <= 1e-5);
+    assert!(max_abs_diff(&m.logits(&h), &full_other[8 * v..]) <= 1e-5);
     cache.clear();
     assert!(cache.is_empty());
     assert_eq!(cache.layer(0).map(|(k, v)| k.len() + v.len()), Some(0));

@@ -7,7 +7,6 @@ mod common;
 use common::*;
 use nudge::convert::{FloatType, convert_to_hf};
 use nudge::kernels::attention::AttnLayout;
-use nudge::kernels::logprob::logits;
 use nudge::model::Model;
 use nudge::tokenizer::ChatMessage;
 use sha2::{Digest, Sha256};
@@ -196,7 +195,7 @@ fn base_logits_match() {
             .iter()
             .flat_map(|&p| h[p * hidden..(p + 1) * hidden].to_vec())
             .collect();
-        let got = logits(&rows, positions.len(), &m.weights.view(&m.weights.lm_head));
+        let got = m.logits(&rows);
         let worst = got
             .iter()
             .zip(&want)

@@ -142,13 +142,6 @@ pub fn token_logprobs(h: &[f32], targets: &[u32], lm_head: &WeightRef, logp: &mu
     }
 }
 
-/// Full logits at a few positions (for inspection and golden checks): [P, vocab].
-pub fn logits(h: &[f32], m: usize, lm_head: &WeightRef) -> Vec<f32> {
-    let mut out = vec![0f32; m * lm_head.rows];
-    matmul_wt(h, m, lm_head, &mut out);
-    out
-}
-
 /// Adds dL/dh given dL/dlogp: d logp/d logits = onehot(target) - softmax(logits),
 /// recomputed chunk by chunk. h, dh: [P, hidden]; targets, dlogp: [P].
 pub fn token_logprobs_backward(h: &[f32], targets: &[u32], lm_head: &WeightRef, dlogp: &[f32], dh: &mut [f32]) {

@@ -9,7 +9,6 @@ use crate::error::{Error, Result};
 use crate::generate::KvCache;
 use crate::kernels::attention::{AttnLayout, AttnShape, attention_backward, attention_forward};
 use crate::kernels::attention_cached::attention_cached;
-use crate::kernels::logprob::logits;
 use crate::kernels::lora::{dropout, lora_backward, lora_forward};
 use crate::kernels::matmul::{matmul_w_acc, matmul_wt};
 use crate::kernels::rmsnorm::{rmsnorm_backward, rmsnorm_forward};
@@ -648,11 +647,7 @@ impl Model {
         }
         let h = self.extend(tokens, cache, adapter)?;
         let hidden = self.config.hidden_size;
-        Ok(logits(
-            &h[h.len() - hidden..],
-            1,
-            &self.weights.view(&self.weights.lm_head),
-        ))
+        Ok(self.logits(&h[h.len() - hidden..]))
     }
 
     /// Logits of the token after `token`, which is appended to `cache`: [vocab].
@@ -686,7 +681,7 @@ impl Model {
             })
             .collect();
         let h = self.extend_batch(&mut seqs, adapter)?;
-        Ok(logits(&h, tokens.len(), &self.weights.view(&self.weights.lm_head)))
+        Ok(self.logits(&h))
     }
 
     /// Checks `tokens` can run after `cache`; returns their first position.

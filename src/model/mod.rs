@@ -3,8 +3,10 @@
 pub mod config;
 pub mod gguf;
 pub mod gguf_model;
+mod head;
 mod identity;
 mod llama;
+pub use head::TargetRows;
 pub use llama::{CachedSeq, Dropout, LoraCtx, Recompute, Tape};
 
 /// Bytes of activations one layer keeps for the backward pass over `tokens` tokens with

@@ -4,8 +4,7 @@
 use crate::adapter::Adapter;
 use crate::data::TokenizedPair;
 use crate::error::Result;
-use crate::kernels::logprob::{token_logprobs, token_logprobs_backward};
-use crate::model::{Dropout, LoraCtx, Model, Recompute};
+use crate::model::{Dropout, LoraCtx, Model, Recompute, TargetRows};
 use crate::objective::{BatchLoss, Loss, PairLogps, batch_loss};
 use crate::score::{Packed, ScoreItem, pack};
 
@@ -25,10 +24,7 @@ pub struct PairStep {
 /// token (in packing order) its log-prob.
 struct PolicyPass {
     tape: crate::model::Tape,
-    /// [T, hidden] rows are only needed at the targets: [P, hidden].
-    rows: Vec<f32>,
-    ids: Vec<u32>,
-    targets: Vec<(usize, u32)>,
+    targets: TargetRows,
     token_logps: Vec<f32>,
     packed_tokens: usize,
 }
@@ -51,18 +47,9 @@ impl PolicyPass {
             dropout,
         };
         let (h, tape) = model.forward_train(&tokens, &layout, lora, recompute)?;
-        let (rows, ids) = gather_rows(&h, model.config.hidden_size, &targets);
-        let mut token_logps = vec![0f32; ids.len()];
-        token_logprobs(
-            &rows,
-            &ids,
-            &model.weights.view(&model.weights.lm_head),
-            &mut token_logps,
-        );
+        let (token_logps, targets) = model.target_logprobs(&h, &targets);
         Ok(PolicyPass {
             tape,
-            rows,
-            ids,
             targets,
             token_logps,
             packed_tokens: tokens.len(),
@@ -72,34 +59,14 @@ impl PolicyPass {
     /// Adds the adapter gradient of a loss whose derivative with respect to each completion
     /// token's log-prob is `dlogp`: [P].
     fn backward(self, model: &Model, adapter: &Adapter, dropout: Option<Dropout>, dlogp: &[f32], grads: &mut Adapter) {
-        let hidden = model.config.hidden_size;
-        let mut drows = vec![0f32; self.rows.len()];
-        let lm_head = model.weights.view(&model.weights.lm_head);
-        token_logprobs_backward(&self.rows, &self.ids, &lm_head, dlogp, &mut drows);
-        let mut dh = vec![0f32; self.tape.t * hidden];
-        // A prompt's last row predicts the first token of each of its completions: add.
-        for (&(pos, _), dr) in self.targets.iter().zip(drows.chunks_exact(hidden)) {
-            for (d, &g) in dh[pos * hidden..(pos + 1) * hidden].iter_mut().zip(dr) {
-                *d += g;
-            }
-        }
+        let mut dh = vec![0f32; self.tape.t * model.config.hidden_size];
+        model.target_logprobs_backward(&self.targets, dlogp, &mut dh);
         let lora = LoraCtx {
             adapter: Some(adapter),
             dropout,
         };
         model.backward(self.tape, lora, &dh, grads);
     }
-}
-
-/// Gathers the hidden rows that predict completion tokens: [P, hidden].
-fn gather_rows(h: &[f32], hidden: usize, targets: &[(usize, u32)]) -> (Vec<f32>, Vec<u32>) {
-    let mut rows = Vec::with_capacity(targets.len() * hidden);
-    let mut ids = Vec::with_capacity(targets.len());
-    for &(pos, id) in targets {
-        rows.extend_from_slice(&h[pos * hidden..(pos + 1) * hidden]);
-        ids.push(id);
-    }
-    (rows, ids)
 }
 
 /// Forward and backward over `pairs` packed into one sequence set. `refs` holds each
