@@ -4,6 +4,8 @@
 //! quantized form); feedback becomes a LoRA adapter trained with the DPO family on the CPU.
 
 pub mod error;
+pub mod fsutil;
+pub mod gguf;
 pub mod kernels;
 pub mod model;
 pub mod objective;
@@ -20,6 +22,7 @@ pub mod demo;
 pub mod generate;
 pub mod journal;
 pub mod rng;
+pub mod rope_scaling;
 pub mod score;
 pub mod taste;
 pub mod train;

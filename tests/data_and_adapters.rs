@@ -4,7 +4,8 @@ mod common;
 
 use common::tiny::*;
 use nudge::Error;
-use nudge::adapter::{Adapter, LoraConfig, LoraInit, peft};
+use nudge::adapter::format::peft;
+use nudge::adapter::{Adapter, LoraConfig, LoraInit};
 use nudge::data::{Example, PreferenceSet, read_jsonl, tokenize_row};
 use nudge::model::Model;
 use nudge::model::weights::Proj;

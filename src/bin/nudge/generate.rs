@@ -4,6 +4,7 @@
 
 use crate::args::{AdapterArg, open_model};
 use clap::Args;
+use nudge::fsutil::AtomicFile;
 use nudge::generate::{BatchOptions, GenerateOptions, GenerateRequest, Generated, generate, generate_batch_with};
 use nudge::model::Model;
 use nudge::tokenizer::ChatMessage;
@@ -259,11 +260,10 @@ fn run_batch(a: &GenerateArgs, m: &Model, adapter: Option<&nudge::adapter::Adapt
         r.check(m)
             .map_err(|e| Error::row(file, rows[i / samples].line, e.to_string()))?;
     }
-    let (out_name, mut out): (PathBuf, Box<dyn Write>) = match &a.out {
-        Some(p) => {
-            let f = std::fs::File::create(p).map_err(|e| Error::io(p, e))?;
-            (p.clone(), Box::new(std::io::BufWriter::new(f)))
-        }
+    // A file appears whole once every reply is in (a failed run leaves none).
+    let staged = a.out.as_deref().map(AtomicFile::new).transpose()?;
+    let (out_name, mut out): (PathBuf, Box<dyn Write + '_>) = match &staged {
+        Some(f) => (f.path().to_path_buf(), Box::new(std::io::BufWriter::new(f.file()))),
         None => ("<stdout>".into(), Box::new(std::io::stdout().lock())),
     };
     let line = |i: usize, g: &Generated| {
@@ -321,6 +321,10 @@ fn run_batch(a: &GenerateArgs, m: &Model, adapter: Option<&nudge::adapter::Adapt
         writeln!(out, "{}", line(i, g)).map_err(|e| Error::io(&out_name, e))?;
     }
     out.flush().map_err(|e| Error::io(&out_name, e))?;
+    drop(out);
+    if let Some(f) = staged {
+        f.commit()?;
+    }
     let secs = start.elapsed().as_secs_f64();
     let tokens: usize = replies.iter().map(|g| g.ids.len()).sum();
     eprintln!(
