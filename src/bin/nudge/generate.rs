@@ -4,6 +4,7 @@
 
 use crate::args::{AdapterArg, open_model};
 use clap::Args;
+use nudge::data::chat;
 use nudge::fsutil::AtomicFile;
 use nudge::generate::{BatchOptions, GenerateOptions, GenerateRequest, Generated, generate, generate_batch_with};
 use nudge::model::Model;
@@ -183,9 +184,7 @@ fn parse_row(m: &Model, v: &Value, defaults: &GenerateOptions, chat: bool) -> st
     if let Some(k) = obj.keys().find(|k| !ROW_KEYS.contains(&k.as_str())) {
         return Err(format!("unknown field `{k}` (known: {})", ROW_KEYS.join(", ")));
     }
-    let messages = |v: &Value, key: &str| -> std::result::Result<Vec<ChatMessage>, String> {
-        serde_json::from_value(v.clone()).map_err(|e| format!("`{key}` is not a list of chat messages: {e}"))
-    };
+    let messages = |v: &Value, key: &str| chat::messages(v, key).map_err(|e| e.to_string());
     let (prompt, ids) = match (obj.get("prompt"), obj.get("messages")) {
         (Some(Value::String(s)), None) => (v["prompt"].clone(), text_prompt(m, s, chat)),
         // TRL's conversational prompt: a message list under `prompt`.
