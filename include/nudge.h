@@ -154,8 +154,9 @@
 /**
  * Text arguments are JSON arrays of chat messages `[{"role": "user", "content": "..."}]`:
  * the prompt is rendered with the model's chat template and its generation prompt, a
- * completion is what the template adds for the answer messages (TRL's conversational
- * format).
+ * completion is what the template adds for the answer message (TRL's conversational
+ * format). A prompt holds at least one message; a completion exactly one, of role
+ * "assistant" (the rules of the command line and of JSONL data files too).
  */
 #define NUDGE_CHAT_JSON 1
 

@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
 # Every test of the project, on a fresh machine: fetches what the tests need (the model,
 # the system's OpenBLAS for the `linalg` feature), then runs the formatting and lint checks,
-# the C header drift check, a smoke run of every benchmark, the tests of the off-by-default
-# `linalg` feature, the C tests under AddressSanitizer, and the whole test suite (the engine,
-# the C library and its C tests) in the optimized profile, last, so the log ends with it.
+# the import-cycle check, the C header drift check, a smoke run of every benchmark, the
+# tests of the off-by-default `linalg` feature, the C tests under AddressSanitizer, and the
+# whole test suite (the engine, the C library and its C tests) in the optimized profile,
+# last, so the log ends with it.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 scripts/fetch-model.sh
 cargo fmt --all -- --check
 cargo clippy --release --workspace --all-targets -- -D warnings
+scripts/check-cycles.sh --quiet
 scripts/check-header.sh
 # Benchmarks run once each in test mode (timings are for `cargo bench` and `nudge bench`).
 cargo test --release --benches

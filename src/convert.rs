@@ -2,66 +2,13 @@
 //! and chat template) in f32, f16 or bf16, whatever format it was opened from.
 
 use crate::error::{Error, Result};
+use crate::fsutil::{AtomicFile, FileSet};
 use crate::kernels::matmul::WeightRef;
 use crate::model::Model;
 use crate::model::config::RopeScaling;
+pub use crate::quant::FloatType;
 use std::borrow::Cow;
 use std::path::Path;
-
-/// Element type of an exported safetensors file.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum FloatType {
-    F32,
-    F16,
-    BF16,
-}
-
-impl std::str::FromStr for FloatType {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self> {
-        match s.to_ascii_lowercase().as_str() {
-            "f32" | "float32" => Ok(FloatType::F32),
-            "f16" | "float16" => Ok(FloatType::F16),
-            "bf16" | "bfloat16" => Ok(FloatType::BF16),
-            _ => Err(Error::invalid(format!("dtype `{s}` is not one of f32, f16, bf16"))),
-        }
-    }
-}
-
-impl FloatType {
-    fn safetensors(self) -> safetensors::Dtype {
-        match self {
-            FloatType::F32 => safetensors::Dtype::F32,
-            FloatType::F16 => safetensors::Dtype::F16,
-            FloatType::BF16 => safetensors::Dtype::BF16,
-        }
-    }
-    fn torch_name(self) -> &'static str {
-        match self {
-            FloatType::F32 => "float32",
-            FloatType::F16 => "float16",
-            FloatType::BF16 => "bfloat16",
-        }
-    }
-    fn size(self) -> usize {
-        match self {
-            FloatType::F32 => 4,
-            FloatType::F16 | FloatType::BF16 => 2,
-        }
-    }
-    /// Encodes f32 values (round to nearest even for the 16-bit types).
-    pub fn encode(self, v: &[f32], out: &mut Vec<u8>) {
-        match self {
-            FloatType::F32 => v.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
-            FloatType::F16 => v
-                .iter()
-                .for_each(|x| out.extend_from_slice(&half::f16::from_f32(*x).to_le_bytes())),
-            FloatType::BF16 => v
-                .iter()
-                .for_each(|x| out.extend_from_slice(&half::bf16::from_f32(*x).to_le_bytes())),
-        }
-    }
-}
 
 /// A tensor produced on demand while the file is written, so only one tensor is ever
 /// expanded in memory.
@@ -126,24 +73,6 @@ impl safetensors::View for LazyTensor<'_> {
     }
 }
 
-/// Writes `bytes` to `path` atomically: a temporary file in the same folder, fsync, rename,
-/// fsync of the folder (the rename is durable once the directory entry is).
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    let tmp = path.with_extension("tmp-write");
-    let mut f = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
-    f.write_all(bytes).map_err(|e| Error::io(&tmp, e))?;
-    f.sync_all().map_err(|e| Error::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
-        && let Ok(d) = std::fs::File::open(dir)
-    {
-        // Best effort: some filesystems refuse fsync on a directory.
-        let _ = d.sync_all();
-    }
-    Ok(())
-}
-
 /// The HF-named tensors of a model (lm_head only when untied), each with its export form.
 pub fn hf_tensors<'a>(model: &'a Model, dtype: FloatType) -> Vec<(String, LazyTensor<'a>)> {
     hf_tensors_with(model, dtype, &|_| None)
@@ -186,42 +115,46 @@ pub fn hf_tensors_with<'a>(
     out
 }
 
-/// Writes safetensors tensors to `path` (temporary file + rename).
+/// Writes safetensors tensors to `path`, atomically.
 pub fn write_safetensors(tensors: Vec<(String, LazyTensor<'_>)>, path: &Path) -> Result<()> {
-    let tmp = path.with_extension("tmp-write");
-    let meta = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);
-    safetensors::serialize_to_file(tensors, Some(meta), &tmp)
-        .map_err(|e| Error::format(&tmp, format!("writing safetensors: {e}")))?;
-    std::fs::File::open(&tmp)
-        .and_then(|f| f.sync_all())
-        .map_err(|e| Error::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+    let f = AtomicFile::new(path)?;
+    serialize_into(tensors, &f)?;
+    f.commit().map(drop)
 }
 
-/// Writes config, tokenizer files and chat template of `model` into `dir` (for any
-/// export that produces an HF model directory).
-pub fn write_hf_metadata(model: &Model, dir: &Path, dtype: FloatType) -> Result<()> {
+/// Streams the tensors into a staged file, one tensor expanded at a time. (The crate
+/// writes to a path only: it reopens the temporary file, which the commit then fsyncs.)
+fn serialize_into(tensors: Vec<(String, LazyTensor<'_>)>, f: &AtomicFile) -> Result<()> {
+    let meta = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);
+    safetensors::serialize_to_file(tensors, Some(meta), f.temp_path())
+        .map_err(|e| Error::format(f.path(), format!("writing safetensors: {e}")))
+}
+
+/// Writes `model` as an HF directory `dir`: config, tokenizer files, chat template and
+/// `tensors` as `model.safetensors`, replaced as one set (`config.json` last, see
+/// [`FileSet`]).
+pub fn write_hf_dir(model: &Model, dir: &Path, dtype: FloatType, tensors: Vec<(String, LazyTensor<'_>)>) -> Result<()> {
     if let RopeScaling::Factors(_) = model.config.rope_scaling {
         return Err(Error::invalid(
             "this model's rope scaling is stored as per-frequency factors (rope_freqs.weight), which an HF config.json cannot express",
         ));
     }
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let mut set = FileSet::new(dir)?;
     let mut cfg = model.config.to_hf_json();
     cfg["torch_dtype"] = dtype.torch_name().into();
     let json = |v: &serde_json::Value| serde_json::to_vec_pretty(v).expect("JSON values serialize");
-    write_atomic(&dir.join("config.json"), &json(&cfg))?;
+    set.add("config.json", &json(&cfg))?;
     let tok = &model.tokenizer;
-    write_atomic(&dir.join("tokenizer.json"), tok.to_tokenizer_json()?.as_bytes())?;
-    write_atomic(&dir.join("tokenizer_config.json"), &json(&tok.tokenizer_config_json()))?;
+    set.add("tokenizer.json", tok.to_tokenizer_json()?.as_bytes())?;
+    set.add("tokenizer_config.json", &json(&tok.tokenizer_config_json()))?;
     if let Some(t) = tok.chat_template_source() {
-        write_atomic(&dir.join("chat_template.jinja"), t.as_bytes())?;
+        set.add("chat_template.jinja", t.as_bytes())?;
     }
-    Ok(())
+    set.add_with("model.safetensors", |f| serialize_into(tensors, f))?;
+    set.commit("config.json")
 }
 
 /// `nudge convert`: the model as an HF directory in `dtype`.
 pub fn convert_to_hf(model: &Model, dir: &Path, dtype: FloatType) -> Result<()> {
-    write_hf_metadata(model, dir, dtype)?;
-    write_safetensors(hf_tensors(model, dtype), &dir.join("model.safetensors"))
+    write_hf_dir(model, dir, dtype, hf_tensors(model, dtype))
 }

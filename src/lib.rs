@@ -4,6 +4,8 @@
 //! quantized form); feedback becomes a LoRA adapter trained with the DPO family on the CPU.
 
 pub mod error;
+pub mod fsutil;
+pub mod gguf;
 pub mod isa;
 pub mod kernels;
 pub mod model;
@@ -21,6 +23,7 @@ pub mod demo;
 pub mod generate;
 pub mod journal;
 pub mod rng;
+pub mod rope_scaling;
 pub mod score;
 pub mod taste;
 pub mod train;

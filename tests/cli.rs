@@ -466,3 +466,24 @@ fn the_portable_kernels_give_the_same_bits() {
         "training without SIMD gives the same adapter"
     );
 }
+
+#[test]
+fn journal_ingest_follows_the_shared_chat_rules() {
+    // The same cases as the library (tests/data_and_adapters.rs) and the C API
+    // (ffi/src/journal.rs): one set of rules everywhere.
+    let dir = fresh_dir("cli-chat-rules");
+    for (i, (case, prompt, completion, ok)) in common::chat_rule_cases().into_iter().enumerate() {
+        let j = dir.join(format!("{i}.nj"));
+        let line = serde_json::json!({"prompt": prompt, "completion": completion, "label": true});
+        let mut child = Command::new(env!("CARGO_BIN_EXE_nudge"))
+            .args(["journal", "ingest", "--journal", s(&j)])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("runs nudge");
+        std::io::Write::write_all(&mut child.stdin.take().unwrap(), format!("{line}\n").as_bytes()).unwrap();
+        let o = child.wait_with_output().unwrap();
+        assert_eq!(o.status.success(), ok, "{case}: {}", String::from_utf8_lossy(&o.stderr));
+    }
+}

@@ -4,7 +4,8 @@ mod common;
 
 use common::tiny::*;
 use nudge::Error;
-use nudge::adapter::{Adapter, LoraConfig, LoraInit, peft};
+use nudge::adapter::format::peft;
+use nudge::adapter::{Adapter, LoraConfig, LoraInit};
 use nudge::data::{Example, PreferenceSet, read_jsonl, tokenize_row};
 use nudge::model::Model;
 use nudge::model::weights::Proj;
@@ -210,4 +211,20 @@ fn the_adapter_changes_scores_and_zero_b_changes_nothing() {
     let a = random_adapter(&m, Proj::ALL.to_vec(), false);
     let with_a = m.score_packed_with(&item(), Some(&a)).unwrap();
     assert_ne!(base[0][0].token_logps, with_a[0][0].token_logps);
+}
+
+#[test]
+fn one_set_of_chat_rules_for_rows_and_events() {
+    use nudge::data::chat;
+    let m = tiny("rows-chat", &TinySpec::default());
+    for (case, prompt, completion, ok) in common::chat_rule_cases() {
+        let got = chat::parse(&prompt, &[("completion", &completion)]);
+        assert_eq!(got.is_ok(), ok, "{case}: {got:?}");
+        // A dataset row is read by the same rules: its errors name the file and row.
+        let row = serde_json::json!({"prompt": prompt, "completion": completion, "label": true});
+        if !ok {
+            let e = tokenize_row(&m.tokenizer, &row, Path::new("data.jsonl"), 3).unwrap_err();
+            assert!(matches!(e, Error::Row { row: 3, .. }), "{case}: {e}");
+        }
+    }
 }

@@ -5,12 +5,12 @@ mod common;
 
 use common::tiny::*;
 use nudge::Error;
-use nudge::adapter::gguf_lora;
-use nudge::adapter::{Adapter, LoraConfig, LoraInit, merge, peft, proj_shape};
+use nudge::adapter::format::{gguf_lora, merge, peft};
+use nudge::adapter::{Adapter, LoraConfig, LoraInit, proj_shape};
 use nudge::convert::{FloatType, convert_to_hf};
+use nudge::gguf::{GgufFile, GgufValue, GgufWriter};
 use nudge::model::Model;
 use nudge::model::config::Config;
-use nudge::model::gguf::{GgufFile, GgufValue, GgufWriter};
 use nudge::model::weights::Proj;
 use nudge::quant::DType;
 use nudge::score::ScoreItem;

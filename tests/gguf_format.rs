@@ -6,7 +6,7 @@ use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use nudge::Error;
-use nudge::model::gguf::{GgufFile, GgufValue, GgufWriter, ggml_type_id};
+use nudge::gguf::{GgufFile, GgufValue, GgufWriter, ggml_type_id};
 use nudge::quant::DType;
 
 fn tmp_path(name: &str) -> PathBuf {

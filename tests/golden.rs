@@ -207,7 +207,8 @@ fn base_logits_match() {
 
 // ---- LoRA and DPO (the policy is the base model plus `adapter_init/`) ----
 
-use nudge::adapter::{Adapter, peft};
+use nudge::adapter::Adapter;
+use nudge::adapter::format::peft;
 use nudge::data::TokenizedPair;
 use nudge::model::Recompute;
 use nudge::objective::{Loss, reward_metrics};

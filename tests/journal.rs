@@ -568,12 +568,14 @@ fn compaction_keeps_what_matters_and_numbering() {
 
     // A compaction that crashed left its temporary file behind.
     std::fs::write(dir.join("j.nj.compact"), b"half a compaction").unwrap();
+    std::fs::write(dir.join(".j.nj.Ab12Cd.tmp"), b"half a compaction").unwrap();
     let r = j.compact(CompactOptions::default()).unwrap();
     assert_eq!((r.records_before, r.records_after), (15, 9));
     assert_eq!((r.duplicates, r.superseded, r.old_marks, r.trained), (4, 1, 1, 0));
     assert!(r.bytes_after < r.bytes_before);
     assert_eq!(r.bytes_after, std::fs::metadata(&path).unwrap().len());
     assert!(!dir.join("j.nj.compact").exists());
+    assert!(!dir.join(".j.nj.Ab12Cd.tmp").exists());
     let kept: Vec<u64> = j.entries().iter().map(|e| e.seq).collect();
     assert_eq!(kept, vec![0, 1, 2, 3, 4, 6, 9, 12, 13]);
     for e in j.entries() {

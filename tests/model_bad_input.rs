@@ -203,7 +203,7 @@ fn token_ids_outside_vocabulary_and_long_sequences() {
 
 // ---- GGUF models that parse as GGUF but do not make a model ----
 
-use nudge::model::gguf::{GgufFile, GgufValue, GgufWriter};
+use nudge::gguf::{GgufFile, GgufValue, GgufWriter};
 
 /// Rewrites the tiny reference GGUF with `edit` applied to its metadata and tensor list.
 fn edited_gguf(

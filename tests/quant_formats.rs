@@ -5,7 +5,8 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use nudge::model::gguf::{GgufFile, GgufTensorInfo, hf_name_for_gguf, rope_unpermute_row};
+use nudge::gguf::{GgufFile, GgufTensorInfo};
+use nudge::model::gguf_names::{hf_name_for_gguf, rope_unpermute_row};
 use nudge::quant::{DType, dequantize_row};
 use sha2::{Digest, Sha256};
 

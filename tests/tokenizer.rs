@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use nudge::Error;
-use nudge::model::gguf::GgufFile;
+use nudge::gguf::GgufFile;
 use nudge::tokenizer::{ChatMessage, GgufVocab, TextTokenizer, token_type};
 use serde_json::Value;
 

@@ -5,6 +5,7 @@
 use crate::handles::{self, DatasetHandle, NudgeDataset};
 use crate::status::{Failure, FfiResult, NudgeStatus, guard, guard_void};
 use crate::text::{slice_arg, str_arg, write_opt};
+use engine::data::chat::{self, Content};
 use engine::data::{Example, PreferenceSet, Truncation, tokenize_row};
 use engine::model::Model;
 use serde_json::{Value, json};
@@ -17,8 +18,9 @@ use std::sync::{Arc, RwLock};
 pub const NUDGE_TEXT: u32 = 0;
 /// Text arguments are JSON arrays of chat messages `[{"role": "user", "content": "..."}]`:
 /// the prompt is rendered with the model's chat template and its generation prompt, a
-/// completion is what the template adds for the answer messages (TRL's conversational
-/// format).
+/// completion is what the template adds for the answer message (TRL's conversational
+/// format). A prompt holds at least one message; a completion exactly one, of role
+/// "assistant" (the rules of the command line and of JSONL data files too).
 pub const NUDGE_CHAT_JSON: u32 = 1;
 
 /// A preference pair: for `prompt`, the answer `chosen` is preferred over `rejected`.
@@ -41,37 +43,31 @@ pub struct NudgeThumb {
     pub thumbs_up: u32,
 }
 
-/// A text argument as a TRL row value, checked for its format.
+/// A text argument as a TRL row value: the string (NUDGE_TEXT) or its JSON (NUDGE_CHAT_JSON).
+/// The messages are checked with the rest of the row, by [`chat_row`].
 pub(crate) fn text_value(p: *const c_char, format: u32, what: &str) -> FfiResult<Value> {
     let s = str_arg(p, what)?;
     match format {
         NUDGE_TEXT => Ok(Value::String(s.to_string())),
-        NUDGE_CHAT_JSON => {
-            let v: Value =
-                serde_json::from_str(s).map_err(|e| Failure::invalid(format!("{what} is not valid JSON: {e}")))?;
-            check_messages(&v, what)?;
-            Ok(v)
-        }
+        NUDGE_CHAT_JSON => match serde_json::from_str(s) {
+            Ok(v @ Value::Array(_)) => Ok(v),
+            Ok(_) => Err(Failure::invalid(format!("{what} is not a JSON array of chat messages"))),
+            Err(e) => Err(Failure::invalid(format!("{what} is not valid JSON: {e}"))),
+        },
         other => Err(Failure::invalid(format!(
             "format {other} is neither NUDGE_TEXT nor NUDGE_CHAT_JSON"
         ))),
     }
 }
 
-fn check_messages(v: &Value, what: &str) -> FfiResult<()> {
-    let a = v
-        .as_array()
-        .filter(|a| !a.is_empty())
-        .ok_or_else(|| Failure::invalid(format!("{what} is not a non-empty JSON array of chat messages")))?;
-    for (i, m) in a.iter().enumerate() {
-        let ok = m.get("role").is_some_and(Value::is_string) && m.get("content").is_some_and(Value::is_string);
-        if !ok {
-            return Err(Failure::invalid(format!(
-                "{what}[{i}] is not a message with string \"role\" and \"content\""
-            )));
-        }
-    }
-    Ok(())
+/// A prompt and its completions under the engine's one set of chat rules
+/// ([`engine::data::chat`], the rules of the CLI and of JSONL files); `at` (e.g.
+/// `pairs[3]`, or "" for none) prefixes the field an error names.
+pub(crate) fn chat_row(at: &str, prompt: &Value, completions: &[(&str, &Value)]) -> FfiResult<(Content, Vec<Content>)> {
+    chat::parse(prompt, completions).map_err(|e| {
+        let e = if at.is_empty() { e } else { e.within(at) };
+        Failure::invalid(e.to_string())
+    })
 }
 
 /// A new, empty dataset. On failure `*out` is NULL.
@@ -110,11 +106,15 @@ pub unsafe extern "C" fn nudge_dataset_add_pairs(
             .iter()
             .enumerate()
             .map(|(i, p)| {
-                Ok(json!({
-                    "prompt": text_value(p.prompt, format, &format!("pairs[{i}].prompt"))?,
-                    "chosen": text_value(p.chosen, format, &format!("pairs[{i}].chosen"))?,
-                    "rejected": text_value(p.rejected, format, &format!("pairs[{i}].rejected"))?,
-                }))
+                let prompt = text_value(p.prompt, format, &format!("pairs[{i}].prompt"))?;
+                let chosen = text_value(p.chosen, format, &format!("pairs[{i}].chosen"))?;
+                let rejected = text_value(p.rejected, format, &format!("pairs[{i}].rejected"))?;
+                chat_row(
+                    &format!("pairs[{i}]"),
+                    &prompt,
+                    &[("chosen", &chosen), ("rejected", &rejected)],
+                )?;
+                Ok(json!({"prompt": prompt, "chosen": chosen, "rejected": rejected}))
             })
             .collect::<FfiResult<Vec<Value>>>()?;
         append(dataset, rows)
@@ -136,11 +136,10 @@ pub unsafe extern "C" fn nudge_dataset_add_thumbs(
             .iter()
             .enumerate()
             .map(|(i, t)| {
-                Ok(json!({
-                    "prompt": text_value(t.prompt, format, &format!("thumbs[{i}].prompt"))?,
-                    "completion": text_value(t.completion, format, &format!("thumbs[{i}].completion"))?,
-                    "label": t.thumbs_up != 0,
-                }))
+                let prompt = text_value(t.prompt, format, &format!("thumbs[{i}].prompt"))?;
+                let completion = text_value(t.completion, format, &format!("thumbs[{i}].completion"))?;
+                chat_row(&format!("thumbs[{i}]"), &prompt, &[("completion", &completion)])?;
+                Ok(json!({"prompt": prompt, "completion": completion, "label": t.thumbs_up != 0}))
             })
             .collect::<FfiResult<Vec<Value>>>()?;
         append(dataset, rows)
@@ -207,15 +206,14 @@ mod tests {
     #[test]
     fn chat_text_must_be_a_list_of_messages() {
         let ok = cr#"[{"role":"user","content":"hi"}]"#;
-        assert!(text_value(ok.as_ptr(), NUDGE_CHAT_JSON, "p").is_ok());
-        for bad in [
-            c"not json",
-            c"[]",
-            c"{}",
-            cr#"[{"role":"user"}]"#,
-            cr#"[{"role":1,"content":"x"}]"#,
-        ] {
-            let e = text_value(bad.as_ptr(), NUDGE_CHAT_JSON, "p").err().unwrap();
+        let answer = json!([{"role": "assistant", "content": "a"}]);
+        let prompt = text_value(ok.as_ptr(), NUDGE_CHAT_JSON, "p").unwrap();
+        assert!(chat_row("", &prompt, &[("completion", &answer)]).is_ok());
+        assert!(text_value(c"not json".as_ptr(), NUDGE_CHAT_JSON, "p").is_err());
+        assert!(text_value(c"{}".as_ptr(), NUDGE_CHAT_JSON, "p").is_err());
+        for bad in [c"[]", cr#"[{"role":"user"}]"#, cr#"[{"role":1,"content":"x"}]"#] {
+            let prompt = text_value(bad.as_ptr(), NUDGE_CHAT_JSON, "p").unwrap();
+            let e = chat_row("", &prompt, &[("completion", &answer)]).err().unwrap();
             assert_eq!(e.status, NudgeStatus::NUDGE_ERR_INVALID, "{bad:?}");
         }
         let e = text_value(ok.as_ptr(), 7, "p").err().unwrap();

@@ -9,9 +9,9 @@ use crate::options::{self, versioned};
 use crate::pool::with_pool;
 use crate::status::{Failure, FfiResult, NudgeStatus, guard, guard_void};
 use crate::text::{slice_arg, write_opt};
+use engine::data::chat::{self, Content};
 use engine::generate::{BatchGenerator, BatchOptions, GenerateOptions, GenerateRequest, Generator, StopReason};
 use engine::model::Model;
-use engine::tokenizer::ChatMessage;
 use serde_json::Value;
 use std::ffi::{CString, c_char, c_void};
 use std::path::Path;
@@ -96,13 +96,9 @@ fn generate_options(o: &NudgeGenerateOptions) -> FfiResult<GenerateOptions> {
 /// template and its generation prompt.
 fn prompt_ids(model: &Model, prompt: Value) -> FfiResult<Vec<u32>> {
     let tok = &model.tokenizer;
-    let text = match prompt {
-        Value::String(s) => s,
-        messages => {
-            let m: Vec<ChatMessage> = serde_json::from_value(messages)
-                .map_err(|e| Failure::invalid(format!("prompt is not a list of chat messages: {e}")))?;
-            tok.apply_chat_template(&m, true)?
-        }
+    let text = match chat::prompt(&prompt, "prompt").map_err(|e| Failure::invalid(e.to_string()))? {
+        Content::Text(s) => s,
+        Content::Messages(m) => tok.apply_chat_template(&m, true)?,
     };
     Ok(tok.encode(&text, false)?)
 }

@@ -1,15 +1,16 @@
 //! The feedback journal: an app records thumbs and preference pairs in a crash-safe file as
 //! they happen, builds a dataset from them when it trains, and marks them consumed after.
 
-use crate::dataset::{NUDGE_CHAT_JSON, NUDGE_TEXT};
+use crate::dataset::{chat_row, text_value};
 use crate::handles::{self, DatasetHandle, JournalHandle, NudgeDataset, NudgeJournal};
 use crate::options::{self, versioned};
 use crate::status::{Failure, FfiResult, NudgeStatus, guard, guard_void};
 use crate::text::{str_arg, write_opt};
+use engine::data::chat::Content;
 use engine::journal::{
     Durability, Journal, PreferencePair, Prompt, Record, Target, Thumbs, TrainingOptions, UnpairedPolicy,
 };
-use engine::tokenizer::ChatMessage;
+use serde_json::Value;
 use std::ffi::c_char;
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -178,43 +179,26 @@ pub extern "C" fn nudge_journal_free(journal: *mut NudgeJournal) {
     })
 }
 
-/// The prompt of an event: plain text, or chat messages in JSON.
-fn prompt_arg(p: *const c_char, format: u32) -> FfiResult<Prompt> {
-    let s = str_arg(p, "prompt")?;
-    match format {
-        NUDGE_TEXT => Ok(Prompt::Text(s.to_string())),
-        NUDGE_CHAT_JSON => {
-            let m: Vec<ChatMessage> = serde_json::from_str(s).map_err(|e| {
-                Failure::invalid(format!(
-                    "prompt is not a JSON array of chat messages with string \"role\" and \"content\": {e}"
-                ))
-            })?;
-            if m.is_empty() {
-                return Err(Failure::invalid("prompt has no chat messages"));
-            }
-            Ok(Prompt::Chat(m))
-        }
-        other => Err(Failure::invalid(format!(
-            "format {other} is neither NUDGE_TEXT nor NUDGE_CHAT_JSON"
-        ))),
-    }
-}
-
-/// A completion: plain text, or (NUDGE_CHAT_JSON) one assistant message in JSON, as the
-/// dataset functions take it.
-fn completion_arg(p: *const c_char, format: u32, what: &str) -> FfiResult<String> {
-    let s = str_arg(p, what)?;
-    if format != NUDGE_CHAT_JSON {
-        return Ok(s.to_string());
-    }
-    let m: Vec<ChatMessage> = serde_json::from_str(s)
-        .map_err(|e| Failure::invalid(format!("{what} is not a JSON array of chat messages: {e}")))?;
-    match m.as_slice() {
-        [one] if one.role == "assistant" => Ok(one.content.clone()),
-        _ => Err(Failure::invalid(format!(
-            "{what} must hold exactly one message, of role \"assistant\""
-        ))),
-    }
+/// An event's prompt and completions (`format`: NUDGE_TEXT, or NUDGE_CHAT_JSON with each
+/// completion one assistant message), under the same rules as the dataset functions and
+/// the CLI ([`engine::data::chat`]).
+fn event_args(
+    prompt: *const c_char,
+    completions: &[(&str, *const c_char)],
+    format: u32,
+) -> FfiResult<(Prompt, Vec<String>)> {
+    let p = text_value(prompt, format, "prompt")?;
+    let cs = completions
+        .iter()
+        .map(|&(what, c)| Ok((what, text_value(c, format, what)?)))
+        .collect::<FfiResult<Vec<_>>>()?;
+    let refs: Vec<(&str, &Value)> = cs.iter().map(|(w, v)| (*w, v)).collect();
+    let (p, cs) = chat_row("", &p, &refs)?;
+    let prompt = match p {
+        Content::Text(t) => Prompt::Text(t),
+        Content::Messages(m) => Prompt::Chat(m),
+    };
+    Ok((prompt, cs.into_iter().map(Content::into_answer).collect()))
 }
 
 fn strength_arg(strength: f32) -> Option<f32> {
@@ -254,10 +238,12 @@ pub unsafe extern "C" fn nudge_journal_add_thumb(
     seq_out: *mut u64,
 ) -> NudgeStatus {
     guard(|| {
+        let id = str_arg(id, "id")?.to_string();
+        let (prompt, mut completions) = event_args(prompt, &[("completion", completion)], format)?;
         let record = Record::Thumbs(Thumbs {
-            id: str_arg(id, "id")?.to_string(),
-            prompt: prompt_arg(prompt, format)?,
-            completion: completion_arg(completion, format, "completion")?,
+            id,
+            prompt,
+            completion: completions.remove(0),
             up: thumbs_up != 0,
             strength: strength_arg(strength),
             timestamp_ms: now_ms(),
@@ -281,11 +267,14 @@ pub unsafe extern "C" fn nudge_journal_add_pair(
     seq_out: *mut u64,
 ) -> NudgeStatus {
     guard(|| {
+        let id = str_arg(id, "id")?.to_string();
+        let (prompt, mut answers) = event_args(prompt, &[("chosen", chosen), ("rejected", rejected)], format)?;
+        let rejected = answers.remove(1);
         let record = Record::Pair(PreferencePair {
-            id: str_arg(id, "id")?.to_string(),
-            prompt: prompt_arg(prompt, format)?,
-            chosen: completion_arg(chosen, format, "chosen")?,
-            rejected: completion_arg(rejected, format, "rejected")?,
+            id,
+            prompt,
+            chosen: answers.remove(0),
+            rejected,
             strength: strength_arg(strength),
             timestamp_ms: now_ms(),
         });
@@ -420,6 +409,7 @@ pub unsafe extern "C" fn nudge_journal_mark_trained(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dataset::{NUDGE_CHAT_JSON, NUDGE_TEXT};
 
     #[test]
     fn layouts_end_without_padding() {
@@ -457,20 +447,80 @@ mod tests {
 
     #[test]
     fn chat_completions_are_one_assistant_message() {
+        let hi = cr#"[{"role":"user","content":"hi"}]"#;
         let ok = cr#"[{"role":"assistant","content":"Paris."}]"#;
-        assert_eq!(completion_arg(ok.as_ptr(), NUDGE_CHAT_JSON, "c").unwrap(), "Paris.");
-        assert_eq!(
-            completion_arg(ok.as_ptr(), NUDGE_TEXT, "c").unwrap(),
-            ok.to_str().unwrap()
-        );
+        let (p, c) = event_args(hi.as_ptr(), &[("c", ok.as_ptr())], NUDGE_CHAT_JSON).unwrap();
+        assert!(matches!(p, Prompt::Chat(m) if m.len() == 1));
+        assert_eq!(c, ["Paris."]);
+        let (_, c) = event_args(c"q".as_ptr(), &[("c", ok.as_ptr())], NUDGE_TEXT).unwrap();
+        assert_eq!(c, [ok.to_str().unwrap()]);
         for bad in [cr#"[{"role":"user","content":"x"}]"#, cr#"[]"#, cr#"not json"#] {
-            let e = completion_arg(bad.as_ptr(), NUDGE_CHAT_JSON, "c").err().unwrap();
+            let e = event_args(hi.as_ptr(), &[("c", bad.as_ptr())], NUDGE_CHAT_JSON)
+                .err()
+                .unwrap();
             assert_eq!(e.status, NudgeStatus::NUDGE_ERR_INVALID, "{bad:?}");
         }
-        assert!(matches!(
-            prompt_arg(cr#"[{"role":"user","content":"hi"}]"#.as_ptr(), NUDGE_CHAT_JSON).unwrap(),
-            Prompt::Chat(m) if m.len() == 1
-        ));
-        assert!(prompt_arg(c"[]".as_ptr(), NUDGE_CHAT_JSON).is_err());
+        assert!(event_args(c"[]".as_ptr(), &[("c", ok.as_ptr())], NUDGE_CHAT_JSON).is_err());
+    }
+
+    #[test]
+    fn the_c_api_follows_the_shared_chat_rules() {
+        // The cases the library and `nudge journal ingest` run (tests/data/chat_rules.jsonl):
+        // the journal and the dataset functions accept and refuse the same inputs.
+        use crate::dataset::{NudgeThumb, nudge_dataset_add_thumbs, nudge_dataset_free, nudge_dataset_new};
+        use std::ffi::CString;
+        let file = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/data/chat_rules.jsonl");
+        let dir = std::env::temp_dir().join(format!("nudge-ffi-chat-rules-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = CString::new(dir.join("j.nj").to_str().unwrap()).unwrap();
+        let (mut j, mut ds) = (std::ptr::null_mut(), std::ptr::null_mut());
+        unsafe {
+            assert_eq!(
+                nudge_journal_open(path.as_ptr(), std::ptr::null(), &mut j),
+                NudgeStatus::NUDGE_OK
+            );
+            assert_eq!(nudge_dataset_new(&mut ds), NudgeStatus::NUDGE_OK);
+        }
+        for line in std::fs::read_to_string(file).unwrap().lines() {
+            let v: Value = serde_json::from_str(line).unwrap();
+            let (case, ok) = (v["case"].as_str().unwrap(), v["ok"].as_bool().unwrap());
+            // Two strings are text; anything else goes in as JSON (which must be a list).
+            let text = v["prompt"].is_string() && v["completion"].is_string();
+            let arg = |x: &Value| {
+                CString::new(if text {
+                    x.as_str().unwrap().to_string()
+                } else {
+                    x.to_string()
+                })
+            };
+            let (p, c) = (arg(&v["prompt"]).unwrap(), arg(&v["completion"]).unwrap());
+            let format = if text { NUDGE_TEXT } else { NUDGE_CHAT_JSON };
+            let id = CString::new(case).unwrap();
+            let thumb = NudgeThumb {
+                prompt: p.as_ptr(),
+                completion: c.as_ptr(),
+                thumbs_up: 1,
+            };
+            let (journal, dataset) = unsafe {
+                (
+                    nudge_journal_add_thumb(
+                        j,
+                        id.as_ptr(),
+                        p.as_ptr(),
+                        c.as_ptr(),
+                        format,
+                        1,
+                        f32::NAN,
+                        std::ptr::null_mut(),
+                    ),
+                    nudge_dataset_add_thumbs(ds, &thumb, 1, format),
+                )
+            };
+            assert_eq!(journal == NudgeStatus::NUDGE_OK, ok, "journal: {case}");
+            assert_eq!(dataset == NudgeStatus::NUDGE_OK, ok, "dataset: {case}");
+        }
+        nudge_journal_free(j);
+        nudge_dataset_free(ds);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -2,7 +2,7 @@
 //! libnudge.a in target/<profile>/), runs them on the real model, and checks what the C
 //! lifecycle reports against the engine called from Rust.
 
-use engine::adapter::{gguf_lora, peft};
+use engine::adapter::format::{gguf_lora, peft};
 use engine::data::{Example, tokenize_row};
 use engine::model::Model;
 use engine::score::ScoreItem;

@@ -27,7 +27,7 @@
 //! `R × R` core gives ΔW's singular values and vectors exactly, in O((out + in) R²) time
 //! instead of O(out · in · min(out, in)).
 
-use super::peft::tensor_name;
+use super::format::peft::tensor_name;
 use super::{Adapter, LoraConfig, LoraPair};
 use crate::error::{Error, Result};
 use crate::model::weights::Proj;

@@ -1,15 +1,14 @@
-//! LoRA adapters: parameters on any subset of the seven projections of every layer,
-//! their initialization, and their files (PEFT; llama.cpp's GGUF adapters) and the
-//! merged model.
+//! LoRA adapters: parameters on any subset of the seven projections of every layer and
+//! their initialization: the adapter the model's forward applies. Its files (PEFT,
+//! llama.cpp's GGUF adapters) and the merged model are in [`format`].
 
-pub mod gguf_lora;
+pub mod format;
 #[cfg(feature = "linalg")]
 pub mod linalg;
-pub mod merge;
-pub mod peft;
+
+pub use format::{BaseCheck, load, load_for};
 
 use crate::error::{Error, Result};
-use crate::model::Model;
 use crate::model::config::Config;
 use crate::model::weights::Proj;
 use serde::{Deserialize, Serialize};
@@ -112,55 +111,6 @@ pub struct Adapter {
     pub base_fingerprint: Option<String>,
 }
 
-/// Loads an adapter in either of its file formats: a PEFT directory, or a llama.cpp
-/// LoRA GGUF file. Checks only that its shapes fit `model`; [`load_for`] also checks that
-/// it was made for this base.
-pub fn load(path: &std::path::Path, model: &Config) -> Result<Adapter> {
-    if path.is_dir() {
-        peft::load(path, model)
-    } else {
-        gguf_lora::load(path, model)
-    }
-}
-
-/// Whether an adapter recorded for another base may be applied anyway.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum BaseCheck {
-    /// Refuse an adapter whose recorded fingerprint is not this model's.
-    #[default]
-    Strict,
-    /// Apply it anyway (e.g. to another quantization of the same model).
-    AllowOtherBase,
-}
-
-/// [`load`], then the base check: an adapter that records the fingerprint of another base
-/// is refused (unless `check` allows it) with a message naming both. Adapters that record
-/// no fingerprint (made by other tools) are checked for shape only.
-pub fn load_for(path: &std::path::Path, model: &Model, check: BaseCheck) -> Result<Adapter> {
-    let a = load(path, &model.config)?;
-    if let Some(fp) = &a.base_fingerprint
-        && check == BaseCheck::Strict
-    {
-        let ours = model.fingerprint();
-        if *fp != ours {
-            let short = |f: &str| f.chars().take(19).collect::<String>();
-            return Err(Error::field(
-                path,
-                "base_fingerprint",
-                format!(
-                    "this adapter was trained on the base model `{}` ({}), not on `{}` ({}); apply it \
-                     anyway with --allow-other-base (e.g. for another quantization of the same model)",
-                    a.base_model_name,
-                    short(fp),
-                    model.name(),
-                    short(&ours)
-                ),
-            ));
-        }
-    }
-    Ok(a)
-}
-
 /// (out_features, in_features) of a projection for a model config.
 pub fn proj_shape(cfg: &Config, p: Proj) -> (usize, usize) {
     let (h, i, q, kv) = (cfg.hidden_size, cfg.intermediate_size, cfg.q_dim(), cfg.kv_dim());
@@ -243,7 +193,7 @@ impl Adapter {
                     if (pair.out_features, pair.in_features) != (out, inp) {
                         return Err(Error::tensor(
                             file,
-                            peft::tensor_name(li, p, "lora_B"),
+                            format::peft::tensor_name(li, p, "lora_B"),
                             format!(
                                 "adapter is for a [{}, {}] projection, the model's is [{out}, {inp}]",
                                 pair.out_features, pair.in_features
@@ -258,7 +208,7 @@ impl Adapter {
                         if len != want {
                             return Err(Error::tensor(
                                 file,
-                                peft::tensor_name(li, p, m),
+                                format::peft::tensor_name(li, p, m),
                                 format!("{len} values, rank {r} needs {what} = {want}"),
                             ));
                         }
@@ -285,8 +235,8 @@ impl Adapter {
         for (li, l) in self.layers.iter().enumerate() {
             for p in Proj::ALL {
                 if let Some(pair) = &l[p as usize] {
-                    v.push((peft::tensor_name(li, p, "lora_A"), &pair.a[..]));
-                    v.push((peft::tensor_name(li, p, "lora_B"), &pair.b[..]));
+                    v.push((format::peft::tensor_name(li, p, "lora_A"), &pair.a[..]));
+                    v.push((format::peft::tensor_name(li, p, "lora_B"), &pair.b[..]));
                 }
             }
         }

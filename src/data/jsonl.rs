@@ -8,13 +8,16 @@
 //!
 //! Optional per-row `margin` and `weight` (numbers) feed the margin-adaptive losses.
 //!
+//! Prompts and completions given as chat messages follow the rules of [`super::chat`].
+//!
 //! Tokenization follows TRL: a standard row's prompt and completion are tokenized
 //! separately without special tokens and the completion gets the EOS token appended; a
 //! conversational row's prompt is the chat template's rendering with the generation
 //! prompt, and its completion is what rendering prompt + answer adds after that.
 
+use super::chat::{self, Content};
 use crate::error::{Error, Result};
-use crate::tokenizer::{ChatMessage, TextTokenizer};
+use crate::tokenizer::TextTokenizer;
 use serde_json::Value;
 use std::path::Path;
 
@@ -131,7 +134,7 @@ pub fn tokenize_row(tok: &TextTokenizer, v: &Value, file: &Path, row: usize) -> 
         let prompt = v
             .get("prompt")
             .ok_or_else(|| err("unpaired row has `completion` but no `prompt`".into()))?;
-        let (p, c) = prompt_completion(tok, prompt, &v["completion"]).map_err(|e| err(format!("{e}")))?;
+        let (p, c) = prompt_completion(tok, prompt, ("completion", &v["completion"]), &err)?;
         return Ok(Example::Unpaired(TokenizedUnpaired {
             row,
             prompt: p,
@@ -158,8 +161,8 @@ pub fn tokenize_row(tok: &TextTokenizer, v: &Value, file: &Path, row: usize) -> 
         Some(p) => (p.clone(), chosen.clone(), rejected.clone()),
         None => implicit_prompt(chosen, rejected).map_err(err)?,
     };
-    let (p, c) = prompt_completion(tok, &prompt, &chosen).map_err(|e| err(format!("chosen: {e}")))?;
-    let (p2, r) = prompt_completion(tok, &prompt, &rejected).map_err(|e| err(format!("rejected: {e}")))?;
+    let (p, c) = prompt_completion(tok, &prompt, ("chosen", &chosen), &err)?;
+    let (p2, r) = prompt_completion(tok, &prompt, ("rejected", &rejected), &err)?;
     debug_assert_eq!(p, p2);
     Ok(Example::Pair(TokenizedPair {
         row,
@@ -177,25 +180,6 @@ fn label(v: &Value) -> std::result::Result<bool, String> {
         Some(x) => Err(format!("`label` = {x} is not true or false")),
         None => Err("unpaired row has no `label`".into()),
     }
-}
-
-fn messages(v: &Value, what: &str) -> std::result::Result<Vec<ChatMessage>, String> {
-    let a = v
-        .as_array()
-        .ok_or_else(|| format!("`{what}` is neither a string nor a list of messages"))?;
-    a.iter()
-        .enumerate()
-        .map(|(i, m)| {
-            let role = m.get("role").and_then(Value::as_str);
-            let content = m.get("content").and_then(Value::as_str);
-            match (role, content) {
-                (Some(r), Some(c)) => Ok(ChatMessage::new(r, c)),
-                _ => Err(format!(
-                    "`{what}[{i}]` is not a message with string `role` and `content`"
-                )),
-            }
-        })
-        .collect()
 }
 
 /// TRL's implicit prompt: the longest run of leading messages both conversations share.
@@ -217,21 +201,26 @@ fn implicit_prompt(chosen: &Value, rejected: &Value) -> std::result::Result<(Val
     ))
 }
 
-/// Token ids of a prompt and one completion of it.
-fn prompt_completion(tok: &TextTokenizer, prompt: &Value, completion: &Value) -> Result<(Vec<u32>, Vec<u32>)> {
-    match (prompt, completion) {
-        (Value::String(p), Value::String(c)) => {
-            let pi = tok.encode(p, false)?;
-            let mut ci = tok.encode(c, false)?;
+/// Token ids of a prompt and one completion of it, read by the rules of [`super::chat`];
+/// `err` puts a broken message into the row's error.
+fn prompt_completion(
+    tok: &TextTokenizer,
+    prompt: &Value,
+    completion: (&str, &Value),
+    err: &dyn Fn(String) -> Error,
+) -> Result<(Vec<u32>, Vec<u32>)> {
+    let (p, mut c) = chat::parse(prompt, &[completion]).map_err(|e| err(e.to_string()))?;
+    match (p, c.remove(0)) {
+        (Content::Text(p), Content::Text(c)) => {
+            let pi = tok.encode(&p, false)?;
+            let mut ci = tok.encode(&c, false)?;
             let eos = tok
                 .eos_id()
                 .ok_or_else(|| Error::Tokenizer("the tokenizer has no EOS token to end a completion".into()))?;
             ci.push(eos);
             Ok((pi, ci))
         }
-        (Value::Array(_), Value::Array(_)) => {
-            let pm = messages(prompt, "prompt").map_err(Error::invalid)?;
-            let cm = messages(completion, "completion").map_err(Error::invalid)?;
+        (Content::Messages(pm), Content::Messages(cm)) => {
             let ptext = tok.apply_chat_template(&pm, true)?;
             let mut all = pm.clone();
             all.extend(cm);
@@ -241,8 +230,7 @@ fn prompt_completion(tok: &TextTokenizer, prompt: &Value, completion: &Value) ->
             })?;
             Ok((tok.encode(&ptext, false)?, tok.encode(ctext, false)?))
         }
-        _ => Err(Error::invalid(
-            "prompt and completion must both be strings or both be message lists",
-        )),
+        // `chat::parse` refuses a prompt and a completion of different kinds.
+        _ => Err(err("prompt and completion are of different kinds".into())),
     }
 }

@@ -1,5 +1,6 @@
 //! Training and scoring data: TRL's JSONL formats, tokenized the way TRL tokenizes them.
 
+pub mod chat;
 pub mod jsonl;
 pub mod set;
 

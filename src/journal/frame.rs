@@ -12,7 +12,7 @@
 //! The sequence base is where numbering resumes when compaction has dropped the newest
 //! records.
 
-use super::crc::{Crc32, crc32};
+use super::crc::{crc32, crc32_of};
 use super::record::{Entry, Record};
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
@@ -115,7 +115,7 @@ pub fn encode_record(seq: u64, record: &Record) -> Result<Vec<u8>> {
         )));
     }
     let len = (payload.len() as u32).to_le_bytes();
-    let crc = Crc32::new().update(&len).update(&payload).finish();
+    let crc = crc32_of(&[&len, &payload]);
     let mut frame = Vec::with_capacity(FRAME_OVERHEAD + payload.len());
     frame.extend_from_slice(&len);
     frame.extend_from_slice(&crc.to_le_bytes());
@@ -156,7 +156,7 @@ fn parse_at(b: &[u8], pos: usize) -> Parsed {
         ));
     };
     let end = start + len;
-    if Crc32::new().update(&b[pos..pos + 4]).update(payload).finish() != stored {
+    if crc32_of(&[&b[pos..pos + 4], payload]) != stored {
         return Parsed::Damaged("record checksum mismatch".into());
     }
     match bincode::serde::decode_from_slice::<Stored, _>(payload, config()) {

@@ -6,15 +6,18 @@
 //! - [`record`]: the records.
 //! - [`store`]: [`Journal`]: open with torn-tail recovery, append with a [`Durability`],
 //!   compaction, repair.
-//! - [`training`]: pairing, deduplication and "new since the last training run".
+//! - [`dedup`]: retries, duplicates and changed minds.
+//! - [`training`]: pairing and "new since the last training run".
 
 mod crc;
+pub mod dedup;
 pub mod frame;
 pub mod record;
 pub mod store;
 pub mod training;
 
 pub use crc::crc32;
+pub use dedup::Dropped;
 pub use record::{Entry, PreferencePair, Prompt, Record, Thumbs, TrainingMark};
 pub use store::{CompactOptions, CompactReport, Durability, Journal, Recovery, RepairReport, Stats};
-pub use training::{Dropped, Plan, PlannedPair, PlannedThumb, Target, TrainingOptions, TrainingSet, UnpairedPolicy};
+pub use training::{Plan, PlannedPair, PlannedThumb, Target, TrainingOptions, TrainingSet, UnpairedPolicy};

@@ -4,10 +4,11 @@
 //! is open); readers take no lock and never change the file. Every record stays in memory
 //! once read: a journal of feedback is small next to the model it trains.
 
+use super::dedup::{Dropped, effective};
 use super::frame::{self, HEADER_LEN, Skipped};
 use super::record::{Entry, Record, TrainingMark};
-use super::training::Dropped;
 use crate::error::{Error, Result};
+use crate::fsutil::{self, AtomicFile};
 use serde::Serialize;
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
@@ -119,32 +120,9 @@ impl std::fmt::Debug for Journal {
     }
 }
 
-fn sibling(path: &Path, suffix: &str) -> PathBuf {
-    let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
-    name.push(suffix);
-    path.with_file_name(name)
-}
-
-/// Makes a rename or link in `path`'s directory durable.
-fn sync_dir(path: &Path) -> Result<()> {
-    #[cfg(unix)]
-    {
-        let dir = match path.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d,
-            _ => Path::new("."),
-        };
-        File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| Error::io(dir, e))?;
-    }
-    #[cfg(not(unix))]
-    let _ = path;
-    Ok(())
-}
-
 /// Creates an empty journal without ever leaving a partial header at `path`: the header is
-/// written and fsynced under another name, then linked in (which fails rather than
-/// replacing a journal another process created meanwhile).
+/// written and fsynced under another name, then put in place without replacing (which
+/// fails rather than replacing a journal another process created meanwhile).
 fn create(path: &Path) -> Result<()> {
     // Say which folder is missing rather than naming the temporary file that failed.
     let folder = match path.parent() {
@@ -160,26 +138,14 @@ fn create(path: &Path) -> Result<()> {
             ),
         ));
     }
-    let tmp = sibling(path, &format!(".{}.new", std::process::id()));
-    let written = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&tmp)
-        .and_then(|mut f| {
-            f.write_all(&frame::encode_header(0))?;
-            f.sync_all()
-        });
-    if let Err(e) = written {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(Error::io(&tmp, e));
-    }
-    let linked = std::fs::hard_link(&tmp, path);
-    let _ = std::fs::remove_file(&tmp);
-    match linked {
-        Ok(()) => sync_dir(path),
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
-        Err(e) => Err(Error::io(path, e)),
+    let f = AtomicFile::new(path)?;
+    f.file()
+        .write_all(&frame::encode_header(0))
+        .map_err(|e| Error::io(path, e))?;
+    match f.commit_new() {
+        Ok(_) => Ok(()),
+        Err(Error::Io { source, .. }) if source.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
     }
 }
 
@@ -540,7 +506,7 @@ impl Journal {
             .rev()
             .find(|e| matches!(e.record, Record::TrainingMark(_)))
             .map(|e| e.seq);
-        let dropped: std::collections::HashMap<u64, Dropped> = self.effective().dropped.into_iter().collect();
+        let dropped: std::collections::HashMap<u64, Dropped> = effective(&self.entries).dropped.into_iter().collect();
         let is_new = self.new_filter();
         let mut kept = Vec::with_capacity(self.entries.len());
         for e in &self.entries {
@@ -578,47 +544,34 @@ impl Journal {
 
     /// Replaces the file with one holding `entries` (their sequence numbers kept).
     fn rewrite(&mut self, mut entries: Vec<Entry>, sequence_base: u64) -> Result<()> {
-        let tmp = sibling(&self.path, ".compact");
-        // Left by a compaction that crashed; this process holds the journal's lock.
-        let _ = std::fs::remove_file(&tmp);
-        let io_tmp = |e| Error::io(&tmp, e);
-        let f = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&tmp)
-            .map_err(io_tmp)?;
-        let written = (|| -> Result<u64> {
-            // Locked before it is visible under the journal's name.
-            try_lock(&f, &tmp)?;
-            let mut w = BufWriter::new(&f);
-            w.write_all(&frame::encode_header(sequence_base)).map_err(io_tmp)?;
-            let mut end = HEADER_LEN as u64;
-            for e in &mut entries {
-                let bytes = frame::encode_record(e.seq, &e.record)?;
-                w.write_all(&bytes).map_err(io_tmp)?;
-                e.offset = end;
-                end += bytes.len() as u64;
-            }
-            w.flush().map_err(io_tmp)?;
-            drop(w);
-            f.sync_all().map_err(io_tmp)?;
-            std::fs::rename(&tmp, &self.path).map_err(|e| Error::io(&self.path, e))?;
-            Ok(end)
-        })();
-        let end = match written {
-            Ok(end) => end,
-            Err(e) => {
-                let _ = std::fs::remove_file(&tmp);
-                return Err(e);
-            }
-        };
-        self.file = f;
+        // Left by a compaction that crashed (`<name>.compact`: by builds before the atomic
+        // writer); this process holds the journal's lock.
+        let mut legacy = self.path.as_os_str().to_owned();
+        legacy.push(".compact");
+        let _ = std::fs::remove_file(legacy);
+        fsutil::remove_leftovers(&self.path);
+        // Opened for reading too: after the commit this is the journal's file.
+        let tmp = AtomicFile::new(&self.path)?;
+        // Locked before it is visible under the journal's name.
+        try_lock(tmp.file(), tmp.temp_path())?;
+        let io_tmp = |e| Error::io(tmp.temp_path(), e);
+        let mut w = BufWriter::new(tmp.file());
+        w.write_all(&frame::encode_header(sequence_base)).map_err(io_tmp)?;
+        let mut end = HEADER_LEN as u64;
+        for e in &mut entries {
+            let bytes = frame::encode_record(e.seq, &e.record)?;
+            w.write_all(&bytes).map_err(io_tmp)?;
+            e.offset = end;
+            end += bytes.len() as u64;
+        }
+        w.flush().map_err(io_tmp)?;
+        drop(w);
+        self.file = tmp.commit()?;
         self.synced = entries.len();
         self.entries = entries;
         self.end = end;
         self.sequence_base = sequence_base;
-        sync_dir(&self.path)
+        Ok(())
     }
 }
 

@@ -24,15 +24,14 @@
 //! assistant message), so [`Journal::training_set`] and `PreferenceSet::from_jsonl` on an
 //! export tokenize them the same way.
 
-use super::record::{PreferencePair, Prompt, Record, Thumbs, TrainingMark};
+use super::dedup::{Dropped, effective};
+use super::record::{PreferencePair, Prompt, Thumbs, TrainingMark};
 use super::store::Journal;
 use crate::data::{PreferenceSet, Truncation, tokenize_row};
 use crate::error::{Error, Result};
 use crate::tokenizer::TextTokenizer;
-use serde::Serialize;
 use serde_json::{Value, json};
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::Path;
 
 /// The loss family the rows are for.
@@ -85,17 +84,6 @@ pub struct PlannedThumb {
     pub completion: String,
     pub up: bool,
     pub weight: Option<f32>,
-}
-
-/// Why an event gives no row.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub enum Dropped {
-    /// Same id as the earlier event `of`.
-    DuplicateId { of: u64 },
-    /// Same content and label as the earlier event `of`.
-    Duplicate { of: u64 },
-    /// The same prompt and completion got the other label later, in event `by`.
-    Superseded { by: u64 },
 }
 
 /// What a training run will consume, before tokenization.
@@ -159,14 +147,6 @@ impl PlannedThumb {
     }
 }
 
-/// The events that count after rules 1 and 2.
-#[derive(Default)]
-pub(crate) struct Effective<'a> {
-    pub thumbs: Vec<(u64, &'a Thumbs)>,
-    pub pairs: Vec<(u64, &'a PreferencePair)>,
-    pub dropped: Vec<(u64, Dropped)>,
-}
-
 /// The rows of a training set and the plan they came from.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct TrainingSet {
@@ -182,60 +162,11 @@ fn mean_strength(a: Option<f32>, b: Option<f32>) -> Option<f32> {
 }
 
 impl Journal {
-    /// Rules 1 and 2 over the whole journal: the events that count, in sequence order, and
-    /// why each of the others does not.
-    pub(crate) fn effective(&self) -> Effective<'_> {
-        let mut eff = Effective::default();
-        let mut ids: HashMap<&str, u64> = HashMap::new();
-        // `thumbs` holds None where a thumb was superseded.
-        let mut thumbs: Vec<Option<(u64, &Thumbs)>> = Vec::new();
-        let mut by_content: HashMap<(String, &str), usize> = HashMap::new();
-        let mut pair_content: HashMap<(String, &str, &str), u64> = HashMap::new();
-        for e in self.entries() {
-            if let Some(id) = e.record.id() {
-                if let Some(&of) = ids.get(id) {
-                    eff.dropped.push((e.seq, Dropped::DuplicateId { of }));
-                    continue;
-                }
-                ids.insert(id, e.seq);
-            }
-            match &e.record {
-                Record::Thumbs(t) => {
-                    let key = (t.prompt.key(), t.completion.as_str());
-                    if let Some(&i) = by_content.get(&key)
-                        && let Some((of, earlier)) = thumbs[i]
-                    {
-                        if earlier.up == t.up {
-                            eff.dropped.push((e.seq, Dropped::Duplicate { of }));
-                            continue;
-                        }
-                        eff.dropped.push((of, Dropped::Superseded { by: e.seq }));
-                        thumbs[i] = None;
-                    }
-                    by_content.insert(key, thumbs.len());
-                    thumbs.push(Some((e.seq, t)));
-                }
-                Record::Pair(p) => {
-                    let key = (p.prompt.key(), p.chosen.as_str(), p.rejected.as_str());
-                    if let Some(&of) = pair_content.get(&key) {
-                        eff.dropped.push((e.seq, Dropped::Duplicate { of }));
-                        continue;
-                    }
-                    pair_content.insert(key, e.seq);
-                    eff.pairs.push((e.seq, p));
-                }
-                Record::TrainingMark(_) => {}
-            }
-        }
-        eff.thumbs = thumbs.into_iter().flatten().collect();
-        eff
-    }
-
     /// Applies the rules of this module's documentation.
     pub fn plan(&self, opts: &TrainingOptions) -> Plan {
         let is_new = self.new_filter();
         let in_scope = |seq: u64| !opts.only_new || is_new(seq);
-        let eff = self.effective();
+        let eff = effective(self.entries());
         let mut plan = Plan {
             up_to_sequence: self.entries().last().map(|e| e.seq),
             dropped: eff.dropped.into_iter().filter(|(seq, _)| in_scope(*seq)).collect(),
@@ -335,19 +266,16 @@ impl Journal {
         Ok(TrainingSet { data, plan })
     }
 
-    /// Writes the plan's rows as TRL JSONL (for `nudge train --data`), fsynced; returns
-    /// the plan.
+    /// Writes the plan's rows as TRL JSONL (for `nudge train --data`), atomically
+    /// ([`crate::fsutil`]); returns the plan.
     pub fn export_jsonl(&self, out: &Path, opts: &TrainingOptions) -> Result<Plan> {
         let plan = self.plan(opts);
-        let io = |e| Error::io(out, e);
-        let f = std::fs::File::create(out).map_err(io)?;
-        let mut w = std::io::BufWriter::new(&f);
-        for (_, row) in plan.rows() {
-            writeln!(w, "{row}").map_err(io)?;
-        }
-        w.flush().map_err(io)?;
-        drop(w);
-        f.sync_all().map_err(io)?;
+        crate::fsutil::write_atomic_with(out, |w| {
+            for (_, row) in plan.rows() {
+                writeln!(w, "{row}")?;
+            }
+            Ok(())
+        })?;
         Ok(plan)
     }
 }

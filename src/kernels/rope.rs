@@ -1,7 +1,7 @@
 //! Rotary position embedding in the HF ("rotate half") layout: within each head the
 //! pair of dimensions (i, i + d/2) is rotated by angle pos * inv_freq[i].
 
-use crate::model::config::RopeScaling;
+use crate::rope_scaling::RopeScaling;
 
 /// Per-dimension inverse frequencies `[head_dim / 2]`, with the model's scaling applied.
 pub fn inv_freq(head_dim: usize, theta: f32, scaling: &RopeScaling) -> Vec<f32> {

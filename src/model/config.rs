@@ -1,6 +1,7 @@
 //! The network's hyper-parameters, read from an HF `config.json` or from GGUF metadata.
 
 use crate::error::{Error, Result};
+pub use crate::rope_scaling::RopeScaling;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -22,24 +23,6 @@ impl Architecture {
             Architecture::Qwen2 => "qwen2",
         }
     }
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub enum RopeScaling {
-    None,
-    /// Positions divided by `factor` (transformers' "linear").
-    Linear {
-        factor: f32,
-    },
-    /// Llama 3.x frequency-dependent scaling (transformers' "llama3").
-    Llama3 {
-        factor: f32,
-        low_freq_factor: f32,
-        high_freq_factor: f32,
-        original_max_position_embeddings: usize,
-    },
-    /// Per-frequency divisors, as llama.cpp stores Llama 3 scaling (`rope_freqs.weight`).
-    Factors(Vec<f32>),
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -2,9 +2,10 @@
 //! (quantized blocks stay in the map; Q/K rows are read in HF order through a row mapping).
 
 use super::config::{Architecture, Config, RopeScaling};
-use super::gguf::{GgufFile, hf_name_for_gguf};
+use super::gguf_names::hf_name_for_gguf;
 use super::weights::{Assembler, RawTensor, Weights, assemble};
 use crate::error::{Error, Result};
+use crate::gguf::GgufFile;
 use crate::kernels::matmul::RowOrder;
 use std::collections::HashMap;
 
@@ -140,7 +141,7 @@ pub fn open(g: &GgufFile) -> Result<(Config, Weights)> {
 fn gguf_tensor_names(e: Error, _g: &GgufFile) -> Error {
     match e {
         Error::Tensor { file, tensor, what } => {
-            let gg = super::gguf::gguf_name_for_hf(&tensor).unwrap_or_else(|| tensor.clone());
+            let gg = super::gguf_names::gguf_name_for_hf(&tensor).unwrap_or_else(|| tensor.clone());
             Error::Tensor {
                 file,
                 tensor: if gg == tensor {

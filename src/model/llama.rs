@@ -2,11 +2,10 @@
 //! with optional LoRA on its projections: the forward pass, and next to it the backward
 //! pass that produces gradients for the adapter only (the base stays frozen).
 
-use super::Model;
 use super::weights::{Layer, Proj, TensorSlice, Weights};
+use super::{KvCache, Model};
 use crate::adapter::{Adapter, LoraPair};
 use crate::error::{Error, Result};
-use crate::generate::KvCache;
 use crate::kernels::attention::{AttnLayout, AttnShape, attention_backward, attention_forward};
 use crate::kernels::attention_cached::attention_cached;
 use crate::kernels::lora::{dropout, lora_backward, lora_forward};

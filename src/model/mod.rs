@@ -1,12 +1,14 @@
 //! Model files (GGUF, HF safetensors directories), their configuration, and the network.
 
 pub mod config;
-pub mod gguf;
 pub mod gguf_model;
+pub mod gguf_names;
 mod head;
 mod identity;
+mod kv_cache;
 mod llama;
 pub use head::TargetRows;
+pub use kv_cache::KvCache;
 pub use llama::{CachedSeq, Dropout, LoraCtx, Recompute, Tape};
 
 /// Bytes of activations one layer keeps for the backward pass over `tokens` tokens with
@@ -60,7 +62,7 @@ impl Model {
             let tok = TextTokenizer::from_hf_dir(path)?;
             (ModelFormat::Safetensors, c, w, tok, stem(path))
         } else {
-            let g = gguf::GgufFile::open(path)?;
+            let g = crate::gguf::GgufFile::open(path)?;
             let (c, w) = gguf_model::open(&g)?;
             let vocab = GgufVocab::from_metadata(&g.metadata, path)?;
             let tok = TextTokenizer::from_gguf_vocab(&vocab, path)?;

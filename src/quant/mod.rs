@@ -6,6 +6,8 @@
 
 use crate::error::{Error, Result};
 
+pub use float_type::FloatType;
+
 /// The element formats a weight tensor may have, in memory-mapped form.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[allow(non_camel_case_types)]
@@ -124,4 +126,5 @@ pub fn dequantize_row_unchecked(dtype: DType, src: &[u8], dst: &mut [f32]) {
 }
 
 mod blocks;
+mod float_type;
 mod k_quants;

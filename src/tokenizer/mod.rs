@@ -11,7 +11,7 @@ pub use chat::{ChatMessage, ChatTemplate, SpecialTokens};
 pub use gguf_vocab::{GgufVocab, token_type};
 
 use crate::error::{Error, Result};
-use crate::model::gguf::GgufFile;
+use crate::gguf::GgufFile;
 
 /// Text ↔ token ids for one model, with its chat template.
 #[derive(Clone)]

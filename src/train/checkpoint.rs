@@ -6,7 +6,8 @@
 //! File layout: `MAGIC` (8 bytes) · format version (u32 LE) · payload length (u64 LE) ·
 //! SHA-256 of the payload (32 bytes) · payload (bincode of [`Checkpoint`]).
 
-use super::trainer::{RefCache, TrainConfig};
+use super::config::TrainConfig;
+use super::ref_cache::RefCache;
 use crate::adapter::LoraConfig;
 use crate::error::{Error, Result};
 use crate::optim::AdamWState;
@@ -132,7 +133,7 @@ impl Checkpoint {
 
     /// Writes atomically: a temporary file in the same folder, fsync, rename, fsync the folder.
     pub fn save(&self, path: &Path) -> Result<()> {
-        crate::convert::write_atomic(path, &self.to_bytes()?)
+        crate::fsutil::write_atomic(path, &self.to_bytes()?)
     }
 
     pub fn load(path: &Path) -> Result<Self> {

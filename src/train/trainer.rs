@@ -3,107 +3,19 @@
 //! a progress callback that can stop the run between steps.
 
 use super::checkpoint::{BaseShape, Checkpoint};
+use super::config::TrainConfig;
+use super::ref_cache::RefCache;
 use super::step::{kto_step, pair_step};
 use crate::adapter::Adapter;
 use crate::data::{PreferenceSet, RowNote, TokenizedPair, TokenizedUnpaired};
 use crate::error::{Error, Result};
-use crate::model::{Dropout, Model, Recompute};
+use crate::model::{Dropout, Model};
 use crate::objective::{Loss, PairLogps, RewardMetrics, reward_metrics};
-use crate::optim::{AdamW, AdamWConfig, Schedule, clip_grad_norm};
+use crate::optim::{AdamW, clip_grad_norm};
 use crate::rng::Rng;
 use crate::score::ScoreItem;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
 use std::time::Instant;
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct TrainConfig {
-    pub loss: Loss,
-    pub optimizer: AdamWConfig,
-    pub schedule: Schedule,
-    /// Global-norm clipping (`None`: off).
-    pub max_grad_norm: Option<f32>,
-    pub epochs: usize,
-    /// Stop after this many optimizer steps (`None`: run the epochs).
-    pub max_steps: Option<usize>,
-    /// Examples per optimizer step.
-    pub batch_size: usize,
-    /// Examples per forward/backward pass; the step accumulates the gradients of
-    /// `batch_size / micro_batch_size` passes.
-    pub micro_batch_size: usize,
-    pub seed: u64,
-    pub shuffle: bool,
-    /// Fraction of the examples held out for evaluation (0: none).
-    pub eval_fraction: f32,
-    pub recompute: Recompute,
-    /// Dropout on the adapter's input (the adapter config's `lora_dropout` by default).
-    pub lora_dropout: f32,
-}
-
-impl Default for TrainConfig {
-    fn default() -> Self {
-        TrainConfig {
-            loss: Loss::Sigmoid { beta: 0.1 },
-            optimizer: AdamWConfig {
-                lr: 5e-5,
-                weight_decay: 0.0,
-                ..AdamWConfig::default()
-            },
-            schedule: Schedule::Constant { warmup_steps: 0 },
-            max_grad_norm: Some(1.0),
-            epochs: 1,
-            max_steps: None,
-            batch_size: 2,
-            micro_batch_size: 2,
-            seed: 42,
-            shuffle: true,
-            eval_fraction: 0.0,
-            recompute: Recompute::Budget(256 << 20),
-            lora_dropout: 0.0,
-        }
-    }
-}
-
-impl TrainConfig {
-    /// Optimizer steps of a run over `examples` training examples.
-    pub fn total_steps(&self, examples: usize) -> usize {
-        let per_epoch = examples.div_ceil(self.batch_size.max(1));
-        self.max_steps.unwrap_or(per_epoch.saturating_mul(self.epochs))
-    }
-
-    pub fn validate(&self) -> Result<()> {
-        self.loss.validate()?;
-        self.optimizer.validate()?;
-        self.schedule.validate()?;
-        if self.batch_size == 0 || self.micro_batch_size == 0 {
-            return Err(Error::invalid("batch_size and micro_batch_size must be at least 1"));
-        }
-        if !(0.0..1.0).contains(&self.eval_fraction) {
-            return Err(Error::invalid(format!(
-                "eval_fraction {} must be in [0, 1)",
-                self.eval_fraction
-            )));
-        }
-        if !(0.0..1.0).contains(&self.lora_dropout) {
-            return Err(Error::invalid(format!(
-                "lora_dropout {} must be in [0, 1)",
-                self.lora_dropout
-            )));
-        }
-        if self.max_steps == Some(0) {
-            return Err(Error::invalid("max_steps must be at least 1"));
-        }
-        if self.max_steps.is_none() && self.epochs == 0 {
-            return Err(Error::invalid("epochs must be at least 1"));
-        }
-        if let Some(n) = self.max_grad_norm
-            && !(n.is_finite() && n > 0.0)
-        {
-            return Err(Error::invalid(format!("max_grad_norm {n} must be a positive number")));
-        }
-        Ok(())
-    }
-}
 
 /// What one optimizer step logs; serialized under TRL's names (`rewards/chosen`, ...), as
 /// a line of `metrics.jsonl`.
@@ -208,71 +120,6 @@ pub struct TrainSummary {
     pub last: Option<StepMetrics>,
     pub eval: Option<EvalMetrics>,
     pub seconds: f64,
-}
-
-/// Reference log-probs by token ids, computed once with the adapter off.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct RefCache {
-    // Ordered, so that a checkpoint's bytes depend only on its contents.
-    map: BTreeMap<Vec<u32>, f64>,
-}
-
-impl RefCache {
-    fn key(prompt: &[u32], completion: &[u32]) -> Vec<u32> {
-        let mut k = Vec::with_capacity(prompt.len() + completion.len() + 1);
-        k.extend_from_slice(prompt);
-        k.push(u32::MAX);
-        k.extend_from_slice(completion);
-        k
-    }
-
-    pub fn len(&self) -> usize {
-        self.map.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
-    }
-
-    pub fn get(&self, prompt: &[u32], completion: &[u32]) -> Option<f64> {
-        self.map.get(&Self::key(prompt, completion)).copied()
-    }
-
-    /// Computes (with the base model, no activations kept) whatever of `items` is missing.
-    /// Completions of the same prompt share one pass over it.
-    pub fn fill(&mut self, model: &Model, items: &[(&[u32], &[u32])]) -> Result<()> {
-        let mut groups: Vec<(&[u32], Vec<&[u32]>)> = Vec::new();
-        for &(p, c) in items {
-            if self.get(p, c).is_some() {
-                continue;
-            }
-            match groups.last_mut() {
-                Some((gp, cs)) if *gp == p => {
-                    if !cs.contains(&c) {
-                        cs.push(c)
-                    }
-                }
-                _ => groups.push((p, vec![c])),
-            }
-        }
-        // A few prompts per pass: enough rows for the matrix kernels, little memory.
-        for chunk in groups.chunks(2) {
-            let score_items: Vec<ScoreItem> = chunk
-                .iter()
-                .map(|(p, cs)| ScoreItem {
-                    prompt: p,
-                    completions: cs.clone(),
-                })
-                .collect();
-            let scored = model.score_packed(&score_items)?;
-            for ((p, cs), s) in chunk.iter().zip(scored) {
-                for (c, sc) in cs.iter().zip(s) {
-                    self.map.insert(Self::key(p, c), sc.logp);
-                }
-            }
-        }
-        Ok(())
-    }
 }
 
 /// A training run over a preference set; owns the adapter being trained.

@@ -68,3 +68,23 @@ pub fn read_f32_safetensors(path: &std::path::Path) -> std::collections::BTreeMa
         })
         .collect()
 }
+
+/// The chat rules' shared cases, `tests/data/chat_rules.jsonl`, which the library, the CLI
+/// and the C API must all accept or all refuse: (case, prompt, completion, accepted).
+pub fn chat_rule_cases() -> Vec<(String, Value, Value, bool)> {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/chat_rules.jsonl");
+    let text = std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).expect("a JSON case");
+            let case = v["case"].as_str().expect("case").to_string();
+            (
+                case,
+                v["prompt"].clone(),
+                v["completion"].clone(),
+                v["ok"].as_bool().expect("ok"),
+            )
+        })
+        .collect()
+}

@@ -6,7 +6,7 @@
 use crate::args::{LossName, LossWithLr, open_model, split_loss_lr};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use nudge::adapter::{LoraConfig, gguf_lora, peft};
+use nudge::adapter::{LoraConfig, format::gguf_lora, format::peft};
 use nudge::convert::FloatType;
 use nudge::demo::{self, DemoConfig, EvalReport, LossResult, LossRun, Progress, RoundReport};
 use nudge::objective::Loss;
@@ -303,7 +303,7 @@ pub fn run(a: DemoArgs) -> Result<()> {
         print_losses(&results);
         let report = json!({"config": cfg, "losses": results, "seconds": t0.elapsed().as_secs_f64()});
         let path = a.out.join("losses.json");
-        nudge::convert::write_atomic(
+        nudge::fsutil::write_atomic(
             &path,
             serde_json::to_string_pretty(&report).expect("serializable").as_bytes(),
         )?;
@@ -337,7 +337,7 @@ pub fn run(a: DemoArgs) -> Result<()> {
     let seconds = t0.elapsed().as_secs_f64();
     let report = json!({"config": cfg, "rounds": run.rounds, "eval": run.eval, "seconds": seconds});
     let report_path = a.out.join("report.json");
-    nudge::convert::write_atomic(
+    nudge::fsutil::write_atomic(
         &report_path,
         serde_json::to_string_pretty(&report).expect("serializable").as_bytes(),
     )?;

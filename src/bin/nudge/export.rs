@@ -2,7 +2,8 @@
 
 use crate::args::{Dtype, open_model};
 use clap::{Args, ValueEnum};
-use nudge::adapter::{self, BaseCheck, gguf_lora, merge, peft};
+use nudge::adapter::format::{gguf_lora, merge, peft};
+use nudge::adapter::{self, BaseCheck};
 use nudge::convert::FloatType;
 use nudge::model::Model;
 use nudge::{Error, Result};

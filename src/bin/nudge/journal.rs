@@ -1,6 +1,7 @@
 //! `nudge journal`: the feedback journal from the command line.
 
 use clap::{Args, Subcommand, ValueEnum};
+use nudge::data::chat::{self, Content};
 use nudge::journal::{
     CompactOptions, Durability, Journal, PreferencePair, Prompt, Record, Recovery, Target, Thumbs, TrainingOptions,
     UnpairedPolicy,
@@ -241,25 +242,25 @@ fn append_one(path: &Path, record: Record) -> Result<()> {
 
 /// One stdin line as a record.
 fn parse_event(v: &Value) -> std::result::Result<Record, String> {
-    let prompt = match v.get("prompt") {
-        Some(Value::String(s)) => Prompt::Text(s.clone()),
-        Some(Value::Array(_)) => {
-            Prompt::Chat(serde_json::from_value(v["prompt"].clone()).map_err(|e| format!("`prompt`: {e}"))?)
-        }
-        _ => return Err("`prompt` is neither a string nor a list of messages".into()),
+    // Prompt and completions by the engine's chat rules (those of the C API and of JSONL).
+    let field = |k: &str| v.get(k).ok_or_else(|| format!("no `{k}`"));
+    let keys: &[&str] = if v.get("completion").is_some() {
+        &["completion"]
+    } else {
+        &["chosen", "rejected"]
     };
-    // A completion is a string, or (TRL conversational) one assistant message.
-    let text = |k: &str| -> std::result::Result<String, String> {
-        match v.get(k) {
-            Some(Value::String(s)) => Ok(s.clone()),
-            Some(Value::Array(a)) if a.len() == 1 => a[0]
-                .get("content")
-                .and_then(Value::as_str)
-                .map(str::to_string)
-                .ok_or_else(|| format!("`{k}[0]` has no string `content`")),
-            _ => Err(format!("`{k}` is neither a string nor one message")),
-        }
+    let completions = keys
+        .iter()
+        .map(|&k| Ok((k, field(k)?)))
+        .collect::<std::result::Result<Vec<_>, String>>()?;
+    let (prompt, answers) = chat::parse(field("prompt")?, &completions).map_err(|e| e.to_string())?;
+    let prompt = match prompt {
+        Content::Text(t) => Prompt::Text(t),
+        Content::Messages(m) => Prompt::Chat(m),
     };
+    // One answer per key, in the order of `keys`.
+    let mut answers = answers.into_iter().map(Content::into_answer);
+    let mut next = || answers.next().unwrap_or_default();
     let strength = match v.get("strength") {
         None | Some(Value::Null) => None,
         Some(x) => Some(x.as_f64().ok_or("`strength` is not a number")? as f32),
@@ -276,7 +277,7 @@ fn parse_event(v: &Value) -> std::result::Result<Record, String> {
         Record::Thumbs(Thumbs {
             id: String::new(),
             prompt,
-            completion: text("completion")?,
+            completion: next(),
             up,
             strength,
             timestamp_ms,
@@ -285,8 +286,8 @@ fn parse_event(v: &Value) -> std::result::Result<Record, String> {
         Record::Pair(PreferencePair {
             id: String::new(),
             prompt,
-            chosen: text("chosen")?,
-            rejected: text("rejected")?,
+            chosen: next(),
+            rejected: next(),
             strength,
             timestamp_ms,
         })

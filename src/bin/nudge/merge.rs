@@ -63,7 +63,7 @@ pub fn merged_adapter(
 
 #[cfg(feature = "linalg")]
 pub fn merge_command(a: MergeArgs) -> Result<()> {
-    use nudge::adapter::peft;
+    use nudge::adapter::format::peft;
     use nudge::model::Model;
 
     let model = Model::open(&a.model)?;

@@ -30,7 +30,7 @@ pub fn write_html(
     losses: &[LossResult],
 ) -> nudge::Result<()> {
     let html = render(title, cfg, rounds, eval, losses)?;
-    std::fs::write(path, html).map_err(|e| nudge::Error::io(path, e))
+    nudge::fsutil::write_atomic(path, html.as_bytes())
 }
 
 const BASE: RGBColor = RGBColor(0x5b, 0x7d, 0xb1);

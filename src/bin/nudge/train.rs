@@ -3,7 +3,8 @@
 use crate::args::{AdapterArg, LossName, open_model};
 use crate::commands::progress;
 use clap::{Args, ValueEnum};
-use nudge::adapter::{Adapter, LoraConfig, LoraInit, MAX_RANK, peft};
+use nudge::adapter::format::peft;
+use nudge::adapter::{Adapter, LoraConfig, LoraInit, MAX_RANK};
 use nudge::data::{PreferenceSet, RowNote, Truncation, TruncationMode};
 use nudge::model::Recompute;
 use nudge::model::weights::Proj;
@@ -207,7 +208,7 @@ fn report(what: &str, notes: &[RowNote], file: &Path) -> Result<()> {
             )
         })
         .collect();
-    nudge::convert::write_atomic(file, lines.as_bytes())?;
+    nudge::fsutil::write_atomic(file, lines.as_bytes())?;
     let more = notes.len().saturating_sub(SHOWN);
     let more = if more > 0 {
         format!(" ({more} more not shown)")

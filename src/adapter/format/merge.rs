@@ -6,11 +6,12 @@
 //! whole model. Merging happens in HF row order (the weight views undo a GGUF base's Q/K
 //! permutation), the order the adapter is in.
 
-use super::{Adapter, LoraPair};
-use crate::convert::{FloatType, MatrixEdit, hf_tensors_with, write_hf_metadata, write_safetensors};
+use crate::adapter::{Adapter, LoraPair};
+use crate::convert::{MatrixEdit, hf_tensors_with, write_hf_dir};
 use crate::error::Result;
 use crate::model::Model;
 use crate::model::weights::Proj;
+use crate::quant::FloatType;
 use rayon::prelude::*;
 use std::collections::HashMap;
 use std::path::Path;
@@ -58,6 +59,5 @@ pub fn export_merged(model: &Model, adapter: &Adapter, dir: &Path, dtype: FloatT
         }
     }
     let edit_for = |name: &str| -> Option<MatrixEdit> { edits.get(name).map(|e| &**e as MatrixEdit) };
-    write_hf_metadata(model, dir, dtype)?;
-    write_safetensors(hf_tensors_with(model, dtype, &edit_for), &dir.join("model.safetensors"))
+    write_hf_dir(model, dir, dtype, hf_tensors_with(model, dtype, &edit_for))
 }

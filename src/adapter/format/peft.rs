@@ -3,9 +3,9 @@
 //! B `[out, r]`. Adapters are always in HF row order, also over a GGUF base whose Q/K rows
 //! are stored permuted (the engine reads those rows through the inverse permutation).
 
-use super::{Adapter, LoraConfig, LoraInit, LoraPair};
-use crate::convert::write_atomic;
+use crate::adapter::{Adapter, LoraConfig, LoraInit, LoraPair};
 use crate::error::{Error, Result};
+use crate::fsutil::FileSet;
 use crate::model::config::Config;
 use crate::model::weights::Proj;
 use serde_json::{Value, json};
@@ -127,7 +127,7 @@ pub fn load(dir: &Path, model: &Config) -> Result<Adapter> {
     for li in 0..model.num_hidden_layers {
         let mut l: [Option<LoraPair>; 7] = Default::default();
         for &p in &config.target_modules {
-            let (out, inp) = super::proj_shape(model, p);
+            let (out, inp) = crate::adapter::proj_shape(model, p);
             let a = read_matrix(&st, &wpath, &tensor_name(li, p, "lora_A"), config.r, inp, &mut seen)?;
             let b = read_matrix(&st, &wpath, &tensor_name(li, p, "lora_B"), out, config.r, &mut seen)?;
             l[p as usize] = Some(LoraPair {
@@ -218,9 +218,9 @@ pub fn config_json(a: &Adapter) -> Value {
     })
 }
 
-/// Saves in PEFT's format (each file written atomically).
+/// Saves in PEFT's format. The two files are replaced as a set, the config last (see
+/// [`FileSet`]): a crash never leaves new weights beside an old config.
 pub fn save(a: &Adapter, dir: &Path) -> Result<()> {
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let cfg = serde_json::to_vec_pretty(&config_json(a)).expect("JSON values serialize");
     // Bytes first: the views below borrow them. Same order as `Adapter::tensors`.
     let tensors: Vec<(String, Vec<usize>, Vec<u8>)> = a
@@ -263,8 +263,10 @@ pub fn save(a: &Adapter, dir: &Path) -> Result<()> {
     let bytes =
         safetensors::serialize(views, Some(meta)).map_err(|e| Error::invalid(format!("serializing adapter: {e}")))?;
     let bytes = sorted_metadata(bytes)?;
-    write_atomic(&dir.join(WEIGHTS_FILE), &bytes)?;
-    write_atomic(&dir.join(CONFIG_FILE), &cfg)
+    let mut set = FileSet::new(dir)?;
+    set.add(WEIGHTS_FILE, &bytes)?;
+    set.add(CONFIG_FILE, &cfg)?;
+    set.commit(CONFIG_FILE)
 }
 
 /// The base model's fingerprint (`Model::fingerprint`) in the weights file's metadata,

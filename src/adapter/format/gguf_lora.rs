@@ -25,17 +25,14 @@
 //! `alpha' / r = alpha / sqrt(r)`); A and B are written exactly as trained. Reading such a
 //! file back gives a plain-LoRA config with that alpha and the same effective scale.
 
-use super::{Adapter, LoraConfig, LoraPair, proj_shape};
-use crate::convert::FloatType;
+use crate::adapter::{Adapter, LoraConfig, LoraPair, proj_shape};
 use crate::error::{Error, Result};
+use crate::gguf::{GgufFile, GgufTensorInfo, GgufValue, GgufWriter};
 use crate::model::config::{Architecture, Config};
-use crate::model::gguf::{
-    GgufFile, GgufTensorInfo, GgufValue, GgufWriter, gguf_name_for_hf, hf_name_for_gguf, rope_permute_row,
-    rope_unpermute_row,
-};
+use crate::model::gguf_names::{gguf_name_for_hf, hf_name_for_gguf, rope_permute_row, rope_unpermute_row};
 use crate::model::weights::Proj;
 use crate::model::{Model, ModelFormat};
-use crate::quant::DType;
+use crate::quant::{DType, FloatType};
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -119,7 +116,7 @@ pub fn to_writer(adapter: &Adapter, cfg: &Config, arch: &str, dtype: FloatType, 
     if architecture_of(arch) != Some(cfg.architecture) {
         return Err(Error::field(
             file,
-            crate::model::gguf::KEY_ARCHITECTURE,
+            crate::gguf::KEY_ARCHITECTURE,
             format!(
                 "`{arch}` does not name the base's architecture ({})",
                 cfg.architecture.gguf_name()
@@ -129,7 +126,7 @@ pub fn to_writer(adapter: &Adapter, cfg: &Config, arch: &str, dtype: FloatType, 
     adapter.config.validate()?;
     adapter.check_fits(cfg, file)?;
     let mut w = GgufWriter::new();
-    w.set(crate::model::gguf::KEY_ARCHITECTURE, arch);
+    w.set(crate::gguf::KEY_ARCHITECTURE, arch);
     w.set(KEY_TYPE, "adapter");
     w.set(KEY_ADAPTER_TYPE, "lora");
     w.set(KEY_LORA_ALPHA, GgufValue::F32(llama_cpp_alpha(&adapter.config)));
@@ -203,7 +200,7 @@ pub fn load(path: &Path, cfg: &Config) -> Result<Adapter> {
     };
     if file_arch != cfg.architecture {
         return Err(field(
-            crate::model::gguf::KEY_ARCHITECTURE,
+            crate::gguf::KEY_ARCHITECTURE,
             format!(
                 "the adapter is for a `{arch}` model, the base is {}",
                 cfg.architecture.gguf_name()

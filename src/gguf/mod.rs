@@ -5,7 +5,6 @@
 //! number of columns of a row-major matrix; a `[rows, cols]` HF matrix has ggml shape
 //! `[cols, rows]`.
 
-mod names;
 mod reader;
 mod value;
 mod writer;
@@ -18,7 +17,6 @@ use std::sync::Arc;
 use crate::error::{Error, Result};
 use crate::quant::{DType, dequantize_row};
 
-pub use names::{gguf_name_for_hf, hf_name_for_gguf, rope_permute_row, rope_unpermute_row};
 pub use value::{GgufValue, dtype_from_ggml, ggml_type_id};
 pub use writer::GgufWriter;
 

@@ -1,9 +1,7 @@
 //! Writing GGUF v3 files (little-endian), e.g. llama.cpp LoRA adapters.
 
-use std::fs::{self, File};
-use std::io::{self, BufWriter, Write};
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::io::{self, Write};
+use std::path::Path;
 
 use super::KEY_ALIGNMENT;
 use super::reader::{DEFAULT_ALIGNMENT, MAGIC, MAX_DIMS, align_up};
@@ -104,24 +102,11 @@ impl GgufWriter {
         Ok(out)
     }
 
-    /// Writes the file atomically: a temporary file in the same directory, synced, then
-    /// renamed over `path`, so readers see either the old file or the complete new one.
+    /// Writes the file atomically ([`crate::fsutil`]): readers see either the old file or
+    /// the complete new one.
     pub fn write(&self, path: impl AsRef<Path>) -> Result<()> {
-        let path = path.as_ref();
         self.validate()?;
-        let tmp = temp_path(path);
-        let written = File::create(&tmp).and_then(|f| {
-            let mut w = BufWriter::new(f);
-            self.write_to(&mut w)?;
-            let f = w.into_inner().map_err(|e| e.into_error())?;
-            f.sync_all()
-        });
-        if let Err(e) = written.and_then(|()| fs::rename(&tmp, path)) {
-            let _ = fs::remove_file(&tmp);
-            return Err(Error::io(path, e));
-        }
-        sync_parent(path);
-        Ok(())
+        crate::fsutil::write_atomic_with(path.as_ref(), |mut w| self.write_to(&mut w))
     }
 
     fn validate(&self) -> Result<()> {
@@ -250,26 +235,5 @@ fn encode_value(buf: &mut Vec<u8>, v: &GgufValue) {
                 encode_value(buf, item);
             }
         }
-    }
-}
-
-fn temp_path(path: &Path) -> PathBuf {
-    static SERIAL: AtomicU64 = AtomicU64::new(0);
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let serial = SERIAL.fetch_add(1, Ordering::Relaxed);
-    path.with_file_name(format!(".{name}.tmp-{}-{serial}", std::process::id()))
-}
-
-/// Makes the rename durable. Best effort: not every platform can open a directory.
-fn sync_parent(path: &Path) {
-    let parent = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    if let Ok(dir) = File::open(parent) {
-        let _ = dir.sync_all();
     }
 }
