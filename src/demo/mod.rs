@@ -279,13 +279,15 @@ pub struct LossResult {
 
 /// The same collected feedback through each loss: one round of thumbs from the base
 /// model (pairs, and each answer's thumb for KTO), then a fresh adapter per loss, each
-/// evaluated on the same held-out set.
+/// evaluated on the same held-out set. `finished` sees each loss's result as soon as it
+/// is known (a comparison runs for an hour on a small device; nothing done is lost).
 pub fn compare_losses(
     model: &Model,
     cfg: &DemoConfig,
     runs: &[LossRun],
     journal_dir: &std::path::Path,
     progress: &mut dyn Progress,
+    finished: &mut dyn FnMut(&LossResult) -> Result<()>,
 ) -> Result<Vec<LossResult>> {
     let user = SimulatedUser::new(cfg.taste);
     let (all, _) = prompts::for_taste(cfg.taste);
@@ -336,7 +338,7 @@ pub fn compare_losses(
         };
         let (adapter, steps) = train(model, fresh, set, &c, loss, progress)?;
         let eval = evaluate(model, &adapter, &held, &user, cfg, progress)?;
-        out.push(LossResult {
+        let result = LossResult {
             loss: if run.lr == cfg.lr {
                 loss.name().to_string()
             } else {
@@ -345,7 +347,9 @@ pub fn compare_losses(
             lr: run.lr,
             steps,
             eval,
-        });
+        };
+        finished(&result)?;
+        out.push(result);
     }
     Ok(out)
 }

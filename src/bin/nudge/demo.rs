@@ -298,15 +298,24 @@ pub fn run(a: DemoArgs) -> Result<()> {
                 })
             })
             .collect::<Result<_>>()?;
-        let results = demo::compare_losses(&model, &cfg, &runs, &a.out, &mut bars)?;
+        let path = a.out.join("losses.json");
+        // Rewritten after each loss, so an interrupted comparison keeps what it finished.
+        let write = |results: &[LossResult], complete: bool| -> Result<()> {
+            let report = json!({"config": cfg, "losses": results, "complete": complete,
+                                "seconds": t0.elapsed().as_secs_f64()});
+            nudge::fsutil::write_atomic(
+                &path,
+                serde_json::to_string_pretty(&report).expect("serializable").as_bytes(),
+            )
+        };
+        let mut so_far: Vec<LossResult> = Vec::new();
+        let results = demo::compare_losses(&model, &cfg, &runs, &a.out, &mut bars, &mut |r| {
+            so_far.push(r.clone());
+            write(&so_far, false)
+        })?;
         drop(bars);
         print_losses(&results);
-        let report = json!({"config": cfg, "losses": results, "seconds": t0.elapsed().as_secs_f64()});
-        let path = a.out.join("losses.json");
-        nudge::fsutil::write_atomic(
-            &path,
-            serde_json::to_string_pretty(&report).expect("serializable").as_bytes(),
-        )?;
+        write(&results, true)?;
         let html = a.out.join("losses.html");
         crate::report::write_html(&html, model.name(), &cfg, &[], None, &results)?;
         println!("\nwrote {} and {}", path.display(), html.display());
