@@ -167,7 +167,7 @@ impl Sampler {
         })
     }
 
-    /// A token id from `logits`: [vocab].
+    /// A token id from `logits`: `[vocab]`.
     pub fn sample(&mut self, logits: &[f32]) -> u32 {
         if self.temperature == 0.0 {
             return argmax(logits);
@@ -372,7 +372,7 @@ impl<'a> Generator<'a> {
         &self.generated
     }
 
-    /// Logits of the token the next call samples (after the last generated one): [vocab].
+    /// Logits of the token the next call samples (after the last generated one): `[vocab]`.
     pub fn logits(&self) -> &[f32] {
         &self.logits
     }

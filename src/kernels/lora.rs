@@ -2,8 +2,8 @@
 
 use super::matmul::gemm;
 
-/// x: [T, in], a: [r, in], b: [out, r] → u: [T, r] (= x Aᵀ, kept for the backward pass),
-/// y: [T, out] += scale · u Bᵀ.
+/// x: `[T, in]`, a: `[r, in]`, b: `[out, r]` → u: `[T, r]` (= x Aᵀ, kept for the backward pass),
+/// y: `[T, out]` += scale · u Bᵀ.
 pub fn lora_forward(x: &[f32], t: usize, a: &[f32], b: &[f32], r: usize, scale: f32, u: &mut [f32], y: &mut [f32]) {
     let inp = a.len() / r;
     let out = b.len() / r;
@@ -11,8 +11,8 @@ pub fn lora_forward(x: &[f32], t: usize, a: &[f32], b: &[f32], r: usize, scale: 
     gemm(false, true, t, out, r, scale, u, r, b, r, true, y, out);
 }
 
-/// Adds the gradients of A, B and of the branch's input, given dy: [T, out].
-/// ga: [r, in] += duᵀ x; gb: [out, r] += scale · dyᵀ u; dx: [T, in] += du A
+/// Adds the gradients of A, B and of the branch's input, given dy: `[T, out]`.
+/// ga: `[r, in]` += duᵀ x; gb: `[out, r]` += scale · dyᵀ u; dx: `[T, in]` += du A
 /// with du = scale · dy B.
 #[allow(clippy::too_many_arguments)]
 pub fn lora_backward(
@@ -38,7 +38,7 @@ pub fn lora_backward(
 }
 
 /// Inverted dropout with a mask that is a pure function of (seed, index), so the backward
-/// pass regenerates it instead of storing it. x, out: [n]; returns nothing, writes out.
+/// pass regenerates it instead of storing it. x, out: `[n]`; returns nothing, writes out.
 pub fn dropout(x: &[f32], p: f32, seed: u64, out: &mut [f32]) {
     let keep = 1.0 / (1.0 - p);
     let threshold = (p as f64 * (1u64 << 32) as f64) as u64;

@@ -183,7 +183,7 @@ impl Model {
         Ok(())
     }
 
-    /// Embedding rows of `tokens`: [T, hidden].
+    /// Embedding rows of `tokens`: `[T, hidden]`.
     pub(crate) fn embed(&self, tokens: &[u32]) -> Vec<f32> {
         let h = self.config.hidden_size;
         let e = self.weights.view(&self.weights.embed_tokens);
@@ -194,7 +194,7 @@ impl Model {
         x
     }
 
-    /// The final hidden states (after the last RMSNorm) of a packed batch: [T, hidden].
+    /// The final hidden states (after the last RMSNorm) of a packed batch: `[T, hidden]`.
     pub fn hidden_states(&self, tokens: &[u32], layout: &AttnLayout) -> Result<Vec<f32>> {
         self.hidden_states_with(tokens, layout, LoraCtx::default())
     }
@@ -215,7 +215,7 @@ impl Model {
         Ok(out)
     }
 
-    /// A training forward pass: final hidden states [T, hidden] and the tape for
+    /// A training forward pass: final hidden states `[T, hidden]` and the tape for
     /// [`Self::backward`].
     pub fn forward_train(
         &self,
@@ -278,7 +278,7 @@ impl Model {
     }
 
     /// Adds into `grads` (an adapter-shaped gradient buffer) the gradient of the loss whose
-    /// derivative with respect to the final hidden states is `dh`: [T, hidden].
+    /// derivative with respect to the final hidden states is `dh`: `[T, hidden]`.
     pub fn backward(&self, tape: Tape, lora: LoraCtx, dh: &[f32], grads: &mut Adapter) {
         let Tape {
             layout,
@@ -312,7 +312,7 @@ impl Model {
         }
     }
 
-    /// One decoder layer in place on the residual stream x: [T, hidden].
+    /// One decoder layer in place on the residual stream x: `[T, hidden]`.
     #[allow(clippy::too_many_arguments)]
     fn layer_forward(
         &self,
@@ -420,7 +420,7 @@ impl Model {
         s.proj = proj;
     }
 
-    /// Backward of [`Self::layer_forward`]: dx: [T, hidden] holds dL/d(layer output) and
+    /// Backward of [`Self::layer_forward`]: dx: `[T, hidden]` holds dL/d(layer output) and
     /// becomes dL/d(layer input); adapter gradients are added into `grads`.
     #[allow(clippy::too_many_arguments)]
     fn layer_backward(
@@ -499,7 +499,7 @@ impl Model {
         }
     }
 
-    /// y[T, out] = x[T, in] · Wᵀ (+ bias) (+ scale · (drop(x) Aᵀ) Bᵀ, keeping drop(x) Aᵀ in u).
+    /// `y[T, out]` = `x[T, in]` · Wᵀ (+ bias) (+ scale · (drop(x) Aᵀ) Bᵀ, keeping drop(x) Aᵀ in u).
     #[allow(clippy::too_many_arguments)]
     fn linear_forward(
         &self,
@@ -536,7 +536,7 @@ impl Model {
         }
     }
 
-    /// dx[T, in] += dy · W (+ the LoRA branch's input gradient); adapter gradients into grads.
+    /// `dx[T, in]` += dy · W (+ the LoRA branch's input gradient); adapter gradients into grads.
     #[allow(clippy::too_many_arguments)]
     fn linear_backward(
         &self,
@@ -614,7 +614,7 @@ pub struct CachedSeq<'a> {
 impl Model {
     /// Runs `tokens` after the `cache.len()` tokens already in `cache` (positions
     /// `cache.len()..`), appends their keys and values, and returns their final hidden
-    /// states (after the last RMSNorm): [n, hidden]. An adapter must stay the same for
+    /// states (after the last RMSNorm): `[n, hidden]`. An adapter must stay the same for
     /// every call on one cache. On error the cache is unchanged.
     pub fn extend(&self, tokens: &[u32], cache: &mut KvCache, adapter: Option<&Adapter>) -> Result<Vec<f32>> {
         let lora = LoraCtx { adapter, dropout: None };
@@ -639,7 +639,7 @@ impl Model {
         self.forward_cached(seqs, &starts, &lora)
     }
 
-    /// Logits of the next token after `tokens` (appended to `cache`): [vocab].
+    /// Logits of the next token after `tokens` (appended to `cache`): `[vocab]`.
     pub fn prefill(&self, tokens: &[u32], cache: &mut KvCache, adapter: Option<&Adapter>) -> Result<Vec<f32>> {
         if tokens.is_empty() {
             return Err(Error::invalid("prefill needs at least one token"));
@@ -649,13 +649,13 @@ impl Model {
         Ok(self.logits(&h[h.len() - hidden..]))
     }
 
-    /// Logits of the token after `token`, which is appended to `cache`: [vocab].
+    /// Logits of the token after `token`, which is appended to `cache`: `[vocab]`.
     pub fn decode_step(&self, token: u32, cache: &mut KvCache, adapter: Option<&Adapter>) -> Result<Vec<f32>> {
         self.prefill(&[token], cache, adapter)
     }
 
     /// One decode step of a batch: `tokens[i]` is appended to `caches[i]`; returns the
-    /// logits of each row's next token: [B, vocab], row `i` bit-identical to
+    /// logits of each row's next token: `[B, vocab]`, row `i` bit-identical to
     /// [`Self::decode_step`] of `tokens[i]` on `caches[i]` alone. An error names the row
     /// ([`Error::Request`]) and leaves every cache unchanged.
     pub fn decode_batch(

@@ -57,7 +57,7 @@ impl PolicyPass {
     }
 
     /// Adds the adapter gradient of a loss whose derivative with respect to each completion
-    /// token's log-prob is `dlogp`: [P].
+    /// token's log-prob is `dlogp`: `[P]`.
     fn backward(self, model: &Model, adapter: &Adapter, dropout: Option<Dropout>, dlogp: &[f32], grads: &mut Adapter) {
         let mut dh = vec![0f32; self.tape.t * model.config.hidden_size];
         model.target_logprobs_backward(&self.targets, dlogp, &mut dh);
