@@ -16,7 +16,7 @@ use nudge::adapter::{Adapter, LoraConfig};
 use nudge::data::{TokenizedPair, TokenizedUnpaired};
 use nudge::kernels::attention::{AttnLayout, AttnShape, attention_backward, attention_forward};
 use nudge::kernels::logprob::{CHUNK, token_logprobs, token_logprobs_backward};
-use nudge::kernels::lora::{dropout, lora_backward, lora_forward};
+use nudge::kernels::lora::{LoraGrads, LoraWeights, dropout, lora_backward, lora_forward};
 use nudge::kernels::matmul::{RowOrder, WeightRef, matmul_w_acc, matmul_wt};
 use nudge::kernels::rmsnorm::{rmsnorm_backward, rmsnorm_forward};
 use nudge::kernels::rope::{RopeTable, inv_freq, rope_backward, rope_forward};
@@ -435,13 +435,20 @@ fn lora_backward_matches_finite_differences() {
     let y0 = rng.vec(t * out, -1.0, 1.0);
     let w = rng.vec(t * out, -1.0, 1.0);
     let (mut u, mut y) = (vec![0f32; t * r], y0.clone());
-    lora_forward(&x, t, &a, &b, r, s, &mut u, &mut y);
+    let lw = LoraWeights {
+        a: &a,
+        b: &b,
+        r,
+        scale: s,
+    };
+    lora_forward(lw, &x, t, &mut u, &mut y);
     let (x64, a64, b64, y64, w64) = (up(&x), up(&a), up(&b), up(&y0), up(&w));
     let s64 = s as f64;
     assert_close("lora forward", &y, &lora64(&x64, &a64, &b64, &y64, r, s64), 1e-6);
 
     let (mut ga, mut gb, mut dx) = (vec![0f32; a.len()], vec![0f32; b.len()], vec![0f32; x.len()]);
-    lora_backward(&x, t, &a, &b, r, s, &u, &w, &mut ga, &mut gb, &mut dx);
+    let g = LoraGrads { a: &mut ga, b: &mut gb };
+    lora_backward(lw, &x, t, &u, &w, g, &mut dx);
     let l = |x: &[f64], a: &[f64], b: &[f64]| dot64(&w64, &lora64(x, a, b, &y64, r, s64));
     assert_close("lora ga", &ga, &fd_grad(&a64, H64, |a| l(&x64, a, &b64)), 1e-5);
     assert_close("lora gb", &gb, &fd_grad(&b64, H64, |b| l(&x64, &a64, b)), 1e-5);
@@ -1121,12 +1128,22 @@ fn every_kernel_backward_adds_into_its_gradient_buffer() {
         let b = rng.vec(out * r, -0.5, 0.5);
         let dy = rng.vec(t * out, -1.0, 1.0);
         let (mut u, mut y) = (vec![0f32; t * r], vec![0f32; t * out]);
-        lora_forward(&x, t, &a, &b, r, s, &mut u, &mut y);
+        let lw = LoraWeights {
+            a: &a,
+            b: &b,
+            r,
+            scale: s,
+        };
+        lora_forward(lw, &x, t, &mut u, &mut y);
         let what = format!("lora ga, gb, dx ({t} tokens)");
         check_adds(&what, &[r * inp, out * r, t * inp], &[exact, exact, true], 4, |buf| {
             let (ga, rest) = buf.split_at_mut(1);
             let (gb, dx) = rest.split_at_mut(1);
-            lora_backward(&x, t, &a, &b, r, s, &u, &dy, &mut ga[0], &mut gb[0], &mut dx[0])
+            let g = LoraGrads {
+                a: &mut ga[0],
+                b: &mut gb[0],
+            };
+            lora_backward(lw, &x, t, &u, &dy, g, &mut dx[0])
         });
     }
 
