@@ -27,7 +27,7 @@ use nudge::model::{Dropout, LoraCtx, Model, Recompute};
 use nudge::objective::Loss;
 use nudge::quant::DType;
 use nudge::score::{Packed, ScoreItem, pack};
-use nudge::train::{kto_step, pair_step};
+use nudge::train::{KlLogps, StepCtx, kto_step, pair_step};
 
 // ---------------------------------------------------------------------------------------
 // Helpers
@@ -939,14 +939,11 @@ fn pair_step_gradients_match_finite_differences() {
     let pair_refs: Vec<&TokenizedPair> = pairs.iter().collect();
     // References a little away from the policy, so every loss has a sizable slope.
     let mut g = adapter.zeros_like();
+    let sigmoid = Loss::Sigmoid { beta: 0.5 };
     let first = pair_step(
-        &model,
-        &adapter,
+        &StepCtx::new(&model, &adapter, &sigmoid),
         &pair_refs,
         &[(0.0, 0.0); 2],
-        &Loss::Sigmoid { beta: 0.5 },
-        Recompute::Never,
-        None,
         1.0,
         &mut g,
     )
@@ -962,7 +959,8 @@ fn pair_step_gradients_match_finite_differences() {
         Loss::Simpo { beta: 2.0, gamma: 0.5 },
     ] {
         let step = |a: &Adapter, grads: &mut Adapter| {
-            pair_step(&model, a, &pair_refs, &refs, &loss, Recompute::Always, None, 1.0, grads).unwrap()
+            let ctx = StepCtx::new(&model, a, &loss).recompute(Recompute::Always);
+            pair_step(&ctx, &pair_refs, &refs, 1.0, grads).unwrap()
         };
         let mut grads = adapter.zeros_like();
         let s = step(&adapter, &mut grads);
@@ -1002,20 +1000,12 @@ fn kto_step_gradients_match_finite_differences() {
         undesirable_weight: 1.4,
     };
     let step = |a: &Adapter, refs: &[f64], grads: &mut Adapter| {
-        kto_step(
-            &model,
-            a,
-            &ex,
-            refs,
-            &kl_policy,
-            &kl_ref,
-            &loss,
-            Recompute::Always,
-            None,
-            1.0,
-            grads,
-        )
-        .unwrap()
+        let ctx = StepCtx::new(&model, a, &loss).recompute(Recompute::Always);
+        let kl = KlLogps {
+            policy: &kl_policy,
+            reference: &kl_ref,
+        };
+        kto_step(&ctx, &ex, refs, kl, 1.0, grads).unwrap()
     };
     // References a little away from the policy, so that no sigmoid saturates.
     let items: Vec<ScoreItem> = examples
@@ -1223,18 +1213,8 @@ fn model_backward_and_pair_step_add_into_the_gradient_buffer() {
         let mut g = adapter.zeros_like();
         set_buffers(&mut g, b);
         let loss = Loss::Sigmoid { beta: 0.5 };
-        pair_step(
-            &model,
-            &adapter,
-            &long_refs,
-            &[(-40.0, -40.0); 2],
-            &loss,
-            Recompute::Never,
-            None,
-            0.5,
-            &mut g,
-        )
-        .unwrap();
+        let ctx = StepCtx::new(&model, &adapter, &loss);
+        pair_step(&ctx, &long_refs, &[(-40.0, -40.0); 2], 0.5, &mut g).unwrap();
         b.clone_from_slice(&adapter_buffers(&g));
     };
     check_adds("pair_step", &sizes, &vec![false; sizes.len()], 76, run);
@@ -1270,13 +1250,9 @@ fn packed_pairs_equal_separate_sequences() {
     let mut g_packed = adapter.zeros_like();
     let loss = Loss::Sigmoid { beta: 0.5 };
     let step = pair_step(
-        &model,
-        &adapter,
+        &StepCtx::new(&model, &adapter, &loss),
         &pair_refs,
         &refs,
-        &loss,
-        Recompute::Never,
-        None,
         1.0,
         &mut g_packed,
     )
@@ -1372,7 +1348,8 @@ fn pair_step_is_bit_identical_for_1_2_and_3_threads() {
         let mut g = adapter.zeros_like();
         let loss = Loss::Sigmoid { beta: 0.1 };
         let dropout = Some(Dropout { p: 0.1, seed: 3 });
-        let s = pair_step(&model, &adapter, &pair_refs, &refs, &loss, budget, dropout, 1.0, &mut g).unwrap();
+        let ctx = StepCtx::new(&model, &adapter, &loss).recompute(budget).dropout(dropout);
+        let s = pair_step(&ctx, &pair_refs, &refs, 1.0, &mut g).unwrap();
         (s.loss.loss, s.policy, g)
     };
     let (loss1, policy1, g1) = in_pool(1, run);
