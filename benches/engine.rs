@@ -14,7 +14,7 @@ use nudge::generate::KvCache;
 use nudge::kernels::attention::AttnLayout;
 use nudge::model::{Model, Recompute};
 use nudge::objective::Loss;
-use nudge::train::pair_step;
+use nudge::train::{StepCtx, pair_step};
 use std::path::PathBuf;
 
 fn model_path() -> PathBuf {
@@ -78,18 +78,9 @@ fn benches(c: &mut Criterion) {
     g.bench_function("2_pairs_r8_all_projections", |b| {
         b.iter(|| {
             let mut grads = adapter.zeros_like();
-            pair_step(
-                &model,
-                &adapter,
-                &pairs,
-                &refs,
-                &Loss::Sigmoid { beta: 0.1 },
-                Recompute::Budget(128 << 20),
-                None,
-                1.0,
-                &mut grads,
-            )
-            .expect("step")
+            let loss = Loss::Sigmoid { beta: 0.1 };
+            let ctx = StepCtx::new(&model, &adapter, &loss).recompute(Recompute::Budget(128 << 20));
+            pair_step(&ctx, &pairs, &refs, 1.0, &mut grads).expect("step")
         })
     });
     g.finish();

@@ -5,7 +5,7 @@
 //! `cargo bench --bench matmul -- --warm-up-time 1 --measurement-time 3`
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use nudge::kernels::matmul::{RowOrder, WeightRef, gemm, matmul_w_acc, matmul_wt};
+use nudge::kernels::matmul::{Mat, MatMut, RowOrder, Update, WeightRef, gemm, matmul_w_acc, matmul_wt};
 use nudge::quant::DType;
 
 fn values(len: usize, seed: u32) -> Vec<f32> {
@@ -61,7 +61,10 @@ fn bench(c: &mut Criterion) {
     let mut out = vec![0.0; m * n];
     group.throughput(Throughput::Elements((2 * m * n * k) as u64));
     group.bench_function(BenchmarkId::new("gemm_nt", format!("m{m}_n{n}_k{k}")), |bch| {
-        bch.iter(|| gemm(false, true, m, n, k, 1.0, &a, k, &b, k, false, &mut out, n))
+        bch.iter(|| {
+            let (a, b) = (Mat::new(&a, m, k), Mat::new(&b, n, k).t());
+            gemm(1.0, a, b, MatMut::new(&mut out, m, n), Update::Overwrite)
+        })
     });
     group.finish();
 }

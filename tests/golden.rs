@@ -212,7 +212,7 @@ use nudge::adapter::format::peft;
 use nudge::data::TokenizedPair;
 use nudge::model::Recompute;
 use nudge::objective::{Loss, reward_metrics};
-use nudge::train::pair_step;
+use nudge::train::{StepCtx, pair_step};
 
 const LOSS_REL: f64 = 1e-4;
 const GRAD_REL: f64 = 2e-3;
@@ -330,18 +330,9 @@ fn dpo_loss_metrics_and_every_lora_gradient_match() {
         .collect();
     let mut grads = a.zeros_like();
     let refs_pairs: Vec<&TokenizedPair> = pairs.iter().collect();
-    let step = pair_step(
-        m,
-        &a,
-        &refs_pairs,
-        &refs,
-        &Loss::Sigmoid { beta },
-        Recompute::Always,
-        None,
-        1.0,
-        &mut grads,
-    )
-    .expect("step");
+    let loss = Loss::Sigmoid { beta };
+    let ctx = StepCtx::new(m, &a, &loss).recompute(Recompute::Always);
+    let step = pair_step(&ctx, &refs_pairs, &refs, 1.0, &mut grads).expect("step");
     let want_loss = g["policy"]["dpo_sigmoid_loss"].as_f64().unwrap();
     assert!(
         close_rel(step.loss.loss, want_loss, LOSS_REL),

@@ -16,7 +16,7 @@ use nudge::adapter::{Adapter, LoraConfig};
 use nudge::data::{TokenizedPair, TokenizedUnpaired};
 use nudge::kernels::attention::{AttnLayout, AttnShape, attention_backward, attention_forward};
 use nudge::kernels::logprob::{CHUNK, token_logprobs, token_logprobs_backward};
-use nudge::kernels::lora::{dropout, lora_backward, lora_forward};
+use nudge::kernels::lora::{LoraGrads, LoraWeights, dropout, lora_backward, lora_forward};
 use nudge::kernels::matmul::{RowOrder, WeightRef, matmul_w_acc, matmul_wt};
 use nudge::kernels::rmsnorm::{rmsnorm_backward, rmsnorm_forward};
 use nudge::kernels::rope::{RopeTable, inv_freq, rope_backward, rope_forward};
@@ -27,7 +27,7 @@ use nudge::model::{Dropout, LoraCtx, Model, Recompute};
 use nudge::objective::Loss;
 use nudge::quant::DType;
 use nudge::score::{Packed, ScoreItem, pack};
-use nudge::train::{kto_step, pair_step};
+use nudge::train::{KlLogps, StepCtx, kto_step, pair_step};
 
 // ---------------------------------------------------------------------------------------
 // Helpers
@@ -435,13 +435,20 @@ fn lora_backward_matches_finite_differences() {
     let y0 = rng.vec(t * out, -1.0, 1.0);
     let w = rng.vec(t * out, -1.0, 1.0);
     let (mut u, mut y) = (vec![0f32; t * r], y0.clone());
-    lora_forward(&x, t, &a, &b, r, s, &mut u, &mut y);
+    let lw = LoraWeights {
+        a: &a,
+        b: &b,
+        r,
+        scale: s,
+    };
+    lora_forward(lw, &x, t, &mut u, &mut y);
     let (x64, a64, b64, y64, w64) = (up(&x), up(&a), up(&b), up(&y0), up(&w));
     let s64 = s as f64;
     assert_close("lora forward", &y, &lora64(&x64, &a64, &b64, &y64, r, s64), 1e-6);
 
     let (mut ga, mut gb, mut dx) = (vec![0f32; a.len()], vec![0f32; b.len()], vec![0f32; x.len()]);
-    lora_backward(&x, t, &a, &b, r, s, &u, &w, &mut ga, &mut gb, &mut dx);
+    let g = LoraGrads { a: &mut ga, b: &mut gb };
+    lora_backward(lw, &x, t, &u, &w, g, &mut dx);
     let l = |x: &[f64], a: &[f64], b: &[f64]| dot64(&w64, &lora64(x, a, b, &y64, r, s64));
     assert_close("lora ga", &ga, &fd_grad(&a64, H64, |a| l(&x64, a, &b64)), 1e-5);
     assert_close("lora gb", &gb, &fd_grad(&b64, H64, |b| l(&x64, &a64, b)), 1e-5);
@@ -932,14 +939,11 @@ fn pair_step_gradients_match_finite_differences() {
     let pair_refs: Vec<&TokenizedPair> = pairs.iter().collect();
     // References a little away from the policy, so every loss has a sizable slope.
     let mut g = adapter.zeros_like();
+    let sigmoid = Loss::Sigmoid { beta: 0.5 };
     let first = pair_step(
-        &model,
-        &adapter,
+        &StepCtx::new(&model, &adapter, &sigmoid),
         &pair_refs,
         &[(0.0, 0.0); 2],
-        &Loss::Sigmoid { beta: 0.5 },
-        Recompute::Never,
-        None,
         1.0,
         &mut g,
     )
@@ -955,7 +959,8 @@ fn pair_step_gradients_match_finite_differences() {
         Loss::Simpo { beta: 2.0, gamma: 0.5 },
     ] {
         let step = |a: &Adapter, grads: &mut Adapter| {
-            pair_step(&model, a, &pair_refs, &refs, &loss, Recompute::Always, None, 1.0, grads).unwrap()
+            let ctx = StepCtx::new(&model, a, &loss).recompute(Recompute::Always);
+            pair_step(&ctx, &pair_refs, &refs, 1.0, grads).unwrap()
         };
         let mut grads = adapter.zeros_like();
         let s = step(&adapter, &mut grads);
@@ -995,20 +1000,12 @@ fn kto_step_gradients_match_finite_differences() {
         undesirable_weight: 1.4,
     };
     let step = |a: &Adapter, refs: &[f64], grads: &mut Adapter| {
-        kto_step(
-            &model,
-            a,
-            &ex,
-            refs,
-            &kl_policy,
-            &kl_ref,
-            &loss,
-            Recompute::Always,
-            None,
-            1.0,
-            grads,
-        )
-        .unwrap()
+        let ctx = StepCtx::new(&model, a, &loss).recompute(Recompute::Always);
+        let kl = KlLogps {
+            policy: &kl_policy,
+            reference: &kl_ref,
+        };
+        kto_step(&ctx, &ex, refs, kl, 1.0, grads).unwrap()
     };
     // References a little away from the policy, so that no sigmoid saturates.
     let items: Vec<ScoreItem> = examples
@@ -1121,12 +1118,22 @@ fn every_kernel_backward_adds_into_its_gradient_buffer() {
         let b = rng.vec(out * r, -0.5, 0.5);
         let dy = rng.vec(t * out, -1.0, 1.0);
         let (mut u, mut y) = (vec![0f32; t * r], vec![0f32; t * out]);
-        lora_forward(&x, t, &a, &b, r, s, &mut u, &mut y);
+        let lw = LoraWeights {
+            a: &a,
+            b: &b,
+            r,
+            scale: s,
+        };
+        lora_forward(lw, &x, t, &mut u, &mut y);
         let what = format!("lora ga, gb, dx ({t} tokens)");
         check_adds(&what, &[r * inp, out * r, t * inp], &[exact, exact, true], 4, |buf| {
             let (ga, rest) = buf.split_at_mut(1);
             let (gb, dx) = rest.split_at_mut(1);
-            lora_backward(&x, t, &a, &b, r, s, &u, &dy, &mut ga[0], &mut gb[0], &mut dx[0])
+            let g = LoraGrads {
+                a: &mut ga[0],
+                b: &mut gb[0],
+            };
+            lora_backward(lw, &x, t, &u, &dy, g, &mut dx[0])
         });
     }
 
@@ -1206,18 +1213,8 @@ fn model_backward_and_pair_step_add_into_the_gradient_buffer() {
         let mut g = adapter.zeros_like();
         set_buffers(&mut g, b);
         let loss = Loss::Sigmoid { beta: 0.5 };
-        pair_step(
-            &model,
-            &adapter,
-            &long_refs,
-            &[(-40.0, -40.0); 2],
-            &loss,
-            Recompute::Never,
-            None,
-            0.5,
-            &mut g,
-        )
-        .unwrap();
+        let ctx = StepCtx::new(&model, &adapter, &loss);
+        pair_step(&ctx, &long_refs, &[(-40.0, -40.0); 2], 0.5, &mut g).unwrap();
         b.clone_from_slice(&adapter_buffers(&g));
     };
     check_adds("pair_step", &sizes, &vec![false; sizes.len()], 76, run);
@@ -1253,13 +1250,9 @@ fn packed_pairs_equal_separate_sequences() {
     let mut g_packed = adapter.zeros_like();
     let loss = Loss::Sigmoid { beta: 0.5 };
     let step = pair_step(
-        &model,
-        &adapter,
+        &StepCtx::new(&model, &adapter, &loss),
         &pair_refs,
         &refs,
-        &loss,
-        Recompute::Never,
-        None,
         1.0,
         &mut g_packed,
     )
@@ -1355,7 +1348,8 @@ fn pair_step_is_bit_identical_for_1_2_and_3_threads() {
         let mut g = adapter.zeros_like();
         let loss = Loss::Sigmoid { beta: 0.1 };
         let dropout = Some(Dropout { p: 0.1, seed: 3 });
-        let s = pair_step(&model, &adapter, &pair_refs, &refs, &loss, budget, dropout, 1.0, &mut g).unwrap();
+        let ctx = StepCtx::new(&model, &adapter, &loss).recompute(budget).dropout(dropout);
+        let s = pair_step(&ctx, &pair_refs, &refs, 1.0, &mut g).unwrap();
         (s.loss.loss, s.policy, g)
     };
     let (loss1, policy1, g1) = in_pool(1, run);

@@ -6,7 +6,7 @@
 use half::{bf16, f16};
 use nudge::isa::Isa;
 use nudge::kernels::matmul::{
-    RowOrder, WeightRef, gemm, gemm_isa, matmul_w_acc, matmul_w_acc_isa, matmul_wt, matmul_wt_isa,
+    Mat, MatMut, RowOrder, Update, WeightRef, gemm, gemm_isa, matmul_w_acc, matmul_w_acc_isa, matmul_wt, matmul_wt_isa,
 };
 use nudge::quant::{DType, dequantize_row};
 
@@ -339,7 +339,13 @@ fn results_are_bit_identical_for_1_2_and_3_threads() {
                 let mut dx = dx0.clone();
                 matmul_w_acc(&dy, m, &w, &mut dx);
                 let mut c = vec![0.0; m * n];
-                gemm(false, true, m, n, k, 1.0, &a, k, &b, k, false, &mut c, n);
+                gemm(
+                    1.0,
+                    Mat::new(&a, m, k),
+                    Mat::new(&b, n, k).t(),
+                    MatMut::new(&mut c, m, n),
+                    Update::Overwrite,
+                );
                 (y, dx, c)
             })
         };
@@ -396,8 +402,21 @@ fn gemm_handles_every_transpose_and_accumulate() {
                     assert_close_f64(&what, &want, m, n, k, opa, opb, init);
                     for isa in Isa::supported() {
                         let mut c = c0.clone();
+                        let op = |data, rows, cols, ld, trans| Mat {
+                            data,
+                            rows,
+                            cols,
+                            ld,
+                            trans,
+                        };
+                        let update = if accumulate { Update::Add } else { Update::Overwrite };
                         gemm_isa(
-                            isa, transa, transb, m, n, k, alpha, &a, lda, &b, ldb, accumulate, &mut c, ldc,
+                            isa,
+                            alpha,
+                            op(&a, ar, ac, lda, transa),
+                            op(&b, br, bc, ldb, transb),
+                            MatMut::new(&mut c, m, n).with_ld(ldc),
+                            update,
                         );
                         for i in 0..m {
                             let what = format!("{what} {isa:?} row {i}");
@@ -414,9 +433,10 @@ fn gemm_handles_every_transpose_and_accumulate() {
 #[test]
 fn gemm_with_empty_reduction_clears_or_keeps_c() {
     let mut c = vec![3.0; 6];
-    gemm(false, false, 2, 3, 0, 1.0, &[], 0, &[], 3, true, &mut c, 3);
+    let (a, b) = (Mat::new(&[], 2, 0), Mat::new(&[], 0, 3));
+    gemm(1.0, a, b, MatMut::new(&mut c, 2, 3), Update::Add);
     assert_eq!(c, vec![3.0; 6]);
-    gemm(false, false, 2, 3, 0, 1.0, &[], 0, &[], 3, false, &mut c, 3);
+    gemm(1.0, a, b, MatMut::new(&mut c, 2, 3), Update::Overwrite);
     assert_eq!(c, vec![0.0; 6]);
 }
 

@@ -10,5 +10,5 @@ pub mod trainer;
 pub use checkpoint::Checkpoint;
 pub use config::TrainConfig;
 pub use ref_cache::RefCache;
-pub use step::{KtoStep, PairStep, kto_step, pair_step};
+pub use step::{KlLogps, KtoBatchStep, KtoStep, PairStep, StepCtx, kto_batch_step, kto_step, pair_step};
 pub use trainer::{Control, EvalMetrics, StepMetrics, TrainSummary, Trainer};

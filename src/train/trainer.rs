@@ -5,7 +5,7 @@
 use super::checkpoint::{BaseShape, Checkpoint};
 use super::config::TrainConfig;
 use super::ref_cache::RefCache;
-use super::step::{kto_step, pair_step};
+use super::step::{StepCtx, kto_batch_step, pair_step};
 use crate::adapter::Adapter;
 use crate::data::{PreferenceSet, RowNote, TokenizedPair, TokenizedUnpaired};
 use crate::error::{Error, Result};
@@ -399,25 +399,23 @@ impl<'m> Trainer<'m> {
             ..Default::default()
         };
         let n = batch.len() as f64;
+        let ctx = StepCtx::new(self.model, &self.adapter, &self.config.loss)
+            .recompute(self.config.recompute)
+            .dropout(self.dropout());
         if self.is_kto() {
-            self.kto_batch_step(&batch, &mut grads, &mut m)?;
+            let ex: Vec<TokenizedUnpaired> = batch.iter().map(|&i| self.train_unpaired[i].clone()).collect();
+            let s = kto_batch_step(&ctx, &mut self.refs, &ex, self.config.micro_batch_size, &mut grads)?;
+            m.loss += s.loss;
+            m.pair_tokens += s.tokens;
+            m.kl = Some(s.kl);
+            m.set_rewards(&s.rewards);
         } else {
             let mut all = Vec::with_capacity(batch.len());
             for micro in batch.chunks(self.config.micro_batch_size) {
                 let pairs: Vec<&TokenizedPair> = micro.iter().map(|&i| &self.train_pairs[i]).collect();
                 let refs = pair_refs(&mut self.refs, self.model, &self.config.loss, &pairs)?;
                 let scale = micro.len() as f64 / n;
-                let s = pair_step(
-                    self.model,
-                    &self.adapter,
-                    &pairs,
-                    &refs,
-                    &self.config.loss,
-                    self.config.recompute,
-                    self.dropout(),
-                    scale,
-                    &mut grads,
-                )?;
+                let s = pair_step(&ctx, &pairs, &refs, scale, &mut grads)?;
                 m.loss += s.loss.loss * scale;
                 m.pair_tokens += pairs.iter().map(|p| PreferenceSet::pair_tokens(p)).sum::<usize>();
                 all.extend(s.logps);
@@ -428,91 +426,6 @@ impl<'m> Trainer<'m> {
         m.epoch = self.epoch as f64 + self.position as f64 / self.order.len().max(1) as f64;
         m.tokens_per_s = m.pair_tokens as f64 / t0.elapsed().as_secs_f64();
         Ok(m)
-    }
-
-    fn kto_batch_step(&mut self, batch: &[usize], grads: &mut Adapter, m: &mut StepMetrics) -> Result<()> {
-        let ex: Vec<TokenizedUnpaired> = batch.iter().map(|&i| self.train_unpaired[i].clone()).collect();
-        // TRL's KL pairs: each prompt with the completion of the example before it.
-        let kl_items: Vec<(Vec<u32>, Vec<u32>)> = (0..ex.len())
-            .map(|i| {
-                (
-                    ex[i].prompt.clone(),
-                    ex[(i + ex.len() - 1) % ex.len()].completion.clone(),
-                )
-            })
-            .collect();
-        let mut items: Vec<(&[u32], &[u32])> = ex.iter().map(|e| (&e.prompt[..], &e.completion[..])).collect();
-        items.extend(kl_items.iter().map(|(p, c)| (&p[..], &c[..])));
-        self.refs.fill(self.model, &items)?;
-        let kl_ref: Vec<f64> = kl_items
-            .iter()
-            .map(|(p, c)| self.refs.get(p, c).expect("filled"))
-            .collect();
-        // The KL term is detached: the policy's log-probs of the mismatched pairs need no backward.
-        let kl_policy: Vec<f64> = {
-            let score_items: Vec<ScoreItem> = kl_items
-                .iter()
-                .map(|(p, c)| ScoreItem {
-                    prompt: p,
-                    completions: vec![c],
-                })
-                .collect();
-            self.model
-                .score_packed_with(&score_items, Some(&self.adapter))?
-                .into_iter()
-                .map(|s| s[0].logp)
-                .collect()
-        };
-        let n = ex.len() as f64;
-        let mut chosen = (0.0, 0.0, 0usize);
-        let mut rejected = (0.0, 0.0, 0usize);
-        let mut kl = 0.0;
-        for micro in (0..ex.len()).collect::<Vec<_>>().chunks(self.config.micro_batch_size) {
-            let e: Vec<&TokenizedUnpaired> = micro.iter().map(|&i| &ex[i]).collect();
-            let refs: Vec<f64> = e
-                .iter()
-                .map(|x| self.refs.get(&x.prompt, &x.completion).expect("filled"))
-                .collect();
-            let scale = micro.len() as f64 / n;
-            let s = kto_step(
-                self.model,
-                &self.adapter,
-                &e,
-                &refs,
-                &kl_policy,
-                &kl_ref,
-                &self.config.loss,
-                self.config.recompute,
-                self.dropout(),
-                scale,
-                grads,
-            )?;
-            m.loss += s.batch.loss * scale;
-            kl = s.batch.kl;
-            m.pair_tokens += e.iter().map(|x| x.prompt.len() + x.completion.len()).sum::<usize>();
-            let mm = s.batch.metrics;
-            if let (Some(rc), Some(lc)) = (mm.rewards_chosen, mm.logps_chosen) {
-                chosen.0 += rc * mm.count_chosen as f64;
-                chosen.1 += lc * mm.count_chosen as f64;
-                chosen.2 += mm.count_chosen;
-            }
-            if let (Some(rr), Some(lr)) = (mm.rewards_rejected, mm.logps_rejected) {
-                rejected.0 += rr * mm.count_rejected as f64;
-                rejected.1 += lr * mm.count_rejected as f64;
-                rejected.2 += mm.count_rejected;
-            }
-        }
-        m.kl = Some(kl);
-        if chosen.2 > 0 {
-            m.rewards_chosen = chosen.0 / chosen.2 as f64;
-            m.logps_chosen = chosen.1 / chosen.2 as f64;
-        }
-        if rejected.2 > 0 {
-            m.rewards_rejected = rejected.0 / rejected.2 as f64;
-            m.logps_rejected = rejected.1 / rejected.2 as f64;
-        }
-        m.rewards_margins = m.rewards_chosen - m.rewards_rejected;
-        Ok(())
     }
 
     /// Clips, checks and applies the accumulated gradients.

@@ -1,7 +1,7 @@
 //! Matrix products over memory-mapped weights of any [`crate::quant::DType`].
 //!
 //! Forward: `y = x · Wᵀ` ([`matmul_wt`]); backward through a frozen weight:
-//! `dx += dy · W` ([`matmul_w_acc`]); and a plain f32 [`gemm`] for LoRA and attention.
+//! `dx += dy · W` ([`matmul_w_acc`]); and a plain f32 [`gemm`] over [`Mat`] views for LoRA.
 //!
 //! Every output element is one chain of fused multiply-adds over the reduction index in
 //! ascending order, started from zero (or from the old value when accumulating). Tiling,
@@ -239,102 +239,142 @@ pub fn matmul_w_acc_isa(
     driver::run(kernel(isa), m, k, n, &a, &WeightN(w), dx, k, true);
 }
 
-/// Plain f32 row-major GEMM: `C[m, n] (+)= alpha · op(A) · op(B)`, where `op(A)` is
-/// `[m, k]` (stored `[m, lda]`, or `[k, lda]` when `transa`) and `op(B)` is `[k, n]`
-/// (stored `[k, ldb]`, or `[n, ldb]` when `transb`). `beta_accumulate` adds to `C`
-/// instead of overwriting it. `alpha` scales `op(A)` before the products.
+/// A read-only f32 operand of [`gemm`]: stored row-major as `rows x cols` with stored rows
+/// `ld` elements apart (`ld >= cols`), used as itself or, when `trans`, as its transpose
+/// (`cols x rows`).
+#[derive(Clone, Copy, Debug)]
+pub struct Mat<'a> {
+    pub data: &'a [f32],
+    pub rows: usize,
+    pub cols: usize,
+    pub ld: usize,
+    pub trans: bool,
+}
+
+impl<'a> Mat<'a> {
+    /// The dense row-major matrix `data: [rows, cols]`.
+    pub fn new(data: &'a [f32], rows: usize, cols: usize) -> Self {
+        Mat {
+            data,
+            rows,
+            cols,
+            ld: cols,
+            trans: false,
+        }
+    }
+
+    /// The same stored matrix, used transposed.
+    pub fn t(self) -> Self {
+        Mat {
+            trans: !self.trans,
+            ..self
+        }
+    }
+
+    /// The same matrix with its stored rows `ld` elements apart.
+    pub fn with_ld(self, ld: usize) -> Self {
+        Mat { ld, ..self }
+    }
+
+    /// Its shape as an operand: `[rows, cols]`, or `[cols, rows]` when transposed.
+    fn op_shape(&self) -> (usize, usize) {
+        if self.trans {
+            (self.cols, self.rows)
+        } else {
+            (self.rows, self.cols)
+        }
+    }
+
+    /// Strides `(rs, cs)` of the operand: element `[i][p]` is `data[i * rs + p * cs]`.
+    fn op_strides(&self) -> (usize, usize) {
+        if self.trans { (1, self.ld) } else { (self.ld, 1) }
+    }
+
+    /// Asserts that the leading dimension covers a stored row and that every element lies
+    /// inside `data`.
+    fn check(&self, name: &str) {
+        let Mat {
+            data, rows, cols, ld, ..
+        } = *self;
+        assert!(
+            ld >= cols,
+            "gemm: leading dimension of {name} is {ld}, below its {cols} stored columns"
+        );
+        if rows == 0 || cols == 0 {
+            return;
+        }
+        let last = (rows - 1).checked_mul(ld).and_then(|r| r.checked_add(cols - 1));
+        assert!(
+            matches!(last, Some(l) if l < data.len()),
+            "gemm: {name} has {} elements, too few for {rows}x{cols} with leading dimension {ld}",
+            data.len()
+        );
+    }
+}
+
+/// The output of [`gemm`]: `data: [rows, ld]` row-major, of which the first `cols` columns
+/// are written (the rest stay untouched).
+#[derive(Debug)]
+pub struct MatMut<'a> {
+    pub data: &'a mut [f32],
+    pub rows: usize,
+    pub cols: usize,
+    pub ld: usize,
+}
+
+impl<'a> MatMut<'a> {
+    /// The dense row-major matrix `data: [rows, cols]`.
+    pub fn new(data: &'a mut [f32], rows: usize, cols: usize) -> Self {
+        MatMut {
+            data,
+            rows,
+            cols,
+            ld: cols,
+        }
+    }
+
+    /// The same matrix with its rows `ld` elements apart.
+    pub fn with_ld(self, ld: usize) -> Self {
+        MatMut { ld, ..self }
+    }
+}
+
+/// Whether [`gemm`] overwrites its output or adds to it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Update {
+    /// `C = alpha · A · B`
+    Overwrite,
+    /// `C += alpha · A · B`
+    Add,
+}
+
+/// Plain f32 row-major GEMM: `c (+)= alpha · a · b` with `a: [m, k]`, `b: [k, n]` and
+/// `c: [m, n]` (each `a`, `b` possibly a transposed view). `alpha` scales `a` before the
+/// products.
 ///
 /// # Panics
-/// When a leading dimension is too small or a slice is shorter than its shape.
-#[allow(clippy::too_many_arguments)]
-pub fn gemm(
-    transa: bool,
-    transb: bool,
-    m: usize,
-    n: usize,
-    k: usize,
-    alpha: f32,
-    a: &[f32],
-    lda: usize,
-    b: &[f32],
-    ldb: usize,
-    beta_accumulate: bool,
-    c: &mut [f32],
-    ldc: usize,
-) {
-    gemm_isa(
-        Isa::best(),
-        transa,
-        transb,
-        m,
-        n,
-        k,
-        alpha,
-        a,
-        lda,
-        b,
-        ldb,
-        beta_accumulate,
-        c,
-        ldc,
-    );
+/// When the shapes disagree, a leading dimension is too small or a slice is shorter than
+/// its shape.
+pub fn gemm(alpha: f32, a: Mat, b: Mat, c: MatMut, update: Update) {
+    gemm_isa(Isa::best(), alpha, a, b, c, update);
 }
 
 /// [`gemm`] on a chosen unit (same bits; for tests and benchmarks).
-#[allow(clippy::too_many_arguments)]
-pub fn gemm_isa(
-    isa: Isa,
-    transa: bool,
-    transb: bool,
-    m: usize,
-    n: usize,
-    k: usize,
-    alpha: f32,
-    a: &[f32],
-    lda: usize,
-    b: &[f32],
-    ldb: usize,
-    beta_accumulate: bool,
-    c: &mut [f32],
-    ldc: usize,
-) {
-    // op(A)[i][p] = a[i * rs + p * cs]
-    let (ars, acs) = if transa { (1, lda) } else { (lda, 1) };
-    let (brs, bcs) = if transb { (1, ldb) } else { (ldb, 1) };
-    check_strided("A", a, m, k, ars, acs, if transa { m } else { k }, lda);
-    check_strided("B", b, k, n, brs, bcs, if transb { k } else { n }, ldb);
-    check_strided("C", c, m, n, ldc, 1, n, ldc);
-    let a = StridedA::new(a, ars, acs, alpha);
-    let b = StridedB::new(b, brs, bcs);
-    driver::run(kernel(isa), m, n, k, &a, &b, c, ldc, beta_accumulate);
-}
-
-/// Asserts that `rows x cols` elements at `i * rs + j * cs` lie inside `data`, and that
-/// the leading dimension covers the stored row.
-#[allow(clippy::too_many_arguments)]
-fn check_strided(
-    name: &str,
-    data: &[f32],
-    rows: usize,
-    cols: usize,
-    rs: usize,
-    cs: usize,
-    stored_cols: usize,
-    ld: usize,
-) {
+pub fn gemm_isa(isa: Isa, alpha: f32, a: Mat, b: Mat, c: MatMut, update: Update) {
+    let ((m, k), (kb, n)) = (a.op_shape(), b.op_shape());
     assert!(
-        ld >= stored_cols,
-        "gemm: leading dimension of {name} is {ld}, below its {stored_cols} stored columns"
+        k == kb && (c.rows, c.cols) == (m, n),
+        "gemm: shapes [{m}, {k}] · [{kb}, {n}] into [{}, {}]",
+        c.rows,
+        c.cols
     );
-    if rows == 0 || cols == 0 {
-        return;
-    }
-    let last = (rows - 1)
-        .checked_mul(rs)
-        .and_then(|r| (cols - 1).checked_mul(cs).and_then(|c| r.checked_add(c)));
-    assert!(
-        matches!(last, Some(l) if l < data.len()),
-        "gemm: {name} has {} elements, too few for {rows}x{cols} with strides ({rs}, {cs})",
-        data.len()
-    );
+    a.check("A");
+    b.check("B");
+    let ldc = c.ld;
+    Mat::new(c.data, c.rows, c.cols).with_ld(ldc).check("C");
+    let (ars, acs) = a.op_strides();
+    let (brs, bcs) = b.op_strides();
+    let a = StridedA::new(a.data, ars, acs, alpha);
+    let b = StridedB::new(b.data, brs, bcs);
+    driver::run(kernel(isa), m, n, k, &a, &b, c.data, ldc, update == Update::Add);
 }

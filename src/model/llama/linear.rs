@@ -1,0 +1,123 @@
+//! One projection of a decoder layer, forward and backward: the frozen weight, its bias,
+//! and the adapter's LoRA branch with its training-time dropout.
+
+use super::{LoraCtx, add_into};
+use crate::adapter::Adapter;
+use crate::kernels::lora::{LoraGrads, LoraWeights, dropout, lora_backward, lora_forward};
+use crate::kernels::matmul::{WeightRef, matmul_w_acc, matmul_wt};
+use crate::model::Model;
+use crate::model::weights::Proj;
+
+/// Projection `proj` of layer `layer`: `y = x · Wᵀ (+ bias) (+ scale · (drop(x) Aᵀ) Bᵀ)`.
+#[derive(Clone, Copy)]
+pub(super) struct Linear<'a> {
+    layer: usize,
+    proj: Proj,
+    weight: WeightRef<'a>,        // [out, in]
+    bias: Option<&'a [f32]>,      // [out]
+    lora: Option<LoraBranch<'a>>, // the adapter's pair, when it has one here
+}
+
+/// The LoRA branch of a projection and the (probability, seed) of its dropout.
+#[derive(Clone, Copy)]
+struct LoraBranch<'a> {
+    weights: LoraWeights<'a>,
+    dropout: Option<(f32, u64)>,
+}
+
+/// The LoRA branches' intermediates of one layer, kept for the backward pass.
+#[derive(Default)]
+pub(crate) struct LoraActs {
+    /// Per projection: `[T, r]` = drop(x) Aᵀ.
+    pub(super) u: [Vec<f32>; 7],
+    /// Scratch for a dropped-out input.
+    xdrop: Vec<f32>,
+}
+
+impl Model {
+    /// Projection `p` of layer `li`, with `lora`'s branch if its adapter has one there.
+    pub(super) fn linear<'a>(&'a self, lora: &LoraCtx<'a>, li: usize, p: Proj) -> Linear<'a> {
+        let l = &self.weights.layers[li];
+        let bias = match p {
+            Proj::Q => l.q_bias.as_deref(),
+            Proj::K => l.k_bias.as_deref(),
+            Proj::V => l.v_bias.as_deref(),
+            _ => None,
+        };
+        let branch = lora.adapter.and_then(|a| {
+            a.get(li, p).map(|pair| LoraBranch {
+                weights: LoraWeights {
+                    a: &pair.a,
+                    b: &pair.b,
+                    r: a.config.r,
+                    scale: a.scale(),
+                },
+                dropout: lora.dropout_seed(li, p),
+            })
+        });
+        Linear {
+            layer: li,
+            proj: p,
+            weight: self.weights.view(l.proj(p)),
+            bias,
+            lora: branch,
+        }
+    }
+}
+
+impl Linear<'_> {
+    /// y: `[T, out]` = x: `[T, in]` · Wᵀ (+ bias) (+ the LoRA branch, keeping its `u` in `acts`).
+    pub(super) fn forward(&self, x: &[f32], y: &mut [f32], acts: &mut LoraActs) {
+        let t = x.len() / self.weight.cols;
+        matmul_wt(x, t, &self.weight, y);
+        if let Some(b) = self.bias {
+            for row in y.chunks_exact_mut(b.len()) {
+                add_into(row, b);
+            }
+        }
+        if let Some(branch) = self.lora {
+            let u = &mut acts.u[self.proj as usize];
+            u.resize(t * branch.weights.r, 0.0);
+            let xin = match branch.dropout {
+                Some((prob, seed)) => {
+                    acts.xdrop.resize(x.len(), 0.0);
+                    dropout(x, prob, seed, &mut acts.xdrop);
+                    &acts.xdrop[..]
+                }
+                None => x,
+            };
+            lora_forward(branch.weights, xin, t, u, y);
+        }
+    }
+
+    /// Backward of [`Self::forward`] (whose input was `x` and intermediates `acts`):
+    /// dx: `[T, in]` += dy: `[T, out]` · W (+ the LoRA branch's input gradient); the branch's
+    /// gradients are added into `grads`.
+    pub(super) fn backward(&self, x: &[f32], acts: &LoraActs, dy: &[f32], dx: &mut [f32], grads: &mut Adapter) {
+        let t = x.len() / self.weight.cols;
+        matmul_w_acc(dy, t, &self.weight, dx);
+        let Some(branch) = self.lora else {
+            return;
+        };
+        let g = grads.layers[self.layer][self.proj as usize]
+            .as_mut()
+            .expect("gradient buffer shaped like the adapter");
+        let g = LoraGrads {
+            a: &mut g.a,
+            b: &mut g.b,
+        };
+        let u = &acts.u[self.proj as usize];
+        match branch.dropout {
+            None => lora_backward(branch.weights, x, t, u, dy, g, dx),
+            Some((prob, seed)) => {
+                let mut xd = vec![0f32; x.len()];
+                dropout(x, prob, seed, &mut xd);
+                let mut dxd = vec![0f32; x.len()];
+                lora_backward(branch.weights, &xd, t, u, dy, g, &mut dxd);
+                // d drop(x)/dx is the same mask and scale.
+                dropout(&dxd.clone(), prob, seed, &mut dxd);
+                add_into(dx, &dxd);
+            }
+        }
+    }
+}
