@@ -540,7 +540,7 @@ typedef struct NudgeTrainOptions {
    */
   uint32_t struct_size;
   /**
-   * Passes over the dataset (default 1).
+   * Passes over the dataset (default 2).
    */
   uint32_t epochs;
   /**
@@ -575,7 +575,7 @@ typedef struct NudgeTrainOptions {
    */
   double kto_undesirable_weight;
   /**
-   * AdamW's learning rate (default 5e-5).
+   * AdamW's learning rate (default 1e-3, for a few dozen pairs with LoRA).
    */
   double learning_rate;
   /**
@@ -591,7 +591,7 @@ typedef struct NudgeTrainOptions {
    */
   uint32_t max_steps;
   /**
-   * Examples (pairs or thumbs) per optimizer step (default 2).
+   * Examples (pairs or thumbs) per optimizer step (default 4).
    */
   uint32_t batch_pairs;
   /**
@@ -606,7 +606,7 @@ typedef struct NudgeTrainOptions {
    */
   uint32_t max_length;
   /**
-   * NUDGE_SCHEDULE_* (default NUDGE_SCHEDULE_CONSTANT).
+   * NUDGE_SCHEDULE_* (default NUDGE_SCHEDULE_LINEAR: decay to 0 over the run).
    */
   uint32_t schedule;
   /**

@@ -32,7 +32,7 @@ pub const NUDGE_SCHEDULE_COSINE: u32 = 2;
 pub struct NudgeTrainOptions {
     /// sizeof(NudgeTrainOptions) as the app was compiled.
     pub struct_size: u32,
-    /// Passes over the dataset (default 1).
+    /// Passes over the dataset (default 2).
     pub epochs: u32,
     /// The loss (NULL or default: "sigmoid", i.e. DPO): sigmoid, ipo, cdpo, robust, hinge,
     /// nca_pair, bco_pair, apo_zero, apo_down, sppo_hard, exo_pair, discopop, simpo, orpo,
@@ -51,7 +51,7 @@ pub struct NudgeTrainOptions {
     pub kto_desirable_weight: f64,
     /// kto: the weight of thumbs down (NaN: 1).
     pub kto_undesirable_weight: f64,
-    /// AdamW's learning rate (default 5e-5).
+    /// AdamW's learning rate (default 1e-3, for a few dozen pairs with LoRA).
     pub learning_rate: f64,
     /// AdamW's decoupled weight decay (default 0).
     pub weight_decay: f64,
@@ -59,7 +59,7 @@ pub struct NudgeTrainOptions {
     pub max_grad_norm: f64,
     /// Stop after this many optimizer steps (default 0: run the epochs).
     pub max_steps: u32,
-    /// Examples (pairs or thumbs) per optimizer step (default 2).
+    /// Examples (pairs or thumbs) per optimizer step (default 4).
     pub batch_pairs: u32,
     /// Examples per forward/backward pass, accumulated up to batch_pairs (0, default:
     /// batch_pairs).
@@ -68,7 +68,7 @@ pub struct NudgeTrainOptions {
     /// longer example loses its prompt's first tokens (one always stays), then its
     /// completions' ends, as TRL's keep_end truncation does.
     pub max_length: u32,
-    /// NUDGE_SCHEDULE_* (default NUDGE_SCHEDULE_CONSTANT).
+    /// NUDGE_SCHEDULE_* (default NUDGE_SCHEDULE_LINEAR: decay to 0 over the run).
     pub schedule: u32,
     /// Steps of linear learning-rate warmup (default 0).
     pub warmup_steps: u32,
@@ -112,7 +112,7 @@ impl Default for NudgeTrainOptions {
             batch_pairs: c.batch_size as u32,
             micro_batch: 0,
             max_length: 0,
-            schedule: NUDGE_SCHEDULE_CONSTANT,
+            schedule: NUDGE_SCHEDULE_LINEAR,
             warmup_steps: 0,
             threads: 0,
             lora_dropout: c.lora_dropout,
@@ -498,11 +498,7 @@ mod tests {
     fn defaults_are_the_engine_defaults() {
         let o = NudgeTrainOptions::default();
         let c = train_config(&o).unwrap();
-        let d = TrainConfig {
-            schedule: Schedule::Constant { warmup_steps: 0 },
-            ..TrainConfig::default()
-        };
-        assert_eq!(c, d);
+        assert_eq!(c, TrainConfig::default());
     }
 
     #[test]

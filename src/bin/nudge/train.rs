@@ -83,14 +83,15 @@ pub struct TrainArgs {
     init: InitArg,
     #[command(flatten)]
     adapter: AdapterArg,
-    /// Learning rate.
-    #[arg(long, default_value_t = 5e-5)]
+    /// Learning rate (the defaults of lr, schedule, epochs and batch suit a few dozen pairs;
+    /// see the README's loss comparison).
+    #[arg(long, default_value_t = 1e-3)]
     lr: f64,
     /// AdamW weight decay.
     #[arg(long, default_value_t = 0.0)]
     weight_decay: f64,
     /// Learning-rate schedule over the steps the run takes.
-    #[arg(long, value_enum, default_value = "constant")]
+    #[arg(long, value_enum, default_value = "linear")]
     schedule: ScheduleArg,
     /// Steps of linear learning-rate warmup.
     #[arg(long, default_value_t = 0)]
@@ -99,13 +100,13 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 1.0)]
     max_grad_norm: f32,
     /// Passes over the data (ignored when --max-steps is given).
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..))]
     epochs: u32,
     /// Optimizer steps to take; overrides --epochs (as TRL's max_steps does).
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     max_steps: Option<u32>,
     /// Pairs (or thumbs) per optimizer step.
-    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=4096))]
     batch_pairs: u32,
     /// Pairs per forward/backward pass (gradient accumulation over batch_pairs / this).
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=4096))]
