@@ -15,7 +15,7 @@
 //! ([`tile`]), with keys and values packed once per call. The results are the same bits
 //! for any number of threads.
 
-use super::simd::{AVX2, AVX512, PORTABLE, dot16, exp16, max_vectors, sum_vectors, tile};
+use super::simd::{AVX2, AVX512, PORTABLE, Rows, RowsMut, Strided, dot16, exp16, max_vectors, sum_vectors, tile};
 use crate::error::{Error, Result};
 use crate::isa::Isa;
 use rayon::prelude::*;
@@ -464,14 +464,10 @@ fn forward_tiles<const ISA: u8, const R: usize, const C: usize>(
                         let (qi, si) = (&qb[i0 * g.hdp..], &mut s[i0 * g.ls + o..]);
                         panel::<ISA, R, C>(
                             g.hd,
-                            qi,
-                            g.hdp,
-                            1,
-                            &kt[a..],
-                            pk.ldt,
+                            Strided::rows(qi, g.hdp),
+                            Rows::new(&kt[a..], pk.ldt),
                             cnt.div_ceil(LANES),
-                            si,
-                            g.ls,
+                            RowsMut::new(si, g.ls),
                             g.scale,
                             false,
                         );
@@ -492,14 +488,10 @@ fn forward_tiles<const ISA: u8, const R: usize, const C: usize>(
                     let (si, oi) = (&s[i0 * g.ls + o..], &mut ob[i0 * g.hdp..]);
                     panel::<ISA, R, C>(
                         cnt,
-                        si,
-                        g.ls,
-                        1,
-                        &vr[a * g.hdp..],
-                        g.hdp,
+                        Strided::rows(si, g.ls),
+                        Rows::new(&vr[a * g.hdp..], g.hdp),
                         g.hdp / LANES,
-                        oi,
-                        g.hdp,
+                        RowsMut::new(oi, g.hdp),
                         1.0,
                         idx > 0,
                     );
@@ -572,75 +564,55 @@ fn probs_row(row: &mut [f32], lim: usize, lse: f32, zero_to: usize) {
     row[end..zero_to].fill(0.0);
 }
 
-/// `c[i * ldc + 16v + l] = (add ? c : 0) + alpha * Σ_p a[i * ars + p * acs] * b[p * ldb + 16v + l]`
-/// for rows `i < R` and `nv` vectors of columns: [`tile`]s of `R x C` vectors, then
-/// single vectors.
-#[allow(clippy::too_many_arguments)]
+/// `c[i][16v + l] = (add ? c : 0) + alpha * Σ_p a[i][p] * b[p][16v + l]` for rows `i < R`
+/// and `nv` vectors of columns: [`tile`]s of `R x C` vectors, then single vectors.
 #[inline(always)]
 fn panel<const ISA: u8, const R: usize, const C: usize>(
     k: usize,
-    a: &[f32],
-    ars: usize,
-    acs: usize,
-    b: &[f32],
-    ldb: usize,
+    a: Strided, // [R, k]
+    b: Rows,    // [k, 16 nv]
     nv: usize,
-    c: &mut [f32],
-    ldc: usize,
+    mut c: RowsMut, // [R, 16 nv]
     alpha: f32,
     add: bool,
 ) {
     let mut v = 0;
     while v + C <= nv {
-        tile::<ISA, R, C>(
-            k,
-            a,
-            ars,
-            acs,
-            &b[v * LANES..],
-            ldb,
-            &mut c[v * LANES..],
-            ldc,
-            alpha,
-            add,
-        );
+        tile::<ISA, R, C>(k, a, b.from_col(v * LANES), c.from_col(v * LANES), alpha, add);
         v += C;
     }
     while v < nv {
-        tile::<ISA, R, 1>(
-            k,
-            a,
-            ars,
-            acs,
-            &b[v * LANES..],
-            ldb,
-            &mut c[v * LANES..],
-            ldc,
-            alpha,
-            add,
-        );
+        tile::<ISA, R, 1>(k, a, b.from_col(v * LANES), c.from_col(v * LANES), alpha, add);
         v += 1;
     }
 }
 
-/// Adds dL/dq, dL/dk, dL/dv given dL/dout, from the saved forward inputs, output and lse.
-/// Shapes as in [`attention_forward`]. dk and dv receive contributions from many queries:
-/// each task adds its own into a private copy, and the copies are summed in task order
-/// (deterministic for any thread count).
-#[allow(clippy::too_many_arguments)]
-pub fn attention_backward(
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
-    out: &[f32],
-    lse: &[f32],
-    dout: &[f32],
-    layout: &AttnLayout,
-    shape: AttnShape,
-    dq: &mut [f32],
-    dk: &mut [f32],
-    dv: &mut [f32],
-) {
+/// What [`attention_backward`] reads of its forward pass: the inputs `q`, `k`, `v` and the
+/// outputs `out` and `lse` of [`attention_forward`] (same shapes).
+#[derive(Clone, Copy, Debug)]
+pub struct AttnSaved<'a> {
+    pub q: &'a [f32],   // [T, H*hd]
+    pub k: &'a [f32],   // [T, KV*hd]
+    pub v: &'a [f32],   // [T, KV*hd]
+    pub out: &'a [f32], // [T, H*hd]
+    pub lse: &'a [f32], // [T, H]
+}
+
+/// The gradients [`attention_backward`] adds into, shaped like `q`, `k`, `v`.
+#[derive(Debug)]
+pub struct AttnGrads<'a> {
+    pub dq: &'a mut [f32], // [T, H*hd]
+    pub dk: &'a mut [f32], // [T, KV*hd]
+    pub dv: &'a mut [f32], // [T, KV*hd]
+}
+
+/// Adds dL/dq, dL/dk, dL/dv given dL/dout: [T, H*hd], from the saved forward inputs,
+/// output and lse. dk and dv receive contributions from many queries: each task adds its
+/// own into a private copy, and the copies are summed in task order (deterministic for
+/// any thread count).
+pub fn attention_backward(saved: AttnSaved, dout: &[f32], layout: &AttnLayout, shape: AttnShape, grads: AttnGrads) {
+    let AttnSaved { q, k, v, out, lse } = saved;
+    let AttnGrads { dq, dk, dv } = grads;
     let n = layout.n_tokens();
     let (hd, qw, kvw, h) = (shape.head_dim, shape.q_width(), shape.kv_width(), shape.n_heads);
     assert!(
@@ -774,7 +746,6 @@ struct BwdInputs<'a> {
 }
 
 /// One backward task, compiled for the widest instruction set the CPU has.
-#[allow(clippy::too_many_arguments)]
 fn backward_task(
     x: &BwdInputs<'_>,
     pk: &Packed<'_>,
@@ -786,7 +757,6 @@ fn backward_task(
 ) {
     #[cfg(target_arch = "x86_64")]
     {
-        #[allow(clippy::too_many_arguments)]
         #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
         fn v512(
             x: &BwdInputs<'_>,
@@ -799,7 +769,6 @@ fn backward_task(
         ) {
             backward_tiles::<AVX512, 4, 4>(x, pk, g, task, dq, part, buf)
         }
-        #[allow(clippy::too_many_arguments)]
         #[target_feature(enable = "avx2,fma")]
         fn v256(
             x: &BwdInputs<'_>,
@@ -826,7 +795,6 @@ fn backward_task(
 /// P = exp(S - lse), then dP = dO Vᵀ, dS = P ⊙ (dP - D) with D = rowsum(dO ⊙ O),
 /// dQ = scale dS K into dq, and adds dV += Pᵀ dO, dK += scale dSᵀ Q into the task's copy
 /// (`part`: [kv head][dk, dv][keys (padded)][hdp]), block after block.
-#[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn backward_tiles<const ISA: u8, const R: usize, const C: usize>(
     x: &BwdInputs<'_>,
@@ -879,8 +847,24 @@ fn backward_tiles<const ISA: u8, const R: usize, const C: usize>(
                     if cnt > 0 {
                         let nvk = cnt.div_ceil(LANES);
                         let (pi, dsi) = (&mut p[i0 * g.ls + o..], &mut ds[i0 * g.ls + o..]);
-                        panel::<ISA, R, C>(g.hd, qi, g.hdp, 1, &kt[a..], pk.ldt, nvk, pi, g.ls, g.scale, false);
-                        panel::<ISA, R, C>(g.hd, doi, g.hdp, 1, &vt[a..], pk.ldt, nvk, dsi, g.ls, 1.0, false);
+                        panel::<ISA, R, C>(
+                            g.hd,
+                            Strided::rows(qi, g.hdp),
+                            Rows::new(&kt[a..], pk.ldt),
+                            nvk,
+                            RowsMut::new(pi, g.ls),
+                            g.scale,
+                            false,
+                        );
+                        panel::<ISA, R, C>(
+                            g.hd,
+                            Strided::rows(doi, g.hdp),
+                            Rows::new(&vt[a..], pk.ldt),
+                            nvk,
+                            RowsMut::new(dsi, g.ls),
+                            1.0,
+                            false,
+                        );
                     }
                     o += b - a;
                 }
@@ -903,14 +887,10 @@ fn backward_tiles<const ISA: u8, const R: usize, const C: usize>(
                     let (dsi, dqi) = (&ds[i0 * g.ls + o..], &mut dqb[i0 * g.hdp..]);
                     panel::<ISA, R, C>(
                         cnt,
-                        dsi,
-                        g.ls,
-                        1,
-                        &kr[a * g.hdp..],
-                        g.hdp,
+                        Strided::rows(dsi, g.ls),
+                        Rows::new(&kr[a * g.hdp..], g.hdp),
                         nv,
-                        dqi,
-                        g.hdp,
+                        RowsMut::new(dqi, g.hdp),
                         g.scale,
                         idx > 0,
                     );
@@ -931,27 +911,19 @@ fn backward_tiles<const ISA: u8, const R: usize, const C: usize>(
                 let (doj, qj) = (&dob[r0 * g.hdp..], &qb[r0 * g.hdp..]);
                 panel::<ISA, R, C>(
                     rows,
-                    pj,
-                    1,
-                    g.ls,
-                    doj,
-                    g.hdp,
+                    Strided::columns(pj, g.ls),
+                    Rows::new(doj, g.hdp),
                     nv,
-                    &mut pdv[j0 * g.hdp..],
-                    g.hdp,
+                    RowsMut::new(&mut pdv[j0 * g.hdp..], g.hdp),
                     1.0,
                     true,
                 );
                 panel::<ISA, R, C>(
                     rows,
-                    dsj,
-                    1,
-                    g.ls,
-                    qj,
-                    g.hdp,
+                    Strided::columns(dsj, g.ls),
+                    Rows::new(qj, g.hdp),
                     nv,
-                    &mut pdk[j0 * g.hdp..],
-                    g.hdp,
+                    RowsMut::new(&mut pdk[j0 * g.hdp..], g.hdp),
                     g.scale,
                     true,
                 );
@@ -1123,9 +1095,19 @@ mod tests {
         let (mut out, mut lse) = (vec![f32::NAN; n * qw], vec![f32::NAN; n * shape.n_heads]);
         attention_forward(&c.q, &c.k, &c.v, layout, shape, &mut out, &mut lse);
         let (mut dq, mut dk, mut dv) = (vec![init; n * qw], vec![init; n * kvw], vec![init; n * kvw]);
-        attention_backward(
-            &c.q, &c.k, &c.v, &out, &lse, &c.dout, layout, shape, &mut dq, &mut dk, &mut dv,
-        );
+        let saved = AttnSaved {
+            q: &c.q,
+            k: &c.k,
+            v: &c.v,
+            out: &out,
+            lse: &lse,
+        };
+        let grads = AttnGrads {
+            dq: &mut dq,
+            dk: &mut dk,
+            dv: &mut dv,
+        };
+        attention_backward(saved, &c.dout, layout, shape, grads);
         [out, lse, dq, dk, dv]
     }
 

@@ -194,65 +194,113 @@ pub const PORTABLE: u8 = 0;
 pub const AVX2: u8 = 1;
 pub const AVX512: u8 = 2;
 
+/// The left operand of a [`tile`]: element `[i][p]` at `data[i * rs + p * cs]`.
+#[derive(Clone, Copy, Debug)]
+pub struct Strided<'a> {
+    pub data: &'a [f32],
+    pub rs: usize,
+    pub cs: usize,
+}
+
+impl<'a> Strided<'a> {
+    /// Row-major, rows `ld` apart: `[i][p]` at `data[i * ld + p]`.
+    pub fn rows(data: &'a [f32], ld: usize) -> Self {
+        Strided { data, rs: ld, cs: 1 }
+    }
+
+    /// Column-major (a transposed row-major matrix): `[i][p]` at `data[p * ld + i]`.
+    pub fn columns(data: &'a [f32], ld: usize) -> Self {
+        Strided { data, rs: 1, cs: ld }
+    }
+}
+
+/// The right operand of a [`tile`]: row-major, rows `ld` apart.
+#[derive(Clone, Copy, Debug)]
+pub struct Rows<'a> {
+    pub data: &'a [f32],
+    pub ld: usize,
+}
+
+impl<'a> Rows<'a> {
+    pub fn new(data: &'a [f32], ld: usize) -> Self {
+        Rows { data, ld }
+    }
+
+    /// The same rows from column `j` on.
+    pub fn from_col(self, j: usize) -> Self {
+        Rows {
+            data: &self.data[j..],
+            ..self
+        }
+    }
+}
+
+/// The output of a [`tile`]: row-major, rows `ld` apart.
+#[derive(Debug)]
+pub struct RowsMut<'a> {
+    pub data: &'a mut [f32],
+    pub ld: usize,
+}
+
+impl<'a> RowsMut<'a> {
+    pub fn new(data: &'a mut [f32], ld: usize) -> Self {
+        RowsMut { data, ld }
+    }
+
+    /// The same rows from column `j` on (a shorter borrow).
+    pub fn from_col(&mut self, j: usize) -> RowsMut<'_> {
+        RowsMut {
+            data: &mut self.data[j..],
+            ld: self.ld,
+        }
+    }
+}
+
 /// A register tile of a small matrix product:
-/// `c[i*ldc + 16v + l] = (add ? c[..] : 0) + alpha * Σ_{p<k} a[i*ars + p*acs] * b[p*ldb + 16v + l]`
+/// `c[i][16v + l] = (add ? c[..] : 0) + alpha * Σ_{p<k} a[i][p] * b[p][16v + l]`
 /// for rows `i < R`, vectors `v < C` and lanes `l < 16`. Every element sums over `p` in
 /// order, one fused multiply-add per step, so every instruction set gives the same bits
 /// (the portable one uses `mul_add`: exact, if slow, without FMA hardware).
 ///
 /// `ISA` picks explicit vector code, which LLVM does not reliably find on its own for
 /// this shape; it falls back to the portable code if the CPU lacks the set.
-#[allow(clippy::too_many_arguments)]
 #[inline(always)]
 pub fn tile<const ISA: u8, const R: usize, const C: usize>(
     k: usize,
-    a: &[f32],
-    ars: usize,
-    acs: usize,
-    b: &[f32],
-    ldb: usize,
-    c: &mut [f32],
-    ldc: usize,
+    a: Strided, // [R, k]
+    b: Rows,    // [k, 16C]
+    c: RowsMut, // [R, 16C]
     alpha: f32,
     add: bool,
 ) {
+    let (ars, acs, ldb, ldc) = (a.rs, a.cs, b.ld, c.ld);
     assert!(R > 0 && C > 0);
-    assert!((R - 1) * ldc + C * 16 <= c.len(), "tile: c out of bounds");
+    assert!((R - 1) * ldc + C * 16 <= c.data.len(), "tile: c out of bounds");
     if k > 0 {
-        assert!((R - 1) * ars + (k - 1) * acs < a.len(), "tile: a out of bounds");
-        assert!((k - 1) * ldb + C * 16 <= b.len(), "tile: b out of bounds");
+        assert!((R - 1) * ars + (k - 1) * acs < a.data.len(), "tile: a out of bounds");
+        assert!((k - 1) * ldb + C * 16 <= b.data.len(), "tile: b out of bounds");
     }
     #[cfg(target_arch = "x86_64")]
     {
-        let (ap, bp, cp) = (a.as_ptr(), b.as_ptr(), c.as_mut_ptr());
         if ISA == AVX512 && Isa::best() == Isa::Avx512 {
             // SAFETY: the CPU has AVX-512F; extents asserted above.
-            unsafe { x86::tile_avx512::<R, C>(k, ap, ars, acs, bp, ldb, cp, ldc, alpha, add) };
+            unsafe { x86::tile_avx512::<R, C>(k, a, b, c, alpha, add) };
             return;
         }
         if ISA == AVX2 && matches!(Isa::best(), Isa::Avx2 | Isa::Avx512) {
             // SAFETY: the CPU has AVX2 and FMA; extents asserted above.
-            unsafe { x86::tile_avx2::<R, C>(k, ap, ars, acs, bp, ldb, cp, ldc, alpha, add) };
+            unsafe { x86::tile_avx2::<R, C>(k, a, b, c, alpha, add) };
             return;
         }
     }
-    tile_portable::<R, C>(k, a, ars, acs, b, ldb, c, ldc, alpha, add);
+    tile_portable::<R, C>(k, a, b, c, alpha, add);
 }
 
-#[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn tile_portable<const R: usize, const C: usize>(
-    k: usize,
-    a: &[f32],
-    ars: usize,
-    acs: usize,
-    b: &[f32],
-    ldb: usize,
-    c: &mut [f32],
-    ldc: usize,
-    alpha: f32,
-    add: bool,
-) {
+fn tile_portable<const R: usize, const C: usize>(k: usize, a: Strided, b: Rows, c: RowsMut, alpha: f32, add: bool) {
+    let (a, ars, acs) = (a.data, a.rs, a.cs);
+    let (b, ldb) = (b.data, b.ld);
+    let (c, ldc) = (c.data, c.ld);
     let mut acc = [[[0f32; 16]; C]; R];
     for p in 0..k {
         let brow = &b[p * ldb..p * ldb + C * 16];
@@ -338,25 +386,24 @@ pub fn max_vectors<const ISA: u8>(x: &[f32]) -> f32 {
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
+    use super::{Rows, RowsMut, Strided};
     use std::arch::x86_64::*;
 
     /// [`super::tile`] with one zmm register per 16 lanes. Safety: the CPU has
     /// AVX-512F; the extents of `a`, `b`, `c` are those `tile` asserts.
-    #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
     #[inline]
     pub(super) unsafe fn tile_avx512<const R: usize, const C: usize>(
         k: usize,
-        a: *const f32,
-        ars: usize,
-        acs: usize,
-        b: *const f32,
-        ldb: usize,
-        c: *mut f32,
-        ldc: usize,
+        a: Strided,
+        b: Rows,
+        c: RowsMut,
         alpha: f32,
         add: bool,
     ) {
+        let (a, ars, acs) = (a.data.as_ptr(), a.rs, a.cs);
+        let (b, ldb) = (b.data.as_ptr(), b.ld);
+        let (c, ldc) = (c.data.as_mut_ptr(), c.ld);
         let mut acc = [[_mm512_setzero_ps(); C]; R];
         // SAFETY: every offset lies inside the extents the caller guarantees.
         unsafe {
@@ -387,21 +434,19 @@ mod x86 {
 
     /// [`super::tile`] with two ymm registers per 16 lanes. Safety: the CPU has AVX2 and
     /// FMA; the extents of `a`, `b`, `c` are those `tile` asserts.
-    #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx2,fma")]
     #[inline]
     pub(super) unsafe fn tile_avx2<const R: usize, const C: usize>(
         k: usize,
-        a: *const f32,
-        ars: usize,
-        acs: usize,
-        b: *const f32,
-        ldb: usize,
-        c: *mut f32,
-        ldc: usize,
+        a: Strided,
+        b: Rows,
+        c: RowsMut,
         alpha: f32,
         add: bool,
     ) {
+        let (a, ars, acs) = (a.data.as_ptr(), a.rs, a.cs);
+        let (b, ldb) = (b.data.as_ptr(), b.ld);
+        let (c, ldc) = (c.data.as_mut_ptr(), c.ld);
         let mut acc = [[[_mm256_setzero_ps(); 2]; C]; R];
         // SAFETY: every offset lies inside the extents the caller guarantees.
         unsafe {
@@ -600,24 +645,13 @@ mod tests {
             .collect()
     }
 
-    /// `tile` computed in f64 (the sums are short enough for a tight bound).
-    #[allow(clippy::too_many_arguments)]
-    fn tile_f64(
-        r: usize,
-        nc: usize,
-        k: usize,
-        a: &[f32],
-        ars: usize,
-        acs: usize,
-        b: &[f32],
-        ldb: usize,
-        alpha: f32,
-    ) -> Vec<f64> {
+    /// `tile` computed in f64 (the sums are short enough for a tight bound): [r, nc].
+    fn tile_f64(r: usize, nc: usize, k: usize, a: Strided, b: Rows, alpha: f32) -> Vec<f64> {
         let mut out = vec![0f64; r * nc];
         for i in 0..r {
             for j in 0..nc {
                 let s: f64 = (0..k)
-                    .map(|p| a[i * ars + p * acs] as f64 * b[p * ldb + j] as f64)
+                    .map(|p| a.data[i * a.rs + p * a.cs] as f64 * b.data[p * b.ld + j] as f64)
                     .sum();
                 out[i * nc + j] = alpha as f64 * s;
             }
@@ -628,22 +662,17 @@ mod tests {
     /// Output stride of the tile tests: rows of 80 computed columns and 10 untouched.
     const LDC: usize = 90;
 
-    #[allow(clippy::too_many_arguments)]
-    fn run_tile<const ISA: u8>(
-        k: usize,
-        a: &[f32],
-        ars: usize,
-        acs: usize,
-        b: &[f32],
-        ldb: usize,
-        c0: &[f32],
-        add: bool,
-    ) -> Vec<f32> {
+    fn run_tile<const ISA: u8>(k: usize, a: Strided, b: Rows, c0: &[f32], add: bool) -> Vec<f32> {
         let mut c = c0.to_vec();
-        tile::<ISA, 4, 4>(k, a, ars, acs, b, ldb, &mut c, LDC, 0.375, add);
-        tile::<ISA, 4, 1>(k, a, ars, acs, &b[64..], ldb, &mut c[64..], LDC, 0.375, add);
-        tile::<ISA, 2, 2>(k, &a[4 * ars..], ars, acs, b, ldb, &mut c[4 * LDC..], LDC, 0.375, add);
-        c
+        let mut c = RowsMut::new(&mut c, LDC);
+        tile::<ISA, 4, 4>(k, a, b, c.from_col(0), 0.375, add);
+        tile::<ISA, 4, 1>(k, a, b.from_col(64), c.from_col(64), 0.375, add);
+        let a4 = Strided {
+            data: &a.data[4 * a.rs..],
+            ..a
+        };
+        tile::<ISA, 2, 2>(k, a4, b, c.from_col(4 * LDC), 0.375, add);
+        c.data.to_vec()
     }
 
     #[test]
@@ -654,18 +683,18 @@ mod tests {
             let b = values(k.max(1) * ldb, 2);
             let c0 = values(6 * LDC, 3);
             for add in [false, true] {
-                let want = run_tile::<PORTABLE>(k, &a, ars, acs, &b, ldb, &c0, add);
-                assert_eq!(
-                    want,
-                    run_tile::<AVX2>(k, &a, ars, acs, &b, ldb, &c0, add),
-                    "AVX2, k = {k}"
+                let (sa, sb) = (
+                    Strided {
+                        data: &a,
+                        rs: ars,
+                        cs: acs,
+                    },
+                    Rows::new(&b, ldb),
                 );
-                assert_eq!(
-                    want,
-                    run_tile::<AVX512>(k, &a, ars, acs, &b, ldb, &c0, add),
-                    "AVX-512, k = {k}"
-                );
-                let reference = tile_f64(6, 80, k, &a, ars, acs, &b, ldb, 0.375);
+                let want = run_tile::<PORTABLE>(k, sa, sb, &c0, add);
+                assert_eq!(want, run_tile::<AVX2>(k, sa, sb, &c0, add), "AVX2, k = {k}");
+                assert_eq!(want, run_tile::<AVX512>(k, sa, sb, &c0, add), "AVX-512, k = {k}");
+                let reference = tile_f64(6, 80, k, sa, sb, 0.375);
                 for i in 0..6 {
                     for j in 0..LDC {
                         let (got, old) = (want[i * LDC + j] as f64, c0[i * LDC + j] as f64);
