@@ -59,7 +59,6 @@ pub(super) type DequantTFn = unsafe fn(dtype: DType, rows: &[&[u8]], kc: usize, 
 pub(super) trait ASource: Sync {
     /// Packs rows `i0..i1` and reduction indices `p0..p1` into panels of `mr` rows:
     /// `dst[panel][p - p0][r]`, rows past `i1` zero.
-    #[allow(clippy::too_many_arguments)]
     fn pack(&self, kern: &Kernel, i0: usize, i1: usize, p0: usize, p1: usize, dst: &mut [f32]);
 }
 
