@@ -13,6 +13,8 @@ cargo fmt --all -- --check
 cargo clippy --release --workspace --all-targets -- -D warnings
 scripts/check-cycles.sh --quiet
 scripts/check-header.sh
+# The public API's documentation builds without a warning (broken links included).
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --workspace
 # Benchmarks run once each in test mode (timings are for `cargo bench` and `nudge bench`).
 cargo test --release --benches
 

@@ -8,7 +8,7 @@ use crate::model::{LoraCtx, Model};
 /// Log-probs of one completion.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Scored {
-    /// log p(completion[i] | prompt, completion[..i]) for each token: [C]
+    /// log p(`completion[i]` | prompt, `completion[..i]`) for each token: `[C]`
     pub token_logps: Vec<f32>,
     /// Their sum (accumulated in f64).
     pub logp: f64,

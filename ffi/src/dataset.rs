@@ -92,7 +92,7 @@ fn append(dataset: *mut NudgeDataset, rows: Vec<Value>) -> FfiResult<()> {
 
 /// Adds `n_pairs` preference pairs (`format`: NUDGE_TEXT or NUDGE_CHAT_JSON). The strings
 /// are copied. All or nothing: on failure no pair is added and the message names the
-/// first bad element (e.g. "pairs[3].chosen is not valid UTF-8").
+/// first bad element (e.g. "`pairs[3]`.chosen is not valid UTF-8").
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn nudge_dataset_add_pairs(
     dataset: *mut NudgeDataset,

@@ -376,7 +376,7 @@ fn complete_rows(a: &mut Array2<f64>, from: usize) {
     }
 }
 
-/// PEFT's `svd_clamp`: the q-quantile h of B' and A' together, then both clamped to [-h, h].
+/// PEFT's `svd_clamp`: the q-quantile h of B' and A' together, then both clamped to `[-h, h]`.
 fn clamp_to_quantile(b: &mut Array2<f64>, a: &mut Array2<f64>, q: f64) {
     let mut all: Vec<f64> = b.iter().chain(a.iter()).copied().collect();
     all.sort_by(f64::total_cmp);

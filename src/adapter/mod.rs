@@ -1,12 +1,12 @@
 //! LoRA adapters: parameters on any subset of the seven projections of every layer and
 //! their initialization: the adapter the model's forward applies. Its files (PEFT,
-//! llama.cpp's GGUF adapters) and the merged model are in [`format`].
+//! llama.cpp's GGUF adapters) and the merged model are in [`format`](mod@format).
 
 pub mod format;
 #[cfg(feature = "linalg")]
 pub mod linalg;
 
-pub use format::{BaseCheck, load, load_for};
+pub use format::{BaseCheck, gguf_lora, load, load_for, merge, peft};
 
 use crate::error::{Error, Result};
 use crate::model::config::Config;
@@ -90,9 +90,9 @@ impl LoraConfig {
 /// One adapted projection: `W' = W + scale * B A`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct LoraPair {
-    /// [r, in]
+    /// `[r, in]`
     pub a: Vec<f32>,
-    /// [out, r]
+    /// `[out, r]`
     pub b: Vec<f32>,
     pub in_features: usize,
     pub out_features: usize,
@@ -104,9 +104,9 @@ pub struct Adapter {
     pub config: LoraConfig,
     /// Per layer, per projection (indexed by `Proj as usize`).
     pub layers: Vec<[Option<LoraPair>; 7]>,
-    /// The base model's name ([`Model::name`]), recorded as `base_model_name_or_path`.
+    /// The base model's name ([`crate::Model::name`]), recorded as `base_model_name_or_path`.
     pub base_model_name: String,
-    /// The base model's [`Model::fingerprint`], when known: an adapter trained here
+    /// The base model's [`crate::Model::fingerprint`], when known: an adapter trained here
     /// records the base it was trained on, and loading it over another base is refused.
     pub base_fingerprint: Option<String>,
 }

@@ -3,7 +3,7 @@
 //! single-row step ([`Model::decode_step`]) against the cached keys and values.
 //!
 //! Sampling follows transformers' order (temperature, then top-k, then top-p) with a
-//! seeded [`Rng`], so a seed reproduces a reply exactly; temperature 0 is greedy.
+//! seeded [`Rng`](crate::rng::Rng), so a seed reproduces a reply exactly; temperature 0 is greedy.
 //!
 //! [`generate_batch`] answers many requests together: every live row's new token runs
 //! through one batched step ([`Model::decode_batch`]), so the weights are read once per
@@ -11,7 +11,7 @@
 //! are prefilled once and their cache copied. The kernels are batch-invariant, so each
 //! reply is bit-identical to [`generate`] of its request alone.
 //!
-//! The parts: [`sampler`] picks tokens, [`single`] generates one reply, [`batch`] many.
+//! The parts: `sampler` picks tokens, `single` generates one reply, `batch` many.
 
 mod batch;
 mod sampler;

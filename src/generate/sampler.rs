@@ -45,7 +45,7 @@ impl Sampler {
         })
     }
 
-    /// A token id from `logits`: [vocab].
+    /// A token id from `logits`: `[vocab]`.
     pub fn sample(&mut self, logits: &[f32]) -> u32 {
         if self.temperature == 0.0 {
             return argmax(logits);

@@ -90,7 +90,7 @@ impl<'a> Generator<'a> {
         &self.generated
     }
 
-    /// Logits of the token the next call samples (after the last generated one): [vocab].
+    /// Logits of the token the next call samples (after the last generated one): `[vocab]`.
     pub fn logits(&self) -> &[f32] {
         &self.logits
     }

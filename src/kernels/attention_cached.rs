@@ -12,8 +12,8 @@ use rayon::prelude::*;
 /// New-token rows per rayon task.
 const ROWS_PER_TASK: usize = 4;
 
-/// q: [n, H*hd] (roped) for positions `start..start + n`; k, v: [≥ start + n, KV*hd]
-/// (roped keys) → out: [n, H*hd].
+/// q: `[n, H*hd]` (roped) for positions `start..start + n`; k, v: `[≥ start + n, KV*hd]`
+/// (roped keys) → out: `[n, H*hd]`.
 pub fn attention_cached(q: &[f32], k: &[f32], v: &[f32], start: usize, shape: AttnShape, out: &mut [f32]) {
     let qw = shape.n_heads * shape.head_dim;
     let kvw = shape.n_kv_heads * shape.head_dim;

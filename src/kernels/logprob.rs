@@ -94,7 +94,7 @@ multiversion! {
 }
 
 multiversion! {
-    /// row[i] = e^(row[i] - max), returning their sum as [`sum_exp`] does.
+    /// `row[i]` = e^(`row[i]` - max), returning their sum as [`sum_exp`] does.
     fn exp_in_place_sum(row: &mut [f32], max: f32) -> f64 {
         let mut acc = [0f64; 16];
         let mut chunks = row.chunks_exact_mut(16);
@@ -128,8 +128,8 @@ multiversion! {
     }
 }
 
-/// h: [P, hidden] final hidden states; targets: [P] (validated < vocab);
-/// lm_head: [vocab, hidden]; logp: [P] receives log p(target | h).
+/// h: `[P, hidden]` final hidden states; targets: `[P]` (validated < vocab);
+/// lm_head: `[vocab, hidden]`; logp: `[P]` receives log p(target | h).
 pub fn token_logprobs(h: &[f32], targets: &[u32], lm_head: &WeightRef, logp: &mut [f32]) {
     let (vocab, hidden) = (lm_head.rows, lm_head.cols);
     let mut logits = vec![0f32; CHUNK * vocab];
@@ -143,7 +143,7 @@ pub fn token_logprobs(h: &[f32], targets: &[u32], lm_head: &WeightRef, logp: &mu
 }
 
 /// Adds dL/dh given dL/dlogp: d logp/d logits = onehot(target) - softmax(logits),
-/// recomputed chunk by chunk. h, dh: [P, hidden]; targets, dlogp: [P].
+/// recomputed chunk by chunk. h, dh: `[P, hidden]`; targets, dlogp: `[P]`.
 pub fn token_logprobs_backward(h: &[f32], targets: &[u32], lm_head: &WeightRef, dlogp: &[f32], dh: &mut [f32]) {
     let (vocab, hidden) = (lm_head.rows, lm_head.cols);
     let mut logits = vec![0f32; CHUNK * vocab];

@@ -24,7 +24,7 @@ impl LoraWeights<'_> {
     }
 }
 
-/// x: [T, in] → u: [T, r] (= x Aᵀ, kept for the backward pass), y: [T, out] += scale · u Bᵀ.
+/// x: `[T, in]` → u: `[T, r]` (= x Aᵀ, kept for the backward pass), y: `[T, out]` += scale · u Bᵀ.
 pub fn lora_forward(w: LoraWeights, x: &[f32], t: usize, u: &mut [f32], y: &mut [f32]) {
     let (inp, out) = w.dims();
     let r = w.r;
@@ -34,9 +34,9 @@ pub fn lora_forward(w: LoraWeights, x: &[f32], t: usize, u: &mut [f32], y: &mut 
     gemm(w.scale, Mat::new(u, t, r), b.t(), MatMut::new(y, t, out), Update::Add);
 }
 
-/// Adds the gradients of A, B and of the branch's input, given dy: [T, out] and the `u`
-/// of the forward pass: g.a: [r, in] += duᵀ x; g.b: [out, r] += scale · dyᵀ u;
-/// dx: [T, in] += du A, with du = scale · dy B.
+/// Adds the gradients of A, B and of the branch's input, given dy: `[T, out]` and the `u`
+/// of the forward pass: g.a: `[r, in]` += duᵀ x; g.b: `[out, r]` += scale · dyᵀ u;
+/// dx: `[T, in]` += du A, with du = scale · dy B.
 pub fn lora_backward(w: LoraWeights, x: &[f32], t: usize, u: &[f32], dy: &[f32], g: LoraGrads, dx: &mut [f32]) {
     let (inp, out) = w.dims();
     let r = w.r;
@@ -57,7 +57,7 @@ pub fn lora_backward(w: LoraWeights, x: &[f32], t: usize, u: &[f32], dy: &[f32],
 }
 
 /// Inverted dropout with a mask that is a pure function of (seed, index), so the backward
-/// pass regenerates it instead of storing it. x, out: [n]; returns nothing, writes out.
+/// pass regenerates it instead of storing it. x, out: `[n]`; returns nothing, writes out.
 pub fn dropout(x: &[f32], p: f32, seed: u64, out: &mut [f32]) {
     let keep = 1.0 / (1.0 - p);
     let threshold = (p as f64 * (1u64 << 32) as f64) as u64;

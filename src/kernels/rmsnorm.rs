@@ -1,7 +1,7 @@
 //! RMSNorm: y = x / sqrt(mean(x²) + eps) * w, row by row.
 
-/// x: [rows, dim], w: [dim], y: [rows, dim]; returns nothing, writes y.
-/// `inv_rms`: [rows], receives 1/sqrt(mean(x²)+eps) for the backward pass.
+/// x: `[rows, dim]`, w: `[dim]`, y: `[rows, dim]`; returns nothing, writes y.
+/// `inv_rms`: `[rows]`, receives 1/sqrt(mean(x²)+eps) for the backward pass.
 pub fn rmsnorm_forward(x: &[f32], w: &[f32], eps: f32, y: &mut [f32], inv_rms: &mut [f32]) {
     let dim = w.len();
     for ((xr, yr), r) in x.chunks_exact(dim).zip(y.chunks_exact_mut(dim)).zip(inv_rms.iter_mut()) {
@@ -16,7 +16,7 @@ pub fn rmsnorm_forward(x: &[f32], w: &[f32], eps: f32, y: &mut [f32], inv_rms: &
 }
 
 /// Adds dL/dx into `dx` given dL/dy. The norm weight is frozen: no dL/dw.
-/// x, dy, dx: [rows, dim]; w: [dim]; inv_rms: [rows] from the forward pass.
+/// x, dy, dx: `[rows, dim]`; w: `[dim]`; inv_rms: `[rows]` from the forward pass.
 pub fn rmsnorm_backward(x: &[f32], w: &[f32], inv_rms: &[f32], dy: &[f32], dx: &mut [f32]) {
     let dim = w.len();
     for (((xr, dyr), dxr), &inv) in x

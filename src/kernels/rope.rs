@@ -1,5 +1,5 @@
 //! Rotary position embedding in the HF ("rotate half") layout: within each head the
-//! pair of dimensions (i, i + d/2) is rotated by angle pos * inv_freq[i].
+//! pair of dimensions (i, i + d/2) is rotated by angle pos * `inv_freq[i]`.
 
 use crate::rope_scaling::RopeScaling;
 
@@ -68,7 +68,7 @@ impl RopeTable {
     }
 }
 
-/// Rotates x in place. x: [tokens, n_heads * head_dim]; table has one row per token.
+/// Rotates x in place. x: `[tokens, n_heads * head_dim]`; table has one row per token.
 pub fn rope_forward(x: &mut [f32], n_heads: usize, table: &RopeTable) {
     let half = table.half;
     let width = n_heads * 2 * half;
@@ -87,7 +87,7 @@ pub fn rope_forward(x: &mut [f32], n_heads: usize, table: &RopeTable) {
 }
 
 /// Backward of [`rope_forward`] in place: turns dL/d(rotated) into dL/d(input)
-/// (the transpose rotation). dx: [tokens, n_heads * head_dim].
+/// (the transpose rotation). dx: `[tokens, n_heads * head_dim]`.
 pub fn rope_backward(dx: &mut [f32], n_heads: usize, table: &RopeTable) {
     let half = table.half;
     let width = n_heads * 2 * half;

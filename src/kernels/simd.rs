@@ -2,7 +2,7 @@
 //!
 //! Kernel bodies are written once as plain Rust over fixed 16-lane accumulators, so the
 //! order of every floating-point operation is fixed by the code (the same result on AVX-512,
-//! AVX2, NEON or scalar); [`multiversion!`] compiles each body once per instruction set and
+//! AVX2, NEON or scalar); `multiversion!` compiles each body once per instruction set and
 //! picks one at run time, so a single x86_64 binary uses AVX-512 where it exists.
 //!
 //! LLVM vectorizes such bodies only when every accumulator update covers all 16 lanes and

@@ -6,7 +6,7 @@ use rayon::prelude::*;
 /// Elements per parallel task (element-wise, so any split gives the same bits).
 const TASK: usize = 16 * 1024;
 
-/// gate, up, h: [tokens, intermediate].
+/// gate, up, h: `[tokens, intermediate]`.
 pub fn swiglu_forward(gate: &[f32], up: &[f32], h: &mut [f32]) {
     h.par_chunks_mut(TASK)
         .zip(gate.par_chunks(TASK).zip(up.par_chunks(TASK)))
@@ -21,7 +21,7 @@ multiversion! {
     }
 }
 
-/// Adds dL/dgate and dL/dup given dL/dh. All [tokens, intermediate].
+/// Adds dL/dgate and dL/dup given dL/dh. All `[tokens, intermediate]`.
 pub fn swiglu_backward(gate: &[f32], up: &[f32], dh: &[f32], dgate: &mut [f32], dup: &mut [f32]) {
     dgate
         .par_chunks_mut(TASK)

@@ -26,7 +26,7 @@ impl TargetRows {
 }
 
 impl Model {
-    /// Next-token logits of hidden rows `h`: [m, hidden] → [m, vocab].
+    /// Next-token logits of hidden rows `h`: `[m, hidden]` → `[m, vocab]`.
     pub fn logits(&self, h: &[f32]) -> Vec<f32> {
         let head = self.weights.view(&self.weights.lm_head);
         let m = h.len() / head.cols.max(1);
@@ -37,7 +37,7 @@ impl Model {
 
     /// `log p(id | h[pos])` for each `(pos, id)` of `targets` (ids already checked
     /// against the vocabulary), with the rows kept for the backward pass.
-    /// h: [T, hidden] → [P] log-probs.
+    /// h: `[T, hidden]` → `[P]` log-probs.
     pub fn target_logprobs(&self, h: &[f32], targets: &[(usize, u32)]) -> (Vec<f32>, TargetRows) {
         let hidden = self.config.hidden_size;
         // Only the rows that predict a target reach the vocabulary.
@@ -54,8 +54,8 @@ impl Model {
         (logp, TargetRows { rows, ids, positions })
     }
 
-    /// Adds to `dh` ([T, hidden], the packed pass's rows) the gradient of a loss whose
-    /// derivative with respect to each target's log-prob is `dlogp`: [P]. A row that
+    /// Adds to `dh` (`[T, hidden]`, the packed pass's rows) the gradient of a loss whose
+    /// derivative with respect to each target's log-prob is `dlogp`: `[P]`. A row that
     /// predicts several targets (a prompt's last row, before each of its completions)
     /// receives their sum.
     pub fn target_logprobs_backward(&self, t: &TargetRows, dlogp: &[f32], dh: &mut [f32]) {

@@ -49,7 +49,7 @@ impl KvCache {
         self.len = len;
     }
 
-    /// Layer `layer`'s cached keys and values: each [len, kv_dim].
+    /// Layer `layer`'s cached keys and values: each `[len, kv_dim]`.
     pub fn layer(&self, layer: usize) -> Option<(&[f32], &[f32])> {
         Some((self.k.get(layer)?.as_slice(), self.v.get(layer)?.as_slice()))
     }
@@ -79,7 +79,7 @@ impl KvCache {
         }
     }
 
-    /// Writes rows `start..` of one layer (k, v: [n, kv_dim]) and returns that layer's
+    /// Writes rows `start..` of one layer (k, v: `[n, kv_dim]`) and returns that layer's
     /// keys and values through them. The length counts only once every layer has them
     /// ([`Self::set_len`]).
     pub(crate) fn append(&mut self, layer: usize, start: usize, k: &[f32], v: &[f32]) -> (&[f32], &[f32]) {

@@ -137,7 +137,7 @@ impl Weights {
     }
 }
 
-/// What a weight source (GGUF, safetensors) hands to [`assemble`]: a tensor's bytes location.
+/// What a weight source (GGUF, safetensors) hands to `assemble`: a tensor's bytes location.
 #[derive(Clone, Debug)]
 pub struct RawTensor {
     pub map: usize,

@@ -1,6 +1,6 @@
 //! What any reader dislikes whatever their taste: an empty answer, an answer cut off at the
 //! token limit, loops and repetition, gibberish. Each is a penalty in the simulated user's
-//! utility, sized to outweigh the whole taste range (a taste term lies in [0, 1]), so that
+//! utility, sized to outweigh the whole taste range (a taste term lies in `[0, 1]`), so that
 //! a short but broken answer always loses to a clean long one; the worse the defect, the
 //! larger the penalty, so that of two broken answers the less broken one wins.
 //!

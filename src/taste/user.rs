@@ -2,7 +2,7 @@
 //! person dislikes. It turns answers into the feedback an app would collect: a preference
 //! between two answers (with a strength) or a thumb on one answer.
 //!
-//! Its utility is a taste term in [0, 1] minus the penalties of [`Defects`]; a broken
+//! Its utility is a taste term in `[0, 1]` minus the penalties of [`Defects`]; a broken
 //! answer's penalty is at least 1, so it loses to any clean answer whatever their taste
 //! terms. No randomness: the same answers always get the same judgement.
 
@@ -51,7 +51,7 @@ pub struct Thumb {
 /// The parts of an answer's utility.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Utility {
-    /// How well the answer suits the taste, in [0, 1].
+    /// How well the answer suits the taste, in `[0, 1]`.
     pub taste: f64,
     pub defects: Defects,
 }
@@ -79,7 +79,7 @@ impl SimulatedUser {
         }
     }
 
-    /// The taste term of an answer, in [0, 1], before any penalty.
+    /// The taste term of an answer, in `[0, 1]`, before any penalty.
     pub fn taste_term(&self, a: &Answer) -> f64 {
         match self.taste {
             Taste::Short => short_term(measures::word_count(&a.text)),
@@ -96,7 +96,7 @@ impl SimulatedUser {
         }
     }
 
-    /// The utility of an answer: higher is better. A clean answer lies in [0, 1]; a broken
+    /// The utility of an answer: higher is better. A clean answer lies in `[0, 1]`; a broken
     /// one below 0.
     pub fn score(&self, a: &Answer) -> f64 {
         self.utility(a).total()

@@ -91,7 +91,7 @@ impl PolicyPass {
     }
 
     /// Adds the adapter gradient of a loss whose derivative with respect to each completion
-    /// token's log-prob is `dlogp`: [P].
+    /// token's log-prob is `dlogp`: `[P]`.
     fn backward(self, ctx: &StepCtx, dlogp: &[f32], grads: &mut Adapter) {
         let StepCtx {
             model,

@@ -16,7 +16,7 @@ use rayon::prelude::*;
 use std::collections::HashMap;
 use std::path::Path;
 
-/// Adds `scale * B A` to `w`, row by row. w: [out, in] (HF order).
+/// Adds `scale * B A` to `w`, row by row. w: `[out, in]` (HF order).
 ///
 /// Each element's delta `sum_k B[o,k] A[k,i]` is accumulated in f64 and rounded once, so
 /// the merged f32 weight is the exact sum to within one rounding of each term.

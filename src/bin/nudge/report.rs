@@ -539,7 +539,7 @@ fn training_plots(h: &mut String, rounds: &[RoundReport]) -> nudge::Result<()> {
     Ok(())
 }
 
-/// Bin counts of `values` over `bins` equal bins of [lo, hi].
+/// Bin counts of `values` over `bins` equal bins of `[lo, hi]`.
 fn bin_counts(values: &[f64], lo: f64, hi: f64, bins: usize) -> Vec<usize> {
     let mut counts = vec![0; bins];
     let width = (hi - lo) / bins as f64;

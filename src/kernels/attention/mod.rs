@@ -259,17 +259,17 @@ struct Packed<'a> {
     n: usize,
     /// Stride of the transposed planes: the tokens plus one vector of tile overrun.
     ldt: usize,
-    /// [KV, hd, ldt] keys transposed.
+    /// `[KV, hd, ldt]` keys transposed.
     kt: &'a [f32],
-    /// [KV, hd, ldt] values transposed (backward only).
+    /// `[KV, hd, ldt]` values transposed (backward only).
     vt: &'a [f32],
-    /// [KV, T, hdp] keys (backward only).
+    /// `[KV, T, hdp]` keys (backward only).
     kr: &'a [f32],
-    /// [KV, T, hdp] values (forward only).
+    /// `[KV, T, hdp]` values (forward only).
     vr: &'a [f32],
 }
 
-/// dst: [KV, hd, ldt], dst[kvh][d][t] = src[t * kvw + kvh * hd + d] ([T, KV*hd]);
+/// dst: `[KV, hd, ldt]`, `dst[kvh][d][t]` = `src[t * kvw + kvh * hd + d]` (`[T, KV*hd]`);
 /// columns T..ldt zero.
 fn pack_transposed(src: &[f32], n: usize, shape: AttnShape, ldt: usize, dst: &mut [f32]) {
     let (hd, kvw) = (shape.head_dim, shape.kv_width());
@@ -290,7 +290,7 @@ fn pack_transposed(src: &[f32], n: usize, shape: AttnShape, ldt: usize, dst: &mu
     });
 }
 
-/// dst: [KV, T, hdp], dst[kvh][t][d] = src[t * kvw + kvh * hd + d]; columns hd..hdp zero.
+/// dst: `[KV, T, hdp]`, `dst[kvh][t][d]` = `src[t * kvw + kvh * hd + d]`; columns hd..hdp zero.
 fn pack_rows(src: &[f32], n: usize, shape: AttnShape, hdp: usize, dst: &mut [f32]) {
     let (hd, kvw) = (shape.head_dim, shape.kv_width());
     dst.par_chunks_mut(n * hdp).enumerate().for_each(|(kvh, plane)| {
@@ -332,7 +332,7 @@ fn split_rows<'a>(mut data: &'a mut [f32], tasks: &[Task], width: usize) -> Vec<
 }
 
 /// The block's query rows (row r: token b0 + r / group, head kvh * group + r % group) of
-/// `src` ([T, H*hd]) into `dst` ([rows, hdp]); padding columns and rows zero.
+/// `src` (`[T, H*hd]`) into `dst` (`[rows, hdp]`); padding columns and rows zero.
 #[inline(always)]
 fn pack_queries(src: &[f32], g: &Geometry, b0: usize, nr: usize, kvh: usize, dst: &mut [f32]) {
     for (r, row) in dst.chunks_exact_mut(g.hdp).enumerate() {
@@ -347,7 +347,7 @@ fn pack_queries(src: &[f32], g: &Geometry, b0: usize, nr: usize, kvh: usize, dst
     }
 }
 
-/// row[j] = e^(row[j] - shift) over whole vectors (entries of -inf become 0).
+/// `row[j]` = e^(`row[j]` - shift) over whole vectors (entries of -inf become 0).
 #[inline(always)]
 fn exp_vectors(row: &mut [f32], shift: f32) {
     for c in row.chunks_exact_mut(LANES) {
@@ -360,7 +360,7 @@ fn exp_vectors(row: &mut [f32], shift: f32) {
     }
 }
 
-/// Softmax of row[..lim] in place (row[lim..zero_to] becomes 0); returns its log-sum-exp.
+/// Softmax of `row[..lim]` in place (`row[lim..zero_to]` becomes 0); returns its log-sum-exp.
 /// `row` covers `lim` rounded up to a vector, and `zero_to`.
 #[inline(always)]
 fn softmax_row<const ISA: u8>(row: &mut [f32], lim: usize, zero_to: usize) -> f32 {
@@ -377,7 +377,7 @@ fn softmax_row<const ISA: u8>(row: &mut [f32], lim: usize, zero_to: usize) -> f3
     max + total.ln()
 }
 
-/// row[j] = e^(row[j] - lse) for j < lim, 0 for lim <= j < zero_to: the probabilities
+/// `row[j]` = e^(`row[j]` - lse) for j < lim, 0 for lim <= j < zero_to: the probabilities
 /// recomputed from the scores and their log-sum-exp.
 #[inline(always)]
 fn probs_row(row: &mut [f32], lim: usize, lse: f32, zero_to: usize) {

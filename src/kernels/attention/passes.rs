@@ -5,8 +5,8 @@ use super::*;
 use crate::isa::Isa;
 use crate::kernels::simd::{AVX2, AVX512, PORTABLE, dot16};
 
-/// q: [T, H*hd] (roped), k: [T, KV*hd] (roped), v: [T, KV*hd] → out: [T, H*hd],
-/// lse: [T, H] (log-sum-exp of each scaled score row, for the backward pass).
+/// q: `[T, H*hd]` (roped), k: `[T, KV*hd]` (roped), v: `[T, KV*hd]` → out: `[T, H*hd]`,
+/// lse: `[T, H]` (log-sum-exp of each scaled score row, for the backward pass).
 pub fn attention_forward(
     q: &[f32],
     k: &[f32],
@@ -288,7 +288,7 @@ pub fn attention_backward(saved: AttnSaved, dout: &[f32], layout: &AttnLayout, s
     });
 }
 
-/// dk, dv ([T, KV*hd]) += every task's copy, in task order, in parallel over key tokens.
+/// dk, dv (`[T, KV*hd]`) += every task's copy, in task order, in parallel over key tokens.
 fn reduce_partials(
     tasks: &[Task],
     sizes: &[usize],

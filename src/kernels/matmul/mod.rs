@@ -12,7 +12,7 @@
 //! tokens share its forward pass, so the reference model of DPO equals the policy at step 0
 //! exactly, and a KV-cache step equals the full forward.
 //!
-//! The driver ([`driver`]) packs the activation operand once per call, dequantizes a panel
+//! The driver (`driver`) packs the activation operand once per call, dequantizes a panel
 //! of weight rows into an f32 scratch once per task, and runs a register-blocked microkernel
 //! over it (`scalar`, `x86`, `aarch64`).
 

@@ -22,7 +22,7 @@ pub struct CachedSeq<'a> {
 impl Model {
     /// Runs `tokens` after the `cache.len()` tokens already in `cache` (positions
     /// `cache.len()..`), appends their keys and values, and returns their final hidden
-    /// states (after the last RMSNorm): [n, hidden]. An adapter must stay the same for
+    /// states (after the last RMSNorm): `[n, hidden]`. An adapter must stay the same for
     /// every call on one cache. On error the cache is unchanged.
     pub fn extend(&self, tokens: &[u32], cache: &mut KvCache, adapter: Option<&Adapter>) -> Result<Vec<f32>> {
         let lora = LoraCtx { adapter, dropout: None };
@@ -47,7 +47,7 @@ impl Model {
         self.forward_cached(seqs, &starts, &lora)
     }
 
-    /// Logits of the next token after `tokens` (appended to `cache`): [vocab].
+    /// Logits of the next token after `tokens` (appended to `cache`): `[vocab]`.
     pub fn prefill(&self, tokens: &[u32], cache: &mut KvCache, adapter: Option<&Adapter>) -> Result<Vec<f32>> {
         if tokens.is_empty() {
             return Err(Error::invalid("prefill needs at least one token"));
@@ -57,13 +57,13 @@ impl Model {
         Ok(self.logits(&h[h.len() - hidden..]))
     }
 
-    /// Logits of the token after `token`, which is appended to `cache`: [vocab].
+    /// Logits of the token after `token`, which is appended to `cache`: `[vocab]`.
     pub fn decode_step(&self, token: u32, cache: &mut KvCache, adapter: Option<&Adapter>) -> Result<Vec<f32>> {
         self.prefill(&[token], cache, adapter)
     }
 
     /// One decode step of a batch: `tokens[i]` is appended to `caches[i]`; returns the
-    /// logits of each row's next token: [B, vocab], row `i` bit-identical to
+    /// logits of each row's next token: `[B, vocab]`, row `i` bit-identical to
     /// [`Self::decode_step`] of `tokens[i]` on `caches[i]` alone. An error names the row
     /// ([`Error::Request`]) and leaves every cache unchanged.
     pub fn decode_batch(

@@ -28,7 +28,7 @@ struct LoraBranch<'a> {
 /// The LoRA branches' intermediates of one layer, kept for the backward pass.
 #[derive(Default)]
 pub(crate) struct LoraActs {
-    /// Per projection: [T, r] = drop(x) Aᵀ.
+    /// Per projection: `[T, r]` = drop(x) Aᵀ.
     pub(super) u: [Vec<f32>; 7],
     /// Scratch for a dropped-out input.
     xdrop: Vec<f32>,
@@ -66,7 +66,7 @@ impl Model {
 }
 
 impl Linear<'_> {
-    /// y: [T, out] = x: [T, in] · Wᵀ (+ bias) (+ the LoRA branch, keeping its `u` in `acts`).
+    /// y: `[T, out]` = x: `[T, in]` · Wᵀ (+ bias) (+ the LoRA branch, keeping its `u` in `acts`).
     pub(super) fn forward(&self, x: &[f32], y: &mut [f32], acts: &mut LoraActs) {
         let t = x.len() / self.weight.cols;
         matmul_wt(x, t, &self.weight, y);
@@ -91,7 +91,7 @@ impl Linear<'_> {
     }
 
     /// Backward of [`Self::forward`] (whose input was `x` and intermediates `acts`):
-    /// dx: [T, in] += dy: [T, out] · W (+ the LoRA branch's input gradient); the branch's
+    /// dx: `[T, in]` += dy: `[T, out]` · W (+ the LoRA branch's input gradient); the branch's
     /// gradients are added into `grads`.
     pub(super) fn backward(&self, x: &[f32], acts: &LoraActs, dy: &[f32], dx: &mut [f32], grads: &mut Adapter) {
         let t = x.len() / self.weight.cols;

@@ -210,7 +210,7 @@ impl Model {
         Ok(())
     }
 
-    /// Embedding rows of `tokens`: [T, hidden].
+    /// Embedding rows of `tokens`: `[T, hidden]`.
     pub(crate) fn embed(&self, tokens: &[u32]) -> Vec<f32> {
         let h = self.config.hidden_size;
         let e = self.weights.view(&self.weights.embed_tokens);
@@ -221,7 +221,7 @@ impl Model {
         x
     }
 
-    /// The final hidden states (after the last RMSNorm) of a packed batch: [T, hidden].
+    /// The final hidden states (after the last RMSNorm) of a packed batch: `[T, hidden]`.
     pub fn hidden_states(&self, tokens: &[u32], layout: &AttnLayout) -> Result<Vec<f32>> {
         self.hidden_states_with(tokens, layout, LoraCtx::default())
     }
@@ -242,7 +242,7 @@ impl Model {
         Ok(out)
     }
 
-    /// A training forward pass: final hidden states [T, hidden] and the tape for
+    /// A training forward pass: final hidden states `[T, hidden]` and the tape for
     /// [`Self::backward`].
     pub fn forward_train(
         &self,
@@ -268,9 +268,9 @@ impl Model {
         let mut x = self.embed(tokens);
         let mut layers = Vec::with_capacity(n_layers);
         let mut scratch = LayerActs::sized(self, t);
-        for (li, &kept) in keep.iter().enumerate() {
+        for (li, &kept_here) in keep.iter().enumerate() {
             let x_in = x.clone();
-            if kept {
+            if kept_here {
                 let mut acts = LayerActs::sized(self, t);
                 self.layer_forward(li, &mut x, &mut Attend::Packed(layout), &table, &lora, &mut acts);
                 acts.x_in = x_in;
@@ -305,7 +305,7 @@ impl Model {
     }
 
     /// Adds into `grads` (an adapter-shaped gradient buffer) the gradient of the loss whose
-    /// derivative with respect to the final hidden states is `dh`: [T, hidden].
+    /// derivative with respect to the final hidden states is `dh`: `[T, hidden]`.
     pub fn backward(&self, tape: Tape, lora: LoraCtx, dh: &[f32], grads: &mut Adapter) {
         let Tape {
             layout,
@@ -343,7 +343,7 @@ impl Model {
         }
     }
 
-    /// One decoder layer in place on the residual stream x: [T, hidden], its
+    /// One decoder layer in place on the residual stream x: `[T, hidden]`, its
     /// intermediates left in `s`. `attend` is the attention step; everything else is the
     /// same for every pass, so generation gets the bits of the full forward.
     fn layer_forward(
@@ -408,7 +408,7 @@ impl Model {
         });
     }
 
-    /// Backward of [`Self::layer_forward`] over a packed batch: dx: [T, hidden] holds
+    /// Backward of [`Self::layer_forward`] over a packed batch: dx: `[T, hidden]` holds
     /// dL/d(layer output) and becomes dL/d(layer input); adapter gradients are added into
     /// `grads`.
     fn layer_backward(
