@@ -6,7 +6,9 @@
 //! `cargo bench --bench attention -- --warm-up-time 1 --measurement-time 3`
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use nudge::kernels::attention::{AttnLayout, AttnShape, Span, attention_backward, attention_forward};
+use nudge::kernels::attention::{
+    AttnGrads, AttnLayout, AttnSaved, AttnShape, Span, attention_backward, attention_forward,
+};
 use nudge::kernels::swiglu::{swiglu_backward, swiglu_forward};
 
 fn values(len: usize, seed: u32, amp: f32) -> Vec<f32> {
@@ -76,7 +78,21 @@ fn bench(c: &mut Criterion) {
         let (mut dq, mut dk, mut dv) = (vec![0.0; t * qw], vec![0.0; t * kvw], vec![0.0; t * kvw]);
         group.throughput(Throughput::Elements((fwd_flops * 5 / 2) as u64));
         group.bench_function(BenchmarkId::new("backward", name), |b| {
-            b.iter(|| attention_backward(&q, &k, &v, &out, &lse, &dout, &layout, shape, &mut dq, &mut dk, &mut dv))
+            b.iter(|| {
+                let saved = AttnSaved {
+                    q: &q,
+                    k: &k,
+                    v: &v,
+                    out: &out,
+                    lse: &lse,
+                };
+                let grads = AttnGrads {
+                    dq: &mut dq,
+                    dk: &mut dk,
+                    dv: &mut dv,
+                };
+                attention_backward(saved, &dout, &layout, shape, grads)
+            })
         });
     }
     group.finish();

@@ -14,7 +14,7 @@ mod common;
 use common::tiny::{TinySpec, fresh_dir, write_model};
 use nudge::adapter::{Adapter, LoraConfig};
 use nudge::data::{TokenizedPair, TokenizedUnpaired};
-use nudge::kernels::attention::{AttnLayout, AttnShape, attention_backward, attention_forward};
+use nudge::kernels::attention::{AttnGrads, AttnLayout, AttnSaved, AttnShape, attention_backward, attention_forward};
 use nudge::kernels::logprob::{CHUNK, token_logprobs, token_logprobs_backward};
 use nudge::kernels::lora::{LoraGrads, LoraWeights, dropout, lora_backward, lora_forward};
 use nudge::kernels::matmul::{RowOrder, WeightRef, matmul_w_acc, matmul_wt};
@@ -400,7 +400,19 @@ fn attention_backward_matches_finite_differences() {
     );
 
     let (mut dq, mut dk, mut dv) = (vec![0f32; t * qw], vec![0f32; t * kw], vec![0f32; t * kw]);
-    attention_backward(&q, &k, &v, &out, &lse, &r, &layout, shape, &mut dq, &mut dk, &mut dv);
+    let saved = AttnSaved {
+        q: &q,
+        k: &k,
+        v: &v,
+        out: &out,
+        lse: &lse,
+    };
+    let grads = AttnGrads {
+        dq: &mut dq,
+        dk: &mut dk,
+        dv: &mut dv,
+    };
+    attention_backward(saved, &r, &layout, shape, grads);
     let fd_q = fd_grad(&q64, H64, |q| dot64(&r64, &attention64(q, &k64, &v64, &vis, shape)));
     let fd_k = fd_grad(&k64, H64, |k| dot64(&r64, &attention64(&q64, k, &v64, &vis, shape)));
     let fd_v = fd_grad(&v64, H64, |v| dot64(&r64, &attention64(&q64, &k64, v, &vis, shape)));
@@ -1104,9 +1116,19 @@ fn every_kernel_backward_adds_into_its_gradient_buffer() {
         |b| {
             let (dq, rest) = b.split_at_mut(1);
             let (dk, dv) = rest.split_at_mut(1);
-            attention_backward(
-                &q, &k, &v, &out, &lse, &dout, &layout, shape, &mut dq[0], &mut dk[0], &mut dv[0],
-            )
+            let saved = AttnSaved {
+                q: &q,
+                k: &k,
+                v: &v,
+                out: &out,
+                lse: &lse,
+            };
+            let grads = AttnGrads {
+                dq: &mut dq[0],
+                dk: &mut dk[0],
+                dv: &mut dv[0],
+            };
+            attention_backward(saved, &dout, &layout, shape, grads)
         },
     );
 

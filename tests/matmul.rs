@@ -112,14 +112,11 @@ fn fma_chain(
 }
 
 /// Checks `got` against the f64 product `c0 + sum_p a(i,p) b(p,j)` within `1e-5` of
-/// `|c0| + ||a_i|| ||b_j||`.
-#[allow(clippy::too_many_arguments)]
+/// `|c0| + ||a_i|| ||b_j||`; `got` is `[m, n]`, the reduction runs over `k`.
 fn assert_close_f64(
     what: &str,
     got: &[f32],
-    m: usize,
-    n: usize,
-    k: usize,
+    (m, n, k): (usize, usize, usize),
     a: impl Fn(usize, usize) -> f32,
     b: impl Fn(usize, usize) -> f32,
     c0: impl Fn(usize, usize) -> f32,
@@ -213,7 +210,7 @@ fn matmul_wt_is_the_fma_chain_and_the_f64_product_for_every_dtype_and_unit() {
             let want = fma_chain(m, n, k, a, b, |_, _| 0.0, false);
             let what = format!("{dtype} m={m} n={n} k={k}");
             if finite(dtype) {
-                assert_close_f64(&what, &want, m, n, k, a, b, |_, _| 0.0);
+                assert_close_f64(&what, &want, (m, n, k), a, b, |_, _| 0.0);
             }
             for isa in Isa::supported() {
                 let mut y = vec![f32::NAN; m * n];
@@ -244,7 +241,7 @@ fn matmul_w_acc_adds_the_fma_chain_for_every_dtype_and_unit() {
             let want = fma_chain(m, k, n, a, b, c0, true);
             let what = format!("{dtype} m={m} n={n} k={k}");
             if finite(dtype) {
-                assert_close_f64(&what, &want, m, k, n, a, b, c0);
+                assert_close_f64(&what, &want, (m, k, n), a, b, c0);
             }
             for isa in Isa::supported() {
                 let mut dx = dx0.clone();
@@ -399,7 +396,7 @@ fn gemm_handles_every_transpose_and_accumulate() {
                     let init = |i: usize, j: usize| if accumulate { c0[i * ldc + j] } else { 0.0 };
                     let want = fma_chain(m, n, k, opa, opb, init, accumulate);
                     let what = format!("m={m} n={n} k={k} ta={transa} tb={transb} acc={accumulate}");
-                    assert_close_f64(&what, &want, m, n, k, opa, opb, init);
+                    assert_close_f64(&what, &want, (m, n, k), opa, opb, init);
                     for isa in Isa::supported() {
                         let mut c = c0.clone();
                         let op = |data, rows, cols, ld, trans| Mat {

@@ -122,6 +122,7 @@ fn stop_code(r: StopReason) -> u32 {
 /// NUDGE_STOP_* value. A stop asked by the callback is a success (NUDGE_STOP_CALLBACK).
 /// On failure `*text_out` is NULL. NUDGE_ERR_BUSY while the adapter is being trained.
 #[unsafe(no_mangle)]
+// The argument list is the C API (include/nudge.h): it stays as C callers see it.
 #[allow(clippy::too_many_arguments)]
 pub unsafe extern "C" fn nudge_generate(
     model: *const NudgeModel,
@@ -260,6 +261,7 @@ pub type NudgeBatchTokenFn = Option<
 /// context) fails the call before any generation, and the message names its index
 /// (`prompts[i]`). NUDGE_ERR_BUSY while the adapter is being trained.
 #[unsafe(no_mangle)]
+// The argument list is the C API (include/nudge.h): it stays as C callers see it.
 #[allow(clippy::too_many_arguments)]
 pub unsafe extern "C" fn nudge_generate_batch(
     model: *const NudgeModel,

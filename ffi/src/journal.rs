@@ -226,6 +226,7 @@ fn append(journal: *mut NudgeJournal, record: Record, seq_out: *mut u64) -> FfiR
 /// the same prompt and completion with the other label replaces the earlier one.
 /// `seq_out` (may be NULL) receives the event's sequence number.
 #[unsafe(no_mangle)]
+// The argument list is the C API (include/nudge.h): it stays as C callers see it.
 #[allow(clippy::too_many_arguments)]
 pub unsafe extern "C" fn nudge_journal_add_thumb(
     journal: *mut NudgeJournal,
@@ -255,6 +256,7 @@ pub unsafe extern "C" fn nudge_journal_add_thumb(
 /// Records that the user preferred `chosen` over `rejected` as the answer to `prompt`
 /// (`format`, `id`, `strength` and `seq_out` as for `nudge_journal_add_thumb`).
 #[unsafe(no_mangle)]
+// The argument list is the C API (include/nudge.h): it stays as C callers see it.
 #[allow(clippy::too_many_arguments)]
 pub unsafe extern "C" fn nudge_journal_add_pair(
     journal: *mut NudgeJournal,

@@ -194,65 +194,113 @@ pub const PORTABLE: u8 = 0;
 pub const AVX2: u8 = 1;
 pub const AVX512: u8 = 2;
 
+/// The left operand of a [`tile`]: element `[i][p]` at `data[i * rs + p * cs]`.
+#[derive(Clone, Copy, Debug)]
+pub struct Strided<'a> {
+    pub data: &'a [f32],
+    pub rs: usize,
+    pub cs: usize,
+}
+
+impl<'a> Strided<'a> {
+    /// Row-major, rows `ld` apart: `[i][p]` at `data[i * ld + p]`.
+    pub fn rows(data: &'a [f32], ld: usize) -> Self {
+        Strided { data, rs: ld, cs: 1 }
+    }
+
+    /// Column-major (a transposed row-major matrix): `[i][p]` at `data[p * ld + i]`.
+    pub fn columns(data: &'a [f32], ld: usize) -> Self {
+        Strided { data, rs: 1, cs: ld }
+    }
+}
+
+/// The right operand of a [`tile`]: row-major, rows `ld` apart.
+#[derive(Clone, Copy, Debug)]
+pub struct Rows<'a> {
+    pub data: &'a [f32],
+    pub ld: usize,
+}
+
+impl<'a> Rows<'a> {
+    pub fn new(data: &'a [f32], ld: usize) -> Self {
+        Rows { data, ld }
+    }
+
+    /// The same rows from column `j` on.
+    pub fn from_col(self, j: usize) -> Self {
+        Rows {
+            data: &self.data[j..],
+            ..self
+        }
+    }
+}
+
+/// The output of a [`tile`]: row-major, rows `ld` apart.
+#[derive(Debug)]
+pub struct RowsMut<'a> {
+    pub data: &'a mut [f32],
+    pub ld: usize,
+}
+
+impl<'a> RowsMut<'a> {
+    pub fn new(data: &'a mut [f32], ld: usize) -> Self {
+        RowsMut { data, ld }
+    }
+
+    /// The same rows from column `j` on (a shorter borrow).
+    pub fn from_col(&mut self, j: usize) -> RowsMut<'_> {
+        RowsMut {
+            data: &mut self.data[j..],
+            ld: self.ld,
+        }
+    }
+}
+
 /// A register tile of a small matrix product:
-/// `c[i*ldc + 16v + l] = (add ? c[..] : 0) + alpha * Σ_{p<k} a[i*ars + p*acs] * b[p*ldb + 16v + l]`
+/// `c[i][16v + l] = (add ? c[..] : 0) + alpha * Σ_{p<k} a[i][p] * b[p][16v + l]`
 /// for rows `i < R`, vectors `v < C` and lanes `l < 16`. Every element sums over `p` in
 /// order, one fused multiply-add per step, so every instruction set gives the same bits
 /// (the portable one uses `mul_add`: exact, if slow, without FMA hardware).
 ///
 /// `ISA` picks explicit vector code, which LLVM does not reliably find on its own for
 /// this shape; it falls back to the portable code if the CPU lacks the set.
-#[allow(clippy::too_many_arguments)]
 #[inline(always)]
 pub fn tile<const ISA: u8, const R: usize, const C: usize>(
     k: usize,
-    a: &[f32],
-    ars: usize,
-    acs: usize,
-    b: &[f32],
-    ldb: usize,
-    c: &mut [f32],
-    ldc: usize,
+    a: Strided, // [R, k]
+    b: Rows,    // [k, 16C]
+    c: RowsMut, // [R, 16C]
     alpha: f32,
     add: bool,
 ) {
+    let (ars, acs, ldb, ldc) = (a.rs, a.cs, b.ld, c.ld);
     assert!(R > 0 && C > 0);
-    assert!((R - 1) * ldc + C * 16 <= c.len(), "tile: c out of bounds");
+    assert!((R - 1) * ldc + C * 16 <= c.data.len(), "tile: c out of bounds");
     if k > 0 {
-        assert!((R - 1) * ars + (k - 1) * acs < a.len(), "tile: a out of bounds");
-        assert!((k - 1) * ldb + C * 16 <= b.len(), "tile: b out of bounds");
+        assert!((R - 1) * ars + (k - 1) * acs < a.data.len(), "tile: a out of bounds");
+        assert!((k - 1) * ldb + C * 16 <= b.data.len(), "tile: b out of bounds");
     }
     #[cfg(target_arch = "x86_64")]
     {
-        let (ap, bp, cp) = (a.as_ptr(), b.as_ptr(), c.as_mut_ptr());
         if ISA == AVX512 && Isa::best() == Isa::Avx512 {
             // SAFETY: the CPU has AVX-512F; extents asserted above.
-            unsafe { x86::tile_avx512::<R, C>(k, ap, ars, acs, bp, ldb, cp, ldc, alpha, add) };
+            unsafe { x86::tile_avx512::<R, C>(k, a, b, c, alpha, add) };
             return;
         }
         if ISA == AVX2 && matches!(Isa::best(), Isa::Avx2 | Isa::Avx512) {
             // SAFETY: the CPU has AVX2 and FMA; extents asserted above.
-            unsafe { x86::tile_avx2::<R, C>(k, ap, ars, acs, bp, ldb, cp, ldc, alpha, add) };
+            unsafe { x86::tile_avx2::<R, C>(k, a, b, c, alpha, add) };
             return;
         }
     }
-    tile_portable::<R, C>(k, a, ars, acs, b, ldb, c, ldc, alpha, add);
+    tile_portable::<R, C>(k, a, b, c, alpha, add);
 }
 
-#[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn tile_portable<const R: usize, const C: usize>(
-    k: usize,
-    a: &[f32],
-    ars: usize,
-    acs: usize,
-    b: &[f32],
-    ldb: usize,
-    c: &mut [f32],
-    ldc: usize,
-    alpha: f32,
-    add: bool,
-) {
+fn tile_portable<const R: usize, const C: usize>(k: usize, a: Strided, b: Rows, c: RowsMut, alpha: f32, add: bool) {
+    let (a, ars, acs) = (a.data, a.rs, a.cs);
+    let (b, ldb) = (b.data, b.ld);
+    let (c, ldc) = (c.data, c.ld);
     let mut acc = [[[0f32; 16]; C]; R];
     for p in 0..k {
         let brow = &b[p * ldb..p * ldb + C * 16];
@@ -338,25 +386,24 @@ pub fn max_vectors<const ISA: u8>(x: &[f32]) -> f32 {
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
+    use super::{Rows, RowsMut, Strided};
     use std::arch::x86_64::*;
 
     /// [`super::tile`] with one zmm register per 16 lanes. Safety: the CPU has
     /// AVX-512F; the extents of `a`, `b`, `c` are those `tile` asserts.
-    #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
     #[inline]
     pub(super) unsafe fn tile_avx512<const R: usize, const C: usize>(
         k: usize,
-        a: *const f32,
-        ars: usize,
-        acs: usize,
-        b: *const f32,
-        ldb: usize,
-        c: *mut f32,
-        ldc: usize,
+        a: Strided,
+        b: Rows,
+        c: RowsMut,
         alpha: f32,
         add: bool,
     ) {
+        let (a, ars, acs) = (a.data.as_ptr(), a.rs, a.cs);
+        let (b, ldb) = (b.data.as_ptr(), b.ld);
+        let (c, ldc) = (c.data.as_mut_ptr(), c.ld);
         let mut acc = [[_mm512_setzero_ps(); C]; R];
         // SAFETY: every offset lies inside the extents the caller guarantees.
         unsafe {
@@ -387,21 +434,19 @@ mod x86 {
 
     /// [`super::tile`] with two ymm registers per 16 lanes. Safety: the CPU has AVX2 and
     /// FMA; the extents of `a`, `b`, `c` are those `tile` asserts.
-    #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx2,fma")]
     #[inline]
     pub(super) unsafe fn tile_avx2<const R: usize, const C: usize>(
         k: usize,
-        a: *const f32,
-        ars: usize,
-        acs: usize,
-        b: *const f32,
-        ldb: usize,
-        c: *mut f32,
-        ldc: usize,
+        a: Strided,
+        b: Rows,
+        c: RowsMut,
         alpha: f32,
         add: bool,
     ) {
+        let (a, ars, acs) = (a.data.as_ptr(), a.rs, a.cs);
+        let (b, ldb) = (b.data.as_ptr(), b.ld);
+        let (c, ldc) = (c.data.as_mut_ptr(), c.ld);
         let mut acc = [[[_mm256_setzero_ps(); 2]; C]; R];
         // SAFETY: every offset lies inside the extents the caller guarantees.
         unsafe {
@@ -511,219 +556,4 @@ mod x86 {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Distance in units in the last place of `want` (rounded to f32) from `got`.
-    fn ulps(got: f32, want: f64) -> f64 {
-        let w = want as f32;
-        if w.is_infinite() {
-            return if got == w { 0.0 } else { f64::INFINITY };
-        }
-        let ulp = if w == 0.0 {
-            f32::from_bits(1) as f64
-        } else {
-            let next = f32::from_bits(w.abs().to_bits() + 1) as f64;
-            next - w.abs() as f64
-        };
-        (got as f64 - want).abs() / ulp
-    }
-
-    #[test]
-    fn exp_is_within_two_ulp_over_the_float_range() {
-        // Every 127th bit pattern from -104 up to 89 (both signs), about 17 million inputs,
-        // through the dispatched (vectorized) path. (An exhaustive sweep finds 1.02 ulp.)
-        let mut xs: Vec<f32> = (0..=EXP_MIN_IN.to_bits())
-            .step_by(127)
-            .map(f32::from_bits)
-            .filter(|x| x.abs() <= -EXP_MIN_IN)
-            .collect();
-        xs.extend((0..=EXP_MAX_IN.to_bits()).step_by(127).map(f32::from_bits));
-        xs.extend([
-            EXP_MAX_IN,
-            88.72283,
-            88.722_84,
-            -87.33654,
-            -87.336_55,
-            -103.97,
-            -103.972_08,
-            1e-30,
-            -1e-30,
-        ]);
-        let mut ys = xs.clone();
-        exp_in_place(&mut ys);
-        let mut worst = (0.0, 0f32);
-        for (&x, &y) in xs.iter().zip(&ys) {
-            let e = ulps(y, (x as f64).exp());
-            if e > worst.0 {
-                worst = (e, x);
-            }
-            assert_eq!(y.to_bits(), exp(x).to_bits(), "vector and scalar paths differ at {x}");
-        }
-        assert!(worst.0 <= 1.5, "max error {} ulp at x = {}", worst.0, worst.1);
-    }
-
-    #[test]
-    fn exp_special_values() {
-        assert_eq!(exp(f32::NEG_INFINITY).to_bits(), 0f32.to_bits());
-        assert_eq!(exp(-1000.0).to_bits(), 0f32.to_bits());
-        assert_eq!(exp(-104.0).to_bits(), 0f32.to_bits());
-        assert_eq!(exp(f32::INFINITY), f32::INFINITY);
-        assert_eq!(exp(88.8), f32::INFINITY);
-        assert_eq!(exp(1e30), f32::INFINITY);
-        assert!(exp(f32::NAN).is_nan());
-        assert!(exp(-f32::NAN).is_nan());
-        assert_eq!(exp(0.0), 1.0);
-        assert_eq!(exp(-0.0), 1.0);
-        // The largest finite and smallest nonzero results.
-        assert!(exp(88.72283).is_finite() && exp(88.72283) > 3.4e38);
-        assert_eq!(exp(-103.9), f32::from_bits(1));
-        assert_eq!(sigmoid(f32::NEG_INFINITY), 0.0);
-        assert_eq!(sigmoid(f32::INFINITY), 1.0);
-        assert_eq!(sigmoid(0.0), 0.5);
-        assert!(sigmoid(f32::NAN).is_nan());
-        let mut v = [f32::NAN, f32::NEG_INFINITY, f32::INFINITY, 0.0, 1.0];
-        exp_in_place(&mut v);
-        assert!(v[0].is_nan());
-        assert_eq!(&v[1..], &[0.0, f32::INFINITY, 1.0, std::f32::consts::E]);
-    }
-
-    fn values(n: usize, seed: u32) -> Vec<f32> {
-        (0..n)
-            .map(|i| {
-                let u = (i as u32)
-                    .wrapping_mul(2_654_435_761)
-                    .wrapping_add(seed.wrapping_mul(97))
-                    >> 8;
-                u as f32 / (1u32 << 24) as f32 * 4.0 - 2.0
-            })
-            .collect()
-    }
-
-    /// `tile` computed in f64 (the sums are short enough for a tight bound).
-    #[allow(clippy::too_many_arguments)]
-    fn tile_f64(
-        r: usize,
-        nc: usize,
-        k: usize,
-        a: &[f32],
-        ars: usize,
-        acs: usize,
-        b: &[f32],
-        ldb: usize,
-        alpha: f32,
-    ) -> Vec<f64> {
-        let mut out = vec![0f64; r * nc];
-        for i in 0..r {
-            for j in 0..nc {
-                let s: f64 = (0..k)
-                    .map(|p| a[i * ars + p * acs] as f64 * b[p * ldb + j] as f64)
-                    .sum();
-                out[i * nc + j] = alpha as f64 * s;
-            }
-        }
-        out
-    }
-
-    /// Output stride of the tile tests: rows of 80 computed columns and 10 untouched.
-    const LDC: usize = 90;
-
-    #[allow(clippy::too_many_arguments)]
-    fn run_tile<const ISA: u8>(
-        k: usize,
-        a: &[f32],
-        ars: usize,
-        acs: usize,
-        b: &[f32],
-        ldb: usize,
-        c0: &[f32],
-        add: bool,
-    ) -> Vec<f32> {
-        let mut c = c0.to_vec();
-        tile::<ISA, 4, 4>(k, a, ars, acs, b, ldb, &mut c, LDC, 0.375, add);
-        tile::<ISA, 4, 1>(k, a, ars, acs, &b[64..], ldb, &mut c[64..], LDC, 0.375, add);
-        tile::<ISA, 2, 2>(k, &a[4 * ars..], ars, acs, b, ldb, &mut c[4 * LDC..], LDC, 0.375, add);
-        c
-    }
-
-    #[test]
-    fn tiles_agree_bit_for_bit_across_instruction_sets_and_with_f64() {
-        for (k, ars, acs) in [(0, 1, 1), (1, 3, 1), (37, 1, 9), (64, 67, 1)] {
-            let a = values(6 * ars + k * acs + 1, 1);
-            let ldb = 83;
-            let b = values(k.max(1) * ldb, 2);
-            let c0 = values(6 * LDC, 3);
-            for add in [false, true] {
-                let want = run_tile::<PORTABLE>(k, &a, ars, acs, &b, ldb, &c0, add);
-                assert_eq!(
-                    want,
-                    run_tile::<AVX2>(k, &a, ars, acs, &b, ldb, &c0, add),
-                    "AVX2, k = {k}"
-                );
-                assert_eq!(
-                    want,
-                    run_tile::<AVX512>(k, &a, ars, acs, &b, ldb, &c0, add),
-                    "AVX-512, k = {k}"
-                );
-                let reference = tile_f64(6, 80, k, &a, ars, acs, &b, ldb, 0.375);
-                for i in 0..6 {
-                    for j in 0..LDC {
-                        let (got, old) = (want[i * LDC + j] as f64, c0[i * LDC + j] as f64);
-                        if j >= 80 || (i >= 4 && j >= 32) {
-                            assert_eq!(got, old, "k = {k}: ({i}, {j}) is outside the tiles");
-                            continue;
-                        }
-                        let expect = if add { old } else { 0.0 } + reference[i * 80 + j];
-                        assert!(
-                            (got - expect).abs() < 1e-5 * (1.0 + expect.abs()),
-                            "k = {k} ({i}, {j}): {got} vs {expect}"
-                        );
-                    }
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn vector_reductions_agree_across_instruction_sets() {
-        for n in [16, 48, 1024] {
-            let x = values(n, 5);
-            let sum = sum_vectors::<PORTABLE>(&x);
-            assert_eq!(sum.to_bits(), sum_vectors::<AVX2>(&x).to_bits(), "n = {n}");
-            assert_eq!(sum.to_bits(), sum_vectors::<AVX512>(&x).to_bits(), "n = {n}");
-            let want: f64 = x.iter().map(|&v| v as f64).sum();
-            assert!((sum as f64 - want).abs() < 1e-4, "n = {n}: {sum} vs {want}");
-            let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            for got in [
-                max_vectors::<PORTABLE>(&x),
-                max_vectors::<AVX2>(&x),
-                max_vectors::<AVX512>(&x),
-            ] {
-                assert_eq!(got, max, "n = {n}");
-            }
-        }
-    }
-
-    #[test]
-    fn dot_handles_ragged_lengths() {
-        for n in [0, 1, 15, 16, 17, 64, 100] {
-            let (a, b) = (values(n, 7), values(n, 8));
-            let want: f64 = a.iter().zip(&b).map(|(&x, &y)| x as f64 * y as f64).sum();
-            let got = dot(&a, &b);
-            assert!(
-                (got as f64 - want).abs() < 1e-5 * (1.0 + want.abs()),
-                "n = {n}: {got} vs {want}"
-            );
-        }
-    }
-
-    #[test]
-    fn hmax16_finds_the_largest_lane() {
-        for hot in 0..16 {
-            let mut m = [-3.0f32; 16];
-            m[hot] = 7.5;
-            m[(hot + 5) % 16] = f32::NEG_INFINITY;
-            assert_eq!(hmax16(&m), 7.5);
-        }
-    }
-}
+mod tests;

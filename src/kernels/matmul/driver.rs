@@ -14,6 +14,7 @@
 use crate::quant::DType;
 use rayon::prelude::*;
 use std::cell::Cell;
+use std::ops::Range;
 
 /// A register-blocked microkernel computing tiles of up to `mr x nr`.
 #[derive(Clone, Copy)]
@@ -58,7 +59,6 @@ pub(super) type DequantTFn = unsafe fn(dtype: DType, rows: &[&[u8]], kc: usize, 
 pub(super) trait ASource: Sync {
     /// Packs rows `i0..i1` and reduction indices `p0..p1` into panels of `mr` rows:
     /// `dst[panel][p - p0][r]`, rows past `i1` zero.
-    #[allow(clippy::too_many_arguments)]
     fn pack(&self, kern: &Kernel, i0: usize, i1: usize, p0: usize, p1: usize, dst: &mut [f32]);
 }
 
@@ -72,10 +72,10 @@ pub(super) trait BSource: Sync {
     fn j_align(&self) -> usize {
         1
     }
-    /// Packs `p0..p1 x j0..j1` into groups of `nr` columns: `dst[group][p - p0][c]`,
-    /// columns past `j1` zero. `scratch` is the task's to resize and reuse.
-    #[allow(clippy::too_many_arguments)]
-    fn pack(&self, kern: &Kernel, p0: usize, p1: usize, j0: usize, j1: usize, dst: &mut [f32], scratch: &mut Vec<f32>);
+    /// Packs `ps x js` (`p0..p1 x j0..j1`) into groups of `nr` columns:
+    /// `dst[group][p - p0][c]`, columns past `j1` zero. `scratch` is the task's to resize
+    /// and reuse.
+    fn pack(&self, kern: &Kernel, ps: Range<usize>, js: Range<usize>, dst: &mut [f32], scratch: &mut Vec<f32>);
 }
 
 /// Reduction chunk per B pack: a `KC x nr` micro-panel of B stays in L1.
@@ -168,21 +168,27 @@ struct COut {
 unsafe impl Send for COut {}
 unsafe impl Sync for COut {}
 
-/// `C[m, n] (+)= A[m, k] · B[k, n]`, `C` row-major with leading dimension `ldc`.
+/// The extents `[m, n]` of a product's output and its reduction length `k`.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Dims {
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+}
+
+/// The output `C` of a product: row-major, rows `ldc` apart, overwritten or added to.
+pub(super) struct Output<'a> {
+    pub c: &'a mut [f32],
+    pub ldc: usize,
+    pub accumulate: bool,
+}
+
+/// `C[m, n] (+)= A[m, k] · B[k, n]`.
 ///
 /// The caller has checked that `a` and `b` cover the shape; this checks `c`.
-#[allow(clippy::too_many_arguments)]
-pub(super) fn run(
-    kern: Kernel,
-    m: usize,
-    n: usize,
-    k: usize,
-    a: &dyn ASource,
-    b: &dyn BSource,
-    c: &mut [f32],
-    ldc: usize,
-    accumulate: bool,
-) {
+pub(super) fn run(kern: Kernel, dims: Dims, a: &dyn ASource, b: &dyn BSource, out: Output) {
+    let Dims { m, n, k } = dims;
+    let Output { c, ldc, accumulate } = out;
     if m == 0 || n == 0 {
         return;
     }
@@ -222,28 +228,28 @@ pub(super) fn run(
             let ap = &*ap;
             (0..plan.m_tiles * plan.n_tiles).into_par_iter().for_each(|t| {
                 let (mt, nt) = (t % plan.m_tiles, t / plan.m_tiles);
-                let rows = mt * plan.mb..((mt + 1) * plan.mb).min(m);
-                let cols = nt * plan.nb..((nt + 1) * plan.nb).min(n);
-                task(&kern, &plan, rows, cols, po..pe, ap, b, out, accumulate || po > 0);
+                let block = Block {
+                    rows: mt * plan.mb..((mt + 1) * plan.mb).min(m),
+                    cols: nt * plan.nb..((nt + 1) * plan.nb).min(n),
+                    ps: po..pe,
+                };
+                task(&kern, &plan, block, ap, b, out, accumulate || po > 0);
             });
         }
     });
 }
 
-/// One output tile over the reduction range `ps`; `load` when the tile already holds a
-/// partial sum (or the caller's values to add to).
-#[allow(clippy::too_many_arguments)]
-fn task(
-    kern: &Kernel,
-    plan: &Plan,
-    rows: std::ops::Range<usize>,
-    cols: std::ops::Range<usize>,
-    ps: std::ops::Range<usize>,
-    ap: &[f32],
-    b: &dyn BSource,
-    out: COut,
-    load: bool,
-) {
+/// One task's share of a product: output rows and columns, over the reduction range `ps`.
+struct Block {
+    rows: Range<usize>,
+    cols: Range<usize>,
+    ps: Range<usize>,
+}
+
+/// One output block; `load` when it already holds a partial sum (or the caller's values
+/// to add to).
+fn task(kern: &Kernel, plan: &Plan, block: Block, ap: &[f32], b: &dyn BSource, out: COut, load: bool) {
+    let Block { rows, cols, ps } = block;
     let (mr, nr) = (kern.mr, kern.nr);
     let groups = cols.len().div_ceil(nr);
     let a_panel = mr * ps.len();
@@ -253,7 +259,7 @@ fn task(
             let p1 = (p0 + plan.kc).min(ps.end);
             let kc = p1 - p0;
             let bp = &mut bp[..groups * nr * kc];
-            b.pack(kern, p0, p1, cols.start, cols.end, bp, &mut scratch);
+            b.pack(kern, p0..p1, cols.clone(), bp, &mut scratch);
             let load = load || p0 > ps.start;
             for g in 0..groups {
                 let j = cols.start + g * nr;
@@ -268,9 +274,10 @@ fn task(
                     // belongs to this task alone; the kernel's unit was checked by `Isa`.
                     unsafe {
                         let c = out.ptr.add(i * out.ldc + j);
-                        let tile = kern.tiles[mrv - 1];
+                        let (ag, bg) = (ag.as_ptr(), bg.as_ptr());
                         if nrv == nr {
-                            chain(tile, kc, ag.as_ptr(), bg.as_ptr(), c, out.ldc, load, mr, nr, mrv);
+                            let c = COut { ptr: c, ldc: out.ldc };
+                            chain(kern, mrv, kc, ag, bg, c, load);
                         } else {
                             let mut t = [0.0f32; TILE_MAX];
                             if load {
@@ -278,18 +285,11 @@ fn task(
                                     std::ptr::copy_nonoverlapping(c.add(r * out.ldc), t.as_mut_ptr().add(r * nr), nrv);
                                 }
                             }
-                            chain(
-                                tile,
-                                kc,
-                                ag.as_ptr(),
-                                bg.as_ptr(),
-                                t.as_mut_ptr(),
-                                nr,
-                                load,
-                                mr,
-                                nr,
-                                mrv,
-                            );
+                            let tc = COut {
+                                ptr: t.as_mut_ptr(),
+                                ldc: nr,
+                            };
+                            chain(kern, mrv, kc, ag, bg, tc, load);
                             for r in 0..mrv {
                                 std::ptr::copy_nonoverlapping(t.as_ptr().add(r * nr), c.add(r * out.ldc), nrv);
                             }
@@ -313,19 +313,9 @@ const CHAIN: usize = 64;
 /// computed from zero and then added to the first `rows` rows of `c`.
 ///
 /// Safety: as [`Kernel::tiles`]`[rows - 1]` for `kc` steps.
-#[allow(clippy::too_many_arguments)]
-unsafe fn chain(
-    tile: TileFn,
-    kc: usize,
-    a: *const f32,
-    b: *const f32,
-    c: *mut f32,
-    ldc: usize,
-    load: bool,
-    mr: usize,
-    nr: usize,
-    rows: usize,
-) {
+unsafe fn chain(kern: &Kernel, rows: usize, kc: usize, a: *const f32, b: *const f32, c: COut, load: bool) {
+    let (tile, mr, nr) = (kern.tiles[rows - 1], kern.mr, kern.nr);
+    let (c, ldc) = (c.ptr, c.ldc);
     let mut s0 = 0;
     while s0 < kc {
         let sk = CHAIN.min(kc - s0);

@@ -30,7 +30,7 @@ mod x86;
 #[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
 mod aarch64;
 
-use driver::{DequantFn, Kernel};
+use driver::{DequantFn, Dims, Kernel, Output};
 use pack::{StridedA, StridedB, WeightN, WeightT};
 
 /// Logical row order of a weight: GGUF llama files store Q/K rows permuted for interleaved
@@ -207,7 +207,12 @@ pub fn matmul_wt_isa(
     assert!(x.len() >= m * k, "x has {} elements, need {m}x{k}", x.len());
     assert!(y.len() >= m * n, "y has {} elements, need {m}x{n}", y.len());
     let a = StridedA::new(x, k, 1, 1.0);
-    driver::run(kernel(isa), m, n, k, &a, &WeightT(w), y, n, false);
+    let out = Output {
+        c: y,
+        ldc: n,
+        accumulate: false,
+    };
+    driver::run(kernel(isa), Dims { m, n, k }, &a, &WeightT(w), out);
 }
 
 /// `dx[m, k] += dy[m, n] · W`, with `n = w.rows`, `k = w.cols`.
@@ -236,7 +241,13 @@ pub fn matmul_w_acc_isa(
     assert!(dy.len() >= m * n, "dy has {} elements, need {m}x{n}", dy.len());
     assert!(dx.len() >= m * k, "dx has {} elements, need {m}x{k}", dx.len());
     let a = StridedA::new(dy, n, 1, 1.0);
-    driver::run(kernel(isa), m, k, n, &a, &WeightN(w), dx, k, true);
+    let out = Output {
+        c: dx,
+        ldc: k,
+        accumulate: true,
+    };
+    // The reduction runs over the weight's rows: the product is [m, k] over n.
+    driver::run(kernel(isa), Dims { m, n: k, k: n }, &a, &WeightN(w), out);
 }
 
 /// A read-only f32 operand of [`gemm`]: stored row-major as `rows x cols` with stored rows
@@ -376,5 +387,10 @@ pub fn gemm_isa(isa: Isa, alpha: f32, a: Mat, b: Mat, c: MatMut, update: Update)
     let (brs, bcs) = b.op_strides();
     let a = StridedA::new(a.data, ars, acs, alpha);
     let b = StridedB::new(b.data, brs, bcs);
-    driver::run(kernel(isa), m, n, k, &a, &b, c.data, ldc, update == Update::Add);
+    let out = Output {
+        c: c.data,
+        ldc,
+        accumulate: update == Update::Add,
+    };
+    driver::run(kernel(isa), Dims { m, n, k }, &a, &b, out);
 }

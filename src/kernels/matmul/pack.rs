@@ -2,6 +2,7 @@
 
 use super::WeightRef;
 use super::driver::{ASource, BSource, Kernel, MAX_NR};
+use std::ops::Range;
 
 /// `A[i][p] = alpha * data[i * rs + p * cs]`.
 pub(super) struct StridedA<'a> {
@@ -63,16 +64,8 @@ impl<'a> StridedB<'a> {
 }
 
 impl BSource for StridedB<'_> {
-    fn pack(
-        &self,
-        kern: &Kernel,
-        p0: usize,
-        p1: usize,
-        j0: usize,
-        j1: usize,
-        dst: &mut [f32],
-        _scratch: &mut Vec<f32>,
-    ) {
+    fn pack(&self, kern: &Kernel, ps: Range<usize>, js: Range<usize>, dst: &mut [f32], _scratch: &mut Vec<f32>) {
+        let (p0, p1, j0, j1) = (ps.start, ps.end, js.start, js.end);
         let (nr, kc) = (kern.nr, p1 - p0);
         for (g, group) in dst.chunks_mut(kc * nr).enumerate() {
             let jg = j0 + g * nr;
@@ -110,7 +103,8 @@ impl BSource for WeightT<'_, '_> {
         self.0.dtype.block_len()
     }
 
-    fn pack(&self, kern: &Kernel, p0: usize, p1: usize, j0: usize, j1: usize, dst: &mut [f32], scratch: &mut Vec<f32>) {
+    fn pack(&self, kern: &Kernel, ps: Range<usize>, js: Range<usize>, dst: &mut [f32], scratch: &mut Vec<f32>) {
+        let (p0, p1, j0, j1) = (ps.start, ps.end, js.start, js.end);
         let (nr, kc) = (kern.nr, p1 - p0);
         if scratch.len() < nr * kc {
             scratch.resize(nr * kc, 0.0);
@@ -146,7 +140,8 @@ impl BSource for WeightN<'_, '_> {
         self.0.dtype.block_len()
     }
 
-    fn pack(&self, kern: &Kernel, p0: usize, p1: usize, j0: usize, j1: usize, dst: &mut [f32], scratch: &mut Vec<f32>) {
+    fn pack(&self, kern: &Kernel, ps: Range<usize>, js: Range<usize>, dst: &mut [f32], scratch: &mut Vec<f32>) {
+        let (p0, p1, j0, j1) = (ps.start, ps.end, js.start, js.end);
         let (nr, kc) = (kern.nr, p1 - p0);
         let bl = self.0.dtype.block_len();
         if nr.is_multiple_of(bl) {

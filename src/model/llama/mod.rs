@@ -17,7 +17,7 @@ use super::Model;
 use super::weights::Proj;
 use crate::adapter::Adapter;
 use crate::error::{Error, Result};
-use crate::kernels::attention::{AttnLayout, AttnShape, attention_backward, attention_forward};
+use crate::kernels::attention::{AttnGrads, AttnLayout, AttnSaved, AttnShape, attention_backward, attention_forward};
 use crate::kernels::attention_cached::attention_cached;
 use crate::kernels::rmsnorm::{rmsnorm_backward, rmsnorm_forward};
 use crate::kernels::rope::{RopeTable, rope_backward, rope_forward};
@@ -444,19 +444,19 @@ impl Model {
             zeroed(&mut s.dk, t * cfg.kv_dim()),
             zeroed(&mut s.dv, t * cfg.kv_dim()),
         );
-        attention_backward(
-            &a.q,
-            &a.k,
-            &a.v,
-            &a.attn,
-            &a.lse,
-            d_attn,
-            pass.layout,
-            self.attn_shape(),
-            dq,
-            dk,
-            dv,
-        );
+        let saved = AttnSaved {
+            q: &a.q,
+            k: &a.k,
+            v: &a.v,
+            out: &a.attn,
+            lse: &a.lse,
+        };
+        let d_qkv = AttnGrads {
+            dq: &mut *dq,
+            dk: &mut *dk,
+            dv: &mut *dv,
+        };
+        attention_backward(saved, d_attn, pass.layout, self.attn_shape(), d_qkv);
         rope_backward(dq, cfg.num_attention_heads, pass.table);
         rope_backward(dk, cfg.num_key_value_heads, pass.table);
         let d_xn1 = zeroed(&mut s.d_xn1, t * h);
