@@ -940,7 +940,7 @@ enum NudgeStatus nudge_dataset_new(struct NudgeDataset **out);
 /**
  * Adds `n_pairs` preference pairs (`format`: NUDGE_TEXT or NUDGE_CHAT_JSON). The strings
  * are copied. All or nothing: on failure no pair is added and the message names the
- * first bad element (e.g. "`pairs[3]`.chosen is not valid UTF-8").
+ * first bad element (e.g. "pairs[3].chosen is not valid UTF-8").
  */
 enum NudgeStatus nudge_dataset_add_pairs(struct NudgeDataset *dataset,
                                          const struct NudgePair *pairs,
