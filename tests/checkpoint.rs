@@ -105,6 +105,10 @@ fn nudge_train(model: &Path, data: &Path, out: &Path, extra: &[&str]) {
             "5",
             "--lora-dropout",
             "0.1",
+            // The interrupted run is played by a shorter --max-steps: only a constant rate
+            // is the same over 2 planned steps as over 6 (a decay is sized to its run).
+            "--schedule",
+            "constant",
             "--model",
         ])
         .arg(model)
