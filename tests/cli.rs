@@ -14,9 +14,11 @@ struct Out {
     stderr: String,
 }
 
-fn nudge(args: &[&str]) -> Out {
+/// Runs `nudge args` with `env` added to its environment.
+fn nudge_env(args: &[&str], env: &[(&str, &str)]) -> Out {
     let o = Command::new(env!("CARGO_BIN_EXE_nudge"))
         .args(args)
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .output()
         .expect("runs nudge");
@@ -27,19 +29,13 @@ fn nudge(args: &[&str]) -> Out {
     }
 }
 
+fn nudge(args: &[&str]) -> Out {
+    nudge_env(args, &[])
+}
+
 /// [`nudge`] with `NUDGE_NO_SIMD=1` in its environment.
 fn nudge_scalar(args: &[&str]) -> Out {
-    let o = Command::new(env!("CARGO_BIN_EXE_nudge"))
-        .args(args)
-        .env("NUDGE_NO_SIMD", "1")
-        .stdin(Stdio::null())
-        .output()
-        .expect("runs nudge");
-    Out {
-        ok: o.status.success(),
-        stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
-    }
+    nudge_env(args, &[("NUDGE_NO_SIMD", "1")])
 }
 
 fn s(p: &Path) -> &str {

@@ -69,35 +69,18 @@ impl From<Dtype> for FloatType {
 }
 
 /// `--loss`: one of the known names, optionally with `_<param><value>` suffixes
-/// (`cdpo_eps0.1`). The names are clap's possible values, so `--help` lists them, while
-/// the suffixes still parse.
+/// (`cdpo_eps0.1`), and where `lr` allows it a learning rate of its own after `@`
+/// (`kto@2e-4`). The names are clap's possible values, so `--help` lists them, while the
+/// suffixes still parse.
 #[derive(Clone)]
-pub struct LossName;
-
-impl TypedValueParser for LossName {
-    type Value = String;
-
-    fn parse_ref(
-        &self,
-        cmd: &clap::Command,
-        arg: Option<&clap::Arg>,
-        value: &std::ffi::OsStr,
-    ) -> std::result::Result<String, clap::Error> {
-        let s = value.to_str().unwrap_or_default();
-        match nudge::objective::Loss::parse(s, 0.1) {
-            Ok(_) => Ok(s.to_string()),
-            Err(e) => Err(bad_loss(cmd, arg, s, e)),
-        }
-    }
-
-    fn possible_values(&self) -> Option<Box<dyn Iterator<Item = PossibleValue> + '_>> {
-        Some(Box::new(loss_names().map(PossibleValue::new)))
-    }
+pub struct LossName {
+    lr: bool,
 }
 
-/// A loss with an optional learning rate of its own: `kto` or `kto@2e-4`.
-#[derive(Clone)]
-pub struct LossWithLr;
+impl LossName {
+    pub const PLAIN: LossName = LossName { lr: false };
+    pub const WITH_LR: LossName = LossName { lr: true };
+}
 
 /// Splits `loss@lr` into the loss and its learning rate (None when not given).
 pub fn split_loss_lr(s: &str) -> Result<(&str, Option<f64>)> {
@@ -112,7 +95,7 @@ pub fn split_loss_lr(s: &str) -> Result<(&str, Option<f64>)> {
     }
 }
 
-impl TypedValueParser for LossWithLr {
+impl TypedValueParser for LossName {
     type Value = String;
 
     fn parse_ref(
@@ -122,11 +105,19 @@ impl TypedValueParser for LossWithLr {
         value: &std::ffi::OsStr,
     ) -> std::result::Result<String, clap::Error> {
         let s = value.to_str().unwrap_or_default();
-        let checked = split_loss_lr(s).and_then(|(loss, _)| nudge::objective::Loss::parse(loss, 0.1));
-        match checked {
+        let name = if self.lr {
+            split_loss_lr(s).map(|(n, _)| n)
+        } else {
+            Ok(s)
+        };
+        match name.and_then(|n| nudge::objective::Loss::parse(n, 0.1)) {
             Ok(_) => Ok(s.to_string()),
             Err(e) => Err(bad_loss(cmd, arg, s, e)),
         }
+    }
+
+    fn possible_values(&self) -> Option<Box<dyn Iterator<Item = PossibleValue> + '_>> {
+        Some(Box::new(loss_names().map(PossibleValue::new)))
     }
 }
 

@@ -3,7 +3,7 @@
 //! DPO trains an adapter, and the adapted model is compared with the base on prompts it
 //! never saw. Writes the adapter (PEFT and llama.cpp GGUF), a JSON and an HTML report.
 
-use crate::args::{LossName, LossWithLr, open_model, split_loss_lr};
+use crate::args::{LossName, open_model, split_loss_lr};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use nudge::adapter::{LoraConfig, format::gguf_lora, format::peft};
@@ -32,12 +32,12 @@ pub struct DemoArgs {
     #[arg(long)]
     unpaired: bool,
     /// The loss for pairs (kto with --unpaired).
-    #[arg(long, default_value = "sigmoid", value_parser = LossName)]
+    #[arg(long, default_value = "sigmoid", value_parser = LossName::PLAIN)]
     loss: String,
     /// Instead of one run: the same collected feedback through each of these losses
     /// (comma-separated, e.g. sigmoid,ipo,cdpo,robust,margin_dpo,kto,orpo,simpo), compared
     /// on the held-out prompts. A loss may carry its own learning rate: kto@2e-4.
-    #[arg(long, value_delimiter = ',', value_parser = LossWithLr)]
+    #[arg(long, value_delimiter = ',', value_parser = LossName::WITH_LR)]
     losses: Vec<String>,
     /// DPO's beta.
     #[arg(long, default_value_t = 0.1)]

@@ -57,7 +57,7 @@ pub struct TrainArgs {
     out: PathBuf,
     /// The loss; parameters go in the name as suffixes (cdpo_eps0.1, simpo_beta2_gamma0.5,
     /// kto_dw1_uw1.33). `dpo` is `sigmoid`.
-    #[arg(long, default_value = "sigmoid", value_parser = LossName)]
+    #[arg(long, default_value = "sigmoid", value_parser = LossName::PLAIN)]
     loss: String,
     /// DPO's beta: how far the adapted model may move from the base.
     #[arg(long, default_value_t = 0.1)]
