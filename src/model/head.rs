@@ -14,17 +14,6 @@ pub struct TargetRows {
     positions: Vec<usize>, // [P] their rows in the packed pass
 }
 
-impl TargetRows {
-    /// Targets scored.
-    pub fn len(&self) -> usize {
-        self.ids.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.ids.is_empty()
-    }
-}
-
 impl Model {
     /// Next-token logits of hidden rows `h`: `[m, hidden]` → `[m, vocab]`.
     pub fn logits(&self, h: &[f32]) -> Vec<f32> {

@@ -82,8 +82,9 @@ mod x86 {
     /// Expands whole blocks like the scalar path; `false` when `dtype` or `isa` has no
     /// vector path (the caller falls back). `isa` must be supported by this CPU.
     pub(super) fn dequantize_blocks(isa: Isa, dtype: DType, src: &[u8], dst: &mut [f32]) -> bool {
-        assert!(isa.is_supported(), "{isa:?} is not supported by this CPU");
-        // SAFETY: `isa` is supported by this CPU (asserted above), which is what the target features of
+        debug_assert!(isa.is_supported(), "{isa:?} is not supported by this CPU");
+        // SAFETY: `isa` is supported by this CPU (the callers pass Isa::best() or a unit
+        // from Isa::supported()), which is what the target features of
         // the called functions require; they read and write only inside the exact-size
         // block chunks they are given.
         unsafe {

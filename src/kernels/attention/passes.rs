@@ -60,6 +60,31 @@ pub fn attention_forward(
     });
 }
 
+/// Calls `$tiles::<ISA, R, C>(args)` compiled for the widest instruction set the CPU has,
+/// with that set's register tile (`4 x 4` vectors on AVX-512, `2 x 2` otherwise).
+macro_rules! with_widest_tiles {
+    ($tiles:ident, $($arg:ident: $ty:ty),* $(,)?) => {{
+        #[cfg(target_arch = "x86_64")]
+        {
+            #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+            fn v512($($arg: $ty),*) {
+                $tiles::<AVX512, 4, 4>($($arg),*)
+            }
+            #[target_feature(enable = "avx2,fma")]
+            fn v256($($arg: $ty),*) {
+                $tiles::<AVX2, 2, 2>($($arg),*)
+            }
+            match Isa::best() {
+                // SAFETY: Isa::best() verified the CPU has these features.
+                Isa::Avx512 => return unsafe { v512($($arg),*) },
+                Isa::Avx2 => return unsafe { v256($($arg),*) },
+                _ => {}
+            }
+        }
+        $tiles::<PORTABLE, 2, 2>($($arg),*)
+    }};
+}
+
 /// One forward task, compiled for the widest instruction set the CPU has.
 fn forward_task(
     q: &[f32],
@@ -70,40 +95,16 @@ fn forward_task(
     lse: &mut [f32],
     buf: &mut [f32],
 ) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
-        fn v512(
-            q: &[f32],
-            pk: &Packed<'_>,
-            g: &Geometry,
-            task: &Task,
-            out: &mut [f32],
-            lse: &mut [f32],
-            buf: &mut [f32],
-        ) {
-            forward_tiles::<AVX512, 4, 4>(q, pk, g, task, out, lse, buf)
-        }
-        #[target_feature(enable = "avx2,fma")]
-        fn v256(
-            q: &[f32],
-            pk: &Packed<'_>,
-            g: &Geometry,
-            task: &Task,
-            out: &mut [f32],
-            lse: &mut [f32],
-            buf: &mut [f32],
-        ) {
-            forward_tiles::<AVX2, 2, 2>(q, pk, g, task, out, lse, buf)
-        }
-        match Isa::best() {
-            // SAFETY: Isa::best() verified the CPU has these features.
-            Isa::Avx512 => return unsafe { v512(q, pk, g, task, out, lse, buf) },
-            Isa::Avx2 => return unsafe { v256(q, pk, g, task, out, lse, buf) },
-            _ => {}
-        }
-    }
-    forward_tiles::<PORTABLE, 2, 2>(q, pk, g, task, out, lse, buf)
+    with_widest_tiles!(
+        forward_tiles,
+        q: &[f32],
+        pk: &Packed<'_>,
+        g: &Geometry,
+        task: &Task,
+        out: &mut [f32],
+        lse: &mut [f32],
+        buf: &mut [f32],
+    )
 }
 
 /// One task of the forward pass with `R x (C * 16)` register tiles: for each kv head and
@@ -352,40 +353,16 @@ fn backward_task(
     part: &mut [f32],
     buf: &mut [f32],
 ) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
-        fn v512(
-            x: &BwdInputs<'_>,
-            pk: &Packed<'_>,
-            g: &Geometry,
-            task: &Task,
-            dq: &mut [f32],
-            part: &mut [f32],
-            buf: &mut [f32],
-        ) {
-            backward_tiles::<AVX512, 4, 4>(x, pk, g, task, dq, part, buf)
-        }
-        #[target_feature(enable = "avx2,fma")]
-        fn v256(
-            x: &BwdInputs<'_>,
-            pk: &Packed<'_>,
-            g: &Geometry,
-            task: &Task,
-            dq: &mut [f32],
-            part: &mut [f32],
-            buf: &mut [f32],
-        ) {
-            backward_tiles::<AVX2, 2, 2>(x, pk, g, task, dq, part, buf)
-        }
-        match Isa::best() {
-            // SAFETY: Isa::best() verified the CPU has these features.
-            Isa::Avx512 => return unsafe { v512(x, pk, g, task, dq, part, buf) },
-            Isa::Avx2 => return unsafe { v256(x, pk, g, task, dq, part, buf) },
-            _ => {}
-        }
-    }
-    backward_tiles::<PORTABLE, 2, 2>(x, pk, g, task, dq, part, buf)
+    with_widest_tiles!(
+        backward_tiles,
+        x: &BwdInputs<'_>,
+        pk: &Packed<'_>,
+        g: &Geometry,
+        task: &Task,
+        dq: &mut [f32],
+        part: &mut [f32],
+        buf: &mut [f32],
+    )
 }
 
 /// One task of the backward pass. Per kv head and block of query rows it recomputes
