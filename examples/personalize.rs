@@ -33,7 +33,7 @@ pub fn personalize(model: &Path, pairs: &Path, out: &Path, config: TrainConfig) 
     trainer.run(&mut |m| {
         println!(
             "step {}: loss {:.4}, reward accuracy {:.2}",
-            m.step, m.loss, m.rewards_accuracies
+            m.step, m.loss, m.rewards.rewards_accuracies
         );
         steps += 1;
         Control::Continue

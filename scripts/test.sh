@@ -28,8 +28,7 @@ cargo test --release --features linalg --test linalg
 # The C tests (lifecycle, misuse, threads) with the C side under AddressSanitizer and its
 # leak checker, which also sees the library's allocations: no leak, no invalid access.
 # (tests/c/run.sh --valgrind does the same under memcheck, but takes over 15 minutes here.)
-# (Built as the test suite builds it: libnudge.so/.a land in target/release/deps.)
-cargo test --release --workspace --lib --bins --tests --no-run
-tests/c/run.sh --asan target/release/deps "${NUDGE_MODEL:-models/SmolLM2-135M-Instruct.Q4_1.gguf}"
+cargo build --release -p nudge-ffi
+tests/c/run.sh --asan target/release "${NUDGE_MODEL:-models/SmolLM2-135M-Instruct.Q4_1.gguf}"
 
 cargo test --release --workspace --lib --bins --tests

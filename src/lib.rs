@@ -15,7 +15,10 @@
 //! - training: [`Trainer`] with [`TrainConfig`] (loss, [`AdamWConfig`], [`Schedule`]),
 //!   reporting [`StepMetrics`] under TRL's names;
 //! - adapters: [`Adapter`] and [`LoraConfig`], saved and loaded as PEFT folders or
-//!   llama.cpp GGUF files ([`adapter::peft`], [`adapter::gguf_lora`], [`adapter::load`]).
+//!   llama.cpp GGUF files ([`adapter::peft`], [`adapter::gguf_lora`], [`adapter::load`]);
+//!   their tensors, gradients and weight deltas read as [`ndarray`] views and arrays
+//!   ([`Adapter::tensors`], [`LoraPair::delta_weight`]), as do logits
+//!   ([`Model::forward_logits`]).
 //!
 //! Personalizing from a JSONL of preference pairs (`examples/personalize.rs` runs this):
 //!
@@ -29,7 +32,7 @@
 //! let adapter = Adapter::new(&model.config, LoraConfig::default(), 42, model.name())?;
 //! let mut trainer = Trainer::new(&model, adapter, TrainConfig::default(), pairs)?;
 //! trainer.run(&mut |m| {
-//!     println!("step {}: loss {:.4}, reward accuracy {:.2}", m.step, m.loss, m.rewards_accuracies);
+//!     println!("step {}: loss {:.4}, reward accuracy {:.2}", m.step, m.loss, m.rewards.rewards_accuracies);
 //!     Control::Continue
 //! })?;
 //! nudge::adapter::peft::save(&trainer.adapter, "my-adapter".as_ref())?;
@@ -43,8 +46,6 @@
 pub mod adapter;
 pub mod convert;
 pub mod data;
-// Two collectors in `demo` still take eight arguments; that module is reworked apart.
-#[allow(clippy::too_many_arguments)]
 pub mod demo;
 pub mod error;
 pub mod generate;
@@ -74,13 +75,18 @@ pub mod rng;
 #[doc(hidden)]
 pub mod rope_scaling;
 
+/// The array types of the API's tensor-valued results ([`Model::forward_logits`],
+/// [`Adapter::tensors`], [`LoraPair::delta_weight`]), re-exported so that callers use the
+/// same version.
+pub use ndarray;
+
 pub use adapter::{Adapter, LoraConfig, LoraPair};
 pub use data::{PreferenceSet, Truncation, TruncationMode};
 pub use error::{Error, Result};
 pub use generate::{GenerateOptions, GenerateRequest, Generated, Generator, StopReason, generate, generate_batch};
 pub use journal::{Durability, Journal, Record};
 pub use model::{Model, ModelFormat};
-pub use objective::Loss;
+pub use objective::{Loss, RewardMetrics};
 pub use optim::{AdamWConfig, Schedule};
 pub use score::{ScoreItem, Scored};
 pub use tokenizer::{ChatMessage, TextTokenizer};

@@ -6,7 +6,6 @@ mod common;
 
 use common::*;
 use nudge::convert::{FloatType, convert_to_hf};
-use nudge::kernels::attention::AttnLayout;
 use nudge::model::Model;
 use nudge::tokenizer::ChatMessage;
 use sha2::{Digest, Sha256};
@@ -187,15 +186,10 @@ fn base_logits_match() {
     for (name, m) in both() {
         let vocab = m.config.vocab_size;
         assert_eq!(shape, vec![positions.len(), vocab]);
-        let h = m
-            .hidden_states(&seq, &AttnLayout::sequences(&[seq.len()]))
-            .expect("forward");
-        let hidden = m.config.hidden_size;
-        let rows: Vec<f32> = positions
-            .iter()
-            .flat_map(|&p| h[p * hidden..(p + 1) * hidden].to_vec())
-            .collect();
-        let got = m.logits(&rows);
+        // The public API's logits: every position of the sequence, as transformers gives them.
+        let all = m.forward_logits(&seq, None).expect("forward");
+        assert_eq!(all.dim(), (seq.len(), vocab));
+        let got = all.select(Axis(0), &positions);
         let worst = got
             .iter()
             .zip(&want)
@@ -207,6 +201,7 @@ fn base_logits_match() {
 
 // ---- LoRA and DPO (the policy is the base model plus `adapter_init/`) ----
 
+use ndarray::{ArrayView2, Axis};
 use nudge::adapter::Adapter;
 use nudge::adapter::format::peft;
 use nudge::data::TokenizedPair;
@@ -355,12 +350,13 @@ fn dpo_loss_metrics_and_every_lora_gradient_match() {
         assert!(metric_close(name, value, want, beta), "{name}: {value} vs {want}");
     }
     let refg = read_f32_safetensors(&golden_dir().join("dpo_sigmoid_grads.safetensors"));
-    let got: std::collections::BTreeMap<String, &[f32]> = grads.tensors().into_iter().collect();
+    let got: std::collections::BTreeMap<String, ArrayView2<f32>> = grads.tensors().into_iter().collect();
     assert_eq!(got.len(), refg.len(), "tensor count");
     let mut norm2 = 0f64;
     let mut worst = (0f64, String::new());
-    for (name, (_, want)) in &refg {
+    for (name, (shape, want)) in &refg {
         let have = got.get(name).unwrap_or_else(|| panic!("no gradient for {name}"));
+        assert_eq!(have.shape(), &shape[..], "{name}: shape");
         let diff: f64 = have
             .iter()
             .zip(want)
@@ -476,24 +472,25 @@ fn ten_step_trajectory_and_final_adapter_match() {
         );
         let margin = want["margin"].as_f64().unwrap();
         assert!(
-            close_rel(m.rewards_margins, margin, 2e-3),
+            close_rel(m.rewards.rewards_margins, margin, 2e-3),
             "step {}: margin {} vs {margin}",
             m.step,
-            m.rewards_margins
+            m.rewards.rewards_margins
         );
         let acc = want["accuracy"].as_f64().unwrap();
         assert!(
-            metric_close("rewards/accuracies", m.rewards_accuracies, acc, beta),
+            metric_close("rewards/accuracies", m.rewards.rewards_accuracies, acc, beta),
             "step {}: accuracy {} vs {acc}",
             m.step,
-            m.rewards_accuracies
+            m.rewards.rewards_accuracies
         );
     }
     let after = read_f32_safetensors(&golden_dir().join("adapter_after_10_steps/adapter_model.safetensors"));
-    let got: std::collections::BTreeMap<String, &[f32]> = trainer.adapter.tensors().into_iter().collect();
+    let got: std::collections::BTreeMap<String, ArrayView2<f32>> = trainer.adapter.tensors().into_iter().collect();
     let (mut d2, mut r2) = (0f64, 0f64);
-    for (name, (_, want)) in &after {
+    for (name, (shape, want)) in &after {
         let have = got.get(name).unwrap_or_else(|| panic!("no tensor {name}"));
+        assert_eq!(have.shape(), &shape[..], "{name}: shape");
         d2 += have
             .iter()
             .zip(want)

@@ -1321,7 +1321,7 @@ fn packed_pairs_equal_separate_sequences() {
     assert_eq!(at, packed_logp.len());
     let mut worst = 0f64;
     for ((name, a), (_, b)) in g_packed.tensors().iter().zip(g_sep.tensors()) {
-        let scale = max_abs(a);
+        let scale = max_abs(a.as_slice().expect("contiguous"));
         assert!(scale > 1e-3, "{name}: gradient ~0");
         for (j, (x, y)) in a.iter().zip(b).enumerate() {
             let e = (*x as f64 - *y as f64).abs();

@@ -89,8 +89,8 @@ fn dpo_training_learns_the_preferences() {
     assert_eq!(log[0].loss, std::f64::consts::LN_2);
     let last = log.last().unwrap();
     assert!(last.loss < 0.2, "loss after 30 steps: {}", last.loss);
-    assert_eq!(last.rewards_accuracies, 1.0);
-    assert!(last.rewards_margins > 1.0);
+    assert_eq!(last.rewards.rewards_accuracies, 1.0);
+    assert!(last.rewards.rewards_margins > 1.0);
     assert!(log.iter().all(|x| x.grad_norm.is_finite() && x.pair_tokens > 0));
 }
 
@@ -204,7 +204,7 @@ fn kto_trains_on_unpaired_thumbs() {
         log[0].loss,
         log.last().unwrap().loss
     );
-    assert!(log.last().unwrap().rewards_chosen > log.last().unwrap().rewards_rejected);
+    assert!(log.last().unwrap().rewards.rewards_chosen > log.last().unwrap().rewards.rewards_rejected);
 }
 
 #[test]

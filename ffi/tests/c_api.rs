@@ -33,20 +33,47 @@ fn model_path() -> PathBuf {
     p
 }
 
-/// target/<profile>/deps/, where cargo wrote libnudge.so and libnudge.a for this build
-/// (the copies one level up are refreshed by `cargo build` only, not by `cargo test`).
+/// target/<profile>/, where libnudge.so and libnudge.a are built once per test run. The
+/// C library has no rlib (it would collide with the engine's), so `cargo test` does not
+/// build it for this test: the test asks cargo for it, with this build's profile and target
+/// folder, and so never runs the C tests against a stale library.
 fn lib_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    let dir = exe.parent().expect("target/<profile>/deps").to_path_buf();
-    for lib in ["libnudge.so", "libnudge.a"] {
-        assert!(dir.join(lib).exists(), "{} not built", dir.join(lib).display());
-    }
-    dir
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let exe = std::env::current_exe().expect("test binary path");
+            let profile_dir = exe
+                .parent()
+                .and_then(|deps| deps.parent())
+                .expect("target/<profile>/deps")
+                .to_path_buf();
+            let target_dir = profile_dir.parent().expect("target/");
+            let profile = profile_dir.file_name().and_then(|p| p.to_str()).expect("profile name");
+            let profile = if profile == "debug" { "dev" } else { profile };
+            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+            let status = Command::new(cargo)
+                .args(["build", "--quiet", "-p", "nudge-ffi", "--lib", "--profile", profile])
+                .arg("--target-dir")
+                .arg(target_dir)
+                .current_dir(root())
+                .status()
+                .expect("run cargo build -p nudge-ffi");
+            assert!(status.success(), "cargo build -p nudge-ffi failed");
+            for lib in ["libnudge.so", "libnudge.a"] {
+                assert!(
+                    profile_dir.join(lib).exists(),
+                    "{} not built",
+                    profile_dir.join(lib).display()
+                );
+            }
+            profile_dir
+        })
+        .clone()
 }
 
 /// target/<profile>/c-tests/: the C programs and what they write.
 fn out_dir() -> PathBuf {
-    let dir = lib_dir().parent().expect("target/<profile>").join("c-tests");
+    let dir = lib_dir().join("c-tests");
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }

@@ -11,6 +11,7 @@ pub use format::{BaseCheck, gguf_lora, load, load_for, merge, peft};
 use crate::error::{Error, Result};
 use crate::model::config::Config;
 use crate::model::weights::Proj;
+use ndarray::{Array2, ArrayView2};
 use serde::{Deserialize, Serialize};
 
 /// The largest LoRA rank accepted: far above what preference tuning uses (4 to 64), and
@@ -96,6 +97,26 @@ pub struct LoraPair {
     pub b: Vec<f32>,
     pub in_features: usize,
     pub out_features: usize,
+}
+
+impl LoraPair {
+    /// `A` as a matrix: `[r, in]`.
+    pub fn lora_a(&self) -> ArrayView2<'_, f32> {
+        let r = self.a.len() / self.in_features.max(1);
+        ArrayView2::from_shape((r, self.in_features), &self.a).expect("A holds r × in values")
+    }
+
+    /// `B` as a matrix: `[out, r]`.
+    pub fn lora_b(&self) -> ArrayView2<'_, f32> {
+        let r = self.b.len() / self.out_features.max(1);
+        ArrayView2::from_shape((self.out_features, r), &self.b).expect("B holds out × r values")
+    }
+
+    /// The change this pair makes to its base weight, `scale · B · A`: `[out, in]` (PEFT's
+    /// `get_delta_weight`, with `scale` from [`Adapter::scale`]).
+    pub fn delta_weight(&self, scale: f32) -> Array2<f32> {
+        self.lora_b().dot(&self.lora_a()) * scale
+    }
 }
 
 /// A LoRA adapter for one base model shape.
@@ -229,14 +250,16 @@ impl Adapter {
             .sum()
     }
 
-    /// Every parameter tensor in a fixed order (layer, projection, A then B).
-    pub fn tensors(&self) -> Vec<(String, &[f32])> {
+    /// Every parameter tensor under its PEFT name, in a fixed order (layer, projection,
+    /// A then B), as PEFT shapes it: `lora_A` `[r, in]`, `lora_B` `[out, r]`. A gradient
+    /// (an adapter from [`Adapter::zeros_like`] that a step filled) reads the same way.
+    pub fn tensors(&self) -> Vec<(String, ArrayView2<'_, f32>)> {
         let mut v = Vec::new();
         for (li, l) in self.layers.iter().enumerate() {
             for p in Proj::ALL {
                 if let Some(pair) = &l[p as usize] {
-                    v.push((format::peft::tensor_name(li, p, "lora_A"), &pair.a[..]));
-                    v.push((format::peft::tensor_name(li, p, "lora_B"), &pair.b[..]));
+                    v.push((format::peft::tensor_name(li, p, "lora_A"), pair.lora_a()));
+                    v.push((format::peft::tensor_name(li, p, "lora_B"), pair.lora_b()));
                 }
             }
         }
@@ -275,5 +298,33 @@ impl Adapter {
             .iter()
             .flat_map(|l| l.iter().flatten().flat_map(|p| [&p.a[..], &p.b[..]]))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pair_reads_as_matrices_and_its_delta_is_scaled_b_times_a() {
+        let (r, inp, out) = (3, 5, 4);
+        let pair = LoraPair {
+            a: (0..r * inp).map(|i| i as f32 * 0.25 - 1.0).collect(),
+            b: (0..out * r).map(|i| 0.5 - i as f32 * 0.125).collect(),
+            in_features: inp,
+            out_features: out,
+        };
+        assert_eq!(pair.lora_a().dim(), (r, inp));
+        assert_eq!(pair.lora_b().dim(), (out, r));
+        assert_eq!(pair.lora_a()[[1, 2]], pair.a[inp + 2]);
+        assert_eq!(pair.lora_b()[[3, 1]], pair.b[3 * r + 1]);
+        let delta = pair.delta_weight(2.0);
+        assert_eq!(delta.dim(), (out, inp));
+        for o in 0..out {
+            for i in 0..inp {
+                let want: f32 = (0..r).map(|k| pair.b[o * r + k] * pair.a[k * inp + i]).sum::<f32>() * 2.0;
+                assert!((delta[[o, i]] - want).abs() <= 1e-5 * want.abs().max(1.0), "[{o}, {i}]");
+            }
+        }
     }
 }

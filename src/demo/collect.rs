@@ -39,17 +39,44 @@ pub(crate) fn chat_prompt(model: &Model, text: &str) -> Result<Vec<u32>> {
     model.tokenizer.encode(&rendered, false)
 }
 
-/// Samples `cfg.samples` answers to each prompt (with `adapter`, if any), batched.
+/// How answers are sampled: `samples` per prompt, each with `opts` (and a seed of its own),
+/// decoded `batch_rows` at a time.
+pub(crate) struct Sampling {
+    pub samples: usize,
+    pub opts: GenerateOptions,
+    pub batch_rows: usize,
+}
+
+impl Sampling {
+    /// One answer per prompt, batched as `cfg` says.
+    pub fn one(opts: GenerateOptions, cfg: &DemoConfig) -> Self {
+        Self {
+            samples: 1,
+            opts,
+            batch_rows: cfg.batch_rows,
+        }
+    }
+}
+
+/// One round of the loop: the model that answers, the user who rates, the settings, and
+/// the round's index (which seeds its sampling and names its events).
+pub struct Round<'a> {
+    pub model: &'a Model,
+    pub user: &'a SimulatedUser,
+    pub cfg: &'a DemoConfig,
+    pub index: usize,
+}
+
+/// Samples `how.samples` answers to each prompt (with `adapter`, if any), batched.
 pub(crate) fn sample(
     model: &Model,
-    prompts: &[&str],
-    samples: usize,
-    opts: &GenerateOptions,
     adapter: Option<&Adapter>,
-    cfg: &DemoConfig,
+    prompts: &[&str],
+    how: &Sampling,
     what: &str,
     progress: &mut dyn Progress,
 ) -> Result<Vec<Vec<Generated>>> {
+    let (samples, opts) = (how.samples, &how.opts);
     let mut requests = Vec::with_capacity(prompts.len() * samples);
     for (i, p) in prompts.iter().enumerate() {
         let ids = chat_prompt(model, p)?;
@@ -68,7 +95,7 @@ pub(crate) fn sample(
     }
     progress.phase(what, requests.len() as u64);
     let batch = crate::generate::BatchOptions {
-        max_rows: cfg.batch_rows,
+        max_rows: how.batch_rows,
         ..Default::default()
     };
     let mut done = 0;
@@ -83,30 +110,34 @@ pub(crate) fn sample(
         .collect())
 }
 
-/// One round: answers to `prompts` from the current model, rated by `user`, recorded in
-/// `journal` as an app records thumbs, then the journal's new events as training rows.
+/// One round: answers to `prompts` from the current model (the base with `adapter`, if
+/// any), rated by the round's user, recorded in `journal` as an app records thumbs, then
+/// the journal's new events as training rows.
 pub fn collect(
-    model: &Model,
+    round: &Round,
     adapter: Option<&Adapter>,
     prompts: &[&str],
-    user: &SimulatedUser,
     journal: &mut Journal,
-    cfg: &DemoConfig,
-    round: usize,
     progress: &mut dyn Progress,
 ) -> Result<Collected> {
+    let (cfg, index) = (round.cfg, round.index);
     let opts = GenerateOptions {
         max_new_tokens: cfg.max_new_tokens,
         temperature: cfg.temperature,
         top_k: 0,
         top_p: cfg.top_p,
-        seed: cfg.seed ^ (round as u64 + 1).wrapping_mul(0xd1b5_4a32_d192_ed03),
+        seed: cfg.seed ^ (index as u64 + 1).wrapping_mul(0xd1b5_4a32_d192_ed03),
         stop_tokens: None,
     };
     let t0 = std::time::Instant::now();
-    let what = format!("round {}: sampling {} answers", round + 1, prompts.len() * cfg.samples);
-    let answers = sample(model, prompts, cfg.samples, &opts, adapter, cfg, &what, progress)?;
-    let mut c = rate_and_record(model, prompts, &answers, user, journal, cfg, round)?;
+    let what = format!("round {}: sampling {} answers", index + 1, prompts.len() * cfg.samples);
+    let how = Sampling {
+        samples: cfg.samples,
+        opts,
+        batch_rows: cfg.batch_rows,
+    };
+    let answers = sample(round.model, adapter, prompts, &how, &what, progress)?;
+    let mut c = rate_and_record(round, prompts, &answers, journal)?;
     c.sampling_seconds = t0.elapsed().as_secs_f64();
     Ok(c)
 }
@@ -114,14 +145,17 @@ pub fn collect(
 /// The user's ratings of `answers` (per prompt, its samples) recorded in `journal`, then
 /// the journal's new events as training rows: pairs, or thumbs with `cfg.unpaired`.
 pub fn rate_and_record(
-    model: &Model,
+    round: &Round,
     prompts: &[&str],
     answers: &[Vec<Generated>],
-    user: &SimulatedUser,
     journal: &mut Journal,
-    cfg: &DemoConfig,
-    round: usize,
 ) -> Result<Collected> {
+    let Round {
+        model,
+        user,
+        cfg,
+        index: round,
+    } = *round;
     let mut c = Collected {
         data: PreferenceSet::default(),
         mark: None,

@@ -3,7 +3,7 @@
 //! log-likelihood on neutral text, and a fluency guard (repetition, answers cut at the
 //! limit, the base model's perplexity of the answers).
 
-use super::collect::{chat_prompt, sample};
+use super::collect::{Sampling, chat_prompt, sample};
 use super::{DemoConfig, Progress};
 use crate::adapter::Adapter;
 use crate::error::Result;
@@ -195,16 +195,8 @@ impl HeldOut {
         let (_, all) = prompts::for_taste(cfg.taste);
         let prompts: Vec<&'static str> = all.iter().copied().take(cfg.heldout_prompts).collect();
         let prompt_ids: Vec<Vec<u32>> = prompts.iter().map(|p| chat_prompt(model, p)).collect::<Result<_>>()?;
-        let gens = sample(
-            model,
-            &prompts,
-            1,
-            &answering(cfg),
-            None,
-            cfg,
-            "held-out: base answers",
-            progress,
-        )?;
+        let how = Sampling::one(answering(cfg), cfg);
+        let gens = sample(model, None, &prompts, &how, "held-out: base answers", progress)?;
         let gens: Vec<Generated> = gens.into_iter().map(|mut g| g.remove(0)).collect();
         let base = answers(model, &prompt_ids, &gens)?;
 
@@ -217,16 +209,8 @@ impl HeldOut {
             seed: cfg.seed ^ 0x5eed_0f4e_1d00,
             ..GenerateOptions::default()
         };
-        let others = sample(
-            model,
-            &prompts,
-            1,
-            &opts,
-            None,
-            cfg,
-            "held-out: second answers",
-            progress,
-        )?;
+        let how = Sampling::one(opts, cfg);
+        let others = sample(model, None, &prompts, &how, "held-out: second answers", progress)?;
         let mut pairs = Vec::new();
         for (i, other) in others.iter().enumerate() {
             let (g0, g1) = (&gens[i], &other[0]);
@@ -273,13 +257,12 @@ pub fn evaluate(
     cfg: &DemoConfig,
     progress: &mut dyn Progress,
 ) -> Result<EvalReport> {
+    let how = Sampling::one(answering(cfg), cfg);
     let gens = sample(
         model,
-        &held.prompts,
-        1,
-        &answering(cfg),
         Some(adapter),
-        cfg,
+        &held.prompts,
+        &how,
         "held-out: adapted answers",
         progress,
     )?;

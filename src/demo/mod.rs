@@ -11,7 +11,7 @@
 mod collect;
 mod eval;
 
-pub use collect::{Collected, collect, rate_and_record};
+pub use collect::{Collected, Round, collect, rate_and_record};
 pub use eval::{EvalReport, Fluency, HeldOut, SideBySide, Summary, evaluate};
 
 use crate::adapter::{Adapter, LoraConfig};
@@ -232,7 +232,13 @@ pub fn run(
             .map(|i| all[(start + i) % all.len()])
             .collect();
         let current = (round > 0).then_some(&adapter);
-        let c = collect(model, current, &prompts, &user, &mut journal, cfg, round, progress)?;
+        let this = Round {
+            model,
+            user: &user,
+            cfg,
+            index: round,
+        };
+        let c = collect(&this, current, &prompts, &mut journal, progress)?;
         let rows = c.data.pairs.len() + c.data.unpaired.len();
         let (trained, steps) = train(model, adapter, c.data, cfg, &cfg.loss, progress)?;
         adapter = trained;
@@ -302,7 +308,12 @@ pub fn compare_losses(
         ..Default::default()
     };
     let what = format!("sampling {} answers", prompts.len() * cfg.samples);
-    let answers = collect::sample(model, &prompts, cfg.samples, &opts, None, cfg, &what, progress)?;
+    let how = collect::Sampling {
+        samples: cfg.samples,
+        opts,
+        batch_rows: cfg.batch_rows,
+    };
+    let answers = collect::sample(model, None, &prompts, &how, &what, progress)?;
     let mut data = Vec::new();
     for unpaired in [false, true] {
         let c = DemoConfig {
@@ -317,7 +328,13 @@ pub fn compare_losses(
         let path = journal_dir.join(if unpaired { "thumbs.journal" } else { "pairs.journal" });
         let _ = std::fs::remove_file(&path);
         let (mut journal, _) = Journal::open(&path, Durability::Batch)?;
-        data.push(collect::rate_and_record(model, &prompts, &answers, &user, &mut journal, &c, 0)?.data);
+        let round = Round {
+            model,
+            user: &user,
+            cfg: &c,
+            index: 0,
+        };
+        data.push(rate_and_record(&round, &prompts, &answers, &mut journal)?.data);
         journal.close()?;
     }
     let held = HeldOut::prepare(model, &user, cfg, progress)?;

@@ -2,9 +2,13 @@
 //! next-token logits or as the log-probs of given target tokens, and the backward of the
 //! latter. Scoring, training, generation and the benches all reach the vocabulary here.
 
-use super::Model;
+use super::{LoraCtx, Model};
+use crate::adapter::Adapter;
+use crate::error::Result;
+use crate::kernels::attention::AttnLayout;
 use crate::kernels::logprob::{token_logprobs, token_logprobs_backward};
 use crate::kernels::matmul::matmul_wt;
+use ndarray::Array2;
 
 /// The hidden rows that predict target tokens, gathered from a packed forward pass, kept
 /// for [`Model::target_logprobs_backward`].
@@ -15,6 +19,16 @@ pub struct TargetRows {
 }
 
 impl Model {
+    /// The next-token logits at every position of one sequence, with `adapter` applied if
+    /// given: `[tokens.len(), vocab]`, as `model(input_ids).logits[0]` in transformers.
+    pub fn forward_logits(&self, tokens: &[u32], adapter: Option<&Adapter>) -> Result<Array2<f32>> {
+        let layout = AttnLayout::sequences(&[tokens.len()]);
+        let h = self.hidden_states_with(tokens, &layout, LoraCtx { adapter, dropout: None })?;
+        let logits = self.logits(&h);
+        Ok(Array2::from_shape_vec((tokens.len(), self.config.vocab_size), logits)
+            .expect("the head gives vocab logits per row"))
+    }
+
     /// Next-token logits of hidden rows `h`: `[m, hidden]` → `[m, vocab]`.
     pub fn logits(&self, h: &[f32]) -> Vec<f32> {
         let head = self.weights.view(&self.weights.lm_head);

@@ -1,16 +1,24 @@
 //! TRL's logged metrics of a batch of pairs (`DPOTrainer.get_batch_loss_metrics`).
 
 use super::pair::PairLogps;
+use serde::{Deserialize, Serialize};
 
-/// Means over the batch; rewards are β (π - ref) of summed log-probs.
-#[derive(Debug, Clone, Copy, PartialEq, Default)]
+/// Means over the batch; rewards are β (π - ref) of summed log-probs. Serialized under
+/// TRL's names (`rewards/chosen`, ...).
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
 pub struct RewardMetrics {
+    #[serde(rename = "rewards/chosen")]
     pub rewards_chosen: f64,
+    #[serde(rename = "rewards/rejected")]
     pub rewards_rejected: f64,
     /// Fraction of pairs whose chosen reward is strictly above the rejected one.
+    #[serde(rename = "rewards/accuracies")]
     pub rewards_accuracies: f64,
+    #[serde(rename = "rewards/margins")]
     pub rewards_margins: f64,
+    #[serde(rename = "logps/chosen")]
     pub logps_chosen: f64,
+    #[serde(rename = "logps/rejected")]
     pub logps_rejected: f64,
 }
 

@@ -27,18 +27,9 @@ pub struct StepMetrics {
     /// Global gradient norm before clipping.
     pub grad_norm: f64,
     pub learning_rate: f64,
-    #[serde(rename = "rewards/chosen")]
-    pub rewards_chosen: f64,
-    #[serde(rename = "rewards/rejected")]
-    pub rewards_rejected: f64,
-    #[serde(rename = "rewards/accuracies")]
-    pub rewards_accuracies: f64,
-    #[serde(rename = "rewards/margins")]
-    pub rewards_margins: f64,
-    #[serde(rename = "logps/chosen")]
-    pub logps_chosen: f64,
-    #[serde(rename = "logps/rejected")]
-    pub logps_rejected: f64,
+    /// The batch's reward metrics (for KTO: of its desirable and undesirable examples).
+    #[serde(flatten)]
+    pub rewards: RewardMetrics,
     /// KTO's KL estimate (KTO only).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub kl: Option<f64>,
@@ -55,28 +46,13 @@ impl StepMetrics {
             ("loss", self.loss),
             ("grad_norm", self.grad_norm),
             ("learning_rate", self.learning_rate),
-            ("rewards/chosen", self.rewards_chosen),
-            ("rewards/rejected", self.rewards_rejected),
-            ("rewards/accuracies", self.rewards_accuracies),
-            ("rewards/margins", self.rewards_margins),
-            ("logps/chosen", self.logps_chosen),
-            ("logps/rejected", self.logps_rejected),
-            ("tokens_per_s", self.tokens_per_s),
-            ("epoch", self.epoch),
         ];
+        v.extend(self.rewards.entries());
+        v.extend([("tokens_per_s", self.tokens_per_s), ("epoch", self.epoch)]);
         if let Some(kl) = self.kl {
             v.push(("kl", kl));
         }
         v
-    }
-
-    fn set_rewards(&mut self, r: &RewardMetrics) {
-        self.rewards_chosen = r.rewards_chosen;
-        self.rewards_rejected = r.rewards_rejected;
-        self.rewards_accuracies = r.rewards_accuracies;
-        self.rewards_margins = r.rewards_margins;
-        self.logps_chosen = r.logps_chosen;
-        self.logps_rejected = r.logps_rejected;
     }
 }
 
@@ -84,25 +60,74 @@ impl StepMetrics {
 /// (`eval_loss`, `eval_rewards/chosen`, ...); no update was made, so there is no gradient
 /// norm or learning rate.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(into = "EvalLine", from = "EvalLine")]
 pub struct EvalMetrics {
     /// Optimizer steps taken when the pairs were evaluated.
     pub step: usize,
     pub eval_loss: f64,
-    #[serde(rename = "eval_rewards/chosen")]
-    pub rewards_chosen: f64,
-    #[serde(rename = "eval_rewards/rejected")]
-    pub rewards_rejected: f64,
-    #[serde(rename = "eval_rewards/accuracies")]
-    pub rewards_accuracies: f64,
-    #[serde(rename = "eval_rewards/margins")]
-    pub rewards_margins: f64,
-    #[serde(rename = "eval_logps/chosen")]
-    pub logps_chosen: f64,
-    #[serde(rename = "eval_logps/rejected")]
-    pub logps_rejected: f64,
+    pub rewards: RewardMetrics,
     /// Held-out pairs evaluated.
     pub eval_pairs: usize,
     pub pair_tokens: usize,
+}
+
+/// [`EvalMetrics`] as a line of `metrics.jsonl`: serde's `flatten` cannot add TRL's
+/// `eval_` prefix to the reward names, so the line spells them out.
+#[derive(Clone, Serialize, Deserialize)]
+struct EvalLine {
+    step: usize,
+    eval_loss: f64,
+    #[serde(rename = "eval_rewards/chosen")]
+    rewards_chosen: f64,
+    #[serde(rename = "eval_rewards/rejected")]
+    rewards_rejected: f64,
+    #[serde(rename = "eval_rewards/accuracies")]
+    rewards_accuracies: f64,
+    #[serde(rename = "eval_rewards/margins")]
+    rewards_margins: f64,
+    #[serde(rename = "eval_logps/chosen")]
+    logps_chosen: f64,
+    #[serde(rename = "eval_logps/rejected")]
+    logps_rejected: f64,
+    eval_pairs: usize,
+    pair_tokens: usize,
+}
+
+impl From<EvalMetrics> for EvalLine {
+    fn from(e: EvalMetrics) -> Self {
+        let r = e.rewards;
+        Self {
+            step: e.step,
+            eval_loss: e.eval_loss,
+            rewards_chosen: r.rewards_chosen,
+            rewards_rejected: r.rewards_rejected,
+            rewards_accuracies: r.rewards_accuracies,
+            rewards_margins: r.rewards_margins,
+            logps_chosen: r.logps_chosen,
+            logps_rejected: r.logps_rejected,
+            eval_pairs: e.eval_pairs,
+            pair_tokens: e.pair_tokens,
+        }
+    }
+}
+
+impl From<EvalLine> for EvalMetrics {
+    fn from(l: EvalLine) -> Self {
+        Self {
+            step: l.step,
+            eval_loss: l.eval_loss,
+            rewards: RewardMetrics {
+                rewards_chosen: l.rewards_chosen,
+                rewards_rejected: l.rewards_rejected,
+                rewards_accuracies: l.rewards_accuracies,
+                rewards_margins: l.rewards_margins,
+                logps_chosen: l.logps_chosen,
+                logps_rejected: l.logps_rejected,
+            },
+            eval_pairs: l.eval_pairs,
+            pair_tokens: l.pair_tokens,
+        }
+    }
 }
 
 /// The callback's answer after each step.
@@ -408,7 +433,7 @@ impl<'m> Trainer<'m> {
             m.loss += s.loss;
             m.pair_tokens += s.tokens;
             m.kl = Some(s.kl);
-            m.set_rewards(&s.rewards);
+            m.rewards = s.rewards;
         } else {
             let mut all = Vec::with_capacity(batch.len());
             for micro in batch.chunks(self.config.micro_batch_size) {
@@ -420,7 +445,7 @@ impl<'m> Trainer<'m> {
                 m.pair_tokens += pairs.iter().map(|p| PreferenceSet::pair_tokens(p)).sum::<usize>();
                 all.extend(s.logps);
             }
-            m.set_rewards(&reward_metrics(self.config.loss.beta(), &all));
+            m.rewards = reward_metrics(self.config.loss.beta(), &all);
         }
         self.apply(grads, &mut m)?;
         m.epoch = self.epoch as f64 + self.position as f64 / self.order.len().max(1) as f64;
@@ -479,15 +504,9 @@ impl<'m> Trainer<'m> {
                 m.pair_tokens += PreferenceSet::pair_tokens(p);
             }
         }
-        let r = reward_metrics(self.config.loss.beta(), &all);
         Ok(EvalMetrics {
             eval_loss: crate::objective::batch_loss(&self.config.loss, &all)?.loss,
-            rewards_chosen: r.rewards_chosen,
-            rewards_rejected: r.rewards_rejected,
-            rewards_accuracies: r.rewards_accuracies,
-            rewards_margins: r.rewards_margins,
-            logps_chosen: r.logps_chosen,
-            logps_rejected: r.logps_rejected,
+            rewards: reward_metrics(self.config.loss.beta(), &all),
             ..m
         })
     }

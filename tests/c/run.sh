@@ -4,8 +4,8 @@
 #   tests/c/run.sh [--static | --asan | --valgrind] LIBDIR MODEL [TEST...]
 #
 # LIBDIR holds libnudge.so and libnudge.a (target/release after `cargo build --release
-# -p nudge-ffi`, or target/release/deps after `cargo test --release`). --static links
-# libnudge.a; --asan builds the C side with AddressSanitizer (leak checking on);
+# -p nudge-ffi`). --static links libnudge.a; --asan builds the C side with
+# AddressSanitizer (leak checking on);
 # --valgrind runs under memcheck with leak checking. TEST defaults to every test
 # (lifecycle generate generate_batch journal misuse threads header).
 set -euo pipefail

@@ -119,7 +119,10 @@ impl Progress for Bars {
     }
     fn step(&mut self, m: &StepMetrics) {
         if let Some(b) = &self.bar {
-            b.set_message(format!("training: loss {:.3} acc {:.2}", m.loss, m.rewards_accuracies));
+            b.set_message(format!(
+                "training: loss {:.3} acc {:.2}",
+                m.loss, m.rewards.rewards_accuracies
+            ));
         }
     }
 }
@@ -239,7 +242,7 @@ fn print_rounds(rounds: &[RoundReport]) {
             r.rows,
             r.steps.len(),
             last.map_or(f64::NAN, |m| m.loss),
-            last.map_or(f64::NAN, |m| m.rewards_accuracies),
+            last.map_or(f64::NAN, |m| m.rewards.rewards_accuracies),
         );
     }
 }

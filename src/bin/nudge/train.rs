@@ -339,7 +339,7 @@ pub fn train(a: TrainArgs) -> Result<()> {
             }
             bar.set_message(format!(
                 "loss {:.4} acc {:.2} margin {:.3} {:.0} tok/s",
-                m.loss, m.rewards_accuracies, m.rewards_margins, m.tokens_per_s
+                m.loss, m.rewards.rewards_accuracies, m.rewards.rewards_margins, m.tokens_per_s
             ));
             bar.inc(1);
             Control::Continue
@@ -367,13 +367,13 @@ pub fn train(a: TrainArgs) -> Result<()> {
         summary.skipped_steps,
         summary.seconds,
         last.map_or(f64::NAN, |m| m.loss),
-        last.map_or(f64::NAN, |m| m.rewards_accuracies),
+        last.map_or(f64::NAN, |m| m.rewards.rewards_accuracies),
         a.out.display()
     );
     if let Some(e) = &summary.eval {
         eprintln!(
             "nudge: held-out loss {:.4}, rewards/accuracies {:.2}, rewards/margins {:.3}",
-            e.eval_loss, e.rewards_accuracies, e.rewards_margins
+            e.eval_loss, e.rewards.rewards_accuracies, e.rewards.rewards_margins
         );
         serde_json::to_writer(&mut log, e)
             .map_err(std::io::Error::other)

