@@ -161,12 +161,15 @@ const DTYPES: [DType; 8] = [
 ];
 
 /// Shapes `(m, n, k)` with `k` a whole number of blocks: ragged against every tile size,
-/// one token, reductions longer than one packed chunk, and more rows than one task takes.
+/// one token and the few rows of batched decoding (which have a path of their own),
+/// reductions longer than one packed chunk, and more rows than one task takes.
 fn shapes(dtype: DType) -> Vec<(usize, usize, usize)> {
     match dtype.block_len() {
         1 => vec![
             (1, 1, 1),
             (1, 70, 96),
+            (2, 33, 48),
+            (4, 83, 80),
             (5, 7, 3),
             (13, 65, 257),
             (37, 100, 320),
@@ -176,6 +179,8 @@ fn shapes(dtype: DType) -> Vec<(usize, usize, usize)> {
         32 => vec![
             (1, 1, 32),
             (1, 70, 96),
+            (2, 45, 160),
+            (4, 131, 96),
             (3, 33, 64),
             (13, 65, 288),
             (37, 100, 320),

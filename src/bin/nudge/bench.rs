@@ -2,7 +2,7 @@
 
 use clap::Subcommand;
 use nudge::Result;
-use nudge::bench::{ScoreBench, score_throughput, train_throughput};
+use nudge::bench::{GenerateBench, ScoreBench, generate_throughput, score_throughput, train_throughput};
 use std::path::PathBuf;
 
 /// The shared training benchmark set, built in so that `nudge bench train` runs anywhere.
@@ -28,6 +28,25 @@ pub enum BenchCommand {
         /// MiB of activations kept for the backward pass (the rest is recomputed).
         #[arg(long, default_value_t = 128)]
         memory_budget_mb: usize,
+        /// One JSON line instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Decoding tokens per second: one row, and a batch of rows decoded together (greedy,
+    /// from a one-token context, as `llama-bench -n` counts).
+    Generate {
+        /// A .gguf file or an HF model folder.
+        #[arg(short, long)]
+        model: PathBuf,
+        /// New tokens per row.
+        #[arg(short = 'n', long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
+        new_tokens: u32,
+        /// Rows of the batched figure.
+        #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=256))]
+        batch: u32,
+        /// Timed repetitions (after one warm-up).
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+        reps: u32,
         /// One JSON line instead of text.
         #[arg(long)]
         json: bool,
@@ -85,6 +104,33 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
                     r.peak_gflops,
                     r.peak_rss_mb,
                     r.final_loss
+                );
+            }
+            Ok(())
+        }
+        BenchCommand::Generate {
+            model,
+            new_tokens,
+            batch,
+            reps,
+            json,
+        } => {
+            let r: GenerateBench = generate_throughput(&model, new_tokens as usize, batch as usize, reps as usize)?;
+            if json {
+                println!("{}", serde_json::to_string(&r).expect("serializable"));
+            } else {
+                println!(
+                    "{}: {} new tokens x {} reps, {} threads: {:.1} tokens/s (best {:.1}), {:.2} GB/s of weights; {} rows together: {:.1} tokens/s ({:.1}x one row)",
+                    r.model,
+                    r.new_tokens,
+                    r.reps,
+                    r.threads,
+                    r.tokens_per_s,
+                    r.best_tokens_per_s,
+                    r.weight_gb_per_s,
+                    r.batch_rows,
+                    r.batch_tokens_per_s,
+                    r.batch_speedup
                 );
             }
             Ok(())

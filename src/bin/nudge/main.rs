@@ -117,17 +117,21 @@ fn main() -> ExitCode {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
     let cli = Cli::parse();
-    if let Some(n) = cli.threads {
-        let started = check_threads(n).and_then(|n| {
-            rayon::ThreadPoolBuilder::new()
-                .num_threads(n)
-                .build_global()
-                .map_err(|e| nudge::Error::invalid(format!("cannot start {n} threads: {e}")))
-        });
-        if let Err(e) = started {
-            eprintln!("nudge: {e}");
-            return ExitCode::from(2);
-        }
+    // The main thread is one of the pool's workers: a parallel product it starts runs on
+    // it and on n - 1 other threads, without handing the call to a sleeping pool and
+    // waiting to be woken (a decoding step makes hundreds of such calls). One thread means
+    // no other thread at all.
+    let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
+    let started = check_threads(cli.threads.unwrap_or(cores)).and_then(|n| {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .use_current_thread()
+            .build_global()
+            .map_err(|e| nudge::Error::invalid(format!("cannot start {n} threads: {e}")))
+    });
+    if let Err(e) = started {
+        eprintln!("nudge: {e}");
+        return ExitCode::from(2);
     }
     let r = match cli.command {
         Command::Demo(a) => demo::run(*a),

@@ -307,7 +307,7 @@ fn task(kern: &Kernel, plan: &Plan, block: Block, ap: &[f32], b: &dyn BSource, o
 /// long reduction (the vocabulary projection's logits reach ~20 from 576 terms of ~0.5)
 /// grows with the number of chunks rather than the number of terms. The chunking depends
 /// only on the reduction length, so results stay independent of threads.
-const CHAIN: usize = 64;
+pub(super) const CHAIN: usize = 64;
 
 /// `c (+)= a · b` over `kc` reduction steps, as chains of at most [`CHAIN`] steps each
 /// computed from zero and then added to the first `rows` rows of `c`.

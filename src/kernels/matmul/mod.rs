@@ -14,18 +14,22 @@
 //!
 //! The driver (`driver`) packs the activation operand once per call, dequantizes a panel
 //! of weight rows into an f32 scratch once per task, and runs a register-blocked microkernel
-//! over it (`scalar`, `x86`, `aarch64`).
+//! over it (`scalar`, `x86`, `aarch64`). A forward product of a few rows (decoding) skips
+//! the panel where the unit has a kernel that expands weights into registers (`gemv`).
 
 use crate::error::{Error, Result};
 use crate::isa::Isa;
 use crate::quant::DType;
 
 mod driver;
+mod gemv;
 mod pack;
 mod scalar;
 
 #[cfg(target_arch = "x86_64")]
 mod x86;
+#[cfg(target_arch = "x86_64")]
+mod x86_gemv;
 
 #[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
 mod aarch64;
@@ -206,6 +210,9 @@ pub fn matmul_wt_isa(
     let (n, k) = (w.rows, w.cols);
     assert!(x.len() >= m * k, "x has {} elements, need {m}x{k}", x.len());
     assert!(y.len() >= m * n, "y has {} elements, need {m}x{n}", y.len());
+    if m <= gemv::MAX_M && gemv::matmul_wt(isa, x, m, w, y) {
+        return;
+    }
     let a = StridedA::new(x, k, 1, 1.0);
     let out = Output {
         c: y,

@@ -157,7 +157,7 @@ unsafe fn transpose_avx512_unchecked(src: *const f32, ld: usize, rows: usize, kc
 /// 16x16 transpose in registers: interleave 32-bit, then 64-bit pairs, then 128-bit lanes
 /// twice.
 #[target_feature(enable = "avx512f")]
-fn transpose16(r: [__m512; 16]) -> [__m512; 16] {
+pub(super) fn transpose16(r: [__m512; 16]) -> [__m512; 16] {
     let mut t = [_mm512_setzero_ps(); 16];
     for i in 0..8 {
         t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
@@ -296,12 +296,12 @@ fn q4_avx512<const WITH_MIN: bool>(src: &[u8], dst: &mut [f32]) {
 }
 
 /// Formats with a fused expand-and-transpose, as const parameters.
-const F32: u8 = 0;
-const F16: u8 = 1;
-const BF16: u8 = 2;
-const Q8_0: u8 = 3;
-const Q4_0: u8 = 4;
-const Q4_1: u8 = 5;
+pub(super) const F32: u8 = 0;
+pub(super) const F16: u8 = 1;
+pub(super) const BF16: u8 = 2;
+pub(super) const Q8_0: u8 = 3;
+pub(super) const Q4_0: u8 = 4;
+pub(super) const Q4_1: u8 = 5;
 
 /// Safety: the CPU has AVX-512F and F16C. See `Kernel::dequant_t`.
 unsafe fn dequant_t_avx512(dtype: DType, rows: &[&[u8]], kc: usize, nr: usize, dst: &mut [f32]) -> bool {
@@ -375,7 +375,7 @@ unsafe fn dequant_t_rows<const D: u8>(rows: &[&[u8]], kc: usize, nr: usize, dst:
 /// dequantizer's arithmetic.
 #[inline]
 #[target_feature(enable = "avx512f,f16c")]
-unsafe fn load16<const D: u8>(row: *const u8, p: usize) -> __m512 {
+pub(super) unsafe fn load16<const D: u8>(row: *const u8, p: usize) -> __m512 {
     let (block, half) = (p / 32, (p / 16) % 2);
     let scale = |at: *const u8| {
         // SAFETY: `at` points at an f16 inside the row.

@@ -1,6 +1,10 @@
 //! Throughput measurements shared by `nudge bench` and the criterion benches.
 //! Figures are reported against a measured FMA peak of this machine, never asserted.
 
+mod generate;
+
+pub use generate::{GenerateBench, generate_throughput};
+
 use crate::error::Result;
 use crate::kernels::attention::AttnLayout;
 use crate::model::Model;
