@@ -284,7 +284,8 @@ fn q4_avx512<const WITH_MIN: bool>(src: &[u8], dst: &mut [f32]) {
                 let q = _mm512_cvtepu8_epi32(q);
                 let y = if WITH_MIN {
                     let m = _mm512_set1_ps(f16_at(b, 2));
-                    _mm512_add_ps(_mm512_mul_ps(d, _mm512_cvtepi32_ps(q)), m)
+                    // Exact product, one rounding: the reference's bits (see `load16`).
+                    _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(q), m)
                 } else {
                     let q = _mm512_sub_epi32(q, _mm512_set1_epi32(8));
                     _mm512_mul_ps(d, _mm512_cvtepi32_ps(q))
@@ -416,8 +417,9 @@ pub(super) unsafe fn load16<const D: u8>(row: *const u8, p: usize) -> __m512 {
             _ => {
                 let b = row.add(20 * block);
                 let q = nibbles(_mm_loadu_si128(b.add(4).cast()));
-                let y = _mm512_mul_ps(scale(b), _mm512_cvtepi32_ps(q));
-                _mm512_add_ps(y, scale(b.add(2)))
+                // `d * q` is exact (an f16 times a nibble): one rounding, as the reference's
+                // multiply then add.
+                _mm512_fmadd_ps(scale(b), _mm512_cvtepi32_ps(q), scale(b.add(2)))
             }
         }
     }
