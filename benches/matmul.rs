@@ -53,6 +53,12 @@ fn bench(c: &mut Criterion) {
             group.bench_function(BenchmarkId::new("backward", &id), |bch| {
                 bch.iter(|| matmul_w_acc(&dy, M, &w, &mut dx))
             });
+            // Decoding: one activation row, bound by reading the weight (bytes per second).
+            group.throughput(Throughput::Bytes(data.len() as u64));
+            let mut y1 = vec![0.0; n];
+            group.bench_function(BenchmarkId::new("decode", format!("{dtype}/m1_n{n}_k{k}")), |bch| {
+                bch.iter(|| matmul_wt(&x[..k], 1, &w, &mut y1))
+            });
         }
     }
     // Attention scores of one head: q · kᵀ over 512 positions.

@@ -1,12 +1,114 @@
 //! `nudge bench`: throughput figures on this machine.
 
-use clap::Subcommand;
+use clap::{Args, Subcommand};
 use nudge::Result;
 use nudge::bench::{GenerateBench, ScoreBench, generate_throughput, score_throughput, train_throughput};
 use std::path::PathBuf;
 
 /// The shared training benchmark set, built in so that `nudge bench train` runs anywhere.
 const BENCH_PREFS: &str = include_str!("../../../benches/data/prefs-64.jsonl");
+
+/// `nudge bench` with no subcommand.
+#[derive(Args)]
+pub struct Headline {
+    /// A .gguf file or an HF model folder (default: models/SmolLM2-135M-Instruct.Q4_1.gguf,
+    /// fetched when missing, as `nudge demo` does).
+    #[arg(short, long)]
+    model: Option<PathBuf>,
+    /// One JSON object per figure per line instead of the table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// One line of the headline table.
+#[derive(serde::Serialize)]
+struct Figure {
+    figure: &'static str,
+    value: f64,
+    unit: &'static str,
+    /// Of the machine's FMA peak (compute-bound figures) or null.
+    fraction_of_peak: Option<f64>,
+    note: String,
+}
+
+/// The headline figures: decoding one row and 16 rows, forward scoring of 512 tokens, DPO
+/// training on the built-in benchmark set with its peak memory.
+pub fn headline(h: &Headline) -> Result<()> {
+    let model = match &h.model {
+        Some(m) => m.clone(),
+        None => crate::fetch::default_model()?,
+    };
+    let g = generate_throughput(&model, 64, 16, 3)?;
+    let s = score_throughput(&model, 512, 3)?;
+    let t = train_throughput(
+        &model,
+        BENCH_PREFS,
+        "benches/data/prefs-64.jsonl".as_ref(),
+        8,
+        2,
+        128 << 20,
+    )?;
+    let figures = [
+        Figure {
+            figure: "decode, one row",
+            value: g.tokens_per_s,
+            unit: "tokens/s",
+            fraction_of_peak: None,
+            note: format!("weights read at {:.2} GB/s", g.weight_gb_per_s),
+        },
+        Figure {
+            figure: "decode, 16 rows together",
+            value: g.batch_tokens_per_s,
+            unit: "tokens/s",
+            fraction_of_peak: None,
+            note: format!("{:.1}x one row", g.batch_speedup),
+        },
+        Figure {
+            figure: "forward, 512 tokens",
+            value: s.tokens_per_s,
+            unit: "tokens/s",
+            fraction_of_peak: Some(s.peak_fraction),
+            note: format!("{:.1} GFLOP/s", s.gflops),
+        },
+        Figure {
+            figure: "DPO training, prefs-64",
+            value: t.pair_tokens_per_s,
+            unit: "pair-tokens/s",
+            fraction_of_peak: Some(t.peak_fraction),
+            note: format!("{:.1} GFLOP/s", t.gflops),
+        },
+        Figure {
+            figure: "peak RSS, DPO training",
+            value: t.peak_rss_mb,
+            unit: "MB",
+            fraction_of_peak: None,
+            note: "mapped model pages included".to_string(),
+        },
+    ];
+    if h.json {
+        for f in &figures {
+            println!("{}", serde_json::to_string(f).expect("serializable"));
+        }
+        return Ok(());
+    }
+    println!(
+        "{} on {} threads (FMA peak estimate {:.0} GFLOP/s)",
+        model.display(),
+        g.threads,
+        s.peak_gflops
+    );
+    println!("{:<26} {:>10} {:<14} {:>9}  note", "figure", "value", "unit", "of peak");
+    for f in &figures {
+        let peak = f
+            .fraction_of_peak
+            .map_or("-".to_string(), |p| format!("{:.1}%", 100.0 * p));
+        println!(
+            "{:<26} {:>10.1} {:<14} {:>9}  {}",
+            f.figure, f.value, f.unit, peak, f.note
+        );
+    }
+    Ok(())
+}
 
 #[derive(Subcommand)]
 pub enum BenchCommand {

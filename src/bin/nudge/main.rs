@@ -101,10 +101,13 @@ enum Command {
         #[command(subcommand)]
         what: journal::JournalCommand,
     },
-    /// Measure throughput.
+    /// Measure throughput: with no subcommand, the headline figures of a model (decoding,
+    /// batched decoding, forward scoring, DPO training, peak memory) as a table.
     Bench {
         #[command(subcommand)]
-        what: bench::BenchCommand,
+        what: Option<bench::BenchCommand>,
+        #[command(flatten)]
+        headline: bench::Headline,
     },
 }
 
@@ -149,7 +152,10 @@ fn main() -> ExitCode {
         Command::Merge(a) => merge::merge_command(*a),
         Command::Export(a) => export::export(a),
         Command::Journal { what } => journal::run(what),
-        Command::Bench { what } => bench::run(what),
+        Command::Bench { what, headline } => match what {
+            Some(what) => bench::run(what),
+            None => bench::headline(&headline),
+        },
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

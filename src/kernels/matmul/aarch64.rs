@@ -19,17 +19,10 @@ pub(super) const NEON: Kernel = Kernel {
 };
 
 /// The first `R` rows of a tile. Safety: see `Kernel::tiles`.
-unsafe fn tile<const R: usize>(kc: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize, load: bool) {
+unsafe fn tile<const R: usize>(kc: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize, add: bool) {
     // SAFETY: the extents of a, b and c are the caller's contract; NEON is baseline.
     unsafe {
         let mut acc = [[vdupq_n_f32(0.0); 3]; R];
-        if load {
-            for (i, row) in acc.iter_mut().enumerate() {
-                for (v, r) in row.iter_mut().enumerate() {
-                    *r = vld1q_f32(c.add(i * ldc + 4 * v));
-                }
-            }
-        }
         let (mut a, mut b) = (a, b);
         for _ in 0..kc {
             let b0 = vld1q_f32(b);
@@ -46,7 +39,9 @@ unsafe fn tile<const R: usize>(kc: usize, a: *const f32, b: *const f32, c: *mut 
         }
         for (i, row) in acc.iter().enumerate() {
             for (v, r) in row.iter().enumerate() {
-                vst1q_f32(c.add(i * ldc + 4 * v), *r);
+                let at = c.add(i * ldc + 4 * v);
+                let r = if add { vaddq_f32(vld1q_f32(at), *r) } else { *r };
+                vst1q_f32(at, r);
             }
         }
     }

@@ -21,10 +21,10 @@ use std::ops::Range;
 pub(super) struct Kernel {
     pub mr: usize,
     pub nr: usize,
-    /// `tiles[r - 1]` computes the first `r` rows of a tile:
-    /// `c[i*ldc + j] = (load ? c[i*ldc + j] : 0) (+ a[p*mr + i] * b[p*nr + j])` over
-    /// `p = 0..kc` in order, each step a fused multiply-add, for `i < r`, `j < nr`.
-    /// Short blocks of rows (one token) then cost what they compute.
+    /// `tiles[r - 1]` computes the first `r` rows of a tile: the chain
+    /// `s = 0 (+ a[p*mr + i] * b[p*nr + j])` over `p = 0..kc` in order, each step a fused
+    /// multiply-add, then `c[i*ldc + j] = add ? c[i*ldc + j] + s : s`, for `i < r`,
+    /// `j < nr`. Short blocks of rows (one token) then cost what they compute.
     ///
     /// Safety: `a` is readable for `kc*mr`, `b` for `kc*nr` elements; rows `i < r` of `c`
     /// are readable and writable for `nr` elements from `c + i*ldc`; the CPU has the unit.
@@ -47,7 +47,7 @@ pub(super) struct Kernel {
     pub dequant_t: DequantTFn,
 }
 
-pub(super) type TileFn = unsafe fn(kc: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize, load: bool);
+pub(super) type TileFn = unsafe fn(kc: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize, add: bool);
 
 pub(super) type TransposeFn = unsafe fn(src: &[f32], ld: usize, rows: usize, kc: usize, nr: usize, dst: &mut [f32]);
 
@@ -320,24 +320,8 @@ unsafe fn chain(kern: &Kernel, rows: usize, kc: usize, a: *const f32, b: *const 
     while s0 < kc {
         let sk = CHAIN.min(kc - s0);
         // SAFETY: s0 + sk <= kc keeps both panels in bounds; `c` is the caller's tile.
-        unsafe {
-            let (ap, bp) = (a.add(s0 * mr), b.add(s0 * nr));
-            if s0 == 0 && !load {
-                tile(sk, ap, bp, c, ldc, false);
-            } else {
-                // Every element the tile reads back is one it wrote first (load = false).
-                let mut t = std::mem::MaybeUninit::<[f32; TILE_MAX]>::uninit();
-                let t = t.as_mut_ptr() as *mut f32;
-                tile(sk, ap, bp, t, nr, false);
-                let t = std::slice::from_raw_parts(t, rows * nr);
-                for r in 0..rows {
-                    let row = c.add(r * ldc);
-                    for (j, &v) in t[r * nr..(r + 1) * nr].iter().enumerate() {
-                        *row.add(j) += v;
-                    }
-                }
-            }
-        }
+        // The tile adds its chain to `c` in registers when `c` already holds a sum.
+        unsafe { tile(sk, a.add(s0 * mr), b.add(s0 * nr), c, ldc, s0 > 0 || load) };
         s0 += sk;
     }
 }

@@ -16,7 +16,7 @@ pub(super) const SCALAR: Kernel = Kernel {
 };
 
 /// The first `R` rows of a tile. Safety: see `Kernel::tiles`.
-unsafe fn tile<const R: usize>(kc: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize, load: bool) {
+unsafe fn tile<const R: usize>(kc: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize, add: bool) {
     // SAFETY: the caller guarantees the extents documented on `Kernel::tiles`.
     let (a, b) = unsafe {
         (
@@ -25,12 +25,6 @@ unsafe fn tile<const R: usize>(kc: usize, a: *const f32, b: *const f32, c: *mut 
         )
     };
     let mut acc = [[0.0f32; NR]; R];
-    if load {
-        for (i, row) in acc.iter_mut().enumerate() {
-            // SAFETY: row i of the tile is readable for NR elements.
-            *row = unsafe { std::ptr::read_unaligned(c.add(i * ldc).cast::<[f32; NR]>()) };
-        }
-    }
     for (ap, bp) in a.chunks_exact(MR).zip(b.chunks_exact(NR)) {
         for (row, &ai) in acc.iter_mut().zip(ap) {
             for (o, &bj) in row.iter_mut().zip(bp) {
@@ -38,7 +32,14 @@ unsafe fn tile<const R: usize>(kc: usize, a: *const f32, b: *const f32, c: *mut 
             }
         }
     }
-    for (i, row) in acc.iter().enumerate() {
+    for (i, row) in acc.iter_mut().enumerate() {
+        if add {
+            // SAFETY: row i of the tile is readable for NR elements.
+            let old = unsafe { std::ptr::read_unaligned(c.add(i * ldc).cast::<[f32; NR]>()) };
+            for (o, v) in row.iter_mut().zip(old) {
+                *o += v;
+            }
+        }
         // SAFETY: row i of the tile is writable for NR elements.
         unsafe { std::ptr::write_unaligned(c.add(i * ldc).cast::<[f32; NR]>(), *row) };
     }

@@ -51,17 +51,11 @@ pub(super) const AVX2: Kernel = Kernel {
 /// The first `R` rows of a `12 x 32` tile. Safety: see `Kernel::tiles`; the CPU has
 /// AVX-512F.
 #[target_feature(enable = "avx512f")]
-unsafe fn tile_avx512<const R: usize>(kc: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize, load: bool) {
+unsafe fn tile_avx512<const R: usize>(kc: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize, add: bool) {
     let mut lo = [_mm512_setzero_ps(); R];
     let mut hi = [_mm512_setzero_ps(); R];
     // SAFETY: the extents of a, b and c are the caller's contract.
     unsafe {
-        if load {
-            for i in 0..R {
-                lo[i] = _mm512_loadu_ps(c.add(i * ldc));
-                hi[i] = _mm512_loadu_ps(c.add(i * ldc + 16));
-            }
-        }
         let (mut a, mut b) = (a, b);
         for _ in 0..kc {
             let b0 = _mm512_loadu_ps(b);
@@ -75,6 +69,10 @@ unsafe fn tile_avx512<const R: usize>(kc: usize, a: *const f32, b: *const f32, c
             b = b.add(32);
         }
         for i in 0..R {
+            if add {
+                lo[i] = _mm512_add_ps(_mm512_loadu_ps(c.add(i * ldc)), lo[i]);
+                hi[i] = _mm512_add_ps(_mm512_loadu_ps(c.add(i * ldc + 16)), hi[i]);
+            }
             _mm512_storeu_ps(c.add(i * ldc), lo[i]);
             _mm512_storeu_ps(c.add(i * ldc + 16), hi[i]);
         }
@@ -84,17 +82,11 @@ unsafe fn tile_avx512<const R: usize>(kc: usize, a: *const f32, b: *const f32, c
 /// The first `R` rows of a `6 x 16` tile. Safety: see `Kernel::tiles`; the CPU has AVX2
 /// and FMA.
 #[target_feature(enable = "avx2,fma")]
-unsafe fn tile_avx2<const R: usize>(kc: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize, load: bool) {
+unsafe fn tile_avx2<const R: usize>(kc: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize, add: bool) {
     let mut lo = [_mm256_setzero_ps(); R];
     let mut hi = [_mm256_setzero_ps(); R];
     // SAFETY: the extents of a, b and c are the caller's contract.
     unsafe {
-        if load {
-            for i in 0..R {
-                lo[i] = _mm256_loadu_ps(c.add(i * ldc));
-                hi[i] = _mm256_loadu_ps(c.add(i * ldc + 8));
-            }
-        }
         let (mut a, mut b) = (a, b);
         for _ in 0..kc {
             let b0 = _mm256_loadu_ps(b);
@@ -108,6 +100,10 @@ unsafe fn tile_avx2<const R: usize>(kc: usize, a: *const f32, b: *const f32, c: 
             b = b.add(16);
         }
         for i in 0..R {
+            if add {
+                lo[i] = _mm256_add_ps(_mm256_loadu_ps(c.add(i * ldc)), lo[i]);
+                hi[i] = _mm256_add_ps(_mm256_loadu_ps(c.add(i * ldc + 8)), hi[i]);
+            }
             _mm256_storeu_ps(c.add(i * ldc), lo[i]);
             _mm256_storeu_ps(c.add(i * ldc + 8), hi[i]);
         }
