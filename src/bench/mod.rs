@@ -198,6 +198,8 @@ pub struct TrainBench {
     pub data: String,
     pub steps: usize,
     pub pairs_per_step: usize,
+    pub pairs_per_pass: usize,
+    pub memory_budget_mb: usize,
     pub threads: usize,
     /// Pair-tokens as TRL counts them (prompt + chosen + prompt + rejected) per second of
     /// optimizer steps, with the reference log-probs already cached.
@@ -226,6 +228,14 @@ pub fn peak_rss_bytes() -> usize {
         .map_or(0, |kb| kb * 1024)
 }
 
+/// Pairs per optimizer step, and per forward-backward pass (the working memory of a pass
+/// grows with its tokens; the gradient is accumulated over the passes of a step).
+#[derive(Clone, Copy, Debug)]
+pub struct PairsPerStep {
+    pub step: usize,
+    pub micro: usize,
+}
+
 /// `nudge bench train`: LoRA r=8, alpha=16 on all seven projections, sigmoid DPO,
 /// `pairs_per_step` pairs per step, over the first steps of `data` (JSONL text; `data_name`
 /// names it in reports).
@@ -234,9 +244,13 @@ pub fn train_throughput(
     data: &str,
     data_name: &Path,
     steps: usize,
-    pairs_per_step: usize,
+    pairs: PairsPerStep,
     memory_budget: usize,
 ) -> Result<TrainBench> {
+    let PairsPerStep {
+        step: pairs_per_step,
+        micro: micro_batch,
+    } = pairs;
     use crate::adapter::{Adapter, LoraConfig};
     use crate::data::{PreferenceSet, Truncation};
     use crate::model::Recompute;
@@ -254,7 +268,7 @@ pub fn train_throughput(
     let (r, targets) = (adapter.config.r, adapter.config.target_modules.len());
     let config = TrainConfig {
         batch_size: pairs_per_step,
-        micro_batch_size: pairs_per_step,
+        micro_batch_size: micro_batch.clamp(1, pairs_per_step),
         shuffle: false,
         max_steps: Some(steps),
         epochs: 1,
@@ -280,7 +294,7 @@ pub fn train_throughput(
     let pair_tokens: usize = pairs.iter().map(PreferenceSet::pair_tokens).sum();
     // Flops of the steps as run: layers kept under the budget are not recomputed.
     let mut flops = 0.0;
-    for chunk in pairs.chunks(pairs_per_step) {
+    for chunk in pairs.chunks(micro_batch.clamp(1, pairs_per_step)) {
         let t: usize = chunk
             .iter()
             .map(|p| p.prompt.len() + p.chosen.len() + p.rejected.len())
@@ -297,6 +311,8 @@ pub fn train_throughput(
         data: data_name.display().to_string(),
         steps,
         pairs_per_step,
+        pairs_per_pass: micro_batch.clamp(1, pairs_per_step),
+        memory_budget_mb: memory_budget >> 20,
         threads: rayon::current_num_threads(),
         pair_tokens_per_s: pair_tokens as f64 / train_seconds,
         pair_tokens_per_s_with_reference: pair_tokens as f64 / (train_seconds + reference_seconds),

@@ -2,7 +2,7 @@
 
 use clap::{Args, Subcommand};
 use nudge::Result;
-use nudge::bench::{GenerateBench, ScoreBench, generate_throughput, score_throughput, train_throughput};
+use nudge::bench::{GenerateBench, PairsPerStep, ScoreBench, generate_throughput, score_throughput, train_throughput};
 use std::path::PathBuf;
 
 /// The shared training benchmark set, built in so that `nudge bench train` runs anywhere.
@@ -45,8 +45,8 @@ pub fn headline(h: &Headline) -> Result<()> {
         BENCH_PREFS,
         "benches/data/prefs-64.jsonl".as_ref(),
         8,
-        2,
-        128 << 20,
+        PairsPerStep { step: 2, micro: 1 },
+        32 << 20,
     )?;
     let figures = [
         Figure {
@@ -127,8 +127,12 @@ pub enum BenchCommand {
         /// Pairs per optimizer step.
         #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..))]
         pairs_per_step: u32,
+        /// Pairs per forward-backward pass (gradients accumulate over a step's passes; the
+        /// working memory grows with a pass's tokens).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+        pairs_per_pass: u32,
         /// MiB of activations kept for the backward pass (the rest is recomputed).
-        #[arg(long, default_value_t = 128)]
+        #[arg(long, default_value_t = 32)]
         memory_budget_mb: usize,
         /// One JSON line instead of text.
         #[arg(long)]
@@ -177,6 +181,7 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
             data,
             steps,
             pairs_per_step,
+            pairs_per_pass,
             memory_budget_mb,
             json,
         } => {
@@ -188,15 +193,21 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
                 None => (BENCH_PREFS.to_string(), PathBuf::from("benches/data/prefs-64.jsonl")),
             };
             let budget = memory_budget_mb.saturating_mul(1 << 20);
-            let r = train_throughput(&model, &text, &name, steps as usize, pairs_per_step as usize, budget)?;
+            let pairs = PairsPerStep {
+                step: pairs_per_step as usize,
+                micro: pairs_per_pass as usize,
+            };
+            let r = train_throughput(&model, &text, &name, steps as usize, pairs, budget)?;
             if json {
                 println!("{}", serde_json::to_string(&r).expect("serializable"));
             } else {
                 println!(
-                    "{}: {} steps x {} pairs, {} threads: {:.1} pair-tokens/s ({:.1} with the reference pass of {:.1}s), {:.1} GFLOP/s = {:.1}% of the {:.0} GFLOP/s FMA peak estimate, peak RSS {:.0} MB, final loss {:.4}",
+                    "{}: {} steps x {} pairs ({} a pass, {} MiB of activations kept), {} threads: {:.1} pair-tokens/s ({:.1} with the reference pass of {:.1}s), {:.1} GFLOP/s = {:.1}% of the {:.0} GFLOP/s FMA peak estimate, peak RSS {:.0} MB, final loss {:.4}",
                     r.model,
                     r.steps,
                     r.pairs_per_step,
+                    r.pairs_per_pass,
+                    r.memory_budget_mb,
                     r.threads,
                     r.pair_tokens_per_s,
                     r.pair_tokens_per_s_with_reference,
