@@ -8,7 +8,6 @@
 //! bits a full forward gives.
 
 use super::WeightRef;
-use crate::isa::Isa;
 use rayon::prelude::*;
 
 /// The most activation rows one call serves; more go through the tiled path, which shares
@@ -58,10 +57,16 @@ impl YOut {
     }
 }
 
-/// `y = x · Wᵀ` for `m <= MAX_M` rows when `isa` has a kernel for the weight's format and
-/// shape; false (nothing written) otherwise. The caller has checked the extents.
-pub(super) fn matmul_wt(isa: Isa, x: &[f32], m: usize, w: &WeightRef, y: &mut [f32]) -> bool {
-    let Some(kernel) = group_kernel(isa, w, m) else {
+/// A unit's choice of kernel for a weight and a number of activation rows, if it has one.
+pub(super) type PickFn = fn(w: &WeightRef, m: usize) -> Option<GroupFn>;
+
+/// `y = x · Wᵀ` for `m <= MAX_M` rows when the unit (`pick`) has a kernel for the weight's
+/// format and shape; false (nothing written) otherwise. The caller has checked the extents.
+pub(super) fn matmul_wt(pick: PickFn, x: &[f32], m: usize, w: &WeightRef, y: &mut [f32]) -> bool {
+    if m == 0 || m > MAX_M || w.rows == 0 || w.cols == 0 {
+        return false;
+    }
+    let Some(kernel) = pick(w, m) else {
         return false;
     };
     let (n, k) = (w.rows, w.cols);
@@ -96,21 +101,9 @@ pub(super) fn matmul_wt(isa: Isa, x: &[f32], m: usize, w: &WeightRef, y: &mut [f
             }
             // SAFETY: each pointer starts a stored row of k elements (the view is valid);
             // x holds m rows of k; the columns r0..r0+count of the m rows of y are inside
-            // y and this task's alone; the kernel's unit was checked by `group_kernel`.
+            // y and this task's alone; the kernel's unit was checked by the caller.
             unsafe { kernel(&rows, x.as_ptr(), k, out.column(r0), n) };
         }
     });
     true
-}
-
-/// The kernel for this weight and row count, if the unit has one.
-fn group_kernel(isa: Isa, w: &WeightRef, m: usize) -> Option<GroupFn> {
-    if m == 0 || m > MAX_M || w.rows == 0 || w.cols == 0 {
-        return None;
-    }
-    match isa {
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => super::x86_gemv::group_kernel(w, m),
-        _ => None,
-    }
 }

@@ -185,6 +185,16 @@ fn kernel(isa: Isa) -> Kernel {
     }
 }
 
+/// The unit's kernels for a few activation rows, if it has them.
+fn gemv_kernels(isa: Isa) -> Option<gemv::PickFn> {
+    assert!(isa.is_supported(), "{isa:?} is not supported by this CPU");
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => Some(x86_gemv::group_kernel),
+        _ => None,
+    }
+}
+
 /// `y[m, n] = x[m, k] · Wᵀ` (overwrites `y`), with `n = w.rows`, `k = w.cols`.
 ///
 /// # Panics
@@ -210,7 +220,10 @@ pub fn matmul_wt_isa(
     let (n, k) = (w.rows, w.cols);
     assert!(x.len() >= m * k, "x has {} elements, need {m}x{k}", x.len());
     assert!(y.len() >= m * n, "y has {} elements, need {m}x{n}", y.len());
-    if m <= gemv::MAX_M && gemv::matmul_wt(isa, x, m, w, y) {
+    if m <= gemv::MAX_M
+        && let Some(pick) = gemv_kernels(isa)
+        && gemv::matmul_wt(pick, x, m, w, y)
+    {
         return;
     }
     let a = StridedA::new(x, k, 1, 1.0);

@@ -74,26 +74,38 @@ unsafe fn group<const D: u8, const M: usize, const G: usize>(
         // Each part asks for its share of the next call's rows.
         let share = rows.ahead.len().div_ceil(parts);
         let ahead = &rows.ahead[(n * share).min(rows.ahead.len())..((n + 1) * share).min(rows.ahead.len())];
+        let io = Io {
+            x,
+            ldx,
+            y: y.wrapping_add(r0),
+            ldy,
+        };
         // SAFETY: the caller's contract, for rows r0..count.
-        unsafe { groups::<D, M, G>(&part, (count - r0).min(16 * G), rows.k, ahead, x, ldx, y.add(r0), ldy) };
+        unsafe { groups::<D, M, G>(&part, (count - r0).min(16 * G), rows.k, ahead, &io) };
     }
+}
+
+/// The activation rows `x` (`ldx` apart) and the output rows `y` (`ldy` apart) of a call.
+#[derive(Clone, Copy)]
+struct Io {
+    x: *const f32,
+    ldx: usize,
+    y: *mut f32,
+    ldy: usize,
 }
 
 /// [`group`] for at most `16 * G` rows, asking for `ahead` as it goes.
 ///
 /// Safety: see [`GroupFn`]; the CPU has AVX-512F and F16C.
-#[allow(clippy::too_many_arguments)] // the kernel's operands, split from `Rows` by `group`
 #[target_feature(enable = "avx512f,f16c")]
 unsafe fn groups<const D: u8, const M: usize, const G: usize>(
     rows: &[*const u8; 32],
     count: usize,
     k: usize,
     ahead: &[u8],
-    x: *const f32,
-    ldx: usize,
-    y: *mut f32,
-    ldy: usize,
+    io: &Io,
 ) {
+    let Io { x, ldx, y, ldy } = *io;
     // Rows past `count` in a group of 16 repeat its first; a second group past `count`
     // repeats the first row (computed, never stored).
     let groups: [[*const u8; 16]; G] = std::array::from_fn(|g| {
