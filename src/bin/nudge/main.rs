@@ -124,8 +124,11 @@ fn main() -> ExitCode {
     // it and on n - 1 other threads, without handing the call to a sleeping pool and
     // waiting to be woken (a decoding step makes hundreds of such calls). One thread means
     // no other thread at all.
+    // Without --threads: RAYON_NUM_THREADS, as rayon's own default pool would honor, else
+    // every core.
     let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
-    let started = check_threads(cli.threads.unwrap_or(cores)).and_then(|n| {
+    let from_env = std::env::var("RAYON_NUM_THREADS").ok().and_then(|v| v.parse().ok());
+    let started = check_threads(cli.threads.or(from_env).unwrap_or(cores)).and_then(|n| {
         rayon::ThreadPoolBuilder::new()
             .num_threads(n)
             .use_current_thread()
