@@ -24,6 +24,41 @@ fn tiny_model_opens_and_scores() {
 }
 
 #[test]
+fn sizes_that_would_overflow_and_scaling_that_would_give_nan_are_refused() {
+    let s = TinySpec::default();
+    let cases: [(&str, &str, serde_json::Value); 5] = [
+        ("head_dim", "head_dim", serde_json::json!(9223372036854775824u64)),
+        ("heads", "num_attention_heads", serde_json::json!(1u64 << 40)),
+        ("positions", "max_position_embeddings", serde_json::json!(1u64 << 50)),
+        (
+            "linear0",
+            "rope_scaling.factor",
+            serde_json::json!({"rope_type": "linear", "factor": 0.0}),
+        ),
+        (
+            "llama3",
+            "rope_scaling.high_freq_factor",
+            serde_json::json!({"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 4.0,
+                "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}),
+        ),
+    ];
+    for (name, field, value) in cases {
+        let d = fresh_dir(&format!("bad-config-size-{name}"));
+        write_model(&d, &s);
+        let mut c = config_json(&s);
+        let key = if field.starts_with("rope_scaling") {
+            "rope_scaling"
+        } else {
+            field
+        };
+        c[key] = value;
+        std::fs::write(d.join("config.json"), c.to_string()).unwrap();
+        let e = open_err(&d);
+        assert!(matches!(&e, Error::Field { field: f, .. } if f == field), "{name}: {e}");
+    }
+}
+
+#[test]
 fn malformed_config_json() {
     let d = fresh_dir("bad-config-json");
     write_model(&d, &TinySpec::default());

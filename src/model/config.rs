@@ -71,6 +71,28 @@ impl Config {
         pos("num_attention_heads", self.num_attention_heads)?;
         pos("num_key_value_heads", self.num_key_value_heads)?;
         pos("max_position_embeddings", self.max_position_embeddings)?;
+        // Guards the activation sizes computed from these numbers (`q_dim`, `kv_dim` and
+        // every buffer shaped by them stay far from overflowing).
+        let big = 1usize << 24;
+        let small = 1usize << 16;
+        for (name, v, limit) in [
+            ("vocab_size", self.vocab_size, big),
+            ("hidden_size", self.hidden_size, big),
+            ("intermediate_size", self.intermediate_size, big),
+            ("num_hidden_layers", self.num_hidden_layers, big),
+            ("max_position_embeddings", self.max_position_embeddings, big),
+            ("head_dim", self.head_dim, small),
+            ("num_attention_heads", self.num_attention_heads, small),
+            ("num_key_value_heads", self.num_key_value_heads, small),
+        ] {
+            if v > limit {
+                return Err(Error::field(
+                    file,
+                    name,
+                    format!("{v} is implausibly large (at most {limit})"),
+                ));
+            }
+        }
         if self.head_dim == 0 || !self.head_dim.is_multiple_of(2) {
             return Err(Error::field(
                 file,
@@ -111,19 +133,57 @@ impl Config {
                 format!("{} factors for head_dim {}", f.len(), self.head_dim),
             ));
         }
-        // Guards the activation sizes computed from these numbers.
-        let big = 1usize << 24;
-        for (name, v) in [
-            ("vocab_size", self.vocab_size),
-            ("hidden_size", self.hidden_size),
-            ("intermediate_size", self.intermediate_size),
-            ("num_hidden_layers", self.num_hidden_layers),
-        ] {
-            if v > big {
-                return Err(Error::field(file, name, format!("{v} is implausibly large")));
+        self.validate_rope_scaling(file)
+    }
+
+    /// Scaling factors that divide positions or frequencies: positive and finite, or the
+    /// rotary embedding turns to NaN (and every log-prob with it).
+    fn validate_rope_scaling(&self, file: &Path) -> Result<()> {
+        let positive = |name: &str, v: f32| {
+            if v.is_finite() && v > 0.0 {
+                Ok(())
+            } else {
+                Err(Error::field(file, name, format!("{v} is not a positive number")))
             }
+        };
+        match &self.rope_scaling {
+            RopeScaling::None => Ok(()),
+            RopeScaling::Linear { factor } => positive("rope_scaling.factor", *factor),
+            RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position_embeddings,
+            } => {
+                positive("rope_scaling.factor", *factor)?;
+                positive("rope_scaling.low_freq_factor", *low_freq_factor)?;
+                positive("rope_scaling.high_freq_factor", *high_freq_factor)?;
+                // The smoothing between the two divides by their difference.
+                if high_freq_factor <= low_freq_factor {
+                    return Err(Error::field(
+                        file,
+                        "rope_scaling.high_freq_factor",
+                        format!("{high_freq_factor} is not above low_freq_factor {low_freq_factor}"),
+                    ));
+                }
+                if *original_max_position_embeddings == 0 {
+                    return Err(Error::field(
+                        file,
+                        "rope_scaling.original_max_position_embeddings",
+                        "must be positive",
+                    ));
+                }
+                Ok(())
+            }
+            RopeScaling::Factors(f) => match f.iter().find(|v| !(v.is_finite() && **v > 0.0)) {
+                Some(v) => Err(Error::field(
+                    file,
+                    "rope_freqs",
+                    format!("factor {v} is not a positive number"),
+                )),
+                None => Ok(()),
+            },
         }
-        Ok(())
     }
 
     /// Parses an HF `config.json`.
