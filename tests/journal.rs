@@ -94,6 +94,32 @@ fn sample_records() -> Vec<Record> {
 }
 
 #[test]
+fn a_journal_whose_sequence_numbers_run_out_refuses_appends_and_loses_nothing() {
+    let dir = fresh_dir("journal-seq-exhausted");
+    let path = dir.join("j.nj");
+    // A header (with a valid checksum) whose next sequence number is the last there is.
+    std::fs::write(&path, nudge::journal::frame::encode_header(u64::MAX - 1)).unwrap();
+    let (mut j, _) = Journal::open(&path, Durability::EveryRecord).unwrap();
+    assert_eq!(j.append(thumb("a", "p", "c", true, None)).unwrap(), u64::MAX - 1);
+    assert_eq!(j.next_sequence(), u64::MAX);
+    let e = j.append(thumb("b", "p", "c", false, None)).unwrap_err();
+    assert!(e.to_string().contains("exhausted"), "{e}");
+    drop(j);
+    // Every acknowledged record reads back.
+    let (j, _) = Journal::open(&path, Durability::EveryRecord).unwrap();
+    assert_eq!(j.entries().len(), 1);
+    assert_eq!(j.entries()[0].seq, u64::MAX - 1);
+    drop(j);
+
+    std::fs::write(&path, nudge::journal::frame::encode_header(u64::MAX)).unwrap();
+    let (mut j, _) = Journal::open(&path, Durability::EveryRecord).unwrap();
+    assert!(j.append(thumb("c", "p", "c", true, None)).is_err());
+    drop(j);
+    let (j, _) = Journal::open(&path, Durability::EveryRecord).unwrap();
+    assert!(j.entries().is_empty());
+}
+
+#[test]
 fn round_trip_keeps_every_record_and_its_sequence() {
     let dir = fresh_dir("journal-round-trip");
     let recs = sample_records();

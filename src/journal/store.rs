@@ -339,11 +339,12 @@ impl Journal {
             .map(|i| &self.entries[i])
     }
 
-    /// The sequence number the next append gets.
+    /// The sequence number the next append gets (`u64::MAX` once they are exhausted: no
+    /// record is ever written with it, see [`Journal::append`]).
     pub fn next_sequence(&self) -> u64 {
         self.entries
             .last()
-            .map_or(self.sequence_base, |e| e.seq + 1)
+            .map_or(self.sequence_base, |e| e.seq.saturating_add(1))
             .max(self.sequence_base)
     }
 
@@ -378,6 +379,14 @@ impl Journal {
         self.check_writable()?;
         record.check()?;
         let seq = self.next_sequence();
+        // A record at u64::MAX would leave no number for the next one (and a header may
+        // claim any base): refuse it rather than acknowledge what could not be read back.
+        if seq == u64::MAX {
+            return Err(Error::invalid(format!(
+                "{}: the journal's sequence numbers are exhausted; export its records into a new journal",
+                self.path.display()
+            )));
+        }
         if let Record::TrainingMark(m) = &record
             && m.up_to_sequence >= seq
         {
