@@ -4,8 +4,8 @@
 //! panel that is then read once. Here a unit's kernel expands 16 stored rows straight into
 //! registers laid out across rows, and feeds them to the multiply-adds of every activation
 //! row at once. The order of each output's reduction is the tiled path's (chains of
-//! `driver::CHAIN` steps from zero, each added to the sum in turn), so a decoding step gives the
-//! bits a full forward gives.
+//! `driver::CHAIN` steps from zero, each added to the sum in turn), so a decoding step
+//! gives the bits a full forward gives.
 
 use super::WeightRef;
 use rayon::prelude::*;
@@ -23,7 +23,7 @@ const TASK_ROWS: usize = 64;
 /// A unit's kernel for rows `rows` (at most [`GROUP`], given as stored-row start pointers)
 /// of the weight: `y[i * ldy + r] = x[i * ldx ..] · W[rows[r]]` for `i < m`, `r < count`.
 ///
-/// Memory is what bounds a one-token product: the kernel asks for `warm` (its own rows,
+/// Waiting on memory first bounded this path: the kernel asks for `warm` (its own rows,
 /// when nothing asked for them before) at once, and for `ahead` (the next call's rows)
 /// bit by bit while it works.
 ///

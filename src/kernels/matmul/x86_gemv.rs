@@ -20,8 +20,8 @@ pub(super) fn group_kernel(w: &WeightRef, m: usize) -> Option<GroupFn> {
     }
     // `G` groups of 16 rows are expanded side by side. Two would give one activation row
     // two independent chains; on the AVX-512 machine measured (`nudge bench generate`,
-    // SmolLM2 Q4_1, one thread) one group decoded 64 tokens/s and two 50: the second
-    // group's registers spill. The knob stays for other cores.
+    // SmolLM2 Q4_1, one thread, runs alternated) two were no faster than one, within the
+    // machine's drift. One is simpler; the knob stays for other cores.
     macro_rules! pick {
         ($d:expr) => {
             match m {
