@@ -359,27 +359,11 @@ unsafe fn words(rows: &[*const u8; 16], at: usize) -> [__m512i; 4] {
     }
     // Lane r of word c is word c of row r: word (r % 4) * 4 + c of quad r / 4. One index
     // serves both halves: bit 4 picks the second quad of the pair.
+    // Word 0 of rows 0..8 (the pattern repeats for rows 8..16); word c is c further on.
+    let word0 = _mm512_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28, 0, 4, 8, 12, 16, 20, 24, 28);
     let mut out = [_mm512_setzero_si512(); 4];
     for (c, o) in out.iter_mut().enumerate() {
-        let c = c as i32;
-        let idx = _mm512_setr_epi32(
-            c,
-            4 + c,
-            8 + c,
-            12 + c,
-            16 + c,
-            20 + c,
-            24 + c,
-            28 + c,
-            c,
-            4 + c,
-            8 + c,
-            12 + c,
-            16 + c,
-            20 + c,
-            24 + c,
-            28 + c,
-        );
+        let idx = _mm512_add_epi32(word0, _mm512_set1_epi32(c as i32));
         let first = _mm512_permutex2var_epi32(quad[0], idx, quad[1]);
         let second = _mm512_permutex2var_epi32(quad[2], idx, quad[3]);
         *o = _mm512_mask_blend_epi32(0xff00, first, second);
