@@ -238,33 +238,7 @@ fn token_ids_outside_vocabulary_and_long_sequences() {
 
 // ---- GGUF models that parse as GGUF but do not make a model ----
 
-use nudge::gguf::{GgufFile, GgufValue, GgufWriter};
-
-/// Rewrites the tiny reference GGUF with `edit` applied to its metadata and tensor list.
-fn edited_gguf(
-    name: &str,
-    edit: impl FnOnce(&mut Vec<(String, GgufValue)>, &mut Vec<(String, nudge::quant::DType, Vec<usize>, Vec<u8>)>),
-) -> std::path::PathBuf {
-    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/tiny/llama_q8_0.gguf");
-    let g = GgufFile::open(&src).expect("reference GGUF opens");
-    let mut meta: Vec<(String, GgufValue)> = g.metadata.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-    let mut tensors: Vec<_> = g
-        .tensors
-        .iter()
-        .map(|t| (t.name.clone(), t.dtype, t.shape.clone(), g.tensor_data(t).to_vec()))
-        .collect();
-    edit(&mut meta, &mut tensors);
-    let mut w = GgufWriter::new();
-    for (k, v) in meta {
-        w.set(k, v);
-    }
-    for (n, d, s, b) in tensors {
-        w.add_tensor(n, d, &s, b).expect("consistent tensor");
-    }
-    let out = fresh_dir(name).join("model.gguf");
-    w.write(&out).expect("writes");
-    out
-}
+use nudge::gguf::GgufValue;
 
 fn open_gguf_err(p: &std::path::Path) -> Error {
     match Model::open(p) {

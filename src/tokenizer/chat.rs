@@ -64,8 +64,20 @@ fn raise_exception(message: String) -> std::result::Result<Value, minijinja::Err
     Err(minijinja::Error::new(ErrorKind::InvalidOperation, message.clone()).with_source(RaisedException(message)))
 }
 
+/// Instructions one rendering may execute. A real template spends a few dozen per message;
+/// the bound stops a hostile one (`{% for i in range(100000) %}...`) in well under a second.
+pub const TEMPLATE_FUEL: u64 = 5_000_000;
+
+/// Bytes one rendering may print beyond four times the messages' own text: a template
+/// frames messages, it does not multiply them, and a printing loop must not exhaust memory.
+pub const TEMPLATE_OUTPUT_BASE: usize = 1 << 20;
+
+/// The largest template source accepted (HF's biggest templates, with tools, are ~10 KiB).
+pub const TEMPLATE_SOURCE_MAX: usize = 1 << 20;
+
 fn environment() -> Environment<'static> {
     let mut env = Environment::new();
+    env.set_fuel(Some(TEMPLATE_FUEL));
     env.set_trim_blocks(true);
     env.set_lstrip_blocks(true);
     env.set_keep_trailing_newline(false);
@@ -94,6 +106,13 @@ impl ChatTemplate {
         add_generation_prompt: bool,
         special: &SpecialTokens,
     ) -> Result<String> {
+        if self.source.len() > TEMPLATE_SOURCE_MAX {
+            return Err(Error::ChatTemplate(format!(
+                "{}: the template is {} bytes, over the limit of {TEMPLATE_SOURCE_MAX}",
+                self.origin.display(),
+                self.source.len()
+            )));
+        }
         let env = environment();
         let template = env
             .template_from_named_str("chat_template", &self.source)
@@ -114,6 +133,47 @@ impl ChatTemplate {
             }
         }
 
-        template.render(ctx).map_err(|e| template_error(&self.origin, &e))
+        let content: usize = messages.iter().map(|m| m.role.len() + m.content.len()).sum();
+        let limit = TEMPLATE_OUTPUT_BASE.saturating_add(content.saturating_mul(4));
+        let mut out = CappedOutput {
+            bytes: Vec::new(),
+            limit,
+            exceeded: false,
+        };
+        match template.render_captured_to(ctx, &mut out) {
+            Ok(_) => String::from_utf8(out.bytes)
+                .map_err(|_| Error::ChatTemplate(format!("{}: the rendering is not UTF-8", self.origin.display()))),
+            Err(_) if out.exceeded => Err(Error::ChatTemplate(format!(
+                "{}: the template printed more than {limit} bytes for {content} bytes of messages",
+                self.origin.display()
+            ))),
+            Err(e) if e.kind() == ErrorKind::OutOfFuel => Err(Error::ChatTemplate(format!(
+                "{}: the template ran more than {TEMPLATE_FUEL} instructions",
+                self.origin.display()
+            ))),
+            Err(e) => Err(template_error(&self.origin, &e)),
+        }
+    }
+}
+
+/// The rendering's sink: refuses the write that would pass `limit`, which stops minijinja.
+struct CappedOutput {
+    bytes: Vec<u8>,
+    limit: usize,
+    exceeded: bool,
+}
+
+impl std::io::Write for CappedOutput {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.bytes.len().saturating_add(buf.len()) > self.limit {
+            self.exceeded = true;
+            return Err(std::io::Error::other("template output limit"));
+        }
+        self.bytes.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }

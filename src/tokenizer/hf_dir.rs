@@ -101,11 +101,38 @@ fn chat_template(dir: &Path, config: Option<&(Value, PathBuf)>) -> Result<Option
     Ok(None)
 }
 
+/// `tokenizer.json` through the `tokenizers` crate, whose deserializers panic on some
+/// malformed input (an untagged decoder that fails to parse): the JSON is checked first, so
+/// that the error names its line, and a panic that still escapes becomes a typed error.
+fn parse_tokenizer_json(text: &str, file: &Path) -> Result<Tokenizer> {
+    serde_json::from_str::<serde::de::IgnoredAny>(text)
+        .map_err(|e| Error::format(file, format!("not valid JSON: {e}")))?;
+    let parsed = std::panic::catch_unwind(|| Tokenizer::from_str(text));
+    match parsed {
+        Ok(Ok(tokenizer)) => Ok(tokenizer),
+        Ok(Err(e)) => Err(Error::format(file, format!("not a valid tokenizer.json: {e}"))),
+        Err(panic) => Err(Error::format(
+            file,
+            format!(
+                "not a valid tokenizer.json: the tokenizers crate failed on it ({})",
+                panic_text(panic.as_ref())
+            ),
+        )),
+    }
+}
+
+fn panic_text(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("a panic")
+}
+
 pub(crate) fn load(dir: &Path) -> Result<HfTokenizerFiles> {
     let tokenizer_json = dir.join("tokenizer.json");
     let text = read_text(&tokenizer_json)?;
-    let tokenizer = Tokenizer::from_str(&text)
-        .map_err(|e| Error::format(&tokenizer_json, format!("not a valid tokenizer.json: {e}")))?;
+    let tokenizer = parse_tokenizer_json(&text, &tokenizer_json)?;
 
     let config_path = dir.join("tokenizer_config.json");
     let config = read_optional_json(&config_path)?.map(|v| (v, config_path));

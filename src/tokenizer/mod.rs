@@ -7,7 +7,7 @@ mod hf_dir;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-pub use chat::{ChatMessage, ChatTemplate, SpecialTokens};
+pub use chat::{ChatMessage, ChatTemplate, SpecialTokens, TEMPLATE_FUEL, TEMPLATE_OUTPUT_BASE, TEMPLATE_SOURCE_MAX};
 pub use gguf_vocab::{GgufVocab, token_type};
 
 use crate::error::{Error, Result};

@@ -1,6 +1,7 @@
 //! Tiny random Llama-family models written as HF directories, for tests that need a
 //! whole network but not the real weights (bad input, gradient checks, packing).
 
+use nudge::gguf::{GgufFile, GgufValue, GgufWriter};
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::path::Path;
@@ -157,4 +158,30 @@ pub fn fresh_dir(name: &str) -> std::path::PathBuf {
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).expect("mkdir");
     d
+}
+
+/// Rewrites the tiny reference GGUF with `edit` applied to its metadata and tensor list.
+pub fn edited_gguf(
+    name: &str,
+    edit: impl FnOnce(&mut Vec<(String, GgufValue)>, &mut Vec<(String, nudge::quant::DType, Vec<usize>, Vec<u8>)>),
+) -> std::path::PathBuf {
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/tiny/llama_q8_0.gguf");
+    let g = GgufFile::open(&src).expect("reference GGUF opens");
+    let mut meta: Vec<(String, GgufValue)> = g.metadata.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    let mut tensors: Vec<_> = g
+        .tensors
+        .iter()
+        .map(|t| (t.name.clone(), t.dtype, t.shape.clone(), g.tensor_data(t).to_vec()))
+        .collect();
+    edit(&mut meta, &mut tensors);
+    let mut w = GgufWriter::new();
+    for (k, v) in meta {
+        w.set(k, v);
+    }
+    for (n, d, s, b) in tensors {
+        w.add_tensor(n, d, &s, b).expect("consistent tensor");
+    }
+    let out = fresh_dir(name).join("model.gguf");
+    w.write(&out).expect("writes");
+    out
 }
