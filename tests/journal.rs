@@ -120,6 +120,81 @@ fn a_journal_whose_sequence_numbers_run_out_refuses_appends_and_loses_nothing() 
 }
 
 #[test]
+fn a_crafted_record_that_could_never_be_appended_is_refused_on_read() {
+    use nudge::journal::frame::{encode_header, encode_record};
+    let dir = fresh_dir("journal-crafted-nan");
+    let path = dir.join("j.nj");
+    // A frame with a valid checksum around a thumb whose strength is NaN: `append` refuses
+    // such a record, so only a crafted file holds one.
+    let mut bytes = encode_header(0).to_vec();
+    bytes.extend(encode_record(0, &thumb("a", "p", "c", true, None)).unwrap());
+    bytes.extend(encode_record(1, &thumb("b", "p", "c", true, Some(f32::NAN))).unwrap());
+    bytes.extend(encode_record(2, &thumb("c", "p", "c", false, None)).unwrap());
+    std::fs::write(&path, &bytes).unwrap();
+    match Journal::open(&path, Durability::EveryRecord) {
+        Err(Error::CorruptRecord { record, what, .. }) => {
+            assert_eq!(record, 1);
+            assert!(what.contains("fails validation") && what.contains("strength"), "{what}");
+        }
+        other => panic!(
+            "expected the crafted record to be refused, got {:?}",
+            other.map(|(j, _)| j.entries().len())
+        ),
+    }
+    // A repair passes over it and keeps the others.
+    let (j, report) = Journal::repair(&path, Durability::EveryRecord).unwrap();
+    assert_eq!(j.entries().iter().map(|e| e.seq).collect::<Vec<_>>(), [0, 2]);
+    assert_eq!(report.skipped.len(), 1, "{report:?}");
+}
+
+#[test]
+fn a_long_crafted_tail_is_cut_in_one_pass_and_a_frame_after_it_is_found() {
+    use nudge::journal::frame::{encode_header, encode_record};
+    let dir = fresh_dir("journal-crafted-tail");
+    let path = dir.join("j.nj");
+    let mut bytes = encode_header(0).to_vec();
+    bytes.extend(encode_record(0, &thumb("a", "p", "c", true, None)).unwrap());
+    let good = bytes.len();
+    // Every offset of this tail claims a 64 KiB payload that is there, with a wrong
+    // checksum: checksumming each candidate anew took 32 s for one MiB.
+    for _ in 0..(1 << 18) {
+        bytes.extend([0, 0, 1, 0]);
+    }
+    std::fs::write(&path, &bytes).unwrap();
+    let (j, tail) = Journal::open(&path, Durability::EveryRecord).unwrap();
+    assert_eq!(j.entries().len(), 1);
+    let tail = tail.expect("the tail is reported");
+    assert_eq!(tail.offset, good as u64);
+    assert_eq!(j.file_bytes(), good as u64, "the tail is cut");
+    drop(j);
+
+    // The same stretch with an intact frame after it is damage, not a torn tail: the file
+    // is left alone and the error says where the intact frame is.
+    bytes.truncate(good);
+    bytes.extend(std::iter::repeat_n([0u8, 0, 1, 0], 1 << 16).flatten());
+    let next = bytes.len();
+    bytes.extend(encode_record(1, &thumb("b", "p", "c", true, None)).unwrap());
+    std::fs::write(&path, &bytes).unwrap();
+    match Journal::open(&path, Durability::EveryRecord) {
+        Err(Error::CorruptRecord { what, .. }) => {
+            assert!(
+                what.contains(&format!("an intact frame follows at byte {next}")),
+                "{what}"
+            )
+        }
+        other => panic!(
+            "expected damage to be reported, got {:?}",
+            other.map(|(j, _)| j.entries().len())
+        ),
+    }
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        bytes,
+        "nothing is cut from a damaged file"
+    );
+}
+
+#[test]
 fn round_trip_keeps_every_record_and_its_sequence() {
     let dir = fresh_dir("journal-round-trip");
     let recs = sample_records();

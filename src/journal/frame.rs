@@ -12,7 +12,7 @@
 //! The sequence base is where numbering resumes when compaction has dropped the newest
 //! records.
 
-use super::crc::{crc32, crc32_of};
+use super::crc::{RangeCrc, crc32, crc32_of};
 use super::record::{Entry, Record};
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
@@ -160,10 +160,18 @@ fn parse_at(b: &[u8], pos: usize) -> Parsed {
         return Parsed::Damaged("record checksum mismatch".into());
     }
     match bincode::serde::decode_from_slice::<Stored, _>(payload, config()) {
-        Ok((s, used)) if used == len => Parsed::Record {
-            seq: s.seq,
-            record: s.record,
-            end,
+        Ok((s, used)) if used == len => match s.record.check() {
+            // A record a writer could not have appended (a NaN strength, an empty id) is
+            // refused on read as well: a crafted one must not reach training.
+            Err(e) => Parsed::Unreadable {
+                why: format!("record {} fails validation: {e}", s.seq),
+                end,
+            },
+            Ok(()) => Parsed::Record {
+                seq: s.seq,
+                record: s.record,
+                end,
+            },
         },
         Ok((_, used)) => Parsed::Unreadable {
             why: format!("record payload has {} bytes after its end", len - used),
@@ -176,9 +184,19 @@ fn parse_at(b: &[u8], pos: usize) -> Parsed {
     }
 }
 
-/// The offset of the first intact record starting at or after `from`.
-fn next_record_after(b: &[u8], from: usize) -> Option<usize> {
-    (from..b.len().saturating_sub(FRAME_OVERHEAD)).find(|&p| matches!(parse_at(b, p), Parsed::Record { .. }))
+/// The offset of the first frame whose checksum holds, starting at or after `from`: what
+/// follows damage is either such a frame (so the damage is not a torn tail) or nothing.
+/// Each candidate costs a logarithm of its length, not its length, through `crcs`.
+fn next_frame_after(b: &[u8], from: usize, crcs: &RangeCrc<'_>) -> Option<usize> {
+    (from..b.len().saturating_sub(FRAME_OVERHEAD)).find(|&p| {
+        let (Some(len), Some(stored)) = (u32_at(b, p), u32_at(b, p + 4)) else {
+            return false;
+        };
+        let (len, start) = (len as usize, p + FRAME_OVERHEAD);
+        (1..=MAX_PAYLOAD).contains(&len)
+            && start + len <= b.len()
+            && crcs.after(&b[p..p + 4], start, start + len) == stored
+    })
 }
 
 /// The end of a journal that did not end cleanly.
@@ -221,6 +239,7 @@ pub fn scan(b: &[u8], file: &Path, salvage: bool) -> Result<Scan> {
         skipped: Vec::new(),
     };
     let mut pos = HEADER_LEN;
+    let mut crcs = None;
     while pos < b.len() {
         let corrupt = |s: &Scan, what: String| Error::CorruptRecord {
             file: file.to_path_buf(),
@@ -246,7 +265,7 @@ pub fn scan(b: &[u8], file: &Path, salvage: bool) -> Result<Scan> {
                 (why, end)
             }
             Parsed::Unreadable { why, end } => (why, end),
-            Parsed::Damaged(why) => match next_record_after(b, pos + 1) {
+            Parsed::Damaged(why) => match next_frame_after(b, pos + 1, crcs.get_or_insert_with(|| RangeCrc::new(b))) {
                 None => {
                     s.tail = Some(Tail {
                         offset: pos as u64,
@@ -255,7 +274,7 @@ pub fn scan(b: &[u8], file: &Path, salvage: bool) -> Result<Scan> {
                     });
                     return Ok(s);
                 }
-                Some(next) => (format!("{why}; an intact record follows at byte {next}"), next),
+                Some(next) => (format!("{why}; an intact frame follows at byte {next}"), next),
             },
         };
         if !salvage {
