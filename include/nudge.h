@@ -291,6 +291,11 @@ typedef enum NudgeStatus {
    * unsupported model architecture).
    */
   NUDGE_ERR_UNSUPPORTED = 9,
+  /**
+   * A buffer the call needs (activations of a long input, an adapter of a high rank, a
+   * KV cache) could not be allocated; the handles are as they were before the call.
+   */
+  NUDGE_ERR_NO_MEMORY = 10,
 } NudgeStatus;
 
 /**

@@ -79,6 +79,11 @@ pub enum Error {
     #[error("{}: format version {found}; this build reads version {supported}", file.display())]
     UnsupportedVersion { file: PathBuf, found: u32, supported: u32 },
 
+    /// A buffer the input asks for (activations of a long sequence, an adapter of a high
+    /// rank on a large model, a KV cache) could not be allocated; nothing was changed.
+    #[error("out of memory: cannot allocate {bytes} bytes for {what}")]
+    OutOfMemory { what: &'static str, bytes: u128 },
+
     /// A long-running job stopped because its caller asked it to.
     #[error("cancelled")]
     Cancelled,

@@ -55,11 +55,14 @@ pub mod objective;
 pub mod optim;
 pub mod score;
 pub mod taste;
+pub mod threads;
 pub mod tokenizer;
 pub mod train;
 
 #[doc(hidden)]
 pub mod bench;
+#[doc(hidden)]
+pub mod buffers;
 #[doc(hidden)]
 pub mod fsutil;
 #[doc(hidden)]

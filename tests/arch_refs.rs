@@ -168,7 +168,7 @@ fn check_model(name: &str) {
         .iter()
         .flat_map(|&p| h[p * hidden..(p + 1) * hidden].to_vec())
         .collect();
-    let got = m.logits(&rows);
+    let got = m.logits(&rows).unwrap();
     let vocab = m.config.vocab_size;
     assert_eq!(got.len(), positions.len() * vocab, "{name}");
     let mut worst_logit = 0f64;

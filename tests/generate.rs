@@ -44,7 +44,7 @@ fn full_logits(m: &Model, tokens: &[u32], adapter: Option<&Adapter>) -> Vec<f32>
     let layout = AttnLayout::sequences(&[tokens.len()]);
     let lora = LoraCtx { adapter, dropout: None };
     let h = m.hidden_states_with(tokens, &layout, lora).expect("forward");
-    m.logits(&h)
+    m.logits(&h).unwrap()
 }
 
 /// Logits at positions `split - 1..T` from a prefill of `tokens[..split]` and one
@@ -147,7 +147,7 @@ fn prefill_in_chunks_and_a_rewound_cache_give_the_same_logits() {
     let mut got = Vec::new();
     for chunk in [&tokens[..3], &tokens[3..11], &tokens[11..]] {
         let h = m.extend(chunk, &mut cache, Some(&a)).expect("extend");
-        got.extend(m.logits(&h));
+        got.extend(m.logits(&h).unwrap());
     }
     assert!(max_abs_diff(&got, &full) <= 1e-5);
     assert_eq!(cache.len(), 20);
@@ -161,7 +161,7 @@ fn prefill_in_chunks_and_a_rewound_cache_give_the_same_logits() {
         .extend(&other[8..], &mut cache, Some(&a))
         .expect("extend after truncate");
     let v = m.config.vocab_size;
-    assert!(max_abs_diff(&m.logits(&h), &full_other[8 * v..]) <= 1e-5);
+    assert!(max_abs_diff(&m.logits(&h).unwrap(), &full_other[8 * v..]) <= 1e-5);
     cache.clear();
     assert!(cache.is_empty());
     assert_eq!(cache.layer(0).map(|(k, v)| k.len() + v.len()), Some(0));

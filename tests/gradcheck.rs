@@ -729,7 +729,7 @@ fn weighted_logp_grad(
             *o += g;
         }
     }
-    model.backward(tape, lora, &dh, grads);
+    model.backward(tape, lora, &dh, grads).expect("backward");
     logp
 }
 

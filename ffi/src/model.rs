@@ -109,6 +109,9 @@ pub unsafe extern "C" fn nudge_model_open(
         handles::clear_out(out, "out")?;
         let path = str_arg(path, "path")?;
         let o = options::read(options, "options")?;
+        if o.threads != 0 {
+            engine::threads::check_threads(o.threads as usize, "options.threads")?;
+        }
         let model = Model::open(path)?;
         let h = ModelHandle {
             model,

@@ -7,6 +7,10 @@ use crate::status::{Failure, FfiResult};
 /// Runs `body` on the calling thread with a pool of `threads` workers (0: one per core)
 /// that the body hands heavy work to with `pool.install`.
 pub(crate) fn with_pool<R>(threads: usize, body: impl FnOnce(&rayon::ThreadPool) -> R) -> FfiResult<R> {
+    let threads = match threads {
+        0 => engine::threads::cores(),
+        n => engine::threads::check_threads(n, "threads")?,
+    };
     rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         .thread_name(|i| format!("nudge-{i}"))

@@ -34,13 +34,16 @@ pub enum NudgeStatus {
     /// The file or option asks for something this build does not implement (e.g. an
     /// unsupported model architecture).
     NUDGE_ERR_UNSUPPORTED = 9,
+    /// A buffer the call needs (activations of a long input, an adapter of a high rank, a
+    /// KV cache) could not be allocated; the handles are as they were before the call.
+    NUDGE_ERR_NO_MEMORY = 10,
 }
 
 use NudgeStatus::*;
 
 impl NudgeStatus {
     /// Every status, in value order.
-    pub(crate) const ALL: [NudgeStatus; 10] = [
+    pub(crate) const ALL: [NudgeStatus; 11] = [
         NUDGE_OK,
         NUDGE_ERR_NULL,
         NUDGE_ERR_UTF8,
@@ -51,6 +54,7 @@ impl NudgeStatus {
         NUDGE_ERR_CANCELLED,
         NUDGE_ERR_PANIC,
         NUDGE_ERR_UNSUPPORTED,
+        NUDGE_ERR_NO_MEMORY,
     ];
 
     pub(crate) fn name(self) -> &'static std::ffi::CStr {
@@ -65,6 +69,7 @@ impl NudgeStatus {
             NUDGE_ERR_CANCELLED => c"NUDGE_ERR_CANCELLED",
             NUDGE_ERR_PANIC => c"NUDGE_ERR_PANIC",
             NUDGE_ERR_UNSUPPORTED => c"NUDGE_ERR_UNSUPPORTED",
+            NUDGE_ERR_NO_MEMORY => c"NUDGE_ERR_NO_MEMORY",
         }
     }
 }
@@ -101,6 +106,7 @@ fn status_of(e: &engine::Error) -> NudgeStatus {
         E::Format { .. } | E::Tensor { .. } | E::Field { .. } | E::Row { .. } => NUDGE_ERR_FORMAT,
         E::UnsupportedArchitecture { .. } => NUDGE_ERR_UNSUPPORTED,
         E::Cancelled => NUDGE_ERR_CANCELLED,
+        E::OutOfMemory { .. } => NUDGE_ERR_NO_MEMORY,
         E::Request { source, .. } => status_of(source),
         _ => NUDGE_ERR_INVALID,
     }
@@ -221,6 +227,13 @@ mod tests {
             (engine::Error::invalid("r"), NUDGE_ERR_INVALID),
             (engine::Error::SequenceTooLong { len: 9, max: 8 }, NUDGE_ERR_INVALID),
             (engine::Error::Cancelled, NUDGE_ERR_CANCELLED),
+            (
+                engine::Error::OutOfMemory {
+                    what: "the logits",
+                    bytes: 1 << 40,
+                },
+                NUDGE_ERR_NO_MEMORY,
+            ),
             (engine::Error::invalid("r").for_request(2), NUDGE_ERR_INVALID),
             (engine::Error::row("/x", 3, "bad").for_request(0), NUDGE_ERR_FORMAT),
         ];

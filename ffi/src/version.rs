@@ -75,6 +75,7 @@ mod tests {
         assert_eq!(name(6), "NUDGE_ERR_BUSY");
         assert_eq!(name(9), "NUDGE_ERR_UNSUPPORTED");
         assert_eq!(name(-1), "NUDGE_UNKNOWN");
-        assert_eq!(name(10), "NUDGE_UNKNOWN");
+        assert_eq!(name(10), "NUDGE_ERR_NO_MEMORY");
+        assert_eq!(name(11), "NUDGE_UNKNOWN");
     }
 }

@@ -169,7 +169,7 @@ impl Adapter {
                 };
                 l[p as usize] = Some(LoraPair {
                     a,
-                    b: vec![0.0; out * config.r],
+                    b: crate::buffers::zeros(out * config.r, "an adapter's B matrix")?,
                     in_features: inp,
                     out_features: out,
                 });

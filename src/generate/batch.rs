@@ -377,11 +377,11 @@ impl<'a> BatchGenerator<'a> {
             let room = (r.prompt.len() + r.opts.max_new_tokens).min(max_pos);
             let (cache, logits) = if g.waiting == 0 {
                 let (mut c, l) = g.prefix.take().expect("prefilled");
-                c.reserve(room - c.len());
+                c.reserve(room - c.len())?;
                 (c, l)
             } else {
                 let (c, l) = g.prefix.as_ref().expect("prefilled");
-                (c.fork(room), l.clone())
+                (c.fork(room)?, l.clone())
             };
             self.rows.push(Row {
                 request: i,
@@ -508,7 +508,7 @@ fn prefill_groups(
             last.extend_from_slice(&h[(end - 1) * hidden..end * hidden]);
         }
         drop(seqs);
-        let l = model.logits(&last);
+        let l = model.logits(&last)?;
         for ((&g, cache), l) in part.iter().zip(caches).zip(l.chunks_exact(vocab)) {
             groups[g].prefix = Some((cache, l.to_vec()));
         }

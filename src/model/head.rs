@@ -24,18 +24,18 @@ impl Model {
     pub fn forward_logits(&self, tokens: &[u32], adapter: Option<&Adapter>) -> Result<Array2<f32>> {
         let layout = AttnLayout::sequences(&[tokens.len()]);
         let h = self.hidden_states_with(tokens, &layout, LoraCtx { adapter, dropout: None })?;
-        let logits = self.logits(&h);
+        let logits = self.logits(&h)?;
         Ok(Array2::from_shape_vec((tokens.len(), self.config.vocab_size), logits)
             .expect("the head gives vocab logits per row"))
     }
 
     /// Next-token logits of hidden rows `h`: `[m, hidden]` → `[m, vocab]`.
-    pub fn logits(&self, h: &[f32]) -> Vec<f32> {
+    pub fn logits(&self, h: &[f32]) -> Result<Vec<f32>> {
         let head = self.weights.view(&self.weights.lm_head);
         let m = h.len() / head.cols.max(1);
-        let mut out = vec![0f32; m * head.rows];
+        let mut out = crate::buffers::zeros::<f32>(m * head.rows, "the logits")?;
         matmul_wt(&h[..m * head.cols], m, &head, &mut out);
-        out
+        Ok(out)
     }
 
     /// `log p(id | h[pos])` for each `(pos, id)` of `targets` (ids already checked

@@ -73,10 +73,11 @@ impl KvCache {
         Ok(())
     }
 
-    pub(crate) fn reserve(&mut self, tokens: usize) {
+    pub(crate) fn reserve(&mut self, tokens: usize) -> crate::error::Result<()> {
         for layer in self.k.iter_mut().chain(self.v.iter_mut()) {
-            layer.reserve(tokens * self.kv_dim);
+            crate::buffers::reserve(layer, tokens * self.kv_dim, "the KV cache")?;
         }
+        Ok(())
     }
 
     /// Writes rows `start..` of one layer (k, v: `[n, kv_dim]`) and returns that layer's
@@ -97,22 +98,23 @@ impl KvCache {
 
     /// A copy holding room for `tokens` positions in all (no reallocation while it grows
     /// to that length).
-    pub(crate) fn fork(&self, tokens: usize) -> KvCache {
+    pub(crate) fn fork(&self, tokens: usize) -> crate::error::Result<KvCache> {
         let copy = |layers: &[Vec<f32>]| {
             layers
                 .iter()
                 .map(|l| {
-                    let mut c = Vec::with_capacity(l.len().max(tokens * self.kv_dim));
+                    let mut c = Vec::new();
+                    crate::buffers::reserve(&mut c, l.len().max(tokens * self.kv_dim), "the KV cache")?;
                     c.extend_from_slice(l);
-                    c
+                    Ok(c)
                 })
-                .collect()
+                .collect::<crate::error::Result<_>>()
         };
-        KvCache {
-            k: copy(&self.k),
-            v: copy(&self.v),
+        Ok(KvCache {
+            k: copy(&self.k)?,
+            v: copy(&self.v)?,
             kv_dim: self.kv_dim,
             len: self.len,
-        }
+        })
     }
 }

@@ -85,13 +85,18 @@ impl AdamW {
     /// Zero moments for tensors of the given element counts.
     pub fn new(config: AdamWConfig, sizes: &[usize]) -> Result<Self> {
         config.validate()?;
-        let zeros = || sizes.iter().map(|&n| vec![0.0f32; n]).collect::<Vec<_>>();
+        let zeros = || {
+            sizes
+                .iter()
+                .map(|&n| crate::buffers::zeros::<f32>(n, "AdamW's moments"))
+                .collect::<Result<Vec<_>>>()
+        };
         Ok(AdamW {
             config,
             state: AdamWState {
                 step: 0,
-                exp_avg: zeros(),
-                exp_avg_sq: zeros(),
+                exp_avg: zeros()?,
+                exp_avg_sq: zeros()?,
             },
         })
     }

@@ -92,20 +92,21 @@ impl PolicyPass {
 
     /// Adds the adapter gradient of a loss whose derivative with respect to each completion
     /// token's log-prob is `dlogp`: `[P]`.
-    fn backward(self, ctx: &StepCtx, dlogp: &[f32], grads: &mut Adapter) {
+    fn backward(self, ctx: &StepCtx, dlogp: &[f32], grads: &mut Adapter) -> Result<()> {
         let StepCtx {
             model,
             adapter,
             dropout,
             ..
         } = *ctx;
-        let mut dh = vec![0f32; self.tape.t * model.config.hidden_size];
+        let mut dh =
+            crate::buffers::zeros::<f32>(self.tape.t * model.config.hidden_size, "the hidden states' gradient")?;
         model.target_logprobs_backward(&self.targets, dlogp, &mut dh);
         let lora = LoraCtx {
             adapter: Some(adapter),
             dropout,
         };
-        model.backward(self.tape, lora, &dh, grads);
+        model.backward(self.tape, lora, &dh, grads)
     }
 }
 
@@ -170,7 +171,7 @@ pub fn pair_step(
         dlogp.extend(std::iter::repeat_n((dr * grad_scale) as f32, p.rejected.len()));
     }
     let packed_tokens = pass.packed_tokens;
-    pass.backward(ctx, &dlogp, grads);
+    pass.backward(ctx, &dlogp, grads)?;
     Ok(PairStep {
         loss: bl,
         policy,
@@ -249,7 +250,7 @@ pub fn kto_step(
         dlogp.extend(std::iter::repeat_n((d * grad_scale) as f32, e.completion.len()));
     }
     let packed_tokens = pass.packed_tokens;
-    pass.backward(ctx, &dlogp, grads);
+    pass.backward(ctx, &dlogp, grads)?;
     Ok(KtoStep { batch, packed_tokens })
 }
 

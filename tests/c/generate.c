@@ -50,6 +50,13 @@ int main(int argc, char **argv) {
     CHECK(strcmp(first, second) == 0);
     nudge_string_free(second);
 
+    /* A per-call thread count far past the cores is refused before any thread starts. */
+    o.threads = 100000;
+    CHECK_STATUS(nudge_generate(model, NULL, CHAT, NUDGE_CHAT_JSON, &o, NULL, NULL, &second, NULL),
+                 NUDGE_ERR_INVALID);
+    CHECK(second == NULL);
+    o.threads = 0;
+
     /* Raw text continues as it is; the length limit stops it. */
     char *raw = NULL;
     o.max_new_tokens = 5;

@@ -123,6 +123,13 @@ static void check_bad_files(NudgeModel *model, NudgeAdapter *adapter, const char
 
     CHECK_STATUS(nudge_model_open("/nonexistent/model.gguf", NULL, &m), NUDGE_ERR_IO);
     CHECK_MESSAGE("/nonexistent/model.gguf");
+    /* A thread count far past the cores is refused, not started. */
+    NudgeModelOptions mo;
+    CHECK_OK(nudge_model_options_init(&mo, sizeof mo));
+    mo.threads = 100000;
+    CHECK_STATUS(nudge_model_open("/nonexistent/model.gguf", &mo, &m), NUDGE_ERR_INVALID);
+    CHECK_MESSAGE("options.threads 100000");
+    CHECK(m == NULL);
     write_file(dir, "garbage.gguf", "this is not a model");
     snprintf(p, sizeof p, "%s/garbage.gguf", dir);
     CHECK_STATUS(nudge_model_open(p, NULL, &m), NUDGE_ERR_FORMAT);
@@ -182,6 +189,11 @@ static void check_bad_options(const char *path, NudgeModel *model, NudgeAdapter 
     ao.r = 0;
     CHECK_STATUS(nudge_adapter_new(model, &ao, &a), NUDGE_ERR_INVALID);
     CHECK_MESSAGE("rank");
+    /* A rank that would ask for terabytes is refused before any allocation. */
+    ao.r = 0xFFFFFFFFu;
+    CHECK_STATUS(nudge_adapter_new(model, &ao, &a), NUDGE_ERR_INVALID);
+    CHECK_MESSAGE("rank");
+    CHECK_OK(nudge_adapter_options_init(&ao, sizeof ao));
     CHECK_OK(nudge_adapter_options_init(&ao, sizeof ao));
     ao.targets = 0x80;
     CHECK_STATUS(nudge_adapter_new(model, &ao, &a), NUDGE_ERR_INVALID);

@@ -143,15 +143,3 @@ fn bad_loss(cmd: &clap::Command, arg: Option<&clap::Arg>, s: &str, e: Error) -> 
 fn loss_names() -> impl Iterator<Item = &'static str> {
     std::iter::once("dpo").chain(NAMES)
 }
-
-/// `--threads`: at least 1, and not far past the machine's cores.
-pub fn check_threads(n: usize) -> Result<usize> {
-    let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
-    let max = (8 * cores).max(64);
-    if n == 0 || n > max {
-        return Err(Error::invalid(format!(
-            "--threads {n}: give 1 to {max} ({cores} cores here)"
-        )));
-    }
-    Ok(n)
-}

@@ -13,7 +13,7 @@ mod merge;
 mod report;
 mod train;
 
-use args::{AdapterArg, Dtype, check_threads};
+use args::{AdapterArg, Dtype};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -126,9 +126,9 @@ fn main() -> ExitCode {
     // no other thread at all.
     // Without --threads: RAYON_NUM_THREADS, as rayon's own default pool would honor, else
     // every core.
-    let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
+    let cores = nudge::threads::cores();
     let from_env = std::env::var("RAYON_NUM_THREADS").ok().and_then(|v| v.parse().ok());
-    let started = check_threads(cli.threads.or(from_env).unwrap_or(cores)).and_then(|n| {
+    let started = nudge::threads::check_threads(cli.threads.or(from_env).unwrap_or(cores), "--threads").and_then(|n| {
         rayon::ThreadPoolBuilder::new()
             .num_threads(n)
             .use_current_thread()

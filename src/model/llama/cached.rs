@@ -54,7 +54,7 @@ impl Model {
         }
         let h = self.extend(tokens, cache, adapter)?;
         let hidden = self.config.hidden_size;
-        Ok(self.logits(&h[h.len() - hidden..]))
+        self.logits(&h[h.len() - hidden..])
     }
 
     /// Logits of the token after `token`, which is appended to `cache`: `[vocab]`.
@@ -88,7 +88,7 @@ impl Model {
             })
             .collect();
         let h = self.extend_batch(&mut seqs, adapter)?;
-        Ok(self.logits(&h))
+        self.logits(&h)
     }
 
     /// Checks `tokens` can run after `cache`; returns their first position.
@@ -122,12 +122,12 @@ impl Model {
             let n = seq.tokens.len();
             tokens.extend_from_slice(seq.tokens);
             positions.extend((start..start + n).map(|p| p as u32));
-            seq.cache.reserve(n);
+            seq.cache.reserve(n)?;
         }
         let n = tokens.len();
         let table = RopeTable::new(&self.inv_freq, &positions);
-        let mut x = self.embed(&tokens);
-        let mut s = LayerActs::sized(self, n);
+        let mut x = self.embed(&tokens)?;
+        let mut s = LayerActs::sized(self, n)?;
         let mut attend = Attend::Cached {
             seqs: &mut *seqs,
             starts,
@@ -138,7 +138,7 @@ impl Model {
         for (seq, &start) in seqs.iter_mut().zip(starts) {
             seq.cache.set_len(start + seq.tokens.len());
         }
-        let mut out = vec![0f32; n * self.config.hidden_size];
+        let mut out = crate::buffers::zeros::<f32>(n * self.config.hidden_size, "the final hidden states")?;
         rmsnorm_forward(&x, &self.weights.norm, self.config.rms_norm_eps, &mut out, &mut s.inv1);
         Ok(out)
     }

@@ -16,6 +16,7 @@ pub use cached::CachedSeq;
 use super::Model;
 use super::weights::Proj;
 use crate::adapter::Adapter;
+use crate::buffers;
 use crate::error::{Error, Result};
 use crate::kernels::attention::{AttnGrads, AttnLayout, AttnSaved, AttnShape, attention_backward, attention_forward};
 use crate::kernels::attention_cached::attention_cached;
@@ -72,27 +73,27 @@ pub(crate) struct LayerActs {
 }
 
 impl LayerActs {
-    fn sized(model: &Model, t: usize) -> Self {
+    fn sized(model: &Model, t: usize) -> Result<Self> {
         let c = &model.config;
-        let z = |n: usize| vec![0f32; n];
-        LayerActs {
+        let z = |n: usize| buffers::zeros::<f32>(n, "a layer's activations");
+        Ok(LayerActs {
             x_in: Vec::new(),
-            xn1: z(t * c.hidden_size),
-            inv1: z(t),
-            q: z(t * c.q_dim()),
-            k: z(t * c.kv_dim()),
-            v: z(t * c.kv_dim()),
-            attn: z(t * c.q_dim()),
-            lse: z(t * c.num_attention_heads),
-            x_mid: z(t * c.hidden_size),
-            xn2: z(t * c.hidden_size),
-            inv2: z(t),
-            gate: z(t * c.intermediate_size),
-            up: z(t * c.intermediate_size),
-            act: z(t * c.intermediate_size),
-            proj: z(t * c.hidden_size),
+            xn1: z(t * c.hidden_size)?,
+            inv1: z(t)?,
+            q: z(t * c.q_dim())?,
+            k: z(t * c.kv_dim())?,
+            v: z(t * c.kv_dim())?,
+            attn: z(t * c.q_dim())?,
+            lse: z(t * c.num_attention_heads)?,
+            x_mid: z(t * c.hidden_size)?,
+            xn2: z(t * c.hidden_size)?,
+            inv2: z(t)?,
+            gate: z(t * c.intermediate_size)?,
+            up: z(t * c.intermediate_size)?,
+            act: z(t * c.intermediate_size)?,
+            proj: z(t * c.hidden_size)?,
             lora: LoraActs::default(),
-        }
+        })
     }
 
     /// Bytes held by the activations the backward pass needs.
@@ -211,14 +212,14 @@ impl Model {
     }
 
     /// Embedding rows of `tokens`: `[T, hidden]`.
-    pub(crate) fn embed(&self, tokens: &[u32]) -> Vec<f32> {
+    pub(crate) fn embed(&self, tokens: &[u32]) -> Result<Vec<f32>> {
         let h = self.config.hidden_size;
         let e = self.weights.view(&self.weights.embed_tokens);
-        let mut x = vec![0f32; tokens.len() * h];
+        let mut x = buffers::zeros::<f32>(tokens.len() * h, "the hidden states")?;
         for (row, &t) in x.chunks_exact_mut(h).zip(tokens) {
             e.row(t as usize, row);
         }
-        x
+        Ok(x)
     }
 
     /// The final hidden states (after the last RMSNorm) of a packed batch: `[T, hidden]`.
@@ -231,13 +232,13 @@ impl Model {
         self.check_tokens(tokens, layout)?;
         self.check_adapter(&lora)?;
         let t = tokens.len();
-        let mut x = self.embed(tokens);
+        let mut x = self.embed(tokens)?;
         let table = RopeTable::new(&self.inv_freq, layout.positions());
-        let mut s = LayerActs::sized(self, t);
+        let mut s = LayerActs::sized(self, t)?;
         for li in 0..self.config.num_hidden_layers {
             self.layer_forward(li, &mut x, &mut Attend::Packed(layout), &table, &lora, &mut s);
         }
-        let mut out = vec![0f32; t * self.config.hidden_size];
+        let mut out = buffers::zeros::<f32>(t * self.config.hidden_size, "the final hidden states")?;
         rmsnorm_forward(&x, &self.weights.norm, self.config.rms_norm_eps, &mut out, &mut s.inv1);
         Ok(out)
     }
@@ -265,13 +266,13 @@ impl Model {
         // The last layers are kept: their backward runs first, before any recomputation.
         let keep: Vec<bool> = (0..n_layers).map(|l| l >= n_layers - kept).collect();
         let table = RopeTable::new(&self.inv_freq, layout.positions());
-        let mut x = self.embed(tokens);
+        let mut x = self.embed(tokens)?;
         let mut layers = Vec::with_capacity(n_layers);
-        let mut scratch = LayerActs::sized(self, t);
+        let mut scratch = LayerActs::sized(self, t)?;
         for (li, &kept_here) in keep.iter().enumerate() {
             let x_in = x.clone();
             if kept_here {
-                let mut acts = LayerActs::sized(self, t);
+                let mut acts = LayerActs::sized(self, t)?;
                 self.layer_forward(li, &mut x, &mut Attend::Packed(layout), &table, &lora, &mut acts);
                 acts.x_in = x_in;
                 layers.push(acts);
@@ -283,8 +284,8 @@ impl Model {
                 });
             }
         }
-        let mut out = vec![0f32; t * self.config.hidden_size];
-        let mut final_inv = vec![0f32; t];
+        let mut out = buffers::zeros::<f32>(t * self.config.hidden_size, "the final hidden states")?;
+        let mut final_inv = buffers::zeros::<f32>(t, "the final norm's scales")?;
         rmsnorm_forward(
             &x,
             &self.weights.norm,
@@ -306,7 +307,7 @@ impl Model {
 
     /// Adds into `grads` (an adapter-shaped gradient buffer) the gradient of the loss whose
     /// derivative with respect to the final hidden states is `dh`: `[T, hidden]`.
-    pub fn backward(&self, tape: Tape, lora: LoraCtx, dh: &[f32], grads: &mut Adapter) {
+    pub fn backward(&self, tape: Tape, lora: LoraCtx, dh: &[f32], grads: &mut Adapter) -> Result<()> {
         let Tape {
             layout,
             table,
@@ -317,7 +318,7 @@ impl Model {
             t,
         } = tape;
         let h = self.config.hidden_size;
-        let mut dx = vec![0f32; t * h];
+        let mut dx = buffers::zeros::<f32>(t * h, "the hidden states' gradient")?;
         rmsnorm_backward(&final_in, &self.weights.norm, &final_inv, dh, &mut dx);
         let mut scratch = BackScratch::default();
         let mut spare: Option<LayerActs> = None;
@@ -331,7 +332,10 @@ impl Model {
             if !keep[li] {
                 // Recomputed layers share one set of activation buffers.
                 let x_in = std::mem::take(&mut acts.x_in);
-                acts = spare.take().unwrap_or_else(|| LayerActs::sized(self, t));
+                acts = match spare.take() {
+                    Some(acts) => acts,
+                    None => LayerActs::sized(self, t)?,
+                };
                 let mut x = x_in.clone();
                 self.layer_forward(li, &mut x, &mut Attend::Packed(&layout), &table, &lora, &mut acts);
                 acts.x_in = x_in;
@@ -341,6 +345,7 @@ impl Model {
                 spare = Some(acts);
             }
         }
+        Ok(())
     }
 
     /// One decoder layer in place on the residual stream x: `[T, hidden]`, its
