@@ -93,33 +93,38 @@ fn write_jsonl(path: &Path, set: &PreferenceSet) {
     std::fs::write(path, lines.join("\n") + "\n").unwrap();
 }
 
+/// `nudge train` on the tiny model with the settings every run of these tests shares.
+fn train_command(model: &Path, data: &Path, out: &Path, extra: &[&str]) -> std::process::Command {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_nudge"));
+    c.args([
+        "train",
+        "--lr",
+        "0.01",
+        "--batch-pairs",
+        "2",
+        "--seed",
+        "5",
+        "--lora-dropout",
+        "0.1",
+        // The interrupted run is played by a shorter --max-steps: only a constant rate
+        // is the same over 2 planned steps as over 6 (a decay is sized to its run).
+        "--schedule",
+        "constant",
+        "--model",
+    ])
+    .arg(model)
+    .arg("--data")
+    .arg(data)
+    .arg("--out")
+    .arg(out)
+    .args(extra)
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::null());
+    c
+}
+
 fn nudge_train(model: &Path, data: &Path, out: &Path, extra: &[&str]) {
-    let status = std::process::Command::new(env!("CARGO_BIN_EXE_nudge"))
-        .args([
-            "train",
-            "--lr",
-            "0.01",
-            "--batch-pairs",
-            "2",
-            "--seed",
-            "5",
-            "--lora-dropout",
-            "0.1",
-            // The interrupted run is played by a shorter --max-steps: only a constant rate
-            // is the same over 2 planned steps as over 6 (a decay is sized to its run).
-            "--schedule",
-            "constant",
-            "--model",
-        ])
-        .arg(model)
-        .arg("--data")
-        .arg(data)
-        .arg("--out")
-        .arg(out)
-        .args(extra)
-        .stdout(std::process::Stdio::null())
-        .status()
-        .expect("nudge runs");
+    let status = train_command(model, data, out, extra).status().expect("nudge runs");
     assert!(status.success(), "nudge train {extra:?} failed");
 }
 
@@ -149,6 +154,89 @@ fn resuming_in_a_fresh_process_is_bit_identical() {
     assert_eq!(a, b, "resumed adapter differs from the uninterrupted one");
     let log = std::fs::read_to_string(split.join("metrics.jsonl")).unwrap();
     assert_eq!(log.lines().count(), 6, "the resumed run continues the metrics log");
+}
+
+#[test]
+fn runs_killed_at_random_and_resumed_keep_one_whole_log_line_per_step_and_the_same_adapter() {
+    use std::os::unix::process::ExitStatusExt;
+    use std::time::{Duration, Instant};
+    const STEPS: usize = 24;
+    let dir = fresh_dir("ck-kill");
+    let mdir = dir.join("model");
+    write_model(&mdir, &TinySpec::default());
+    let data_file = dir.join("pairs.jsonl");
+    write_jsonl(&data_file, &data(8));
+    let steps = STEPS.to_string();
+    let common = ["--max-steps", steps.as_str(), "--epochs", "20", "--eval-fraction", "0"];
+    let straight = dir.join("straight");
+    let started = Instant::now();
+    nudge_train(&mdir, &data_file, &straight, &common);
+    // Kill moments are spread over a whole run's length as measured here (not a bound).
+    let run = started.elapsed();
+    let want = std::fs::read(straight.join("adapter_model.safetensors")).unwrap();
+
+    let mut rng = 0x9E37_79B9_7F4A_7C15u64;
+    let mut next = |below: u64| {
+        rng = rng
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        (rng >> 33) % below.max(1)
+    };
+    let (mut kills, mut resumes) = (0, 0);
+    for trial in 0..30 {
+        let out = dir.join(format!("killed-{trial}"));
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            assert!(attempts < 60, "trial {trial}: the run never finished");
+            let mut args = common.to_vec();
+            args.extend(["--checkpoint-every", "1"]);
+            if out.join("checkpoint.bin").exists() {
+                args.push("--resume");
+                resumes += 1;
+            }
+            let mut child = train_command(&mdir, &data_file, &out, &args)
+                .spawn()
+                .expect("nudge runs");
+            // Later attempts get longer, so that every trial finishes.
+            let span = run.as_micros() as u64 * (1 + attempts / 4);
+            std::thread::sleep(Duration::from_micros(next(span)));
+            let _ = child.kill();
+            let status = child.wait().unwrap();
+            if status.success() {
+                break;
+            }
+            assert_eq!(
+                status.signal(),
+                Some(9),
+                "trial {trial}: the run failed on its own: {status}"
+            );
+            kills += 1;
+        }
+        let got = std::fs::read(out.join("adapter_model.safetensors")).unwrap();
+        assert_eq!(
+            got, want,
+            "trial {trial}: the adapter differs from the uninterrupted run's"
+        );
+        let log = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+        let steps: Vec<u64> = log
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l)
+                    .unwrap_or_else(|e| panic!("trial {trial}: a malformed log line {l:?}: {e}"));
+                v["step"].as_u64().expect("a step")
+            })
+            .collect();
+        assert_eq!(
+            steps,
+            (1..=STEPS as u64).collect::<Vec<_>>(),
+            "trial {trial}: one line per step"
+        );
+    }
+    assert!(
+        kills >= 30 && resumes >= 15,
+        "the kills landed: {kills} kills, {resumes} resumes"
+    );
 }
 
 fn saved_checkpoint(name: &str) -> (Model, Vec<u8>) {

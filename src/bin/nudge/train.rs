@@ -312,22 +312,21 @@ pub fn train(a: TrainArgs) -> Result<()> {
         Trainer::new(&model, adapter, config, data)?
     };
     report("skipped", trainer.skipped(), &a.out.join("skipped_rows.jsonl"))?;
-    // A resumed run appends to the log of the run it continues.
-    let log_file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(a.resume)
-        .write(true)
-        .truncate(!a.resume)
-        .open(&log_path)
-        .map_err(|e| Error::io(&log_path, e))?;
-    let mut log = std::io::BufWriter::new(log_file);
+    let log_file = if a.resume {
+        resumed_log(&log_path, trainer.steps_done())?
+    } else {
+        std::fs::File::create(&log_path).map_err(|e| Error::io(&log_path, e))?
+    };
+    // Written after each step and flushed before each checkpoint, by two callbacks.
+    let log = std::cell::RefCell::new(std::io::BufWriter::new(log_file));
     let bar = progress(trainer.total_steps() as u64);
     bar.inc(trainer.steps_done() as u64);
     let mut io_err = None;
     let every = a.checkpoint_every.unwrap_or(0) as usize;
     let summary = trainer.run_with(
         &mut |m| {
-            if let Err(e) = serde_json::to_writer(&mut log, m)
+            let mut log = log.borrow_mut();
+            if let Err(e) = serde_json::to_writer(&mut *log, m)
                 .map_err(std::io::Error::other)
                 .and_then(|_| writeln!(log))
             {
@@ -346,18 +345,21 @@ pub fn train(a: TrainArgs) -> Result<()> {
         },
         &mut |t| {
             if every > 0 && t.steps_done() % every == 0 {
+                sync_log(&mut log.borrow_mut(), &log_path)?;
                 t.checkpoint().save(&ck_path)?;
             }
             Ok(())
         },
     )?;
     if every > 0 {
+        sync_log(&mut log.borrow_mut(), &log_path)?;
         trainer.checkpoint().save(&ck_path)?;
     }
     bar.finish_and_clear();
     if let Some(e) = io_err {
         return Err(Error::io(&log_path, e));
     }
+    let mut log = log.into_inner();
     log.flush().map_err(|e| Error::io(&log_path, e))?;
     peft::save(&trainer.adapter, &a.out)?;
     let last = summary.last.as_ref();
@@ -383,4 +385,41 @@ pub fn train(a: TrainArgs) -> Result<()> {
     }
     println!("{}", serde_json::to_string(&summary).expect("serializable"));
     Ok(())
+}
+
+/// Puts the metrics log on disk before a checkpoint is: a run killed after the checkpoint
+/// then has a line for every step the checkpoint holds.
+fn sync_log(log: &mut std::io::BufWriter<std::fs::File>, path: &Path) -> Result<()> {
+    log.flush()
+        .and_then(|()| log.get_ref().sync_data())
+        .map_err(|e| Error::io(path, e))
+}
+
+/// The log of the run a resume continues, cut to the steps its checkpoint holds, open for
+/// appending. A killed run may have left a part of a line, or lines of steps after its last
+/// checkpoint that the resumed run does again: both go, so that every step has one line.
+fn resumed_log(path: &Path, steps_done: usize) -> Result<std::fs::File> {
+    let text = match std::fs::read(path) {
+        Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(Error::io(path, e)),
+    };
+    let mut kept = String::new();
+    for line in text.split_inclusive('\n').filter(|l| l.ends_with('\n')) {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        let Some(step) = v.get("step").and_then(serde_json::Value::as_u64) else {
+            continue;
+        };
+        let eval = v.get("eval_loss").is_some();
+        if (step as usize) < steps_done || (step as usize == steps_done && !eval) {
+            kept.push_str(line);
+        }
+    }
+    nudge::fsutil::write_atomic(path, kept.as_bytes())?;
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(path)
+        .map_err(|e| Error::io(path, e))
 }
