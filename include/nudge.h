@@ -1172,7 +1172,8 @@ enum NudgeStatus nudge_generate_batch(const struct NudgeModel *model,
                                       uint32_t *stop_reasons_out);
 
 /**
- * Frees a string this library returned (e.g. `nudge_generate`'s text). NULL is a no-op.
+ * Frees a string this library returned (e.g. `nudge_generate`'s text). NULL, a string
+ * already freed, and a pointer this library did not return are no-ops.
  */
 void nudge_string_free(char *s);
 

@@ -8,12 +8,12 @@ use crate::model::model_arg;
 use crate::options::{self, versioned};
 use crate::pool::with_pool;
 use crate::status::{Failure, FfiResult, NudgeStatus, guard, guard_void};
-use crate::text::{slice_arg, write_opt};
+use crate::text::{slice_arg, string_out, take_string, write_opt};
 use engine::data::chat::{self, Content};
 use engine::generate::{BatchGenerator, BatchOptions, GenerateOptions, GenerateRequest, Generator, StopReason};
 use engine::model::Model;
 use serde_json::Value;
-use std::ffi::{CString, c_char, c_void};
+use std::ffi::{c_char, c_void};
 use std::path::Path;
 
 /// `stop_reason`: the model generated its end-of-sequence token.
@@ -183,9 +183,7 @@ pub unsafe extern "C" fn nudge_generate(
         let (text, reason) = reply;
         write_opt(stop_reason_out, stop_code(reason));
         if !text_out.is_null() {
-            let c = CString::new(text.replace('\0', " "))
-                .map_err(|_| Failure::new(NudgeStatus::NUDGE_ERR_PANIC, "a NUL survived in the reply"))?;
-            write_opt(text_out, c.into_raw());
+            write_opt(text_out, string_out(&text));
         }
         Ok(())
     })
@@ -367,17 +365,10 @@ pub unsafe extern "C" fn nudge_generate_batch(
             }
             e => Failure::from(e),
         })?;
-        let texts = replies
-            .iter()
-            .map(|r| {
-                CString::new(r.text.replace('\0', " "))
-                    .map_err(|_| Failure::new(NudgeStatus::NUDGE_ERR_PANIC, "a NUL survived in a reply"))
-            })
-            .collect::<FfiResult<Vec<_>>>()?;
-        for (i, (text, reply)) in texts.into_iter().zip(&replies).enumerate() {
+        for (i, reply) in replies.iter().enumerate() {
             // SAFETY: both arrays have n entries (stop_reasons_out when not NULL).
             unsafe {
-                texts_out.add(i).write(text.into_raw());
+                texts_out.add(i).write(string_out(&reply.text));
                 if !stop_reasons_out.is_null() {
                     stop_reasons_out.add(i).write(stop_code(reply.stop_reason));
                 }
@@ -387,15 +378,11 @@ pub unsafe extern "C" fn nudge_generate_batch(
     })
 }
 
-/// Frees a string this library returned (e.g. `nudge_generate`'s text). NULL is a no-op.
+/// Frees a string this library returned (e.g. `nudge_generate`'s text). NULL, a string
+/// already freed, and a pointer this library did not return are no-ops.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn nudge_string_free(s: *mut c_char) {
-    guard_void(|| {
-        if !s.is_null() {
-            // SAFETY: `s` came from CString::into_raw in this library and is freed once.
-            drop(unsafe { CString::from_raw(s) });
-        }
-    })
+    guard_void(|| drop(take_string(s)))
 }
 
 #[cfg(test)]

@@ -144,30 +144,73 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     format!("internal error (panic): {what}")
 }
 
+thread_local! {
+    /// Set while an exported function runs on this thread.
+    static IN_CALL: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// Where this thread's last panic inside the library happened.
+    static PANIC_AT: RefCell<Option<String>> = const { RefCell::new(None) };
+}
+
+/// Keeps the library's panics off the host's stderr: a panic on a thread inside an exported
+/// call, or on one of the library's worker threads (`nudge-N`), is recorded for the error
+/// message instead of printed. Any other panic in the process (the host's own Rust code,
+/// this crate's tests) goes to the hook that was there before.
+fn quiet_panics() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let ours =
+                IN_CALL.with(|c| c.get()) || std::thread::current().name().is_some_and(|n| n.starts_with("nudge-"));
+            if !ours {
+                return previous(info);
+            }
+            let at = info.location().map(|l| format!("{}:{}", l.file(), l.line()));
+            let _ = PANIC_AT.try_with(|p| *p.borrow_mut() = at);
+        }));
+    });
+}
+
 /// Runs the body of an exported function: clears the thread's error message, catches any
-/// panic, and turns the outcome into a status (recording the message of a failure).
+/// panic (kept off stderr, see `quiet_panics`), and turns the outcome into a status
+/// (recording the message of a failure).
 ///
 /// Unwind safety is asserted: a panic can only leave a handle's lock poisoned, and every
 /// lock is taken with its poison cleared, so later calls see a consistent (if partially
 /// trained) value rather than a torn one.
 pub(crate) fn guard(f: impl FnOnce() -> FfiResult<()>) -> NudgeStatus {
     set_last_error("");
-    match catch_unwind(AssertUnwindSafe(f)) {
+    match in_call(f) {
         Ok(Ok(())) => NUDGE_OK,
         Ok(Err(failure)) => {
             set_last_error(&failure.message);
             failure.status
         }
         Err(payload) => {
-            set_last_error(&panic_message(&*payload));
+            let at = PANIC_AT.try_with(|p| p.borrow_mut().take()).ok().flatten();
+            let mut message = panic_message(&*payload);
+            if let Some(at) = at {
+                message = format!("{message} (at {at})");
+            }
+            set_last_error(&message);
             NUDGE_ERR_PANIC
         }
     }
 }
 
+/// `f` under `catch_unwind`, marked as a call into the library for `quiet_panics`.
+fn in_call<R>(f: impl FnOnce() -> R) -> std::thread::Result<R> {
+    quiet_panics();
+    let outer = IN_CALL.with(|c| c.replace(true));
+    let _ = PANIC_AT.try_with(|p| p.borrow_mut().take());
+    let r = catch_unwind(AssertUnwindSafe(f));
+    IN_CALL.with(|c| c.set(outer));
+    r
+}
+
 /// The panic boundary of a function that returns nothing (the `*_free` functions).
 pub(crate) fn guard_void(f: impl FnOnce()) {
-    let _ = catch_unwind(AssertUnwindSafe(f));
+    let _ = in_call(f);
 }
 
 #[cfg(test)]
@@ -186,10 +229,12 @@ mod tests {
     fn a_panic_becomes_a_status_and_a_message() {
         let s = guard(|| panic!("boom {}", 7));
         assert_eq!(s, NUDGE_ERR_PANIC);
-        assert_eq!(last(), "internal error (panic): boom 7");
+        let m = last();
+        assert!(m.starts_with("internal error (panic): boom 7 (at "), "{m}");
+        assert!(m.contains("status.rs:"), "the hook recorded where: {m}");
         let s = guard(|| std::panic::panic_any(42u8));
         assert_eq!(s, NUDGE_ERR_PANIC);
-        assert_eq!(last(), "internal error (panic): (no message)");
+        assert!(last().starts_with("internal error (panic): (no message)"), "{}", last());
     }
 
     #[test]

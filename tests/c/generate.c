@@ -49,6 +49,13 @@ int main(int argc, char **argv) {
     CHECK_OK(nudge_generate(model, NULL, CHAT, NUDGE_CHAT_JSON, &o, NULL, NULL, &second, NULL));
     CHECK(strcmp(first, second) == 0);
     nudge_string_free(second);
+    /* A second free, and a pointer the library did not give, are no-ops (ASan would see
+     * a double free or a free of the app's own block). */
+    nudge_string_free(second);
+    char *mine = strdup("the app's own string");
+    nudge_string_free(mine);
+    CHECK(strcmp(mine, "the app's own string") == 0);
+    free(mine);
 
     /* A per-call thread count far past the cores is refused before any thread starts. */
     o.threads = 100000;
