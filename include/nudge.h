@@ -331,6 +331,13 @@ typedef struct NudgeModelOptions {
    * per core).
    */
   uint32_t threads;
+  /**
+   * 1: read the weights into memory instead of memory-mapping the file. A mapped model needs its file unchanged
+   * while it is open: truncating it kills the process with SIGBUS, rewriting it changes
+   * the weights. Replace a model file by renaming a new one over it; a host that cannot
+   * promise that sets this, at the cost of the whole file in memory. Default 0.
+   */
+  uint32_t no_mmap;
 } NudgeModelOptions;
 
 /**
@@ -852,9 +859,11 @@ enum NudgeStatus nudge_model_options_init(struct NudgeModelOptions *options, siz
 
 /**
  * Opens a model: a `.gguf` file or a Hugging Face directory (config.json, safetensors,
- * tokenizer.json). The weights are memory-mapped, never copied. `options` may be NULL
- * (defaults). On success `*out` is a new handle to free with `nudge_model_free`; on
- * failure it is NULL.
+ * tokenizer.json). The weights are memory-mapped, never copied, unless
+ * `options->no_mmap` is 1: while a mapped model is open its file must not be truncated
+ * (the process would die of SIGBUS) or rewritten; replace it by renaming a new file over
+ * it. `options` may be NULL (defaults). On success `*out` is a new handle to free with
+ * `nudge_model_free`; on failure it is NULL.
  */
 enum NudgeStatus nudge_model_open(const char *path,
                                   const struct NudgeModelOptions *options,

@@ -64,6 +64,8 @@ pub mod bench;
 #[doc(hidden)]
 pub mod buffers;
 #[doc(hidden)]
+pub mod file_bytes;
+#[doc(hidden)]
 pub mod fsutil;
 #[doc(hidden)]
 pub mod gguf;

@@ -431,6 +431,10 @@ fn the_portable_kernels_give_the_same_bits() {
     assert!(scores.iter().all(|o| o.ok), "{}", scores[1].stderr);
     assert!(scores[0].stdout.contains("chosen_logp"));
     assert_eq!(scores[0].stdout, scores[1].stdout);
+    // --no-mmap reads the weights instead of mapping them: the same scores.
+    let read = nudge(&["score", "--no-mmap", "-m", s(q4), "--data", s(&rows)]);
+    assert!(read.ok, "{}", read.stderr);
+    assert_eq!(read.stdout, scores[0].stdout);
 
     let m = model("cli-no-simd-model", 7);
     let data = dir.join("pairs.jsonl");

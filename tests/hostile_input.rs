@@ -134,3 +134,36 @@ fn a_decoder_that_is_not_an_object_is_an_error_not_a_panic() {
     });
     assert!(msg.contains("not a valid tokenizer.json"), "{msg}");
 }
+
+/// Scores of a model read into memory are the same after its files are truncated under it
+/// (a mapped model would take SIGBUS there) and equal to the mapped model's.
+fn check_read_survives_truncation(path: &Path, weights_file: &Path) {
+    use nudge::model::WeightsLoad;
+    let (prompt, completion) = ([1u32, 5, 6], [7u32, 8, 2]);
+    let mapped = Model::open(path).unwrap().score(&prompt, &completion).unwrap();
+    let model = Model::open_with(path, WeightsLoad::Read).expect("opens");
+    let before = model.score(&prompt, &completion).unwrap();
+    assert_eq!(before.token_logps, mapped.token_logps);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(weights_file)
+        .and_then(|f| f.set_len(64))
+        .expect("truncate");
+    let after = model.score(&prompt, &completion).unwrap();
+    assert_eq!(after.token_logps, before.token_logps);
+    assert!(
+        Model::open_with(path, WeightsLoad::Read).is_err(),
+        "the truncated file is refused"
+    );
+}
+
+#[test]
+fn a_model_read_into_memory_survives_its_file_being_truncated() {
+    let dir = fresh_dir("hostile-read-gguf");
+    let gguf = dir.join("model.gguf");
+    std::fs::copy(Path::new(TINY).join("llama_q8_0.gguf"), &gguf).unwrap();
+    check_read_survives_truncation(&gguf, &gguf);
+
+    let hf = copy_tiny("qwen2", "hostile-read-hf");
+    check_read_survives_truncation(&hf, &hf.join("model.safetensors"));
+}

@@ -2,9 +2,9 @@
 
 use crate::handles::{self, ModelHandle, NudgeModel};
 use crate::options::{self, versioned};
-use crate::status::{FfiResult, NudgeStatus, guard, guard_void};
+use crate::status::{Failure, FfiResult, NudgeStatus, guard, guard_void};
 use crate::text::str_arg;
-use engine::model::{Model, ModelFormat};
+use engine::model::{Model, ModelFormat, WeightsLoad};
 use std::ffi::c_char;
 use std::sync::Arc;
 
@@ -17,6 +17,11 @@ pub struct NudgeModelOptions {
     /// Worker threads of the calls on this model and its adapters (0, the default: one
     /// per core).
     pub threads: u32,
+    /// 1: read the weights into memory instead of memory-mapping the file. A mapped model needs its file unchanged
+    /// while it is open: truncating it kills the process with SIGBUS, rewriting it changes
+    /// the weights. Replace a model file by renaming a new one over it; a host that cannot
+    /// promise that sets this, at the cost of the whole file in memory. Default 0.
+    pub no_mmap: u32,
 }
 
 impl Default for NudgeModelOptions {
@@ -24,10 +29,12 @@ impl Default for NudgeModelOptions {
         NudgeModelOptions {
             struct_size: size_of::<Self>() as u32,
             threads: 0,
+            no_mmap: 0,
         }
     }
 }
-versioned!(NudgeModelOptions);
+// The first version ended at `threads`.
+versioned!(NudgeModelOptions, [8]);
 
 /// `NudgeModelInfo.format`: a single GGUF file.
 pub const NUDGE_MODEL_GGUF: u32 = 1;
@@ -96,9 +103,11 @@ pub unsafe extern "C" fn nudge_model_options_init(options: *mut NudgeModelOption
 }
 
 /// Opens a model: a `.gguf` file or a Hugging Face directory (config.json, safetensors,
-/// tokenizer.json). The weights are memory-mapped, never copied. `options` may be NULL
-/// (defaults). On success `*out` is a new handle to free with `nudge_model_free`; on
-/// failure it is NULL.
+/// tokenizer.json). The weights are memory-mapped, never copied, unless
+/// `options->no_mmap` is 1: while a mapped model is open its file must not be truncated
+/// (the process would die of SIGBUS) or rewritten; replace it by renaming a new file over
+/// it. `options` may be NULL (defaults). On success `*out` is a new handle to free with
+/// `nudge_model_free`; on failure it is NULL.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn nudge_model_open(
     path: *const c_char,
@@ -112,7 +121,12 @@ pub unsafe extern "C" fn nudge_model_open(
         if o.threads != 0 {
             engine::threads::check_threads(o.threads as usize, "options.threads")?;
         }
-        let model = Model::open(path)?;
+        let how = match o.no_mmap {
+            0 => WeightsLoad::Map,
+            1 => WeightsLoad::Read,
+            n => return Err(Failure::invalid(format!("options.no_mmap {n}: give 0 or 1"))),
+        };
+        let model = Model::open_with(path, how)?;
         let h = ModelHandle {
             model,
             threads: o.threads as usize,
@@ -190,7 +204,7 @@ mod tests {
 
     #[test]
     fn layouts_end_without_padding() {
-        crate::assert_packed_end!(NudgeModelOptions, threads, u32);
+        crate::assert_packed_end!(NudgeModelOptions, no_mmap, u32);
         crate::assert_packed_end!(NudgeModelInfo, mapped_bytes, u64);
     }
 

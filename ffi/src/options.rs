@@ -19,13 +19,18 @@ pub(crate) unsafe trait Versioned: Default {
     fn set_size(&mut self, size: u32);
 }
 
+/// `versioned!(T)` for a struct with one version; `versioned!(T, [8, 12])` lists the
+/// sizes of its earlier versions, oldest first.
 macro_rules! versioned {
     ($t:ty) => {
+        $crate::options::versioned!($t, []);
+    };
+    ($t:ty, [$($old:expr),*]) => {
         // SAFETY: every use is on a `#[repr(C)]` struct of numbers and pointers whose first
         // field is `struct_size: u32` (checked by the layout tests).
         unsafe impl $crate::options::Versioned for $t {
             fn sizes() -> &'static [usize] {
-                const SIZES: &[usize] = &[std::mem::size_of::<$t>()];
+                const SIZES: &[usize] = &[$($old,)* std::mem::size_of::<$t>()];
                 SIZES
             }
             fn set_size(&mut self, size: u32) {
@@ -118,5 +123,27 @@ pub(crate) mod tests {
             );
             assert_eq!(std::mem::offset_of!($t, struct_size), 0);
         };
+    }
+
+    use super::*;
+    use crate::model::NudgeModelOptions;
+
+    #[test]
+    fn an_older_version_is_read_as_its_prefix_with_defaults_for_the_rest() {
+        // The first NudgeModelOptions ended at `threads` (8 bytes).
+        let mut old = NudgeModelOptions {
+            threads: 3,
+            no_mmap: 77,
+            ..Default::default()
+        };
+        old.struct_size = 8;
+        let got = read(&old, "options").unwrap();
+        assert_eq!(
+            (got.threads, got.no_mmap),
+            (3, 0),
+            "the field the app lacks takes its default"
+        );
+        old.struct_size = 10;
+        assert!(read(&old, "options").is_err(), "a size between versions is refused");
     }
 }

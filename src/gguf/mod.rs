@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
+use crate::file_bytes::{self, WeightsLoad};
 use crate::quant::{DType, dequantize_row};
 
 pub use value::{GgufValue, dtype_from_ggml, ggml_type_id};
@@ -75,6 +76,11 @@ impl GgufFile {
     /// Maps and validates the file: header, metadata, every tensor's type, shape, size,
     /// alignment and place in the data section, and that no two tensors overlap.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        Self::open_with(path, WeightsLoad::Map)
+    }
+
+    /// [`Self::open`], with the file mapped or read into memory.
+    pub fn open_with(path: impl AsRef<Path>, how: WeightsLoad) -> Result<Self> {
         let path = path.as_ref();
         let file = File::open(path).map_err(|e| Error::io(path, e))?;
         let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
@@ -87,10 +93,8 @@ impl GgufFile {
                 ),
             ));
         }
-        // SAFETY: the mapping is read-only. Like every reader of memory-mapped weights,
-        // it relies on the file not being truncated or rewritten while open; the
-        // engine only ever replaces model files by rename, which keeps this mapping valid.
-        let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+        drop(file);
+        let mmap = file_bytes::open(path, how)?;
         let parsed = reader::parse(path, &mmap)?;
         Ok(GgufFile {
             path: path.to_path_buf(),
@@ -100,7 +104,7 @@ impl GgufFile {
             tensors: parsed.tensors,
             index: parsed.index,
             data_offset: parsed.data_offset,
-            mmap: Arc::new(mmap),
+            mmap,
         })
     }
 

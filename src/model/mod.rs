@@ -7,6 +7,7 @@ mod head;
 mod identity;
 mod kv_cache;
 mod llama;
+pub use crate::file_bytes::WeightsLoad;
 pub use head::TargetRows;
 pub use kv_cache::KvCache;
 pub use llama::{CachedSeq, Dropout, LoraCtx, Recompute, Tape};
@@ -47,8 +48,16 @@ pub struct Model {
 }
 
 impl Model {
-    /// Opens an HF model directory or a `.gguf` file. No weight matrix is copied.
+    /// Opens an HF model directory or a `.gguf` file. No weight matrix is copied: the
+    /// files are memory-mapped, so they must not be truncated or rewritten while the model
+    /// is open (replace a model by renaming a new file over it). [`Self::open_with`] with
+    /// [`WeightsLoad::Read`] reads them into memory instead.
     pub fn open(path: impl AsRef<Path>) -> Result<Model> {
+        Self::open_with(path, WeightsLoad::Map)
+    }
+
+    /// [`Self::open`] with the weights files mapped or read into memory.
+    pub fn open_with(path: impl AsRef<Path>, how: WeightsLoad) -> Result<Model> {
         let path = path.as_ref();
         let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
         // A file or folder name, not the path: names are written into shared adapters.
@@ -58,11 +67,11 @@ impl Model {
             name.map_or_else(String::new, |s| s.to_string_lossy().into_owned())
         };
         let (format, config, weights, tokenizer, name) = if meta.is_dir() {
-            let (c, w) = safetensors_dir::open(path)?;
+            let (c, w) = safetensors_dir::open(path, how)?;
             let tok = TextTokenizer::from_hf_dir(path)?;
             (ModelFormat::Safetensors, c, w, tok, stem(path))
         } else {
-            let g = crate::gguf::GgufFile::open(path)?;
+            let g = crate::gguf::GgufFile::open_with(path, how)?;
             let (c, w) = gguf_model::open(&g)?;
             let vocab = GgufVocab::from_metadata(&g.metadata, path)?;
             let tok = TextTokenizer::from_gguf_vocab(&vocab, path)?;

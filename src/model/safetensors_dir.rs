@@ -4,20 +4,13 @@
 use super::config::Config;
 use super::weights::{Assembler, RawTensor, Weights, assemble};
 use crate::error::{Error, Result};
+use crate::file_bytes::{self, WeightsLoad};
 use crate::kernels::matmul::RowOrder;
 use crate::quant::DType;
 use memmap2::Mmap;
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-
-pub fn map_file(path: &Path) -> Result<Arc<Mmap>> {
-    let f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    // SAFETY: the map is read-only; a file truncated by another process under us would
-    // fault, which no API of a memory-mapped engine can prevent (documented for users).
-    let m = unsafe { Mmap::map(&f) }.map_err(|e| Error::io(path, e))?;
-    Ok(Arc::new(m))
-}
 
 /// The shard files of an HF directory, in order.
 pub fn shard_files(dir: &Path) -> Result<Vec<PathBuf>> {
@@ -90,11 +83,14 @@ pub fn index_tensors(files: &[PathBuf], maps: &[Arc<Mmap>]) -> Result<HashMap<St
     Ok(all)
 }
 
-pub fn open(dir: &Path) -> Result<(Config, Weights)> {
+pub fn open(dir: &Path, how: WeightsLoad) -> Result<(Config, Weights)> {
     let cfg_path = dir.join("config.json");
     let cfg = Config::from_hf_json(&cfg_path)?;
     let files = shard_files(dir)?;
-    let maps = files.iter().map(|f| map_file(f)).collect::<Result<Vec<_>>>()?;
+    let maps = files
+        .iter()
+        .map(|f| file_bytes::open(f, how))
+        .collect::<Result<Vec<_>>>()?;
     let tensors = index_tensors(&files, &maps)?;
     let lookup = |n: &str| tensors.get(n).cloned();
     let file_label = if files.len() == 1 {

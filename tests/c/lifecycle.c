@@ -93,6 +93,23 @@ int main(int argc, char **argv) {
     printf("base chosen=%.17g rejected=%.17g chat=%.17g chosen_tokens=%u chat_tokens=%u\n", base_chosen,
            base_rejected, base_chat, n_chosen, n_chat);
 
+    /* The same model read into memory scores the same; an app of the first options version
+     * (8 bytes, no `no_mmap`) still opens it mapped. */
+    {
+        NudgeModelOptions mo;
+        CHECK_OK(nudge_model_options_init(&mo, sizeof mo));
+        mo.no_mmap = 1;
+        NudgeModel *read = NULL;
+        CHECK_OK(nudge_model_open(path, &mo, &read));
+        CHECK(score(read, NULL, p0->prompt, p0->chosen, NUDGE_TEXT, NULL) == base_chosen);
+        nudge_model_free(read);
+        CHECK_OK(nudge_model_options_init(&mo, 8));
+        CHECK(mo.struct_size == 8);
+        CHECK_OK(nudge_model_open(path, &mo, &read));
+        CHECK(score(read, NULL, p0->prompt, p0->chosen, NUDGE_TEXT, NULL) == base_chosen);
+        nudge_model_free(read);
+    }
+
     /* A new adapter changes nothing until trained. */
     NudgeAdapterOptions ao;
     CHECK_OK(nudge_adapter_options_init(&ao, sizeof ao));

@@ -130,6 +130,10 @@ static void check_bad_files(NudgeModel *model, NudgeAdapter *adapter, const char
     CHECK_STATUS(nudge_model_open("/nonexistent/model.gguf", &mo, &m), NUDGE_ERR_INVALID);
     CHECK_MESSAGE("options.threads 100000");
     CHECK(m == NULL);
+    CHECK_OK(nudge_model_options_init(&mo, sizeof mo));
+    mo.no_mmap = 2;
+    CHECK_STATUS(nudge_model_open("/nonexistent/model.gguf", &mo, &m), NUDGE_ERR_INVALID);
+    CHECK_MESSAGE("no_mmap");
     write_file(dir, "garbage.gguf", "this is not a model");
     snprintf(p, sizeof p, "%s/garbage.gguf", dir);
     CHECK_STATUS(nudge_model_open(p, NULL, &m), NUDGE_ERR_FORMAT);

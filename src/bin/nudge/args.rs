@@ -5,12 +5,27 @@ use clap::builder::{PossibleValue, TypedValueParser};
 use clap::{Args, ValueEnum};
 use nudge::adapter::{self, Adapter, BaseCheck};
 use nudge::convert::FloatType;
-use nudge::model::Model;
+use nudge::model::{Model, WeightsLoad};
 use nudge::objective::LOSS_NAMES as NAMES;
 use nudge::{Error, Result};
 use std::path::{Path, PathBuf};
 
-/// Opens a model, saying what a model is when the path is not one.
+/// `--no-mmap`, set once by `main` before any model is opened.
+static NO_MMAP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+pub fn set_weights_load(how: WeightsLoad) {
+    NO_MMAP.store(how == WeightsLoad::Read, std::sync::atomic::Ordering::Relaxed);
+}
+
+fn weights_load() -> WeightsLoad {
+    match NO_MMAP.load(std::sync::atomic::Ordering::Relaxed) {
+        true => WeightsLoad::Read,
+        false => WeightsLoad::Map,
+    }
+}
+
+/// Opens a model (mapped, or read with `--no-mmap`), saying what a model is when the path
+/// is not one.
 pub fn open_model(path: &Path) -> Result<Model> {
     if path.is_dir() && !path.join("config.json").exists() {
         return Err(Error::invalid(format!(
@@ -20,7 +35,7 @@ pub fn open_model(path: &Path) -> Result<Model> {
             path.display()
         )));
     }
-    Model::open(path)
+    Model::open_with(path, weights_load())
 }
 
 /// An adapter to apply: a PEFT folder or a llama.cpp LoRA .gguf file.

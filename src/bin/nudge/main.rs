@@ -15,6 +15,7 @@ mod train;
 
 use args::{AdapterArg, Dtype};
 use clap::{Parser, Subcommand};
+use nudge::model::WeightsLoad;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -30,6 +31,11 @@ struct Cli {
     /// Worker threads (default: all cores).
     #[arg(short = 't', long, global = true, value_name = "N")]
     threads: Option<usize>,
+    /// Read the model's weights into memory instead of memory-mapping the file: the run
+    /// then survives the file being truncated or rewritten under it (a mapped model dies
+    /// of SIGBUS), at the cost of the whole file in memory.
+    #[arg(long, global = true)]
+    no_mmap: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -120,6 +126,11 @@ fn main() -> ExitCode {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
     let cli = Cli::parse();
+    args::set_weights_load(if cli.no_mmap {
+        WeightsLoad::Read
+    } else {
+        WeightsLoad::Map
+    });
     // The main thread is one of the pool's workers: a parallel product it starts runs on
     // it and on n - 1 other threads, without handing the call to a sleeping pool and
     // waiting to be woken (a decoding step makes hundreds of such calls). One thread means

@@ -66,7 +66,7 @@ pub fn merge_command(a: MergeArgs) -> Result<()> {
     use nudge::adapter::format::peft;
     use nudge::model::Model;
 
-    let model = Model::open(&a.model)?;
+    let model = crate::args::open_model(&a.model)?;
     let merged = merged_adapter(&model.config, &a.adapters, a.rank, a.clamp)?;
     peft::save(&merged.adapter, &a.out)?;
     eprintln!(
