@@ -877,6 +877,15 @@ enum NudgeStatus nudge_model_open(const char *path,
 void nudge_model_free(struct NudgeModel *model);
 
 /**
+ * Stops the scoring and generation calls running on `model` (with any of its adapters),
+ * from any thread: each returns NUDGE_ERR_CANCELLED at its next check (between the
+ * model's layers, and before each generated token), with no output. Calls that begin
+ * after this one returns are not affected; training is stopped by its progress callback
+ * instead. For a long prompt or a long text, the wait is at most one layer's work.
+ */
+enum NudgeStatus nudge_model_interrupt(const struct NudgeModel *model);
+
+/**
  * Describes the model. Set `out->struct_size = sizeof(NudgeModelInfo)` first.
  */
 enum NudgeStatus nudge_model_info(const struct NudgeModel *model, struct NudgeModelInfo *out);

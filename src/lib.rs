@@ -44,6 +44,7 @@
 //! public for the project's benches and tests, not a stable interface.
 
 pub mod adapter;
+pub mod cancel;
 pub mod convert;
 pub mod data;
 pub mod demo;

@@ -1,6 +1,7 @@
 //! Sequence scoring: the log-probability of each completion token given everything before it.
 
 use crate::adapter::Adapter;
+use crate::cancel::Cancel;
 use crate::error::{Error, Result};
 use crate::kernels::attention::{AttnLayout, Span};
 use crate::model::{LoraCtx, Model};
@@ -40,12 +41,27 @@ impl Model {
 
     /// [`Self::score_packed`] with an adapter applied (`None`: the base model).
     pub fn score_packed_with(&self, items: &[ScoreItem], adapter: Option<&Adapter>) -> Result<Vec<Vec<Scored>>> {
+        self.score_packed_cancel(items, adapter, None)
+    }
+
+    /// [`Self::score_packed_with`] that stops with [`Error::Cancelled`]
+    /// between layers once `cancel` says so.
+    pub fn score_packed_cancel(
+        &self,
+        items: &[ScoreItem],
+        adapter: Option<&Adapter>,
+        cancel: Option<Cancel<'_>>,
+    ) -> Result<Vec<Vec<Scored>>> {
         let Packed {
             tokens,
             layout,
             targets,
         } = pack(items)?;
-        let lora = LoraCtx { adapter, dropout: None };
+        let lora = LoraCtx {
+            adapter,
+            dropout: None,
+            cancel,
+        };
         let h = self.hidden_states_with(&tokens, &layout, lora)?;
         let (logp, _) = self.target_logprobs(&h, &targets);
         let mut out = Vec::with_capacity(items.len());

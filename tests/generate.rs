@@ -42,7 +42,10 @@ fn random_adapter(m: &Model, seed: u64, scale: f32) -> Adapter {
 /// Logits of one full (uncached) forward pass at every position: [T, vocab].
 fn full_logits(m: &Model, tokens: &[u32], adapter: Option<&Adapter>) -> Vec<f32> {
     let layout = AttnLayout::sequences(&[tokens.len()]);
-    let lora = LoraCtx { adapter, dropout: None };
+    let lora = LoraCtx {
+        adapter,
+        ..LoraCtx::default()
+    };
     let h = m.hidden_states_with(tokens, &layout, lora).expect("forward");
     m.logits(&h).unwrap()
 }

@@ -839,6 +839,7 @@ fn check_network(name: &str, spec: TinySpec, config: LoraConfig, dropout: Option
     let lora = LoraCtx {
         adapter: Some(&adapter),
         dropout,
+        cancel: None,
     };
 
     // Budgets that keep the last k layers whole and recompute the others, for every
@@ -868,6 +869,7 @@ fn check_network(name: &str, spec: TinySpec, config: LoraConfig, dropout: Option
             LoraCtx {
                 adapter: Some(a),
                 dropout,
+                cancel: None,
             },
         )
     };
@@ -1218,6 +1220,7 @@ fn model_backward_and_pair_step_add_into_the_gradient_buffer() {
     let lora = LoraCtx {
         adapter: Some(&adapter),
         dropout: Some(Dropout { p: 0.2, seed: 5 }),
+        cancel: None,
     };
     let sizes: Vec<usize> = adapter.params().iter().map(|t| t.len()).collect();
     let run = |b: &mut [Vec<f32>]| {
@@ -1267,6 +1270,7 @@ fn packed_pairs_equal_separate_sequences() {
     let lora = LoraCtx {
         adapter: Some(&adapter),
         dropout: None,
+        cancel: None,
     };
     let refs = [(-20.0, -19.0), (-15.0, -17.5)];
     let mut g_packed = adapter.zeros_like();

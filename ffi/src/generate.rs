@@ -9,6 +9,7 @@ use crate::options::{self, versioned};
 use crate::pool::with_pool;
 use crate::status::{Failure, FfiResult, NudgeStatus, guard, guard_void};
 use crate::text::{slice_arg, string_out, take_string, write_opt};
+use engine::cancel::Cancel;
 use engine::data::chat::{self, Content};
 use engine::generate::{BatchGenerator, BatchOptions, GenerateOptions, GenerateRequest, Generator, StopReason};
 use engine::model::Model;
@@ -138,6 +139,8 @@ pub unsafe extern "C" fn nudge_generate(
     guard(|| {
         write_opt(text_out, std::ptr::null_mut());
         let m = model_arg(model)?;
+        let since = m.watch();
+        let interrupted = || m.interrupted(since);
         let a = if adapter.is_null() {
             None
         } else {
@@ -153,7 +156,9 @@ pub unsafe extern "C" fn nudge_generate(
         let ids = prompt_ids(&m.model, prompt)?;
         let threads = crate::model::threads(&m, o.threads);
         let reply = with_pool(threads, |pool| -> engine::Result<(String, StopReason)> {
-            let mut g = pool.install(|| Generator::new(&m.model, &ids, &settings, held.as_deref()))?;
+            let cancel = Some(Cancel::new(&interrupted));
+            let mut g =
+                pool.install(|| Generator::new_cancellable(&m.model, &ids, &settings, held.as_deref(), cancel))?;
             let mut shown = 0; // bytes of the text already passed to on_token
             let mut piece = Vec::new();
             // The model runs on the pool; the callback on the calling thread, as documented.
@@ -288,6 +293,8 @@ pub unsafe extern "C" fn nudge_generate_batch(
             unsafe { texts_out.add(i).write(std::ptr::null_mut()) };
         }
         let m = model_arg(model)?;
+        let since = m.watch();
+        let interrupted = || m.interrupted(since);
         let a = if adapter.is_null() {
             None
         } else {
@@ -328,6 +335,7 @@ pub unsafe extern "C" fn nudge_generate_batch(
         let threads = crate::model::threads(&m, o.threads);
         let replies = with_pool(threads, |pool| -> engine::Result<Vec<engine::generate::Generated>> {
             let mut g = pool.install(|| BatchGenerator::new(&m.model, &requests, held.as_deref(), &scheduling))?;
+            g.set_cancel(Cancel::new(&interrupted));
             let mut piece = Vec::new();
             let mut stops = Vec::new();
             // The model runs on the pool; the callback on the calling thread, as documented.

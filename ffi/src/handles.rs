@@ -33,6 +33,20 @@ pub(crate) struct ModelHandle {
     pub model: engine::model::Model,
     /// Worker threads of the calls on this model (0: one per core).
     pub threads: usize,
+    /// Raised by `nudge_model_interrupt`: a call running on the model stops once the count
+    /// differs from what it was when the call began.
+    pub interrupts: std::sync::atomic::AtomicU64,
+}
+
+impl ModelHandle {
+    /// The count at the start of a call; `interrupted` tells whether it has moved since.
+    pub fn watch(&self) -> u64 {
+        self.interrupts.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    pub fn interrupted(&self, since: u64) -> bool {
+        self.watch() != since
+    }
 }
 
 pub(crate) struct AdapterHandle {

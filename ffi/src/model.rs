@@ -130,6 +130,7 @@ pub unsafe extern "C" fn nudge_model_open(
         let h = ModelHandle {
             model,
             threads: o.threads as usize,
+            interrupts: Default::default(),
         };
         handles::put(out, handles::register(Arc::new(h)));
         Ok(())
@@ -143,6 +144,20 @@ pub unsafe extern "C" fn nudge_model_open(
 pub extern "C" fn nudge_model_free(model: *mut NudgeModel) {
     guard_void(|| {
         handles::release::<ModelHandle>(model);
+    })
+}
+
+/// Stops the scoring and generation calls running on `model` (with any of its adapters),
+/// from any thread: each returns NUDGE_ERR_CANCELLED at its next check (between the
+/// model's layers, and before each generated token), with no output. Calls that begin
+/// after this one returns are not affected; training is stopped by its progress callback
+/// instead. For a long prompt or a long text, the wait is at most one layer's work.
+#[unsafe(no_mangle)]
+pub extern "C" fn nudge_model_interrupt(model: *const NudgeModel) -> NudgeStatus {
+    guard(|| {
+        let m = model_arg(model)?;
+        m.interrupts.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        Ok(())
     })
 }
 

@@ -6,6 +6,7 @@ use crate::model::model_arg;
 use crate::pool::with_pool;
 use crate::status::{Failure, NudgeStatus, guard};
 use crate::text::write_opt;
+use engine::cancel::Cancel;
 use engine::score::ScoreItem;
 use std::ffi::c_char;
 use std::path::Path;
@@ -32,6 +33,7 @@ pub unsafe extern "C" fn nudge_score(
             return Err(Failure::null("logp"));
         }
         let m = model_arg(model)?;
+        let since = m.watch();
         let a = if adapter.is_null() {
             None
         } else {
@@ -49,8 +51,10 @@ pub unsafe extern "C" fn nudge_score(
             prompt: &p,
             completions: vec![&c],
         };
+        let interrupted = || m.interrupted(since);
+        let cancel = Some(Cancel::new(&interrupted));
         let scored = with_pool(m.threads, |pool| {
-            pool.install(|| m.model.score_packed_with(&[item], adapter_ref))
+            pool.install(|| m.model.score_packed_cancel(&[item], adapter_ref, cancel))
         })??;
         let s = scored
             .first()

@@ -3,7 +3,8 @@
 
 use super::*;
 use crate::adapter::Adapter;
-use crate::model::CachedSeq;
+use crate::cancel::Cancel;
+use crate::model::{CachedSeq, LoraCtx};
 use rayon::prelude::*;
 use std::collections::{HashMap, VecDeque};
 use std::ops::ControlFlow;
@@ -153,6 +154,7 @@ pub struct BatchGenerator<'a> {
     step_finished: Vec<(usize, Generated)>,
     /// A reply that [`Self::stop`] could not finish.
     error: Option<Error>,
+    cancel: Option<Cancel<'a>>,
 }
 
 impl<'a> BatchGenerator<'a> {
@@ -221,7 +223,15 @@ impl<'a> BatchGenerator<'a> {
             step_tokens: Vec::new(),
             step_finished: Vec::new(),
             error: None,
+            cancel: None,
         })
+    }
+
+    /// From now on, every step and every prefill (between layers) first asks `cancel`,
+    /// and [`Self::step`] ends with [`Error::Cancelled`] once it says so; the replies so
+    /// far stay readable.
+    pub fn set_cancel(&mut self, cancel: Cancel<'a>) {
+        self.cancel = Some(cancel);
     }
 
     /// One step: the live rows' last tokens run through one batched forward pass, waiting
@@ -230,6 +240,7 @@ impl<'a> BatchGenerator<'a> {
     pub fn step(&mut self) -> Result<bool> {
         self.keep_finished();
         self.step_tokens.clear();
+        crate::cancel::check(self.cancel)?;
         self.decode()?;
         self.admit()?;
         self.step_rows = self.rows.len();
@@ -366,7 +377,11 @@ impl<'a> BatchGenerator<'a> {
             self.model,
             &mut self.groups,
             &need,
-            self.adapter,
+            LoraCtx {
+                adapter: self.adapter,
+                dropout: None,
+                cancel: self.cancel,
+            },
             self.max_prefill_tokens,
         )?;
         let max_pos = self.model.config.max_position_embeddings;
@@ -472,13 +487,7 @@ struct Group<'r> {
 
 /// Prefills the prompts of `groups[need]`, several per forward pass up to `budget`
 /// tokens.
-fn prefill_groups(
-    model: &Model,
-    groups: &mut [Group],
-    need: &[usize],
-    adapter: Option<&Adapter>,
-    budget: usize,
-) -> Result<()> {
+fn prefill_groups(model: &Model, groups: &mut [Group], need: &[usize], lora: LoraCtx, budget: usize) -> Result<()> {
     let (hidden, vocab) = (model.config.hidden_size, model.config.vocab_size);
     let mut rest = need;
     while !rest.is_empty() {
@@ -499,7 +508,7 @@ fn prefill_groups(
                 cache,
             })
             .collect();
-        let h = model.extend_batch(&mut seqs, adapter)?;
+        let h = model.extend_batch_ctx(&mut seqs, lora)?;
         // The last position of each prompt gives its next-token logits.
         let mut last = Vec::with_capacity(part.len() * hidden);
         let mut end = 0;

@@ -3,12 +3,15 @@
 
 use super::*;
 use crate::adapter::Adapter;
+use crate::cancel::Cancel;
+use crate::model::LoraCtx;
 use std::ops::ControlFlow;
 
 /// Generation one token at a time (for apps that drive the loop themselves).
 pub struct Generator<'a> {
     model: &'a Model,
     adapter: Option<&'a Adapter>,
+    cancel: Option<Cancel<'a>>,
     cache: KvCache,
     sampler: Sampler,
     stop_tokens: Vec<u32>,
@@ -25,15 +28,33 @@ pub struct Generator<'a> {
 impl<'a> Generator<'a> {
     /// Checks the options and runs the prompt through the model.
     pub fn new(model: &'a Model, prompt: &[u32], opts: &GenerateOptions, adapter: Option<&'a Adapter>) -> Result<Self> {
+        Self::new_cancellable(model, prompt, opts, adapter, None)
+    }
+
+    /// [`Self::new`] whose prefill (between layers) and every later token first ask
+    /// `cancel`, and end with [`Error::Cancelled`] once it says so.
+    pub fn new_cancellable(
+        model: &'a Model,
+        prompt: &[u32],
+        opts: &GenerateOptions,
+        adapter: Option<&'a Adapter>,
+        cancel: Option<Cancel<'a>>,
+    ) -> Result<Self> {
         let sampler = Sampler::new(opts)?;
         if prompt.is_empty() {
             return Err(Error::invalid("the prompt has no tokens"));
         }
         let mut cache = KvCache::new(&model.config);
-        let logits = model.prefill(prompt, &mut cache, adapter)?;
+        let lora = LoraCtx {
+            adapter,
+            dropout: None,
+            cancel,
+        };
+        let logits = model.prefill_ctx(prompt, &mut cache, lora)?;
         Ok(Generator {
             model,
             adapter,
+            cancel,
             cache,
             sampler,
             stop_tokens: opts.stop_tokens_for(model),
@@ -59,6 +80,7 @@ impl<'a> Generator<'a> {
             return Ok(self.finish(StopReason::ContextFull));
         }
         if let Some(t) = self.pending.take() {
+            crate::cancel::check(self.cancel)?;
             self.logits = self.model.decode_step(t, &mut self.cache, self.adapter)?;
         }
         let t = self.sampler.sample(&self.logits[..self.vocab]);

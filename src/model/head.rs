@@ -23,7 +23,14 @@ impl Model {
     /// given: `[tokens.len(), vocab]`, as `model(input_ids).logits[0]` in transformers.
     pub fn forward_logits(&self, tokens: &[u32], adapter: Option<&Adapter>) -> Result<Array2<f32>> {
         let layout = AttnLayout::sequences(&[tokens.len()]);
-        let h = self.hidden_states_with(tokens, &layout, LoraCtx { adapter, dropout: None })?;
+        let h = self.hidden_states_with(
+            tokens,
+            &layout,
+            LoraCtx {
+                adapter,
+                ..LoraCtx::default()
+            },
+        )?;
         let logits = self.logits(&h)?;
         Ok(Array2::from_shape_vec((tokens.len(), self.config.vocab_size), logits)
             .expect("the head gives vocab logits per row"))

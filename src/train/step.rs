@@ -79,6 +79,7 @@ impl PolicyPass {
         let lora = LoraCtx {
             adapter: Some(adapter),
             dropout,
+            cancel: None,
         };
         let (h, tape) = model.forward_train(&tokens, &layout, lora, recompute)?;
         let (token_logps, targets) = model.target_logprobs(&h, &targets);
@@ -105,6 +106,7 @@ impl PolicyPass {
         let lora = LoraCtx {
             adapter: Some(adapter),
             dropout,
+            cancel: None,
         };
         model.backward(self.tape, lora, &dh, grads)
     }

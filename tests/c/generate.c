@@ -12,6 +12,21 @@ typedef struct Pieces {
     size_t len;
 } Pieces;
 
+/* Interrupts the model from inside the call, at the third token. */
+typedef struct Interrupter {
+    NudgeModel *model;
+    uint32_t calls;
+} Interrupter;
+
+static int32_t interrupt_at_third(uint32_t id, const char *text, size_t len, void *user) {
+    Interrupter *i = (Interrupter *)user;
+    (void)id, (void)text, (void)len;
+    if (++i->calls == 3) {
+        CHECK_OK(nudge_model_interrupt(i->model));
+    }
+    return 0;
+}
+
 static int32_t on_token(uint32_t id, const char *text, size_t len, void *user) {
     Pieces *p = (Pieces *)user;
     CHECK(text != NULL && strlen(text) == len);
@@ -56,6 +71,19 @@ int main(int argc, char **argv) {
     nudge_string_free(mine);
     CHECK(strcmp(mine, "the app's own string") == 0);
     free(mine);
+
+    /* An interrupt stops the reply before its next token, with no text; the next call
+     * runs normally. */
+    {
+        Interrupter in = {model, 0};
+        char *cut = NULL;
+        CHECK_STATUS(nudge_generate(model, NULL, CHAT, NUDGE_CHAT_JSON, &o, interrupt_at_third, &in, &cut, NULL),
+                     NUDGE_ERR_CANCELLED);
+        CHECK(cut == NULL && in.calls == 3);
+        CHECK_OK(nudge_generate(model, NULL, CHAT, NUDGE_CHAT_JSON, &o, NULL, NULL, &cut, NULL));
+        CHECK(strcmp(cut, first) == 0);
+        nudge_string_free(cut);
+    }
 
     /* A per-call thread count far past the cores is refused before any thread starts. */
     o.threads = 100000;

@@ -7,6 +7,7 @@
 #include "common.h"
 
 #include <pthread.h>
+#include <time.h>
 
 typedef struct Gate {
     pthread_mutex_t mu;
@@ -198,6 +199,71 @@ static void concurrent_scoring(NudgeModel *model) {
     nudge_adapter_free(adapter);
 }
 
+typedef struct LongScore {
+    NudgeModel *model;
+    char *text;
+    Gate gate;
+    int started;
+    int done;
+    int calls;
+    NudgeStatus status;
+} LongScore;
+
+/* Scores a long text until a call is interrupted (or gives up after many calls). */
+static void *long_score_thread(void *arg) {
+    LongScore *job = (LongScore *)arg;
+    gate_set(&job->gate, &job->started);
+    for (job->calls = 1; job->calls <= 200; job->calls++) {
+        double logp = 0.0;
+        job->status = nudge_score(job->model, NULL, "Repeat:", job->text, NUDGE_TEXT, &logp, NULL);
+        if (job->status != NUDGE_OK) {
+            break;
+        }
+    }
+    gate_set(&job->gate, &job->done);
+    return NULL;
+}
+
+/* nudge_model_interrupt from another thread stops a scoring call in flight; calls that
+ * begin afterwards run normally. */
+static void interrupted_scoring(NudgeModel *model) {
+    LongScore job;
+    memset(&job, 0, sizeof job);
+    job.model = model;
+    size_t n = 6000;
+    job.text = malloc(n + 1);
+    CHECK(job.text != NULL);
+    for (size_t i = 0; i < n; i++) {
+        job.text[i] = "abcdefgh "[i % 9];
+    }
+    job.text[n] = '\0';
+    gate_init(&job.gate);
+    pthread_t t;
+    CHECK(pthread_create(&t, NULL, long_score_thread, &job) == 0);
+    gate_wait(&job.gate, &job.started);
+    /* An interrupt that falls between two calls affects neither: keep asking until one
+     * lands inside a call. */
+    for (;;) {
+        pthread_mutex_lock(&job.gate.mu);
+        int done = job.done;
+        pthread_mutex_unlock(&job.gate.mu);
+        if (done) {
+            break;
+        }
+        CHECK_OK(nudge_model_interrupt(model));
+        struct timespec pause = {0, 2000000};
+        nanosleep(&pause, NULL);
+    }
+    CHECK(pthread_join(t, NULL) == 0);
+    CHECK(job.status == NUDGE_ERR_CANCELLED);
+    printf("interrupted a scoring call (call %d of its thread)\n", job.calls);
+    double logp = 0.0;
+    CHECK_OK(nudge_score(model, NULL, TEXT_PAIRS[1].prompt, TEXT_PAIRS[1].chosen, NUDGE_TEXT, &logp, NULL));
+    CHECK_STATUS(nudge_model_interrupt(NULL), NUDGE_ERR_NULL);
+    gate_destroy(&job.gate);
+    free(job.text);
+}
+
 static void *other_thread_errors(void *arg) {
     char *seen = (char *)arg;
     /* A new thread has no error yet, whatever the other threads did. */
@@ -230,6 +296,7 @@ int main(int argc, char **argv) {
 
     thread_local_errors();
     concurrent_scoring(model);
+    interrupted_scoring(model);
     busy_adapter(model, data, dir);
     free_during_run(model, data);
 

@@ -25,7 +25,17 @@ impl Model {
     /// states (after the last RMSNorm): `[n, hidden]`. An adapter must stay the same for
     /// every call on one cache. On error the cache is unchanged.
     pub fn extend(&self, tokens: &[u32], cache: &mut KvCache, adapter: Option<&Adapter>) -> Result<Vec<f32>> {
-        let lora = LoraCtx { adapter, dropout: None };
+        self.extend_ctx(
+            tokens,
+            cache,
+            LoraCtx {
+                adapter,
+                ..LoraCtx::default()
+            },
+        )
+    }
+
+    fn extend_ctx(&self, tokens: &[u32], cache: &mut KvCache, lora: LoraCtx) -> Result<Vec<f32>> {
         self.check_adapter(&lora)?;
         let start = self.check_cached(tokens, cache)?;
         self.forward_cached(&mut [CachedSeq { tokens, cache }], &[start], &lora)
@@ -37,7 +47,17 @@ impl Model {
     /// to what [`Self::extend`] gives it alone. An error names the sequence
     /// ([`Error::Request`]) and leaves every cache unchanged.
     pub fn extend_batch(&self, seqs: &mut [CachedSeq<'_>], adapter: Option<&Adapter>) -> Result<Vec<f32>> {
-        let lora = LoraCtx { adapter, dropout: None };
+        self.extend_batch_ctx(
+            seqs,
+            LoraCtx {
+                adapter,
+                ..LoraCtx::default()
+            },
+        )
+    }
+
+    /// [`Self::extend_batch`] with the adapter, and a flag to stop it, in `lora`.
+    pub(crate) fn extend_batch_ctx(&self, seqs: &mut [CachedSeq<'_>], lora: LoraCtx) -> Result<Vec<f32>> {
         self.check_adapter(&lora)?;
         let starts = seqs
             .iter()
@@ -49,10 +69,22 @@ impl Model {
 
     /// Logits of the next token after `tokens` (appended to `cache`): `[vocab]`.
     pub fn prefill(&self, tokens: &[u32], cache: &mut KvCache, adapter: Option<&Adapter>) -> Result<Vec<f32>> {
+        self.prefill_ctx(
+            tokens,
+            cache,
+            LoraCtx {
+                adapter,
+                ..LoraCtx::default()
+            },
+        )
+    }
+
+    /// [`Self::prefill`] with the adapter, and a flag to stop it, in `lora`.
+    pub(crate) fn prefill_ctx(&self, tokens: &[u32], cache: &mut KvCache, lora: LoraCtx) -> Result<Vec<f32>> {
         if tokens.is_empty() {
             return Err(Error::invalid("prefill needs at least one token"));
         }
-        let h = self.extend(tokens, cache, adapter)?;
+        let h = self.extend_ctx(tokens, cache, lora)?;
         let hidden = self.config.hidden_size;
         self.logits(&h[h.len() - hidden..])
     }
@@ -133,6 +165,7 @@ impl Model {
             starts,
         };
         for li in 0..self.config.num_hidden_layers {
+            crate::cancel::check(lora.cancel)?;
             self.layer_forward(li, &mut x, &mut attend, &table, lora, &mut s);
         }
         for (seq, &start) in seqs.iter_mut().zip(starts) {

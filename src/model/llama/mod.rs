@@ -17,6 +17,7 @@ use super::Model;
 use super::weights::Proj;
 use crate::adapter::Adapter;
 use crate::buffers;
+use crate::cancel::{self, Cancel};
 use crate::error::{Error, Result};
 use crate::kernels::attention::{AttnGrads, AttnLayout, AttnSaved, AttnShape, attention_backward, attention_forward};
 use crate::kernels::attention_cached::attention_cached;
@@ -33,11 +34,13 @@ pub struct Dropout {
     pub seed: u64,
 }
 
-/// The adapter (if any) a forward pass applies, with training-time dropout.
+/// The adapter (if any) a forward pass applies, with training-time dropout, and the
+/// caller's flag to stop it between layers.
 #[derive(Clone, Copy, Default)]
 pub struct LoraCtx<'a> {
     pub adapter: Option<&'a Adapter>,
     pub dropout: Option<Dropout>,
+    pub cancel: Option<Cancel<'a>>,
 }
 
 impl LoraCtx<'_> {
@@ -236,6 +239,7 @@ impl Model {
         let table = RopeTable::new(&self.inv_freq, layout.positions());
         let mut s = LayerActs::sized(self, t)?;
         for li in 0..self.config.num_hidden_layers {
+            cancel::check(lora.cancel)?;
             self.layer_forward(li, &mut x, &mut Attend::Packed(layout), &table, &lora, &mut s);
         }
         let mut out = buffers::zeros::<f32>(t * self.config.hidden_size, "the final hidden states")?;
