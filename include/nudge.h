@@ -7,14 +7,19 @@
  * renumbered. nudge_last_error_message() describes the calling thread's last such call
  * ("" when it succeeded). No panic, abort or out-of-bounds access crosses this API:
  * NULL pointers give NUDGE_ERR_NULL, invalid UTF-8 gives NUDGE_ERR_UTF8, an internal bug
- * gives NUDGE_ERR_PANIC. Output handles (*out) are set to NULL when a call fails.
+ * gives NUDGE_ERR_PANIC (its message says where; nothing is printed to stderr), a buffer
+ * that cannot be allocated gives NUDGE_ERR_NO_MEMORY. Sizes from the app or from files are
+ * bounded before anything is allocated (LoRA rank <= 1024, threads <= max(64, 8 x cores),
+ * array lengths that fit in memory). Output handles (*out) are set to NULL when a call
+ * fails.
  *
  * Pointers. NULL is always checked. Every other pointer argument must point to what its
  * type says for the duration of the call: NUL-terminated UTF-8 strings (copied when kept),
  * arrays of the given length, structs whose first field holds their size, writable
  * outputs. Strings returned by the library are owned by it (static, or valid until the
  * thread's next call), except the char* written to an output argument (nudge_generate's
- * text, nudge_generate_batch's texts), which the app owns and frees with nudge_string_free.
+ * text, nudge_generate_batch's texts), which the app owns and frees with nudge_string_free
+ * (freeing one twice, or a pointer the library did not return, is a no-op).
  *
  * Handles. NudgeModel, NudgeAdapter, NudgeDataset and NudgeJournal are opaque handles. A
  * handle is an id, not an address: a freed or wrong-kind handle is refused with
@@ -31,7 +36,16 @@
  * call that finds the handle in use the other way returns NUDGE_ERR_BUSY at once rather
  * than waiting. Heavy calls run on worker threads of their own (NudgeModelOptions.threads,
  * NudgeTrainOptions.threads, NudgeGenerateOptions.threads), which have exited when the
- * call returns; callbacks run on the calling thread.
+ * call returns; callbacks run on the calling thread. A long call is stopped by its
+ * callback (training, generation) or, from any thread, by nudge_model_interrupt (scoring
+ * and generation, between the model's layers).
+ *
+ * Files. A model's weights are memory-mapped: the file must not be truncated (SIGBUS) or
+ * rewritten while the model is open; replace it by renaming a new file over it, or open
+ * it with NudgeModelOptions.no_mmap = 1. Adapters, checkpoints and exports are written to
+ * a temporary file, fsynced and renamed: a crash or a full disk leaves the previous file.
+ * A journal record is durable once its add call returns (NUDGE_DURABILITY_EVERY_RECORD,
+ * the default) or once nudge_journal_sync returns (NUDGE_DURABILITY_BATCH).
  *
  * Versioned structs. Option, info and result structs start with uint32_t struct_size:
  * set it to sizeof the struct (the *_options_init functions do). The library accepts the
