@@ -248,6 +248,32 @@ fn saved_checkpoint(name: &str) -> (Model, Vec<u8>) {
     (m, b)
 }
 
+/// A payload behind a valid header (checksum included): what a crafted file can reach.
+fn framed(payload: &[u8]) -> Vec<u8> {
+    use nudge::train::checkpoint::MAGIC;
+    use sha2::Digest;
+    let mut out = MAGIC.to_vec();
+    out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+    out.extend_from_slice(&sha2::Sha256::digest(payload));
+    out.extend_from_slice(payload);
+    out
+}
+
+#[test]
+fn a_crafted_length_in_a_valid_checkpoint_is_an_error_not_an_allocation() {
+    // Found by the checkpoint fuzz target: a string length of 2^62 and more, which bincode
+    // allocated before reading (the process aborted).
+    let crafted = framed(&[
+        0xfd, 0xfb, 0x00, 0x45, 0xff, 0x00, 0xfc, 0x00, 0x45, 0xff, 0x1f, 0x1f, 0x02, 0x00, 0x03,
+    ]);
+    let e = Checkpoint::from_bytes(&crafted, Path::new("ck.bin")).unwrap_err();
+    assert!(e.to_string().contains("undecodable payload"), "{e}");
+    // And a genuine checkpoint still reads back through the same path.
+    let (_, bytes) = saved_checkpoint("ck-crafted-len");
+    Checkpoint::from_bytes(&framed(&bytes[52..]), Path::new("ck.bin")).expect("a genuine payload decodes");
+}
+
 #[test]
 fn damaged_checkpoints_are_refused() {
     let (_, bytes) = saved_checkpoint("ck-damage");

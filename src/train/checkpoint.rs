@@ -86,6 +86,24 @@ fn config() -> bincode::config::Configuration {
     bincode::config::standard()
 }
 
+/// Decodes a payload with bincode's allocation limit at most 32 times its size: bincode
+/// allocates a string or byte vector at the length it reads before reading its bytes, so
+/// without a limit a crafted length asks for exabytes. The limit is a const generic, hence
+/// the tiers; a genuine payload claims about its own size.
+fn decode_bounded(payload: &[u8]) -> std::result::Result<(Checkpoint, usize), bincode::error::DecodeError> {
+    macro_rules! tiers {
+        ($($limit:expr),*) => {
+            $(
+                if payload.len() <= $limit / 4 {
+                    return bincode::serde::decode_from_slice(payload, config().with_limit::<{ $limit }>());
+                }
+            )*
+        };
+    }
+    tiers!(1 << 20, 1 << 23, 1 << 26, 1 << 29, 1 << 32, 1 << 35, 1 << 38, 1 << 41);
+    Err(bincode::error::DecodeError::LimitExceeded)
+}
+
 impl Checkpoint {
     pub fn to_bytes(&self) -> Result<Vec<u8>> {
         let payload = bincode::serde::encode_to_vec(self, config())
@@ -123,8 +141,7 @@ impl Checkpoint {
         if Sha256::digest(payload)[..] != bytes[20..52] {
             return Err(bad("checksum mismatch: the checkpoint is corrupt".into()));
         }
-        let (c, used): (Checkpoint, usize) = bincode::serde::decode_from_slice(payload, config())
-            .map_err(|e| bad(format!("undecodable payload: {e}")))?;
+        let (c, used) = decode_bounded(payload).map_err(|e| bad(format!("undecodable payload: {e}")))?;
         if used != payload.len() {
             return Err(bad("trailing bytes after the checkpoint payload".into()));
         }
