@@ -233,6 +233,7 @@ fn runs_killed_at_random_and_resumed_keep_one_whole_log_line_per_step_and_the_sa
             "trial {trial}: one line per step"
         );
     }
+    eprintln!("{kills} kills, {resumes} resumes");
     assert!(
         kills >= 30 && resumes >= 15,
         "the kills landed: {kills} kills, {resumes} resumes"
