@@ -1141,6 +1141,33 @@ enum NudgeStatus nudge_score(const struct NudgeModel *model,
                              uint32_t *n_tokens);
 
 /**
+ * The token ids `nudge_generate` would run for `prompt` (`format` NUDGE_TEXT: the text as
+ * it is; NUDGE_CHAT_JSON: the messages rendered with the model's chat template and its
+ * generation prompt). `*n_tokens` (required) receives their number. When `ids` is not
+ * NULL and `capacity` holds them all, they are written to `ids` (owned by the app);
+ * otherwise nothing is written to `ids`, and a non-NULL `ids` too small gives
+ * NUDGE_ERR_INVALID (with `*n_tokens` still set). Counting only: `ids` NULL, `capacity` 0.
+ * Compare `*n_tokens` with `NudgeModelInfo.context_length`.
+ */
+enum NudgeStatus nudge_tokenize(const struct NudgeModel *model,
+                                const char *prompt,
+                                uint32_t format,
+                                uint32_t *ids,
+                                size_t capacity,
+                                size_t *n_tokens);
+
+/**
+ * The text of `n` token ids under `model`'s tokenizer; `skip_special` 1 leaves out special
+ * tokens (as nudge_generate's replies do). On success `*text_out` is a string to free with
+ * `nudge_string_free`; an id outside the vocabulary is NUDGE_ERR_INVALID naming it.
+ */
+enum NudgeStatus nudge_detokenize(const struct NudgeModel *model,
+                                  const uint32_t *ids,
+                                  size_t n,
+                                  uint32_t skip_special,
+                                  char **text_out);
+
+/**
  * Fills `options` with the defaults; `struct_size` is sizeof(NudgeGenerateOptions).
  */
 enum NudgeStatus nudge_generate_options_init(struct NudgeGenerateOptions *options,

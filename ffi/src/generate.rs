@@ -95,7 +95,7 @@ fn generate_options(o: &NudgeGenerateOptions) -> FfiResult<GenerateOptions> {
 
 /// The prompt's token ids: raw text as it is, chat messages rendered with the model's
 /// template and its generation prompt.
-fn prompt_ids(model: &Model, prompt: Value) -> FfiResult<Vec<u32>> {
+pub(crate) fn prompt_ids(model: &Model, prompt: Value) -> FfiResult<Vec<u32>> {
     let tok = &model.tokenizer;
     let text = match chat::prompt(&prompt, "prompt").map_err(|e| Failure::invalid(e.to_string()))? {
         Content::Text(s) => s,

@@ -31,6 +31,8 @@ mod train;
 
 mod score;
 
+mod tokens;
+
 mod generate;
 
 mod handles;
@@ -46,5 +48,6 @@ pub use journal::*;
 pub use model::*;
 pub use score::*;
 pub use status::*;
+pub use tokens::*;
 pub use train::*;
 pub use version::*;

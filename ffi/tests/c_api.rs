@@ -288,8 +288,16 @@ fn misuse_static() {
 }
 
 #[test]
-fn generate_shared() {
-    run(&build("generate", Link::Shared), "generate", &[]);
+fn generate_shared_counts_tokens_as_the_engine_does() {
+    let stdout = run(&build("generate", Link::Shared), "generate", &[]);
+    let counted = values(&stdout, "tokens ");
+    let model = Model::open(model_path()).unwrap();
+    let tok = &model.tokenizer;
+    let chat = tok
+        .apply_chat_template(&[engine::tokenizer::ChatMessage::new("user", PROMPT)], true)
+        .unwrap();
+    assert_eq!(counted["chat"], tok.encode(&chat, false).unwrap().len() as f64);
+    assert_eq!(counted["text"], tok.encode(CHOSEN, false).unwrap().len() as f64);
 }
 
 #[test]

@@ -72,6 +72,31 @@ int main(int argc, char **argv) {
     CHECK(strcmp(mine, "the app's own string") == 0);
     free(mine);
 
+    /* Tokens: what the prompt costs before the call, the ids themselves, the text back. */
+    {
+        size_t n_chat = 0, got = 0, need = 0, n_text = 0;
+        uint32_t ids[256], small[2];
+        CHECK_OK(nudge_tokenize(model, CHAT, NUDGE_CHAT_JSON, NULL, 0, &n_chat));
+        CHECK(n_chat > 8 && n_chat < 256);
+        CHECK_OK(nudge_tokenize(model, CHAT, NUDGE_CHAT_JSON, ids, 256, &got));
+        CHECK(got == n_chat);
+        CHECK_STATUS(nudge_tokenize(model, CHAT, NUDGE_CHAT_JSON, small, 2, &need), NUDGE_ERR_INVALID);
+        CHECK(need == n_chat);
+        CHECK_MESSAGE("the prompt has");
+        CHECK_STATUS(nudge_tokenize(model, CHAT, NUDGE_CHAT_JSON, ids, 256, NULL), NUDGE_ERR_NULL);
+        const char *plain = "The capital of France is Paris.";
+        CHECK_OK(nudge_tokenize(model, plain, NUDGE_TEXT, ids, 256, &n_text));
+        char *back = NULL;
+        CHECK_OK(nudge_detokenize(model, ids, n_text, 1, &back));
+        CHECK(strcmp(back, plain) == 0);
+        nudge_string_free(back);
+        uint32_t bad = 0xFFFFFFF0u;
+        CHECK_STATUS(nudge_detokenize(model, &bad, 1, 0, &back), NUDGE_ERR_INVALID);
+        CHECK(back == NULL);
+        CHECK_MESSAGE("outside the vocabulary");
+        printf("tokens chat=%zu text=%zu\n", n_chat, n_text);
+    }
+
     /* An interrupt stops the reply before its next token, with no text; the next call
      * runs normally. */
     {
