@@ -48,11 +48,16 @@
  * the default) or once nudge_journal_sync returns (NUDGE_DURABILITY_BATCH).
  *
  * Versioned structs. Option, info and result structs start with uint32_t struct_size:
- * set it to sizeof the struct (the *_options_init functions do). The library accepts the
+ * set it to sizeof the struct (the *_init functions do, for options, info, stats and
+ * results alike). The library accepts the
  * size of every version it knows (the fields an older app lacks take their defaults) and
  * refuses an unknown size with NUDGE_ERR_INVALID (an app built against a newer header
  * than the library). Fields are only ever appended. NudgePair, NudgeThumb and
  * NudgeStepMetrics have frozen layouts.
+ *
+ * Linking. Every function is declared NUDGE_API: default visibility with GCC and Clang;
+ * on Windows __declspec(dllimport), or nothing when NUDGE_STATIC is defined (linking
+ * libnudge statically).
  */
 
 
@@ -63,6 +68,19 @@
 
 #include <stdint.h>
 #include <stddef.h>
+
+#if defined(_WIN32) || defined(__CYGWIN__)
+#  if defined(NUDGE_STATIC)
+#    define NUDGE_API
+#  else
+#    define NUDGE_API __declspec(dllimport)
+#  endif
+#elif defined(__GNUC__) || defined(__clang__)
+#  define NUDGE_API __attribute__((visibility("default")))
+#else
+#  define NUDGE_API
+#endif
+
 
 /**
  * The header's major version (incompatible API changes).
@@ -333,28 +351,6 @@ typedef struct NudgeJournal NudgeJournal;
 typedef struct NudgeModel NudgeModel;
 
 /**
- * Options of `nudge_model_open`. Fill with `nudge_model_options_init`.
- */
-typedef struct NudgeModelOptions {
-  /**
-   * sizeof(NudgeModelOptions) as the app was compiled.
-   */
-  uint32_t struct_size;
-  /**
-   * Worker threads of the calls on this model and its adapters (0, the default: one
-   * per core).
-   */
-  uint32_t threads;
-  /**
-   * 1: read the weights into memory instead of memory-mapping the file. A mapped model needs its file unchanged
-   * while it is open: truncating it kills the process with SIGBUS, rewriting it changes
-   * the weights. Replace a model file by renaming a new one over it; a host that cannot
-   * promise that sets this, at the cost of the whole file in memory. Default 0.
-   */
-  uint32_t no_mmap;
-} NudgeModelOptions;
-
-/**
  * What `nudge_model_info` reports. Set `struct_size` before the call.
  */
 typedef struct NudgeModelInfo {
@@ -404,6 +400,50 @@ typedef struct NudgeModelInfo {
 } NudgeModelInfo;
 
 /**
+ * Options of `nudge_model_open`. Fill with `nudge_model_options_init`.
+ */
+typedef struct NudgeModelOptions {
+  /**
+   * sizeof(NudgeModelOptions) as the app was compiled.
+   */
+  uint32_t struct_size;
+  /**
+   * Worker threads of the calls on this model and its adapters (0, the default: one
+   * per core).
+   */
+  uint32_t threads;
+  /**
+   * 1: read the weights into memory instead of memory-mapping the file. A mapped model needs its file unchanged
+   * while it is open: truncating it kills the process with SIGBUS, rewriting it changes
+   * the weights. Replace a model file by renaming a new one over it; a host that cannot
+   * promise that sets this, at the cost of the whole file in memory. Default 0.
+   */
+  uint32_t no_mmap;
+} NudgeModelOptions;
+
+/**
+ * What `nudge_adapter_info` reports. Set `struct_size` before the call.
+ */
+typedef struct NudgeAdapterInfo {
+  /**
+   * sizeof(NudgeAdapterInfo) as the app was compiled; set by the app.
+   */
+  uint32_t struct_size;
+  uint32_t r;
+  float alpha;
+  /**
+   * NUDGE_TARGET_* bits.
+   */
+  uint32_t targets;
+  uint32_t rslora;
+  float dropout;
+  /**
+   * Trainable parameters (A and B of every adapted projection).
+   */
+  uint64_t n_params;
+} NudgeAdapterInfo;
+
+/**
  * The shape of a new adapter. Fill with `nudge_adapter_options_init`.
  */
 typedef struct NudgeAdapterOptions {
@@ -442,28 +482,6 @@ typedef struct NudgeAdapterOptions {
 } NudgeAdapterOptions;
 
 /**
- * What `nudge_adapter_info` reports. Set `struct_size` before the call.
- */
-typedef struct NudgeAdapterInfo {
-  /**
-   * sizeof(NudgeAdapterInfo) as the app was compiled; set by the app.
-   */
-  uint32_t struct_size;
-  uint32_t r;
-  float alpha;
-  /**
-   * NUDGE_TARGET_* bits.
-   */
-  uint32_t targets;
-  uint32_t rslora;
-  float dropout;
-  /**
-   * Trainable parameters (A and B of every adapted projection).
-   */
-  uint64_t n_params;
-} NudgeAdapterInfo;
-
-/**
  * A preference pair: for `prompt`, the answer `chosen` is preferred over `rejected`.
  * (Layout frozen.)
  */
@@ -484,6 +502,38 @@ typedef struct NudgeThumb {
    */
   uint32_t thumbs_up;
 } NudgeThumb;
+
+/**
+ * What `nudge_journal_stats` reports. Set `struct_size` before the call.
+ */
+typedef struct NudgeJournalStats {
+  /**
+   * sizeof(NudgeJournalStats) as the app was compiled; set by the app.
+   */
+  uint32_t struct_size;
+  /**
+   * Records in the file: thumbs, pairs and training marks.
+   */
+  uint32_t records;
+  uint32_t thumbs;
+  uint32_t thumbs_up;
+  uint32_t thumbs_down;
+  uint32_t pairs;
+  uint32_t training_marks;
+  /**
+   * Thumbs and pairs no training run has consumed yet.
+   */
+  uint32_t new_since_training;
+  /**
+   * The sequence number the next event will get.
+   */
+  uint64_t next_sequence;
+  uint64_t file_bytes;
+  /**
+   * Milliseconds since the Unix epoch of the last training mark; -1 if none.
+   */
+  int64_t last_training_ms;
+} NudgeJournalStats;
 
 /**
  * Options of `nudge_journal_open`. Fill with `nudge_journal_options_init`.
@@ -523,36 +573,92 @@ typedef struct NudgeJournalDataOptions {
 } NudgeJournalDataOptions;
 
 /**
- * What `nudge_journal_stats` reports. Set `struct_size` before the call.
+ * What one optimizer step did (TRL's metric names). The layout is frozen: new metrics
+ * will come in a new struct.
  */
-typedef struct NudgeJournalStats {
+typedef struct NudgeStepMetrics {
   /**
-   * sizeof(NudgeJournalStats) as the app was compiled; set by the app.
+   * 1-based step number.
+   */
+  uint32_t step;
+  /**
+   * Steps the run will take if not stopped.
+   */
+  uint32_t total_steps;
+  /**
+   * 1 if the step's loss or gradient was not finite and the update was not applied.
+   */
+  uint32_t skipped;
+  /**
+   * 1 if `kl` holds KTO's KL estimate.
+   */
+  uint32_t has_kl;
+  /**
+   * Epochs done, fractional.
+   */
+  double epoch;
+  double loss;
+  /**
+   * Global gradient norm before clipping.
+   */
+  double grad_norm;
+  double learning_rate;
+  double rewards_chosen;
+  double rewards_rejected;
+  double rewards_accuracies;
+  double rewards_margins;
+  double logps_chosen;
+  double logps_rejected;
+  double kl;
+  double tokens_per_s;
+  /**
+   * Tokens of the step as TRL counts them (prompt + chosen + prompt + rejected).
+   */
+  uint64_t pair_tokens;
+} NudgeStepMetrics;
+
+/**
+ * What a run did. Set `struct_size` before the call.
+ */
+typedef struct NudgeTrainResult {
+  /**
+   * sizeof(NudgeTrainResult) as the app was compiled; set by the app.
    */
   uint32_t struct_size;
   /**
-   * Records in the file: thumbs, pairs and training marks.
+   * Optimizer steps taken.
    */
-  uint32_t records;
-  uint32_t thumbs;
-  uint32_t thumbs_up;
-  uint32_t thumbs_down;
-  uint32_t pairs;
-  uint32_t training_marks;
+  uint32_t steps;
   /**
-   * Thumbs and pairs no training run has consumed yet.
+   * Steps whose update was skipped (loss or gradient not finite).
    */
-  uint32_t new_since_training;
+  uint32_t skipped_steps;
   /**
-   * The sequence number the next event will get.
+   * 1 if the progress callback stopped the run.
    */
-  uint64_t next_sequence;
-  uint64_t file_bytes;
+  uint32_t cancelled;
   /**
-   * Milliseconds since the Unix epoch of the last training mark; -1 if none.
+   * Examples left out (an empty prompt or completion, an unpaired thumb under a pair
+   * loss); nudge_last_error_message() is not set for them.
    */
-  int64_t last_training_ms;
-} NudgeJournalStats;
+  uint32_t dropped_examples;
+  /**
+   * 1 if `eval` holds the held-out metrics (eval_fraction > 0 and not cancelled).
+   */
+  uint32_t has_eval;
+  /**
+   * Wall time of the run.
+   */
+  double seconds;
+  /**
+   * The last step's metrics (zero if no step was taken).
+   */
+  struct NudgeStepMetrics last;
+  /**
+   * Loss and reward metrics of the held-out pairs after the run.
+   */
+  struct NudgeStepMetrics eval;
+} NudgeTrainResult;
 
 /**
  * How to train. Fill with `nudge_train_options_init`, then change what you need.
@@ -667,100 +773,12 @@ typedef struct NudgeTrainOptions {
 } NudgeTrainOptions;
 
 /**
- * What one optimizer step did (TRL's metric names). The layout is frozen: new metrics
- * will come in a new struct.
- */
-typedef struct NudgeStepMetrics {
-  /**
-   * 1-based step number.
-   */
-  uint32_t step;
-  /**
-   * Steps the run will take if not stopped.
-   */
-  uint32_t total_steps;
-  /**
-   * 1 if the step's loss or gradient was not finite and the update was not applied.
-   */
-  uint32_t skipped;
-  /**
-   * 1 if `kl` holds KTO's KL estimate.
-   */
-  uint32_t has_kl;
-  /**
-   * Epochs done, fractional.
-   */
-  double epoch;
-  double loss;
-  /**
-   * Global gradient norm before clipping.
-   */
-  double grad_norm;
-  double learning_rate;
-  double rewards_chosen;
-  double rewards_rejected;
-  double rewards_accuracies;
-  double rewards_margins;
-  double logps_chosen;
-  double logps_rejected;
-  double kl;
-  double tokens_per_s;
-  /**
-   * Tokens of the step as TRL counts them (prompt + chosen + prompt + rejected).
-   */
-  uint64_t pair_tokens;
-} NudgeStepMetrics;
-
-/**
  * Called after every optimizer step, on the thread that called `nudge_train`, never
  * concurrently with itself. `metrics` is valid during the call only. Return 0 to go on,
  * non-zero to stop the run after this step. It may call any function of this API except
  * those that use the adapter being trained (they return NUDGE_ERR_BUSY).
  */
 typedef int32_t (*NudgeProgressFn)(const struct NudgeStepMetrics *metrics, void *user_data);
-
-/**
- * What a run did. Set `struct_size` before the call.
- */
-typedef struct NudgeTrainResult {
-  /**
-   * sizeof(NudgeTrainResult) as the app was compiled; set by the app.
-   */
-  uint32_t struct_size;
-  /**
-   * Optimizer steps taken.
-   */
-  uint32_t steps;
-  /**
-   * Steps whose update was skipped (loss or gradient not finite).
-   */
-  uint32_t skipped_steps;
-  /**
-   * 1 if the progress callback stopped the run.
-   */
-  uint32_t cancelled;
-  /**
-   * Examples left out (an empty prompt or completion, an unpaired thumb under a pair
-   * loss); nudge_last_error_message() is not set for them.
-   */
-  uint32_t dropped_examples;
-  /**
-   * 1 if `eval` holds the held-out metrics (eval_fraction > 0 and not cancelled).
-   */
-  uint32_t has_eval;
-  /**
-   * Wall time of the run.
-   */
-  double seconds;
-  /**
-   * The last step's metrics (zero if no step was taken).
-   */
-  struct NudgeStepMetrics last;
-  /**
-   * Loss and reward metrics of the held-out pairs after the run.
-   */
-  struct NudgeStepMetrics eval;
-} NudgeTrainResult;
 
 /**
  * How to generate. Fill with `nudge_generate_options_init`, then change what you need.
@@ -847,29 +865,38 @@ extern "C" {
 /**
  * The running library's version as MAJOR * 10000 + MINOR * 100 + PATCH.
  */
-uint32_t nudge_version_number(void);
+NUDGE_API uint32_t nudge_version_number(void);
 
 /**
  * The running library's version as "MAJOR.MINOR.PATCH" (static storage).
  */
-const char *nudge_version_string(void);
+NUDGE_API const char *nudge_version_string(void);
 
 /**
  * The name of a status value ("NUDGE_ERR_BUSY"), or "NUDGE_UNKNOWN" for a value this
  * library does not define (static storage).
  */
-const char *nudge_status_name(int32_t status);
+NUDGE_API const char *nudge_status_name(int32_t status);
 
 /**
  * The message of the calling thread's last call that returned a status: empty ("") if it
  * succeeded. Valid until the thread's next call into this library; never NULL.
  */
-const char *nudge_last_error_message(void);
+NUDGE_API const char *nudge_last_error_message(void);
+
+/**
+ * Prepares `info` for `nudge_model_info`: sets its `struct_size` to `struct_size` (pass
+ * sizeof(NudgeModelInfo)) and the other fields to "unknown" (zero, -1 for an id or time that
+ * may be absent, "" for a string). The app owns the struct.
+ */
+NUDGE_API enum NudgeStatus nudge_model_info_init(struct NudgeModelInfo *info, size_t struct_size);
 
 /**
  * Fills `options` with the defaults; `struct_size` is sizeof(NudgeModelOptions).
  */
-enum NudgeStatus nudge_model_options_init(struct NudgeModelOptions *options, size_t struct_size);
+NUDGE_API
+enum NudgeStatus nudge_model_options_init(struct NudgeModelOptions *options,
+                                          size_t struct_size);
 
 /**
  * Opens a model: a `.gguf` file or a Hugging Face directory (config.json, safetensors,
@@ -879,6 +906,7 @@ enum NudgeStatus nudge_model_options_init(struct NudgeModelOptions *options, siz
  * it. `options` may be NULL (defaults). On success `*out` is a new handle to free with
  * `nudge_model_free`; on failure it is NULL.
  */
+NUDGE_API
 enum NudgeStatus nudge_model_open(const char *path,
                                   const struct NudgeModelOptions *options,
                                   struct NudgeModel **out);
@@ -888,7 +916,7 @@ enum NudgeStatus nudge_model_open(const char *path,
  * freed too. NULL, or a handle already freed, is a no-op. May run while other threads use
  * the handle: their calls finish on their own reference.
  */
-void nudge_model_free(struct NudgeModel *model);
+NUDGE_API void nudge_model_free(struct NudgeModel *model);
 
 /**
  * Stops the scoring and generation calls running on `model` (with any of its adapters),
@@ -897,16 +925,28 @@ void nudge_model_free(struct NudgeModel *model);
  * after this one returns are not affected; training is stopped by its progress callback
  * instead. For a long prompt or a long text, the wait is at most one layer's work.
  */
-enum NudgeStatus nudge_model_interrupt(const struct NudgeModel *model);
+NUDGE_API enum NudgeStatus nudge_model_interrupt(const struct NudgeModel *model);
 
 /**
  * Describes the model. Set `out->struct_size = sizeof(NudgeModelInfo)` first.
  */
-enum NudgeStatus nudge_model_info(const struct NudgeModel *model, struct NudgeModelInfo *out);
+NUDGE_API
+enum NudgeStatus nudge_model_info(const struct NudgeModel *model,
+                                  struct NudgeModelInfo *out);
+
+/**
+ * Prepares `info` for `nudge_adapter_info`: sets its `struct_size` to `struct_size` (pass
+ * sizeof(NudgeAdapterInfo)) and the other fields to "unknown" (zero, -1 for an id or time that
+ * may be absent, "" for a string). The app owns the struct.
+ */
+NUDGE_API
+enum NudgeStatus nudge_adapter_info_init(struct NudgeAdapterInfo *info,
+                                         size_t struct_size);
 
 /**
  * Fills `options` with the defaults; `struct_size` is sizeof(NudgeAdapterOptions).
  */
+NUDGE_API
 enum NudgeStatus nudge_adapter_options_init(struct NudgeAdapterOptions *options,
                                             size_t struct_size);
 
@@ -915,6 +955,7 @@ enum NudgeStatus nudge_adapter_options_init(struct NudgeAdapterOptions *options,
  * `options` may be NULL (defaults). The adapter keeps the model open. On failure `*out`
  * is NULL.
  */
+NUDGE_API
 enum NudgeStatus nudge_adapter_new(const struct NudgeModel *model,
                                    const struct NudgeAdapterOptions *options,
                                    struct NudgeAdapter **out);
@@ -925,6 +966,7 @@ enum NudgeStatus nudge_adapter_new(const struct NudgeModel *model,
  * fingerprint of another base model (one trained by nudge on another model, even of the
  * same shape) is refused with NUDGE_ERR_FORMAT. On failure `*out` is NULL.
  */
+NUDGE_API
 enum NudgeStatus nudge_adapter_load(const struct NudgeModel *model,
                                     const char *dir,
                                     struct NudgeAdapter **out);
@@ -934,13 +976,16 @@ enum NudgeStatus nudge_adapter_load(const struct NudgeModel *model,
  * atomically), loadable by `nudge_adapter_load` and by Hugging Face PEFT.
  * NUDGE_ERR_BUSY while the adapter is being trained.
  */
-enum NudgeStatus nudge_adapter_save_peft(const struct NudgeAdapter *adapter, const char *dir);
+NUDGE_API
+enum NudgeStatus nudge_adapter_save_peft(const struct NudgeAdapter *adapter,
+                                         const char *dir);
 
 /**
  * Writes the adapter as a llama.cpp LoRA GGUF file (`llama-cli --lora`), for the GGUF of
  * the adapter's base model; `dtype` is NUDGE_DTYPE_F32, NUDGE_DTYPE_F16 or
  * NUDGE_DTYPE_BF16. NUDGE_ERR_BUSY while the adapter is being trained.
  */
+NUDGE_API
 enum NudgeStatus nudge_adapter_save_gguf(const struct NudgeAdapter *adapter,
                                          const char *path,
                                          uint32_t dtype);
@@ -951,6 +996,7 @@ enum NudgeStatus nudge_adapter_save_gguf(const struct NudgeAdapter *adapter,
  * cannot apply adapters; `nudge_model_open` opens it. NUDGE_ERR_BUSY while the adapter is
  * being trained.
  */
+NUDGE_API
 enum NudgeStatus nudge_adapter_save_merged(const struct NudgeAdapter *adapter,
                                            const char *dir,
                                            uint32_t dtype);
@@ -959,6 +1005,7 @@ enum NudgeStatus nudge_adapter_save_merged(const struct NudgeAdapter *adapter,
  * Describes the adapter. Set `out->struct_size = sizeof(NudgeAdapterInfo)` first.
  * NUDGE_ERR_BUSY while the adapter is being trained.
  */
+NUDGE_API
 enum NudgeStatus nudge_adapter_info(const struct NudgeAdapter *adapter,
                                     struct NudgeAdapterInfo *out);
 
@@ -967,18 +1014,19 @@ enum NudgeStatus nudge_adapter_info(const struct NudgeAdapter *adapter,
  * already freed, is a no-op. Freeing an adapter that another thread is training lets that
  * run finish on its own reference; its result is then unreachable.
  */
-void nudge_adapter_free(struct NudgeAdapter *adapter);
+NUDGE_API void nudge_adapter_free(struct NudgeAdapter *adapter);
 
 /**
  * A new, empty dataset. On failure `*out` is NULL.
  */
-enum NudgeStatus nudge_dataset_new(struct NudgeDataset **out);
+NUDGE_API enum NudgeStatus nudge_dataset_new(struct NudgeDataset **out);
 
 /**
  * Adds `n_pairs` preference pairs (`format`: NUDGE_TEXT or NUDGE_CHAT_JSON). The strings
  * are copied. All or nothing: on failure no pair is added and the message names the
  * first bad element (e.g. "pairs[3].chosen is not valid UTF-8").
  */
+NUDGE_API
 enum NudgeStatus nudge_dataset_add_pairs(struct NudgeDataset *dataset,
                                          const struct NudgePair *pairs,
                                          size_t n_pairs,
@@ -988,6 +1036,7 @@ enum NudgeStatus nudge_dataset_add_pairs(struct NudgeDataset *dataset,
  * Adds `n_thumbs` thumbs events (`format`: NUDGE_TEXT or NUDGE_CHAT_JSON), trained with
  * the "kto" loss. All or nothing, like `nudge_dataset_add_pairs`.
  */
+NUDGE_API
 enum NudgeStatus nudge_dataset_add_thumbs(struct NudgeDataset *dataset,
                                           const struct NudgeThumb *thumbs,
                                           size_t n_thumbs,
@@ -996,6 +1045,7 @@ enum NudgeStatus nudge_dataset_add_thumbs(struct NudgeDataset *dataset,
 /**
  * How many pairs and thumbs the dataset holds (either output may be NULL).
  */
+NUDGE_API
 enum NudgeStatus nudge_dataset_count(const struct NudgeDataset *dataset,
                                      size_t *n_pairs,
                                      size_t *n_thumbs);
@@ -1004,17 +1054,28 @@ enum NudgeStatus nudge_dataset_count(const struct NudgeDataset *dataset,
  * Releases the caller's handle. NULL, or a handle already freed, is a no-op. A training
  * run that started from the dataset has its own copy of the examples.
  */
-void nudge_dataset_free(struct NudgeDataset *dataset);
+NUDGE_API void nudge_dataset_free(struct NudgeDataset *dataset);
+
+/**
+ * Prepares `stats` for `nudge_journal_stats`: sets its `struct_size` to `struct_size` (pass
+ * sizeof(NudgeJournalStats)) and the other fields to "unknown" (zero, -1 for an id or time that
+ * may be absent, "" for a string). The app owns the struct.
+ */
+NUDGE_API
+enum NudgeStatus nudge_journal_stats_init(struct NudgeJournalStats *stats,
+                                          size_t struct_size);
 
 /**
  * Fills `options` with the defaults; `struct_size` is sizeof(NudgeJournalOptions).
  */
+NUDGE_API
 enum NudgeStatus nudge_journal_options_init(struct NudgeJournalOptions *options,
                                             size_t struct_size);
 
 /**
  * Fills `options` with the defaults; `struct_size` is sizeof(NudgeJournalDataOptions).
  */
+NUDGE_API
 enum NudgeStatus nudge_journal_data_options_init(struct NudgeJournalDataOptions *options,
                                                  size_t struct_size);
 
@@ -1024,6 +1085,7 @@ enum NudgeStatus nudge_journal_data_options_init(struct NudgeJournalDataOptions 
  * kept. One handle at a time may have a file open: a second open of the same file fails.
  * `options` may be NULL (defaults). On failure `*out` is NULL.
  */
+NUDGE_API
 enum NudgeStatus nudge_journal_open(const char *path,
                                     const struct NudgeJournalOptions *options,
                                     struct NudgeJournal **out);
@@ -1032,7 +1094,7 @@ enum NudgeStatus nudge_journal_open(const char *path,
  * Syncs what was appended and closes the file (once no call in progress uses it). NULL,
  * or a handle already freed, is a no-op.
  */
-void nudge_journal_free(struct NudgeJournal *journal);
+NUDGE_API void nudge_journal_free(struct NudgeJournal *journal);
 
 /**
  * Records a thumbs-up (`thumbs_up` non-zero) or thumbs-down on `completion` as the answer
@@ -1043,6 +1105,7 @@ void nudge_journal_free(struct NudgeJournal *journal);
  * the same prompt and completion with the other label replaces the earlier one.
  * `seq_out` (may be NULL) receives the event's sequence number.
  */
+NUDGE_API
 enum NudgeStatus nudge_journal_add_thumb(struct NudgeJournal *journal,
                                          const char *id,
                                          const char *prompt,
@@ -1056,6 +1119,7 @@ enum NudgeStatus nudge_journal_add_thumb(struct NudgeJournal *journal,
  * Records that the user preferred `chosen` over `rejected` as the answer to `prompt`
  * (`format`, `id`, `strength` and `seq_out` as for `nudge_journal_add_thumb`).
  */
+NUDGE_API
 enum NudgeStatus nudge_journal_add_pair(struct NudgeJournal *journal,
                                         const char *id,
                                         const char *prompt,
@@ -1069,11 +1133,12 @@ enum NudgeStatus nudge_journal_add_pair(struct NudgeJournal *journal,
  * Fsyncs the events appended since the last sync (with NUDGE_DURABILITY_BATCH; with
  * every-record durability they already are).
  */
-enum NudgeStatus nudge_journal_sync(struct NudgeJournal *journal);
+NUDGE_API enum NudgeStatus nudge_journal_sync(struct NudgeJournal *journal);
 
 /**
  * Counts the journal's records. Set `out->struct_size = sizeof(NudgeJournalStats)` first.
  */
+NUDGE_API
 enum NudgeStatus nudge_journal_stats(const struct NudgeJournal *journal,
                                      struct NudgeJournalStats *out);
 
@@ -1085,6 +1150,7 @@ enum NudgeStatus nudge_journal_stats(const struct NudgeJournal *journal,
  * `nudge_journal_mark_trained`. `n_pairs` and `n_thumbs` (may be NULL) receive the
  * numbers of examples added.
  */
+NUDGE_API
 enum NudgeStatus nudge_dataset_add_journal(struct NudgeDataset *dataset,
                                            const struct NudgeJournal *journal,
                                            const struct NudgeJournalDataOptions *options,
@@ -1098,13 +1164,25 @@ enum NudgeStatus nudge_dataset_add_journal(struct NudgeDataset *dataset,
  * kept waiting for a partner (NUDGE_UNPAIRED_KEEP) stay new. NUDGE_ERR_INVALID if the
  * dataset took nothing from this journal handle.
  */
+NUDGE_API
 enum NudgeStatus nudge_journal_mark_trained(struct NudgeJournal *journal,
                                             const struct NudgeDataset *dataset);
 
 /**
+ * Prepares `result` for `nudge_train`: sets its `struct_size` to `struct_size` (pass
+ * sizeof(NudgeTrainResult)) and the other fields to "unknown" (zero, -1 for an id or time that
+ * may be absent, "" for a string). The app owns the struct.
+ */
+NUDGE_API
+enum NudgeStatus nudge_train_result_init(struct NudgeTrainResult *result,
+                                         size_t struct_size);
+
+/**
  * Fills `options` with the defaults; `struct_size` is sizeof(NudgeTrainOptions).
  */
-enum NudgeStatus nudge_train_options_init(struct NudgeTrainOptions *options, size_t struct_size);
+NUDGE_API
+enum NudgeStatus nudge_train_options_init(struct NudgeTrainOptions *options,
+                                          size_t struct_size);
 
 /**
  * Trains `adapter` on `dataset` (pairs for the pair losses, thumbs for "kto"), with the
@@ -1116,6 +1194,7 @@ enum NudgeStatus nudge_train_options_init(struct NudgeTrainOptions *options, siz
  * another call. The adapter keeps every step completed, also when the run is stopped or
  * fails part way. The dataset is copied when the run starts.
  */
+NUDGE_API
 enum NudgeStatus nudge_train(struct NudgeAdapter *adapter,
                              const struct NudgeDataset *dataset,
                              const struct NudgeTrainOptions *options,
@@ -1132,6 +1211,7 @@ enum NudgeStatus nudge_train(struct NudgeAdapter *adapter,
  * come from another handle of the same model. NUDGE_ERR_BUSY while the adapter is being
  * trained. Any number of threads may score with the same model and adapter at once.
  */
+NUDGE_API
 enum NudgeStatus nudge_score(const struct NudgeModel *model,
                              const struct NudgeAdapter *adapter,
                              const char *prompt,
@@ -1149,6 +1229,7 @@ enum NudgeStatus nudge_score(const struct NudgeModel *model,
  * NUDGE_ERR_INVALID (with `*n_tokens` still set). Counting only: `ids` NULL, `capacity` 0.
  * Compare `*n_tokens` with `NudgeModelInfo.context_length`.
  */
+NUDGE_API
 enum NudgeStatus nudge_tokenize(const struct NudgeModel *model,
                                 const char *prompt,
                                 uint32_t format,
@@ -1161,6 +1242,7 @@ enum NudgeStatus nudge_tokenize(const struct NudgeModel *model,
  * tokens (as nudge_generate's replies do). On success `*text_out` is a string to free with
  * `nudge_string_free`; an id outside the vocabulary is NUDGE_ERR_INVALID naming it.
  */
+NUDGE_API
 enum NudgeStatus nudge_detokenize(const struct NudgeModel *model,
                                   const uint32_t *ids,
                                   size_t n,
@@ -1170,6 +1252,7 @@ enum NudgeStatus nudge_detokenize(const struct NudgeModel *model,
 /**
  * Fills `options` with the defaults; `struct_size` is sizeof(NudgeGenerateOptions).
  */
+NUDGE_API
 enum NudgeStatus nudge_generate_options_init(struct NudgeGenerateOptions *options,
                                              size_t struct_size);
 
@@ -1184,6 +1267,7 @@ enum NudgeStatus nudge_generate_options_init(struct NudgeGenerateOptions *option
  * NUDGE_STOP_* value. A stop asked by the callback is a success (NUDGE_STOP_CALLBACK).
  * On failure `*text_out` is NULL. NUDGE_ERR_BUSY while the adapter is being trained.
  */
+NUDGE_API
 enum NudgeStatus nudge_generate(const struct NudgeModel *model,
                                 const struct NudgeAdapter *adapter,
                                 const char *prompt,
@@ -1197,7 +1281,9 @@ enum NudgeStatus nudge_generate(const struct NudgeModel *model,
 /**
  * Fills `options` with the defaults; `struct_size` is sizeof(NudgeBatchOptions).
  */
-enum NudgeStatus nudge_batch_options_init(struct NudgeBatchOptions *options, size_t struct_size);
+NUDGE_API
+enum NudgeStatus nudge_batch_options_init(struct NudgeBatchOptions *options,
+                                          size_t struct_size);
 
 /**
  * Generates `samples` replies to each of `prompts[0..n_prompts]` (all in `format`, as
@@ -1217,6 +1303,7 @@ enum NudgeStatus nudge_batch_options_init(struct NudgeBatchOptions *options, siz
  * context) fails the call before any generation, and the message names its index
  * (`prompts[i]`). NUDGE_ERR_BUSY while the adapter is being trained.
  */
+NUDGE_API
 enum NudgeStatus nudge_generate_batch(const struct NudgeModel *model,
                                       const struct NudgeAdapter *adapter,
                                       const char *const *prompts,
@@ -1234,13 +1321,13 @@ enum NudgeStatus nudge_generate_batch(const struct NudgeModel *model,
  * Frees a string this library returned (e.g. `nudge_generate`'s text). NULL, a string
  * already freed, and a pointer this library did not return are no-ops.
  */
-void nudge_string_free(char *s);
+NUDGE_API void nudge_string_free(char *s);
 
 /**
  * The number of live handles of every kind: those created and not yet freed (for an
  * app's leak checks).
  */
-size_t nudge_live_handles(void);
+NUDGE_API size_t nudge_live_handles(void);
 
 #ifdef __cplusplus
 }  // extern "C"

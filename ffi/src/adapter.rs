@@ -121,6 +121,14 @@ impl Default for NudgeAdapterInfo {
 }
 versioned!(NudgeAdapterInfo);
 
+/// Prepares `info` for `nudge_adapter_info`: sets its `struct_size` to `struct_size` (pass
+/// sizeof(NudgeAdapterInfo)) and the other fields to "unknown" (zero, -1 for an id or time that
+/// may be absent, "" for a string). The app owns the struct.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nudge_adapter_info_init(info: *mut NudgeAdapterInfo, struct_size: usize) -> NudgeStatus {
+    guard(|| options::init(info, struct_size, "info"))
+}
+
 fn targets_bits(targets: &[Proj]) -> u32 {
     targets.iter().fold(0, |bits, &p| bits | 1 << p as u32)
 }

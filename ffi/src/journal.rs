@@ -120,6 +120,14 @@ impl Default for NudgeJournalStats {
 }
 versioned!(NudgeJournalStats);
 
+/// Prepares `stats` for `nudge_journal_stats`: sets its `struct_size` to `struct_size` (pass
+/// sizeof(NudgeJournalStats)) and the other fields to "unknown" (zero, -1 for an id or time that
+/// may be absent, "" for a string). The app owns the struct.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nudge_journal_stats_init(stats: *mut NudgeJournalStats, struct_size: usize) -> NudgeStatus {
+    guard(|| options::init(stats, struct_size, "stats"))
+}
+
 /// Fills `options` with the defaults; `struct_size` is sizeof(NudgeJournalOptions).
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn nudge_journal_options_init(

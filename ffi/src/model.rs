@@ -96,6 +96,14 @@ impl Default for NudgeModelInfo {
 }
 versioned!(NudgeModelInfo);
 
+/// Prepares `info` for `nudge_model_info`: sets its `struct_size` to `struct_size` (pass
+/// sizeof(NudgeModelInfo)) and the other fields to "unknown" (zero, -1 for an id or time that
+/// may be absent, "" for a string). The app owns the struct.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nudge_model_info_init(info: *mut NudgeModelInfo, struct_size: usize) -> NudgeStatus {
+    guard(|| options::init(info, struct_size, "info"))
+}
+
 /// Fills `options` with the defaults; `struct_size` is sizeof(NudgeModelOptions).
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn nudge_model_options_init(options: *mut NudgeModelOptions, struct_size: usize) -> NudgeStatus {

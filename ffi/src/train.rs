@@ -189,6 +189,14 @@ pub struct NudgeTrainResult {
 }
 versioned!(NudgeTrainResult);
 
+/// Prepares `result` for `nudge_train`: sets its `struct_size` to `struct_size` (pass
+/// sizeof(NudgeTrainResult)) and the other fields to "unknown" (zero, -1 for an id or time that
+/// may be absent, "" for a string). The app owns the struct.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nudge_train_result_init(result: *mut NudgeTrainResult, struct_size: usize) -> NudgeStatus {
+    guard(|| options::init(result, struct_size, "result"))
+}
+
 fn metrics(m: &StepMetrics, total_steps: usize) -> NudgeStepMetrics {
     NudgeStepMetrics {
         step: m.step as u32,

@@ -94,8 +94,8 @@ static inline NudgeTrainOptions quick_options(uint32_t max_steps) {
 
 static inline NudgeTrainResult empty_result(void) {
     NudgeTrainResult r;
-    memset(&r, 0, sizeof r);
-    r.struct_size = (uint32_t)sizeof r;
+    CHECK_OK(nudge_train_result_init(&r, sizeof r));
+    CHECK(r.struct_size == sizeof r && r.steps == 0);
     return r;
 }
 

@@ -22,8 +22,8 @@ static const char *BAD[] = {
 
 static NudgeJournalStats stats(const NudgeJournal *j) {
     NudgeJournalStats s;
-    memset(&s, 0, sizeof s);
-    s.struct_size = sizeof s;
+    CHECK_OK(nudge_journal_stats_init(&s, sizeof s));
+    CHECK(s.last_training_ms == -1);
     CHECK_OK(nudge_journal_stats(j, &s));
     CHECK(s.struct_size == sizeof s);
     return s;

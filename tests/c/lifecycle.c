@@ -68,8 +68,8 @@ int main(int argc, char **argv) {
     NudgeModel *model = open_model(path);
     CHECK(nudge_live_handles() == 1);
     NudgeModelInfo info;
-    memset(&info, 0, sizeof info);
-    info.struct_size = sizeof info;
+    CHECK_OK(nudge_model_info_init(&info, sizeof info));
+    CHECK(info.struct_size == sizeof info && info.eos_token_id == -1 && info.vocab_size == 0);
     CHECK_OK(nudge_model_info(model, &info));
     CHECK(info.struct_size == sizeof info);
     CHECK(info.format == NUDGE_MODEL_GGUF);
@@ -120,8 +120,8 @@ int main(int argc, char **argv) {
     NudgeAdapter *adapter = NULL;
     CHECK_OK(nudge_adapter_new(model, &ao, &adapter));
     NudgeAdapterInfo ai;
-    memset(&ai, 0, sizeof ai);
-    ai.struct_size = sizeof ai;
+    CHECK_OK(nudge_adapter_info_init(&ai, sizeof ai));
+    CHECK(ai.r == 0);
     CHECK_OK(nudge_adapter_info(adapter, &ai));
     {
         uint64_t h = info.hidden_size, i = info.intermediate_size;
