@@ -195,6 +195,83 @@ fn a_long_crafted_tail_is_cut_in_one_pass_and_a_frame_after_it_is_found() {
 }
 
 #[test]
+fn a_forgotten_prompt_leaves_training_at_once_and_the_file_at_compaction() {
+    let dir = fresh_dir("journal-forget");
+    let secret = "my medical question";
+    let (path, _) = write_journal(
+        &dir,
+        "j.nj",
+        &[
+            thumb("s0", secret, "see a doctor", true, None),
+            thumb("s1", secret, "drink bleach", false, None),
+            thumb("k0", "weather?", "sunny", true, None),
+            thumb("k1", "weather?", "no idea", false, None),
+            pair("s2", secret, "rest", "panic", None),
+            // A later thumb with the other label would supersede s0; once s0 is forgotten
+            // it stands alone.
+            thumb("k2", "weather?", "cloudy", true, None),
+        ],
+    );
+    let (mut j, _) = Journal::open(&path, Durability::EveryRecord).unwrap();
+    let keep = TrainingOptions {
+        unpaired: UnpairedPolicy::Keep,
+        ..TrainingOptions::default()
+    };
+    // A training run consumed everything but one unpaired thumb of each prompt.
+    let mark = j.plan(&keep).mark(T0).unwrap();
+    j.mark_trained(mark.up_to_sequence, vec![0, 5], T0).unwrap();
+    j.append(thumb("s3", secret, "more details", true, None)).unwrap();
+
+    let of_secret = j.events_of_prompt(&Prompt::Text(secret.into()));
+    assert_eq!(of_secret, [0, 1, 4, 7]);
+    assert_eq!(j.forget(&of_secret, T0 + 9).unwrap(), of_secret);
+    assert!(
+        j.forget(&of_secret, T0 + 9).unwrap().is_empty(),
+        "forgetting twice writes nothing"
+    );
+    let all = TrainingOptions::default();
+    let prompts = |j: &Journal| -> Vec<String> {
+        let plan = j.plan(&all);
+        let mut p: Vec<String> = plan.pairs.iter().map(|r| format!("{:?}", r.prompt)).collect();
+        p.extend(plan.unpaired.iter().map(|r| format!("{:?}", r.prompt)));
+        p
+    };
+    let before = prompts(&j);
+    assert!(
+        !before.is_empty() && before.iter().all(|p| !p.contains(secret)),
+        "{before:?}"
+    );
+    assert_eq!(j.stats().forgotten, 4);
+    let bytes = std::fs::read(&path).unwrap();
+    assert!(
+        contains(&bytes, secret),
+        "until compaction the text is still in the file"
+    );
+
+    let r = j.compact(CompactOptions::default()).unwrap();
+    assert_eq!(r.forgotten, 4);
+    assert!(!contains(&std::fs::read(&path).unwrap(), secret), "gone from the file");
+    assert_eq!(prompts(&j), before, "the training set is the same after compaction");
+    let mark = j.last_mark().unwrap();
+    assert_eq!(mark.unconsumed, [5], "the mark no longer lists the forgotten event");
+    drop(j);
+    let (j, _) = Journal::open(&path, Durability::EveryRecord).unwrap();
+    assert_eq!(prompts(&j), before);
+    assert_eq!(j.stats().forgotten, 0);
+    drop(j);
+    // Sequence numbers that name nothing, or name a mark, cannot be forgotten.
+    let (mut j, _) = Journal::open(&path, Durability::EveryRecord).unwrap();
+    let mark_seq = j.entries().iter().find(|e| !e.record.is_event()).unwrap().seq;
+    for bad in [999, mark_seq] {
+        assert!(j.forget(&[bad], T0).is_err(), "{bad}");
+    }
+}
+
+fn contains(haystack: &[u8], needle: &str) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle.as_bytes())
+}
+
+#[test]
 fn round_trip_keeps_every_record_and_its_sequence() {
     let dir = fresh_dir("journal-round-trip");
     let recs = sample_records();
@@ -967,6 +1044,30 @@ fn the_command_line_adds_lists_counts_and_exports() {
     run(&["journal", "repair", "--journal", p]);
     let list = json_lines(&run(&["journal", "list", "--journal", p, "--json"]));
     assert_eq!(list.len(), 3);
+
+    // Forgetting: the first event leaves the listing at once and the file with --compact.
+    let first = list[0]["seq"].as_u64().unwrap().to_string();
+    let forgot = &json_lines(&run(&["journal", "forget", "--journal", p, "--seq", &first]))[0];
+    assert_eq!(forgot["forgotten"], serde_json::json!([list[0]["seq"]]));
+    let after = json_lines(&run(&["journal", "list", "--journal", p, "--json"]));
+    assert!(after.iter().all(|r| r["seq"] != list[0]["seq"]), "{after:?}");
+    let stats = &json_lines(&run(&["journal", "stats", "--journal", p, "--json"]))[0];
+    assert_eq!(stats["forgotten"], 1);
+    let (ok, _, err) = nudge(&["journal", "forget", "--journal", p]);
+    assert!(!ok && err.contains("--seq"), "what to forget is required: {err}");
+    let done = &json_lines(&run(&[
+        "journal",
+        "forget",
+        "--journal",
+        p,
+        "--seq",
+        &first,
+        "--compact",
+    ]))[0];
+    assert_eq!(done["forgotten"], serde_json::json!([]));
+    assert_eq!(done["compacted"]["forgotten"], 1);
+    let stats = &json_lines(&run(&["journal", "stats", "--journal", p, "--json"]))[0];
+    assert_eq!(stats["forgotten"], 0);
 }
 
 #[cfg(unix)]

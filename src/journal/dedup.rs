@@ -25,16 +25,29 @@ pub(crate) struct Effective<'a> {
     pub dropped: Vec<(u64, Dropped)>,
 }
 
+/// The events that `Forget` records in `entries` name.
+pub(crate) fn forgotten(entries: &[Entry]) -> std::collections::HashSet<u64> {
+    entries
+        .iter()
+        .filter_map(|e| match &e.record {
+            Record::Forget(f) => Some(f.seqs.iter().copied()),
+            _ => None,
+        })
+        .flatten()
+        .collect()
+}
+
 /// Rules 1 and 2 over a journal's entries: the events that count, in sequence order, and
-/// why each of the others does not.
+/// why each of the others does not. Forgotten events take no part, as if never recorded.
 pub(crate) fn effective(entries: &[Entry]) -> Effective<'_> {
     let mut eff = Effective::default();
+    let forgotten = forgotten(entries);
     let mut ids: HashMap<&str, u64> = HashMap::new();
     // `thumbs` holds None where a thumb was superseded.
     let mut thumbs: Vec<Option<(u64, &Thumbs)>> = Vec::new();
     let mut by_content: HashMap<(String, &str), usize> = HashMap::new();
     let mut pair_content: HashMap<(String, &str, &str), u64> = HashMap::new();
-    for e in entries {
+    for e in entries.iter().filter(|e| !forgotten.contains(&e.seq)) {
         if let Some(id) = e.record.id() {
             if let Some(&of) = ids.get(id) {
                 eff.dropped.push((e.seq, Dropped::DuplicateId { of }));
@@ -67,7 +80,7 @@ pub(crate) fn effective(entries: &[Entry]) -> Effective<'_> {
                 pair_content.insert(key, e.seq);
                 eff.pairs.push((e.seq, p));
             }
-            Record::TrainingMark(_) => {}
+            Record::TrainingMark(_) | Record::Forget(_) => {}
         }
     }
     eff.thumbs = thumbs.into_iter().flatten().collect();

@@ -18,6 +18,6 @@ pub mod training;
 
 pub use crc::crc32;
 pub use dedup::Dropped;
-pub use record::{Entry, PreferencePair, Prompt, Record, Thumbs, TrainingMark};
+pub use record::{Entry, Forget, PreferencePair, Prompt, Record, Thumbs, TrainingMark};
 pub use store::{CompactOptions, CompactReport, Durability, Journal, Recovery, RepairReport, Stats};
 pub use training::{Plan, PlannedPair, PlannedThumb, Target, TrainingOptions, TrainingSet, UnpairedPolicy};

@@ -1,4 +1,5 @@
-//! What the journal stores: thumbs events, explicit preference pairs and training marks.
+//! What the journal stores: thumbs events, explicit preference pairs, training marks, and
+//! the user's requests to forget events.
 //!
 //! The records are written with serde + bincode, which encodes enum variants by index and
 //! struct fields by position: new variants go at the end, and any other change to these
@@ -88,11 +89,23 @@ pub struct TrainingMark {
     pub timestamp_ms: u64,
 }
 
+/// The user asked to forget the events `seqs`: from this record on they count for nothing
+/// (no training row, no duplicate of a later event, not listed), and the next compaction
+/// removes them, and this record, from the file.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Forget {
+    pub seqs: Vec<u64>,
+    pub timestamp_ms: u64,
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Record {
     Thumbs(Thumbs),
     Pair(PreferencePair),
     TrainingMark(TrainingMark),
+    /// Added after the first release: builds before it refuse a journal holding one (an
+    /// unreadable record) rather than train on what the user asked to forget.
+    Forget(Forget),
 }
 
 impl Record {
@@ -101,8 +114,13 @@ impl Record {
         match self {
             Record::Thumbs(t) => Some(&t.id),
             Record::Pair(p) => Some(&p.id),
-            Record::TrainingMark(_) => None,
+            Record::TrainingMark(_) | Record::Forget(_) => None,
         }
+    }
+
+    /// Whether the record is feedback (thumbs or a pair), not bookkeeping.
+    pub fn is_event(&self) -> bool {
+        matches!(self, Record::Thumbs(_) | Record::Pair(_))
     }
 
     pub fn timestamp_ms(&self) -> u64 {
@@ -110,6 +128,7 @@ impl Record {
             Record::Thumbs(t) => t.timestamp_ms,
             Record::Pair(p) => p.timestamp_ms,
             Record::TrainingMark(m) => m.timestamp_ms,
+            Record::Forget(f) => f.timestamp_ms,
         }
     }
 
@@ -147,6 +166,8 @@ impl Record {
                 ))),
                 None => Ok(()),
             },
+            Record::Forget(f) if f.seqs.is_empty() => Err(Error::invalid("a forget record names no event")),
+            Record::Forget(_) => Ok(()),
         }
     }
 
@@ -176,6 +197,11 @@ impl Record {
                 "up_to_sequence": m.up_to_sequence,
                 "unconsumed": m.unconsumed,
                 "timestamp_ms": m.timestamp_ms,
+            }),
+            Record::Forget(f) => json!({
+                "kind": "forget",
+                "seqs": f.seqs,
+                "timestamp_ms": f.timestamp_ms,
             }),
         }
     }

@@ -4,9 +4,9 @@
 //! is open); readers take no lock and never change the file. Every record stays in memory
 //! once read: a journal of feedback is small next to the model it trains.
 
-use super::dedup::{Dropped, effective};
+use super::dedup::{self, Dropped, effective};
 use super::frame::{self, HEADER_LEN, Skipped};
-use super::record::{Entry, Record, TrainingMark};
+use super::record::{Entry, Forget, Prompt, Record, TrainingMark};
 use crate::error::{Error, Result};
 use crate::fsutil::{self, AtomicFile};
 use serde::Serialize;
@@ -57,6 +57,9 @@ pub struct Stats {
     pub down: usize,
     pub pairs: usize,
     pub training_marks: usize,
+    /// Thumbs and pairs the user asked to forget, still in the file until a compaction
+    /// (not counted above).
+    pub forgotten: usize,
     /// Thumbs and pairs that no training run has consumed yet.
     pub new_since_training: usize,
     pub last_training_ms: Option<u64>,
@@ -83,6 +86,8 @@ pub struct CompactReport {
     /// Training marks before the latest, which decide nothing any more.
     pub old_marks: usize,
     pub trained: usize,
+    /// Events the user asked to forget, with the records that asked.
+    pub forgotten: usize,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -387,6 +392,16 @@ impl Journal {
                 self.path.display()
             )));
         }
+        if let Record::Forget(f) = &record
+            && let Some(bad) = f
+                .seqs
+                .iter()
+                .find(|&&s| !self.get(s).is_some_and(|e| e.record.is_event()))
+        {
+            return Err(Error::invalid(format!(
+                "cannot forget record {bad}: no such thumbs or pair event"
+            )));
+        }
         if let Record::TrainingMark(m) = &record
             && m.up_to_sequence >= seq
         {
@@ -471,8 +486,62 @@ impl Journal {
         }))
     }
 
+    /// The events the user asked to forget (still in the file until a compaction).
+    pub fn forgotten(&self) -> std::collections::HashSet<u64> {
+        dedup::forgotten(&self.entries)
+    }
+
+    /// Forgets the events `seqs` (thumbs or pairs): appends a record that makes them count
+    /// for nothing from now on (training, listings, duplicates), durable as any append;
+    /// the next [`Self::compact`] removes them from the file. Events already forgotten are
+    /// passed over. Returns the events newly forgotten (empty: nothing was written).
+    pub fn forget(&mut self, seqs: &[u64], timestamp_ms: u64) -> Result<Vec<u64>> {
+        let already = self.forgotten();
+        let mut new: Vec<u64> = seqs.iter().copied().filter(|s| !already.contains(s)).collect();
+        new.sort_unstable();
+        new.dedup();
+        if !new.is_empty() {
+            self.append(Record::Forget(Forget {
+                seqs: new.clone(),
+                timestamp_ms,
+            }))?;
+        }
+        Ok(new)
+    }
+
+    /// The events (not forgotten) whose prompt is `prompt`, and those recorded between
+    /// `from_ms` and `to_ms` (inclusive): what [`Self::forget`] takes when a user asks to
+    /// forget a conversation or a stretch of time.
+    pub fn events_of_prompt(&self, prompt: &Prompt) -> Vec<u64> {
+        self.live_events()
+            .filter(|e| match &e.record {
+                Record::Thumbs(t) => &t.prompt == prompt,
+                Record::Pair(p) => &p.prompt == prompt,
+                _ => false,
+            })
+            .map(|e| e.seq)
+            .collect()
+    }
+
+    /// See [`Self::events_of_prompt`].
+    pub fn events_between(&self, from_ms: u64, to_ms: u64) -> Vec<u64> {
+        self.live_events()
+            .filter(|e| (from_ms..=to_ms).contains(&e.record.timestamp_ms()))
+            .map(|e| e.seq)
+            .collect()
+    }
+
+    /// Thumbs and pairs, not forgotten, in order.
+    pub fn live_events(&self) -> impl Iterator<Item = &Entry> {
+        let forgotten = self.forgotten();
+        self.entries
+            .iter()
+            .filter(move |e| e.record.is_event() && !forgotten.contains(&e.seq))
+    }
+
     pub fn stats(&self) -> Stats {
         let is_new = self.new_filter();
+        let forgotten = self.forgotten();
         let mut s = Stats {
             records: self.entries.len(),
             next_sequence: self.next_sequence(),
@@ -481,6 +550,10 @@ impl Journal {
             ..Stats::default()
         };
         for e in &self.entries {
+            if forgotten.contains(&e.seq) {
+                s.forgotten += 1;
+                continue;
+            }
             match &e.record {
                 Record::Thumbs(t) => {
                     s.thumbs += 1;
@@ -488,8 +561,9 @@ impl Journal {
                 }
                 Record::Pair(_) => s.pairs += 1,
                 Record::TrainingMark(_) => s.training_marks += 1,
+                Record::Forget(_) => {}
             }
-            if !matches!(e.record, Record::TrainingMark(_)) && is_new(e.seq) {
+            if e.record.is_event() && is_new(e.seq) {
                 s.new_since_training += 1;
             }
         }
@@ -516,10 +590,16 @@ impl Journal {
             .find(|e| matches!(e.record, Record::TrainingMark(_)))
             .map(|e| e.seq);
         let dropped: std::collections::HashMap<u64, Dropped> = effective(&self.entries).dropped.into_iter().collect();
+        let forgotten = self.forgotten();
         let is_new = self.new_filter();
         let mut kept = Vec::with_capacity(self.entries.len());
         for e in &self.entries {
             let keep = match (&e.record, dropped.get(&e.seq)) {
+                _ if forgotten.contains(&e.seq) => {
+                    report.forgotten += 1;
+                    false
+                }
+                (Record::Forget(_), _) => false,
                 (Record::TrainingMark(_), _) => {
                     let latest = Some(e.seq) == last_mark;
                     report.old_marks += usize::from(!latest);
@@ -540,7 +620,12 @@ impl Journal {
                 _ => true,
             };
             if keep {
-                kept.push(e.clone());
+                let mut e = e.clone();
+                // The latest mark stays consistent: it no longer lists forgotten events.
+                if let Record::TrainingMark(m) = &mut e.record {
+                    m.unconsumed.retain(|s| !forgotten.contains(s));
+                }
+                kept.push(e);
             }
         }
         drop(is_new);

@@ -153,7 +153,34 @@ pub enum JournalCommand {
         #[arg(long, value_delimiter = ',')]
         unconsumed: Vec<u64>,
     },
-    /// Rewrite without retried events and old marks (atomically).
+    /// Forget events the user asks to remove: from now on they count for nothing (training,
+    /// listings); the next `compact` (or --compact) removes them from the file. Prints the
+    /// sequence numbers forgotten.
+    #[command(group = clap::ArgGroup::new("which").required(true).multiple(true))]
+    Forget {
+        #[command(flatten)]
+        path: JournalPath,
+        /// An event's sequence number, as `list` shows it (repeatable).
+        #[arg(long = "seq", value_name = "SEQ", group = "which")]
+        seqs: Vec<u64>,
+        /// Every event whose prompt is this text (with --chat: this one user message).
+        #[arg(long, group = "which")]
+        prompt: Option<String>,
+        /// The --prompt is one user message of a chat.
+        #[arg(long, requires = "prompt")]
+        chat: bool,
+        /// Every event recorded from this time on (milliseconds since the Unix epoch),
+        /// up to --to-ms.
+        #[arg(long, group = "which", requires = "to_ms")]
+        from_ms: Option<u64>,
+        /// The end (inclusive) of the --from-ms range.
+        #[arg(long, requires = "from_ms")]
+        to_ms: Option<u64>,
+        /// Compact right away, so that the events leave the file now.
+        #[arg(long)]
+        compact: bool,
+    },
+    /// Rewrite without retried events, forgotten events and old marks (atomically).
     Compact {
         #[command(flatten)]
         path: JournalPath,
@@ -218,7 +245,7 @@ fn with_id(mut record: Record, id: Option<String>) -> Record {
     match &mut record {
         Record::Thumbs(t) => t.id = id,
         Record::Pair(p) => p.id = id,
-        Record::TrainingMark(_) => {}
+        Record::TrainingMark(_) | Record::Forget(_) => {}
     }
     record
 }
@@ -336,9 +363,10 @@ fn prompt_text(p: &Prompt) -> String {
 
 fn list(path: &Path, as_json: bool, only_new: bool) -> Result<()> {
     let j = open_read_only(path)?;
+    let forgotten = j.forgotten();
     let mut out = std::io::stdout().lock();
-    for e in j.entries() {
-        let is_event = !matches!(e.record, Record::TrainingMark(_));
+    for e in j.entries().iter().filter(|e| !forgotten.contains(&e.seq)) {
+        let is_event = e.record.is_event();
         let new = is_event && j.is_new(e.seq);
         if only_new && !new {
             continue;
@@ -376,6 +404,7 @@ fn list(path: &Path, as_json: bool, only_new: bool) -> Result<()> {
                     m.up_to_sequence,
                     m.unconsumed.len()
                 ),
+                Record::Forget(f) => format!("{:>6}  forgot {} events", e.seq, f.seqs.len()),
             }
         };
         writeln!(out, "{line}").map_err(|e| Error::io("<stdout>", e))?;
@@ -499,6 +528,38 @@ pub fn run(cmd: JournalCommand) -> Result<()> {
             let seq = j.mark_trained(up_to, unconsumed, now_ms())?;
             j.close()?;
             println!("{}", json!({"seq": seq, "up_to_sequence": up_to}));
+            Ok(())
+        }
+        JournalCommand::Forget {
+            path,
+            seqs,
+            prompt,
+            chat,
+            from_ms,
+            to_ms,
+            compact,
+        } => {
+            let mut j = open(&path.journal, Durability::EveryRecord)?;
+            let mut which = seqs;
+            if let Some(p) = prompt {
+                let p = if chat {
+                    Prompt::Chat(vec![ChatMessage::new("user", p)])
+                } else {
+                    Prompt::Text(p)
+                };
+                which.extend(j.events_of_prompt(&p));
+            }
+            if let (Some(from), Some(to)) = (from_ms, to_ms) {
+                which.extend(j.events_between(from, to));
+            }
+            let forgotten = j.forget(&which, now_ms())?;
+            let compacted = if compact {
+                Some(j.compact(CompactOptions::default())?)
+            } else {
+                None
+            };
+            j.close()?;
+            println!("{}", json!({"forgotten": forgotten, "compacted": compacted}));
             Ok(())
         }
         JournalCommand::Compact { path, drop_trained } => {
