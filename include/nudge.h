@@ -225,6 +225,16 @@
 #define NUDGE_UNPAIRED_KEEP 1
 
 /**
+ * `NudgeEvent.kind`: a thumbs-up or thumbs-down on one answer.
+ */
+#define NUDGE_EVENT_THUMB 0
+
+/**
+ * `NudgeEvent.kind`: an explicit preference of one answer over another.
+ */
+#define NUDGE_EVENT_PAIR 1
+
+/**
  * `NudgeTrainOptions.schedule`: the learning rate stays constant after the warmup.
  */
 #define NUDGE_SCHEDULE_CONSTANT 0
@@ -533,6 +543,11 @@ typedef struct NudgeJournalStats {
    * Milliseconds since the Unix epoch of the last training mark; -1 if none.
    */
   int64_t last_training_ms;
+  /**
+   * Events the user asked to forget, still in the file until the next compaction (not
+   * counted in the fields above).
+   */
+  uint64_t forgotten;
 } NudgeJournalStats;
 
 /**
@@ -571,6 +586,59 @@ typedef struct NudgeJournalDataOptions {
    */
   uint32_t unpaired;
 } NudgeJournalDataOptions;
+
+/**
+ * One event of a journal, as `nudge_journal_list` shows it. The strings belong to the
+ * library and are valid during the callback only. (Layout frozen.)
+ */
+typedef struct NudgeEvent {
+  /**
+   * The event's sequence number (what the forget functions take).
+   */
+  uint64_t seq;
+  /**
+   * Milliseconds since the Unix epoch.
+   */
+  uint64_t timestamp_ms;
+  /**
+   * NUDGE_EVENT_THUMB or NUDGE_EVENT_PAIR.
+   */
+  uint32_t kind;
+  /**
+   * NUDGE_TEXT, or NUDGE_CHAT_JSON when `prompt` is a JSON array of chat messages.
+   */
+  uint32_t format;
+  /**
+   * Thumbs: 1 for up, 0 for down; pairs: 0.
+   */
+  uint32_t thumbs_up;
+  /**
+   * 1 when no training run has consumed the event yet.
+   */
+  uint32_t is_new;
+  /**
+   * How strongly it was meant; NaN when the app gave none.
+   */
+  float strength;
+  /**
+   * The app's id of the event.
+   */
+  const char *id;
+  const char *prompt;
+  /**
+   * Thumbs: the rated answer; pairs: the chosen one.
+   */
+  const char *completion;
+  /**
+   * Pairs: the rejected answer; thumbs: NULL.
+   */
+  const char *rejected;
+} NudgeEvent;
+
+/**
+ * Called by `nudge_journal_list` once per event, oldest first; non-zero stops the listing.
+ */
+typedef int32_t (*NudgeEventFn)(const struct NudgeEvent *event, void *user_data);
 
 /**
  * What one optimizer step did (TRL's metric names). The layout is frozen: new metrics
@@ -1167,6 +1235,77 @@ enum NudgeStatus nudge_dataset_add_journal(struct NudgeDataset *dataset,
 NUDGE_API
 enum NudgeStatus nudge_journal_mark_trained(struct NudgeJournal *journal,
                                             const struct NudgeDataset *dataset);
+
+/**
+ * Shows the journal's events (thumbs and pairs, not those forgotten; retries and
+ * duplicates included, as recorded) to `on_event`, oldest first, on the calling thread.
+ * The journal is read-locked meanwhile: the callback must not write to it.
+ */
+NUDGE_API
+enum NudgeStatus nudge_journal_list(const struct NudgeJournal *journal,
+                                    NudgeEventFn on_event,
+                                    void *user_data);
+
+/**
+ * Forgets the events `seqs` (`n` sequence numbers, as `nudge_journal_list` gives them):
+ * from now on they count for nothing (datasets, listings, duplicates), durably as an add;
+ * `nudge_journal_compact` removes them from the file. Events already forgotten are passed
+ * over; a number that names no event is NUDGE_ERR_INVALID (nothing is forgotten).
+ * `n_forgotten` (may be NULL) receives how many were newly forgotten.
+ */
+NUDGE_API
+enum NudgeStatus nudge_journal_forget(struct NudgeJournal *journal,
+                                      const uint64_t *seqs,
+                                      size_t n,
+                                      size_t *n_forgotten);
+
+/**
+ * Forgets every event whose prompt is `prompt` (`format` as for the add functions): what
+ * an app calls when the user asks it to forget a conversation.
+ */
+NUDGE_API
+enum NudgeStatus nudge_journal_forget_prompt(struct NudgeJournal *journal,
+                                             const char *prompt,
+                                             uint32_t format,
+                                             size_t *n_forgotten);
+
+/**
+ * Forgets every event recorded from `from_ms` to `to_ms` (milliseconds since the Unix
+ * epoch, both included).
+ */
+NUDGE_API
+enum NudgeStatus nudge_journal_forget_between(struct NudgeJournal *journal,
+                                              uint64_t from_ms,
+                                              uint64_t to_ms,
+                                              size_t *n_forgotten);
+
+/**
+ * Rewrites the journal without what no longer counts: forgotten events (gone from the
+ * file once this returns), retries, duplicates, thumbs taken back, old training marks,
+ * and with `drop_trained` 1 the events a training run consumed. Atomic: a crash leaves
+ * the old file or the new one. Datasets built from the journal are the same after.
+ */
+NUDGE_API
+enum NudgeStatus nudge_journal_compact(struct NudgeJournal *journal,
+                                       uint32_t drop_trained);
+
+/**
+ * What opening the journal did: `*cut_bytes` (required) receives the bytes of an
+ * unfinished write cut off the end (0 when the file ended cleanly), `*cut_at` (may be
+ * NULL) where they began.
+ */
+NUDGE_API
+enum NudgeStatus nudge_journal_recovered(const struct NudgeJournal *journal,
+                                         uint64_t *cut_bytes,
+                                         uint64_t *cut_at);
+
+/**
+ * Repairs the journal at `path` (not open elsewhere) when damage in its middle makes
+ * `nudge_journal_open` refuse it (NUDGE_ERR_FORMAT naming the record): rewrites it without
+ * the damaged stretches. `*dropped_bytes` (may be NULL) receives how many bytes were
+ * passed over. Every intact record is kept.
+ */
+NUDGE_API enum NudgeStatus nudge_journal_repair(const char *path, uint64_t *dropped_bytes);
 
 /**
  * Prepares `result` for `nudge_train`: sets its `struct_size` to `struct_size` (pass

@@ -66,6 +66,8 @@ pub(crate) struct DatasetHandle {
 
 pub(crate) struct JournalHandle {
     pub journal: RwLock<engine::journal::Journal>,
+    /// What opening the file cut off its end (a write the app or device did not finish).
+    pub recovery: Option<engine::journal::Recovery>,
 }
 
 pub(crate) enum Entry {

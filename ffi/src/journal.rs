@@ -5,13 +5,14 @@ use crate::dataset::{chat_row, text_value};
 use crate::handles::{self, DatasetHandle, JournalHandle, NudgeDataset, NudgeJournal};
 use crate::options::{self, versioned};
 use crate::status::{Failure, FfiResult, NudgeStatus, guard, guard_void};
-use crate::text::{str_arg, write_opt};
+use crate::text::{slice_arg, str_arg, write_opt};
 use engine::data::chat::Content;
 use engine::journal::{
-    Durability, Journal, PreferencePair, Prompt, Record, Target, Thumbs, TrainingOptions, UnpairedPolicy,
+    CompactOptions, Durability, Journal, PreferencePair, Prompt, Record, Target, Thumbs, TrainingOptions,
+    UnpairedPolicy,
 };
 use serde_json::Value;
-use std::ffi::c_char;
+use std::ffi::{CString, c_char, c_void};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -99,6 +100,9 @@ pub struct NudgeJournalStats {
     pub file_bytes: u64,
     /// Milliseconds since the Unix epoch of the last training mark; -1 if none.
     pub last_training_ms: i64,
+    /// Events the user asked to forget, still in the file until the next compaction (not
+    /// counted in the fields above).
+    pub forgotten: u64,
 }
 
 impl Default for NudgeJournalStats {
@@ -115,10 +119,12 @@ impl Default for NudgeJournalStats {
             next_sequence: 0,
             file_bytes: 0,
             last_training_ms: -1,
+            forgotten: 0,
         }
     }
 }
-versioned!(NudgeJournalStats);
+// The first version ended at `last_training_ms`.
+versioned!(NudgeJournalStats, [56]);
 
 /// Prepares `stats` for `nudge_journal_stats`: sets its `struct_size` to `struct_size` (pass
 /// sizeof(NudgeJournalStats)) and the other fields to "unknown" (zero, -1 for an id or time that
@@ -169,9 +175,10 @@ pub unsafe extern "C" fn nudge_journal_open(
                 )));
             }
         };
-        let (journal, _recovery) = Journal::open(path, durability)?;
+        let (journal, recovery) = Journal::open(path, durability)?;
         let h = JournalHandle {
             journal: RwLock::new(journal),
+            recovery,
         };
         handles::put(out, handles::register(Arc::new(h)));
         Ok(())
@@ -322,6 +329,7 @@ pub unsafe extern "C" fn nudge_journal_stats(journal: *const NudgeJournal, out: 
             next_sequence: s.next_sequence,
             file_bytes: s.file_bytes,
             last_training_ms: s.last_training_ms.map_or(-1, |t| i64::try_from(t).unwrap_or(i64::MAX)),
+            forgotten: s.forgotten as u64,
         };
         options::write(out, stats, "out")
     })
@@ -416,6 +424,208 @@ pub unsafe extern "C" fn nudge_journal_mark_trained(
     })
 }
 
+/// `NudgeEvent.kind`: a thumbs-up or thumbs-down on one answer.
+pub const NUDGE_EVENT_THUMB: u32 = 0;
+/// `NudgeEvent.kind`: an explicit preference of one answer over another.
+pub const NUDGE_EVENT_PAIR: u32 = 1;
+
+/// One event of a journal, as `nudge_journal_list` shows it. The strings belong to the
+/// library and are valid during the callback only. (Layout frozen.)
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct NudgeEvent {
+    /// The event's sequence number (what the forget functions take).
+    pub seq: u64,
+    /// Milliseconds since the Unix epoch.
+    pub timestamp_ms: u64,
+    /// NUDGE_EVENT_THUMB or NUDGE_EVENT_PAIR.
+    pub kind: u32,
+    /// NUDGE_TEXT, or NUDGE_CHAT_JSON when `prompt` is a JSON array of chat messages.
+    pub format: u32,
+    /// Thumbs: 1 for up, 0 for down; pairs: 0.
+    pub thumbs_up: u32,
+    /// 1 when no training run has consumed the event yet.
+    pub is_new: u32,
+    /// How strongly it was meant; NaN when the app gave none.
+    pub strength: f32,
+    /// The app's id of the event.
+    pub id: *const c_char,
+    pub prompt: *const c_char,
+    /// Thumbs: the rated answer; pairs: the chosen one.
+    pub completion: *const c_char,
+    /// Pairs: the rejected answer; thumbs: NULL.
+    pub rejected: *const c_char,
+}
+
+/// Called by `nudge_journal_list` once per event, oldest first; non-zero stops the listing.
+pub type NudgeEventFn = Option<unsafe extern "C" fn(event: *const NudgeEvent, user_data: *mut c_void) -> i32>;
+
+fn c_text(s: &str) -> CString {
+    CString::new(s.replace('\0', " ")).expect("no NUL is left")
+}
+
+/// Shows the journal's events (thumbs and pairs, not those forgotten; retries and
+/// duplicates included, as recorded) to `on_event`, oldest first, on the calling thread.
+/// The journal is read-locked meanwhile: the callback must not write to it.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nudge_journal_list(
+    journal: *const NudgeJournal,
+    on_event: NudgeEventFn,
+    user_data: *mut c_void,
+) -> NudgeStatus {
+    guard(|| {
+        let f = on_event.ok_or_else(|| Failure::null("on_event"))?;
+        let h = handles::get::<JournalHandle>(journal, "journal")?;
+        let j = handles::read(&h.journal, "journal")?;
+        for e in j.live_events() {
+            let (prompt, format) = match e.record.prompt() {
+                Some(Prompt::Text(t)) => (c_text(t), crate::dataset::NUDGE_TEXT),
+                Some(Prompt::Chat(m)) => (
+                    c_text(&serde_json::to_string(m).expect("messages serialize")),
+                    crate::dataset::NUDGE_CHAT_JSON,
+                ),
+                None => continue,
+            };
+            let (kind, id, completion, rejected, up, strength) = match &e.record {
+                Record::Thumbs(t) => (NUDGE_EVENT_THUMB, &t.id, &t.completion, None, t.up, t.strength),
+                Record::Pair(p) => (NUDGE_EVENT_PAIR, &p.id, &p.chosen, Some(&p.rejected), false, p.strength),
+                _ => continue,
+            };
+            let (id, completion, rejected) = (c_text(id), c_text(completion), rejected.map(|r| c_text(r)));
+            let event = NudgeEvent {
+                seq: e.seq,
+                timestamp_ms: e.record.timestamp_ms(),
+                kind,
+                format,
+                thumbs_up: up as u32,
+                is_new: j.is_new(e.seq) as u32,
+                strength: strength.unwrap_or(f32::NAN),
+                id: id.as_ptr(),
+                prompt: prompt.as_ptr(),
+                completion: completion.as_ptr(),
+                rejected: rejected.as_ref().map_or(std::ptr::null(), |r| r.as_ptr()),
+            };
+            // SAFETY: the app's callback, given an event whose strings outlive the call.
+            if unsafe { f(&event, user_data) } != 0 {
+                break;
+            }
+        }
+        Ok(())
+    })
+}
+
+fn forget(
+    journal: *mut NudgeJournal,
+    n_forgotten: *mut usize,
+    which: impl FnOnce(&Journal) -> FfiResult<Vec<u64>>,
+) -> FfiResult<()> {
+    let h = handles::get::<JournalHandle>(journal, "journal")?;
+    let mut j = handles::write(&h.journal, "journal")?;
+    let seqs = which(&j)?;
+    let done = j.forget(&seqs, now_ms())?;
+    write_opt(n_forgotten, done.len());
+    Ok(())
+}
+
+/// Forgets the events `seqs` (`n` sequence numbers, as `nudge_journal_list` gives them):
+/// from now on they count for nothing (datasets, listings, duplicates), durably as an add;
+/// `nudge_journal_compact` removes them from the file. Events already forgotten are passed
+/// over; a number that names no event is NUDGE_ERR_INVALID (nothing is forgotten).
+/// `n_forgotten` (may be NULL) receives how many were newly forgotten.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nudge_journal_forget(
+    journal: *mut NudgeJournal,
+    seqs: *const u64,
+    n: usize,
+    n_forgotten: *mut usize,
+) -> NudgeStatus {
+    guard(|| {
+        let seqs = slice_arg(seqs, n, "seqs")?.to_vec();
+        forget(journal, n_forgotten, |_| Ok(seqs))
+    })
+}
+
+/// Forgets every event whose prompt is `prompt` (`format` as for the add functions): what
+/// an app calls when the user asks it to forget a conversation.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nudge_journal_forget_prompt(
+    journal: *mut NudgeJournal,
+    prompt: *const c_char,
+    format: u32,
+    n_forgotten: *mut usize,
+) -> NudgeStatus {
+    guard(|| {
+        let (prompt, _) = event_args(prompt, &[], format)?;
+        forget(journal, n_forgotten, |j| Ok(j.events_of_prompt(&prompt)))
+    })
+}
+
+/// Forgets every event recorded from `from_ms` to `to_ms` (milliseconds since the Unix
+/// epoch, both included).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nudge_journal_forget_between(
+    journal: *mut NudgeJournal,
+    from_ms: u64,
+    to_ms: u64,
+    n_forgotten: *mut usize,
+) -> NudgeStatus {
+    guard(|| forget(journal, n_forgotten, |j| Ok(j.events_between(from_ms, to_ms))))
+}
+
+/// Rewrites the journal without what no longer counts: forgotten events (gone from the
+/// file once this returns), retries, duplicates, thumbs taken back, old training marks,
+/// and with `drop_trained` 1 the events a training run consumed. Atomic: a crash leaves
+/// the old file or the new one. Datasets built from the journal are the same after.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nudge_journal_compact(journal: *mut NudgeJournal, drop_trained: u32) -> NudgeStatus {
+    guard(|| {
+        let h = handles::get::<JournalHandle>(journal, "journal")?;
+        handles::write(&h.journal, "journal")?.compact(CompactOptions {
+            drop_trained: drop_trained != 0,
+        })?;
+        Ok(())
+    })
+}
+
+/// What opening the journal did: `*cut_bytes` (required) receives the bytes of an
+/// unfinished write cut off the end (0 when the file ended cleanly), `*cut_at` (may be
+/// NULL) where they began.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nudge_journal_recovered(
+    journal: *const NudgeJournal,
+    cut_bytes: *mut u64,
+    cut_at: *mut u64,
+) -> NudgeStatus {
+    guard(|| {
+        if cut_bytes.is_null() {
+            return Err(Failure::null("cut_bytes"));
+        }
+        let h = handles::get::<JournalHandle>(journal, "journal")?;
+        write_opt(cut_bytes, h.recovery.as_ref().map_or(0, |r| r.cut_bytes));
+        write_opt(cut_at, h.recovery.as_ref().map_or(0, |r| r.offset));
+        Ok(())
+    })
+}
+
+/// Repairs the journal at `path` (not open elsewhere) when damage in its middle makes
+/// `nudge_journal_open` refuse it (NUDGE_ERR_FORMAT naming the record): rewrites it without
+/// the damaged stretches. `*dropped_bytes` (may be NULL) receives how many bytes were
+/// passed over. Every intact record is kept.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nudge_journal_repair(path: *const c_char, dropped_bytes: *mut u64) -> NudgeStatus {
+    guard(|| {
+        let path = str_arg(path, "path")?;
+        let (j, report) = Journal::repair(path, Durability::EveryRecord)?;
+        j.close()?;
+        let tail = report.tail.as_ref().map_or(0, |t| t.cut_bytes);
+        write_opt(
+            dropped_bytes,
+            report.skipped.iter().map(|s| s.bytes).sum::<u64>() + tail,
+        );
+        Ok(())
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -425,7 +635,7 @@ mod tests {
     fn layouts_end_without_padding() {
         crate::assert_packed_end!(NudgeJournalOptions, durability, u32);
         crate::assert_packed_end!(NudgeJournalDataOptions, unpaired, u32);
-        crate::assert_packed_end!(NudgeJournalStats, last_training_ms, i64);
+        crate::assert_packed_end!(NudgeJournalStats, forgotten, u64);
     }
 
     #[test]

@@ -103,8 +103,10 @@ fn status_of(e: &engine::Error) -> NudgeStatus {
     use engine::Error as E;
     match e {
         E::Io { .. } => NUDGE_ERR_IO,
-        E::Format { .. } | E::Tensor { .. } | E::Field { .. } | E::Row { .. } => NUDGE_ERR_FORMAT,
-        E::UnsupportedArchitecture { .. } => NUDGE_ERR_UNSUPPORTED,
+        E::Format { .. } | E::Tensor { .. } | E::Field { .. } | E::Row { .. } | E::CorruptRecord { .. } => {
+            NUDGE_ERR_FORMAT
+        }
+        E::UnsupportedArchitecture { .. } | E::UnsupportedVersion { .. } => NUDGE_ERR_UNSUPPORTED,
         E::Cancelled => NUDGE_ERR_CANCELLED,
         E::OutOfMemory { .. } => NUDGE_ERR_NO_MEMORY,
         E::Request { source, .. } => status_of(source),
@@ -272,6 +274,23 @@ mod tests {
             (engine::Error::invalid("r"), NUDGE_ERR_INVALID),
             (engine::Error::SequenceTooLong { len: 9, max: 8 }, NUDGE_ERR_INVALID),
             (engine::Error::Cancelled, NUDGE_ERR_CANCELLED),
+            (
+                engine::Error::CorruptRecord {
+                    file: "/j".into(),
+                    record: 3,
+                    offset: 90,
+                    what: "checksum".into(),
+                },
+                NUDGE_ERR_FORMAT,
+            ),
+            (
+                engine::Error::UnsupportedVersion {
+                    file: "/j".into(),
+                    found: 9,
+                    supported: 1,
+                },
+                NUDGE_ERR_UNSUPPORTED,
+            ),
             (
                 engine::Error::OutOfMemory {
                     what: "the logits",

@@ -118,6 +118,15 @@ impl Record {
         }
     }
 
+    /// The prompt an event answers; bookkeeping records have none.
+    pub fn prompt(&self) -> Option<&Prompt> {
+        match self {
+            Record::Thumbs(t) => Some(&t.prompt),
+            Record::Pair(p) => Some(&p.prompt),
+            Record::TrainingMark(_) | Record::Forget(_) => None,
+        }
+    }
+
     /// Whether the record is feedback (thumbs or a pair), not bookkeeping.
     pub fn is_event(&self) -> bool {
         matches!(self, Record::Thumbs(_) | Record::Pair(_))

@@ -514,11 +514,7 @@ impl Journal {
     /// forget a conversation or a stretch of time.
     pub fn events_of_prompt(&self, prompt: &Prompt) -> Vec<u64> {
         self.live_events()
-            .filter(|e| match &e.record {
-                Record::Thumbs(t) => &t.prompt == prompt,
-                Record::Pair(p) => &p.prompt == prompt,
-                _ => false,
-            })
+            .filter(|e| e.record.prompt() == Some(prompt))
             .map(|e| e.seq)
             .collect()
     }

@@ -29,6 +29,129 @@ static NudgeJournalStats stats(const NudgeJournal *j) {
     return s;
 }
 
+typedef struct Listed {
+    size_t events;
+    size_t with_text; /* events whose prompt or answers hold `needle` */
+    const char *needle;
+    uint64_t first_seq;
+} Listed;
+
+static int32_t on_event(const NudgeEvent *e, void *user) {
+    Listed *l = (Listed *)user;
+    CHECK(e->id != NULL && e->prompt != NULL && e->completion != NULL);
+    CHECK(e->kind == NUDGE_EVENT_THUMB ? e->rejected == NULL : e->rejected != NULL);
+    if (l->events == 0) {
+        l->first_seq = e->seq;
+    }
+    l->events++;
+    if (strstr(e->prompt, l->needle) || strstr(e->completion, l->needle)) {
+        l->with_text++;
+    }
+    return 0;
+}
+
+static Listed list(const NudgeJournal *j, const char *needle) {
+    Listed l;
+    memset(&l, 0, sizeof l);
+    l.needle = needle;
+    CHECK_OK(nudge_journal_list(j, on_event, &l));
+    return l;
+}
+
+/* Whether the file holds `needle` anywhere (forgotten text must leave the disk). */
+static int file_holds(const char *path, const char *needle) {
+    FILE *f = fopen(path, "rb");
+    CHECK(f != NULL);
+    static char buf[1 << 20];
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    size_t k = strlen(needle);
+    for (size_t i = 0; i + k <= n; i++) {
+        if (memcmp(buf + i, needle, k) == 0) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* The user asks to forget a prompt: gone from datasets and listings at once, from the file
+ * after compaction; a torn tail is reported on open; a damaged middle is repaired. */
+static void forgetting(const char *path) {
+    NudgeJournal *j = NULL;
+    CHECK_OK(nudge_journal_open(path, NULL, &j));
+    uint64_t cut = 99;
+    CHECK_OK(nudge_journal_recovered(j, &cut, NULL));
+    CHECK(cut == 0);
+    const char *secret = PROMPTS[2];
+    Listed before = list(j, secret);
+    CHECK(before.events == 14 && before.with_text == 2);
+
+    size_t n = 0;
+    CHECK_OK(nudge_journal_forget_prompt(j, secret, NUDGE_TEXT, &n));
+    CHECK(n == 2);
+    Listed after = list(j, secret);
+    CHECK(after.events == 12 && after.with_text == 0);
+    NudgeJournalStats s = stats(j);
+    CHECK(s.forgotten == 2);
+    NudgeDataset *d = NULL;
+    CHECK_OK(nudge_dataset_new(&d));
+    NudgeJournalDataOptions dopt;
+    CHECK_OK(nudge_journal_data_options_init(&dopt, sizeof dopt));
+    dopt.only_new = 0;
+    size_t n_pairs = 0, n_thumbs = 0;
+    CHECK_OK(nudge_dataset_add_journal(d, j, &dopt, &n_pairs, &n_thumbs));
+    CHECK(n_pairs == 6); /* five thumbs pairs and the explicit pair; the secret's is gone */
+    nudge_dataset_free(d);
+    CHECK(file_holds(path, GOOD[2]));
+    CHECK_OK(nudge_journal_compact(j, 0));
+    CHECK(!file_holds(path, GOOD[2]) && !file_holds(path, secret));
+    CHECK(stats(j).forgotten == 0);
+
+    /* By number, and by time: the first event listed, then everything. */
+    Listed now = list(j, secret);
+    CHECK_OK(nudge_journal_forget(j, &now.first_seq, 1, &n));
+    CHECK(n == 1);
+    CHECK_OK(nudge_journal_forget(j, &now.first_seq, 1, &n));
+    CHECK(n == 0);
+    uint64_t nothing = 1u << 30;
+    CHECK_STATUS(nudge_journal_forget(j, &nothing, 1, &n), NUDGE_ERR_INVALID);
+    CHECK_OK(nudge_journal_forget_between(j, 0, UINT64_MAX, &n));
+    CHECK(n == now.events - 1 && list(j, secret).events == 0);
+    nudge_journal_free(j);
+
+    /* An unfinished write at the end is cut on open and reported. */
+    FILE *f = fopen(path, "ab");
+    CHECK(f != NULL);
+    fwrite("\x40\x00\x00\x00garbage", 1, 11, f);
+    fclose(f);
+    CHECK_OK(nudge_journal_open(path, NULL, &j));
+    uint64_t at = 0;
+    CHECK_OK(nudge_journal_recovered(j, &cut, &at));
+    CHECK(cut == 11 && at > 0);
+    CHECK_STATUS(nudge_journal_recovered(j, NULL, NULL), NUDGE_ERR_NULL);
+    CHECK_OK(nudge_journal_add_thumb(j, "after", PROMPTS[0], GOOD[0], NUDGE_TEXT, 1, NAN, NULL));
+    CHECK_OK(nudge_journal_add_thumb(j, "after-2", PROMPTS[1], GOOD[1], NUDGE_TEXT, 1, NAN, NULL));
+    nudge_journal_free(j);
+
+    /* A damaged middle: open refuses it naming the record, repair keeps the rest. */
+    f = fopen(path, "r+b");
+    CHECK(f != NULL);
+    CHECK(fseek(f, 32 + 12, SEEK_SET) == 0); /* inside the first record's payload */
+    int c = fgetc(f);
+    CHECK(c != EOF && fseek(f, 32 + 12, SEEK_SET) == 0);
+    fputc(c ^ 0x10, f);
+    fclose(f);
+    CHECK_STATUS(nudge_journal_open(path, NULL, &j), NUDGE_ERR_FORMAT);
+    CHECK_MESSAGE("record 0");
+    uint64_t dropped = 0;
+    CHECK_OK(nudge_journal_repair(path, &dropped));
+    CHECK(dropped > 0);
+    CHECK_OK(nudge_journal_open(path, NULL, &j));
+    CHECK(stats(j).thumbs == 2); /* the two added after the cut; the rest was forgotten */
+    nudge_journal_free(j);
+    CHECK_STATUS(nudge_journal_repair(NULL, NULL), NUDGE_ERR_NULL);
+}
+
 static void remove_journal(const char *dir, const char *path) {
     unlink(path);
     rmdir(dir);
@@ -145,6 +268,7 @@ int main(int argc, char **argv) {
     CHECK(s.records == 15 && s.pairs == 1 && s.training_marks == 1 && s.new_since_training == 1);
     nudge_journal_free(journal);
     nudge_journal_free(NULL);
+    forgetting(path);
 
     nudge_dataset_free(data);
     nudge_dataset_free(next);
