@@ -382,7 +382,18 @@ fn a_row_of_the_output_does_not_depend_on_the_other_rows() {
 #[test]
 fn gemm_handles_every_transpose_and_accumulate() {
     let mut rng = Rng(23);
-    for (m, n, k) in [(1, 1, 1), (7, 5, 3), (29, 67, 45), (70, 33, 300)] {
+    // One row or one column (a rank-1 LoRA's products) with tight leading dimensions: both
+    // strides of such an operand are 1, which the packing must not read as a transpose.
+    let shapes = [
+        (1, 1, 1),
+        (7, 5, 3),
+        (29, 67, 45),
+        (70, 33, 300),
+        (1, 9, 40),
+        (9, 1, 40),
+        (1, 1, 40),
+    ];
+    for ((m, n, k), pad) in shapes.into_iter().flat_map(|s| [(s, true), (s, false)]) {
         for transa in [false, true] {
             for transb in [false, true] {
                 for accumulate in [false, true] {
@@ -390,7 +401,7 @@ fn gemm_handles_every_transpose_and_accumulate() {
                     // Padded leading dimensions: the padding must stay untouched.
                     let (ar, ac) = if transa { (k, m) } else { (m, k) };
                     let (br, bc) = if transb { (n, k) } else { (k, n) };
-                    let (lda, ldb, ldc) = (ac + 3, bc + 1, n + 2);
+                    let (lda, ldb, ldc) = if pad { (ac + 3, bc + 1, n + 2) } else { (ac, bc, n) };
                     let a = rng.vec(ar * lda);
                     let b = rng.vec(br * ldb);
                     let c0 = rng.vec(m * ldc);

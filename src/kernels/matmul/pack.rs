@@ -22,7 +22,9 @@ impl ASource for StridedA<'_> {
     fn pack(&self, kern: &Kernel, i0: usize, i1: usize, p0: usize, p1: usize, dst: &mut [f32]) {
         let (mr, kc) = (kern.mr, p1 - p0);
         let rows = i1 - i0;
-        if self.cs == 1 {
+        // A one-column matrix has both strides 1: it is read as the general case below,
+        // since the transposing copy needs rows `rs >= kc` apart.
+        if self.cs == 1 && self.rs != 1 {
             if rows < mr {
                 dst.fill(0.0);
             }
@@ -70,7 +72,8 @@ impl BSource for StridedB<'_> {
         for (g, group) in dst.chunks_mut(kc * nr).enumerate() {
             let jg = j0 + g * nr;
             let cols = nr.min(j1 - jg);
-            if self.rs == 1 {
+            // As in StridedA: a one-row or one-column B has both strides 1.
+            if self.rs == 1 && self.cs != 1 {
                 // Columns of B are rows of storage: transpose them.
                 if cols < nr {
                     group.fill(0.0);
