@@ -82,6 +82,33 @@ fn resuming_in_process_is_bit_identical() {
     assert!(params(&resumed).iter().flatten().any(|&x| x != 0.0));
 }
 
+#[test]
+fn a_run_whose_data_the_loss_reshapes_resumes() {
+    // A DPO run over data holding a thumbs row (which it leaves out), and a KTO run over
+    // pairs (which it splits): the checkpoint fingerprints the data as prepared, and a
+    // resume prepares it the same way (found while fuzzing checkpoints).
+    let m = model("ck-reshaped", &TinySpec::default());
+    let mut mixed = data(6);
+    mixed.unpaired.push(nudge::data::TokenizedUnpaired {
+        row: 99,
+        prompt: vec![1, 4, 20],
+        completion: vec![33, 2],
+        label: true,
+        weight: None,
+    });
+    for loss in [Loss::Sigmoid { beta: 0.3 }, Loss::parse("kto", 0.1).unwrap()] {
+        let cfg = TrainConfig { loss, ..config(6) };
+        let a = Adapter::new(&m.config, LoraConfig::default(), 9, "tiny").unwrap();
+        let mut first = Trainer::new(&m, a, cfg, mixed.clone()).unwrap();
+        first
+            .run(&mut |x| if x.step == 2 { Control::Stop } else { Control::Continue })
+            .unwrap();
+        let ck = first.checkpoint();
+        let mut resumed = Trainer::resume(&m, ck, mixed.clone(), Path::new("ck")).unwrap();
+        assert!(resumed.run(&mut |_| Control::Continue).unwrap().steps > 0);
+    }
+}
+
 fn write_jsonl(path: &Path, set: &PreferenceSet) {
     let lines: Vec<String> = set
         .pairs

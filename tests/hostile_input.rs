@@ -120,6 +120,23 @@ fn with_decoder_field(text: String, insert: &str) -> String {
 }
 
 #[test]
+fn a_post_processor_that_panics_at_first_use_is_refused_at_open() {
+    // Found by fuzzing: `special_tokens` keyed by another name than the token's id parses,
+    // then the first encoding with special tokens panics inside `tokenizers`.
+    let msg = tokenizer_json_error("hostile-tok-template", |t| {
+        let mut v: serde_json::Value = serde_json::from_str(&t).unwrap();
+        v["post_processor"] = serde_json::json!({
+            "type": "TemplateProcessing",
+            "single": [{"SpecialToken": {"id": "<|im_start|>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+            "pair": [{"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}}],
+            "special_tokens": {"<x>": {"id": "<|im_start|>", "ids": [1], "tokens": ["<|im_start|>"]}}
+        });
+        v.to_string()
+    });
+    assert!(msg.contains("fails on it"), "{msg}");
+}
+
+#[test]
 fn a_control_byte_in_the_decoder_is_an_error_not_a_panic() {
     let msg = tokenizer_json_error("hostile-tok-ctl", |t| with_decoder_field(t, "\"x\":\"\u{1}\","));
     assert!(msg.contains("not valid JSON") && msg.contains("line"), "{msg}");

@@ -109,24 +109,24 @@ fn parse_tokenizer_json(text: &str, file: &Path) -> Result<Tokenizer> {
         .map_err(|e| Error::format(file, format!("not valid JSON: {e}")))?;
     let parsed = std::panic::catch_unwind(|| Tokenizer::from_str(text));
     match parsed {
-        Ok(Ok(tokenizer)) => Ok(tokenizer),
+        // Some broken files parse but panic at the first use (a post-processor naming a
+        // special token it does not define): one probe with the special tokens finds them.
+        Ok(Ok(tokenizer)) => match super::without_panic(|| tokenizer.encode_fast("a", true)) {
+            Ok(_) => Ok(tokenizer),
+            Err(why) => Err(Error::format(
+                file,
+                format!("not a valid tokenizer.json: the tokenizers crate fails on it ({why})"),
+            )),
+        },
         Ok(Err(e)) => Err(Error::format(file, format!("not a valid tokenizer.json: {e}"))),
         Err(panic) => Err(Error::format(
             file,
             format!(
                 "not a valid tokenizer.json: the tokenizers crate failed on it ({})",
-                panic_text(panic.as_ref())
+                super::panic_text(panic.as_ref())
             ),
         )),
     }
-}
-
-fn panic_text(panic: &(dyn std::any::Any + Send)) -> &str {
-    panic
-        .downcast_ref::<&str>()
-        .copied()
-        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
-        .unwrap_or("a panic")
 }
 
 pub(crate) fn load(dir: &Path) -> Result<HfTokenizerFiles> {

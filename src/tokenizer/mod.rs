@@ -52,6 +52,20 @@ fn vocab_size(tokenizer: &tokenizers::Tokenizer) -> usize {
     model.max(added)
 }
 
+/// `f`, with a panic inside the `tokenizers` crate (which some malformed files cause at
+/// use, not at parse) turned into its message: a file must not crash the host.
+fn without_panic<T>(f: impl FnOnce() -> T) -> std::result::Result<T, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|p| panic_text(p.as_ref()).to_string())
+}
+
+fn panic_text(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("a panic")
+}
+
 impl TextTokenizer {
     /// Loads `tokenizer.json` (required), `tokenizer_config.json` and the chat template
     /// (`chat_template.jinja` first) from an HF model directory.
@@ -108,9 +122,8 @@ impl TextTokenizer {
 
     /// Token ids of `text`; `add_special_tokens` adds what the post-processor adds (BOS/EOS).
     pub fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>> {
-        let encoding = self
-            .tokenizer
-            .encode_fast(text, add_special_tokens)
+        let encoding = without_panic(|| self.tokenizer.encode_fast(text, add_special_tokens))
+            .map_err(|why| self.tokenizer_error("encode", why))?
             .map_err(|e| self.tokenizer_error("encode", e))?;
         Ok(encoding.get_ids().to_vec())
     }
@@ -124,8 +137,8 @@ impl TextTokenizer {
                 vocab_size: self.vocab_size,
             });
         }
-        self.tokenizer
-            .decode(ids, skip_special_tokens)
+        without_panic(|| self.tokenizer.decode(ids, skip_special_tokens))
+            .map_err(|why| self.tokenizer_error("decode", why))?
             .map_err(|e| self.tokenizer_error("decode", e))
     }
 

@@ -269,7 +269,7 @@ impl<'m> Trainer<'m> {
 
     /// Continues the run a checkpoint was taken from, on the same base model and data.
     /// `file` names the checkpoint in errors.
-    pub fn resume(model: &'m Model, ck: Checkpoint, data: PreferenceSet, file: &std::path::Path) -> Result<Self> {
+    pub fn resume(model: &'m Model, ck: Checkpoint, mut data: PreferenceSet, file: &std::path::Path) -> Result<Self> {
         if ck.base != BaseShape::of(&model.config) {
             return Err(Error::field(
                 file,
@@ -281,6 +281,9 @@ impl<'m> Trainer<'m> {
                 ),
             ));
         }
+        // The fingerprint is of the data as `new` prepared it for the run's loss.
+        data.fit_to_loss(matches!(ck.config.loss, Loss::Kto { .. }));
+        data.drop_longer_than(model.config.max_position_embeddings);
         if super::checkpoint::data_fingerprint(&data) != ck.data_fingerprint {
             return Err(Error::field(
                 file,
