@@ -2,9 +2,9 @@
 # Every test of the project, on a fresh machine: fetches what the tests need (the model,
 # the system's OpenBLAS for the `linalg` feature), then runs the formatting and lint checks,
 # the import-cycle check, the C header drift check, a smoke run of every benchmark, the
-# tests of the off-by-default `linalg` feature, the C tests under AddressSanitizer, and the
-# whole test suite (the engine, the C library and its C tests) in the optimized profile,
-# last, so the log ends with it.
+# tests of the off-by-default `linalg` feature, a short run of every fuzz target, the C tests
+# under AddressSanitizer, and the whole test suite (the engine, the C library and its C
+# tests) in the optimized profile, last, so the log ends with it.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
@@ -24,6 +24,10 @@ if ! dpkg -s libopenblas-dev >/dev/null 2>&1; then
     apt-get install -y libopenblas-dev || { apt-get update && apt-get install -y libopenblas-dev; }
 fi
 cargo test --release --features linalg --test linalg
+
+# Every fuzz target builds and runs its seeds for a few seconds (FUZZING.md; the long runs
+# are `scripts/fuzz.sh SECONDS`). Needs the nightly toolchain; installs cargo-fuzz.
+scripts/fuzz.sh 5
 
 # The C tests (lifecycle, misuse, threads) with the C side under AddressSanitizer and its
 # leak checker, which also sees the library's allocations: no leak, no invalid access.
