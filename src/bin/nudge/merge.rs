@@ -64,7 +64,6 @@ pub fn merged_adapter(
 #[cfg(feature = "linalg")]
 pub fn merge_command(a: MergeArgs) -> Result<()> {
     use nudge::adapter::format::peft;
-    use nudge::model::Model;
 
     let model = crate::args::open_model(&a.model)?;
     let merged = merged_adapter(&model.config, &a.adapters, a.rank, a.clamp)?;
