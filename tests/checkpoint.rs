@@ -6,7 +6,7 @@ mod common;
 use common::tiny::*;
 use nudge::Error;
 use nudge::adapter::{Adapter, LoraConfig};
-use nudge::data::{PreferenceSet, TokenizedPair};
+use nudge::data::PreferenceSet;
 use nudge::model::{Model, Recompute};
 use nudge::objective::Loss;
 use nudge::optim::AdamWConfig;
@@ -21,19 +21,7 @@ fn model(name: &str, spec: &TinySpec) -> Model {
 }
 
 fn data(n: usize) -> PreferenceSet {
-    PreferenceSet {
-        pairs: (0..n as u32)
-            .map(|i| TokenizedPair {
-                row: i as usize + 1,
-                prompt: vec![1, 3 + i % 9, 20],
-                chosen: vec![30 + i % 4, 2],
-                rejected: vec![40 + i % 5, 41, 2],
-                margin: None,
-                weight: None,
-            })
-            .collect(),
-        ..Default::default()
-    }
+    tiny_pairs(n as u32, 0)
 }
 
 fn config(steps: usize) -> TrainConfig {

@@ -5,7 +5,6 @@ mod common;
 
 use common::tiny::*;
 use nudge::adapter::{Adapter, LoraConfig};
-use nudge::data::{PreferenceSet, TokenizedPair};
 use nudge::generate::{GenerateOptions, generate};
 use nudge::model::{Model, Recompute};
 use nudge::objective::Loss;
@@ -13,22 +12,6 @@ use nudge::optim::AdamWConfig;
 use nudge::score::ScoreItem;
 use nudge::train::{Control, TrainConfig, Trainer};
 use std::ops::ControlFlow;
-
-fn pairs(n: u32, shift: u32) -> PreferenceSet {
-    PreferenceSet {
-        pairs: (0..n)
-            .map(|i| TokenizedPair {
-                row: i as usize + 1,
-                prompt: vec![1, 3 + (i + shift) % 9, 20],
-                chosen: vec![30 + i % 4, 2],
-                rejected: vec![40 + (i + shift) % 5, 41, 2],
-                margin: None,
-                weight: None,
-            })
-            .collect(),
-        ..Default::default()
-    }
-}
 
 fn config(seed: u64) -> TrainConfig {
     TrainConfig {
@@ -58,7 +41,7 @@ enum Outcome {
 
 fn train(model: &Model, seed: u64) -> Outcome {
     let adapter = Adapter::new(&model.config, LoraConfig::default(), seed, "tiny").unwrap();
-    let mut t = Trainer::new(model, adapter, config(seed), pairs(12, seed as u32)).unwrap();
+    let mut t = Trainer::new(model, adapter, config(seed), tiny_pairs(12, seed as u32)).unwrap();
     t.run(&mut |_| Control::Continue).unwrap();
     Outcome::Trained(t.adapter.params().into_iter().map(<[f32]>::to_vec).collect())
 }
@@ -75,7 +58,7 @@ fn served_adapter(model: &Model) -> Adapter {
 }
 
 fn score(model: &Model, adapter: Option<&Adapter>) -> Outcome {
-    let set = pairs(10, 3);
+    let set = tiny_pairs(10, 3);
     let items: Vec<ScoreItem> = set
         .pairs
         .iter()

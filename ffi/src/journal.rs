@@ -5,14 +5,14 @@ use crate::dataset::{chat_row, text_value};
 use crate::handles::{self, DatasetHandle, JournalHandle, NudgeDataset, NudgeJournal};
 use crate::options::{self, versioned};
 use crate::status::{Failure, FfiResult, NudgeStatus, guard, guard_void};
-use crate::text::{slice_arg, str_arg, write_opt};
+use crate::text::{c_string, slice_arg, str_arg, write_opt};
 use engine::data::chat::Content;
 use engine::journal::{
     CompactOptions, Durability, Journal, PreferencePair, Prompt, Record, Target, Thumbs, TrainingOptions,
     UnpairedPolicy,
 };
 use serde_json::Value;
-use std::ffi::{CString, c_char, c_void};
+use std::ffi::{c_char, c_void};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -460,10 +460,6 @@ pub struct NudgeEvent {
 /// Called by `nudge_journal_list` once per event, oldest first; non-zero stops the listing.
 pub type NudgeEventFn = Option<unsafe extern "C" fn(event: *const NudgeEvent, user_data: *mut c_void) -> i32>;
 
-fn c_text(s: &str) -> CString {
-    CString::new(s.replace('\0', " ")).expect("no NUL is left")
-}
-
 /// Shows the journal's events (thumbs and pairs, not those forgotten; retries and
 /// duplicates included, as recorded) to `on_event`, oldest first, on the calling thread.
 /// The journal is read-locked meanwhile: the callback must not write to it.
@@ -479,9 +475,9 @@ pub unsafe extern "C" fn nudge_journal_list(
         let j = handles::read(&h.journal, "journal")?;
         for e in j.live_events() {
             let (prompt, format) = match e.record.prompt() {
-                Some(Prompt::Text(t)) => (c_text(t), crate::dataset::NUDGE_TEXT),
+                Some(Prompt::Text(t)) => (c_string(t), crate::dataset::NUDGE_TEXT),
                 Some(Prompt::Chat(m)) => (
-                    c_text(&serde_json::to_string(m).expect("messages serialize")),
+                    c_string(&serde_json::to_string(m).expect("messages serialize")),
                     crate::dataset::NUDGE_CHAT_JSON,
                 ),
                 None => continue,
@@ -491,7 +487,7 @@ pub unsafe extern "C" fn nudge_journal_list(
                 Record::Pair(p) => (NUDGE_EVENT_PAIR, &p.id, &p.chosen, Some(&p.rejected), false, p.strength),
                 _ => continue,
             };
-            let (id, completion, rejected) = (c_text(id), c_text(completion), rejected.map(|r| c_text(r)));
+            let (id, completion, rejected) = (c_string(id), c_string(completion), rejected.map(|r| c_string(r)));
             let event = NudgeEvent {
                 seq: e.seq,
                 timestamp_ms: e.record.timestamp_ms(),

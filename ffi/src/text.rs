@@ -60,10 +60,14 @@ fn given() -> std::sync::MutexGuard<'static, Option<std::collections::HashSet<us
     GIVEN.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// `text` as a C string the app frees with `nudge_string_free` (a NUL in it becomes a space).
+/// `text` as a C string; a NUL in it (which C would read as the end) becomes a space.
+pub(crate) fn c_string(text: &str) -> CString {
+    CString::new(text.replace('\0', " ")).expect("no NUL is left")
+}
+
+/// `text` as a C string the app frees with `nudge_string_free` (see [`c_string`]).
 pub(crate) fn string_out(text: &str) -> *mut c_char {
-    let c = CString::new(text.replace('\0', " ")).expect("no NUL is left");
-    let p = c.into_raw();
+    let p = c_string(text).into_raw();
     given().get_or_insert_with(Default::default).insert(p as usize);
     p
 }

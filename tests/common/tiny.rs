@@ -185,3 +185,21 @@ pub fn edited_gguf(
     w.write(&out).expect("writes");
     out
 }
+
+/// `n` short token-id preference pairs for the tiny models (`shift` varies the prompts and
+/// rejected answers between sets).
+pub fn tiny_pairs(n: u32, shift: u32) -> nudge::data::PreferenceSet {
+    nudge::data::PreferenceSet {
+        pairs: (0..n)
+            .map(|i| nudge::data::TokenizedPair {
+                row: i as usize + 1,
+                prompt: vec![1, 3 + (i + shift) % 9, 20],
+                chosen: vec![30 + i % 4, 2],
+                rejected: vec![40 + (i + shift) % 5, 41, 2],
+                margin: None,
+                weight: None,
+            })
+            .collect(),
+        ..Default::default()
+    }
+}
