@@ -270,6 +270,11 @@
 #define NUDGE_STOP_CALLBACK 3
 
 /**
+ * One of `NudgeGenerateOptions.stop_strings` appeared (the reply ends before it).
+ */
+#define NUDGE_STOP_STRING 4
+
+/**
  * `NudgeBatchTokenFn`'s return: go on.
  */
 #define NUDGE_BATCH_CONTINUE 0
@@ -359,6 +364,11 @@ typedef struct NudgeJournal NudgeJournal;
  * An open base model (opaque).
  */
 typedef struct NudgeModel NudgeModel;
+
+/**
+ * A chat session: a conversation and its KV cache (opaque).
+ */
+typedef struct NudgeSession NudgeSession;
 
 /**
  * What `nudge_model_info` reports. Set `struct_size` before the call.
@@ -882,13 +892,23 @@ typedef struct NudgeGenerateOptions {
    * Seed of the sampling (default 0).
    */
   uint64_t seed;
+  /**
+   * `n_stop_strings` UTF-8 strings (default none; NULL when 0; the app owns them, read
+   * during the call only). The reply ends where one first appears, and leaves it out;
+   * text that may be the start of one reaches the token callback only once it cannot be.
+   */
+  const char *const *stop_strings;
+  size_t n_stop_strings;
 } NudgeGenerateOptions;
 
 /**
  * Called for each new token but the end-of-sequence one, on the thread that called
  * `nudge_generate`. `text` (NUL-terminated, `text_len` bytes, valid during the call) is
  * the UTF-8 text the token adds to the reply; it is empty while a character's bytes are
- * incomplete. Return 0 to go on, non-zero to stop after this token.
+ * incomplete, or while it may be the start of a stop string. Text held back that turns
+ * out not to be one comes, once the reply has ended, in one more call with the last
+ * token's id (its return value is then ignored): the texts always add up to the reply.
+ * Return 0 to go on, non-zero to stop after this token.
  */
 typedef int32_t (*NudgeTokenFn)(uint32_t token_id,
                                 const char *text,
@@ -925,6 +945,33 @@ typedef int32_t (*NudgeBatchTokenFn)(size_t prompt_index,
                                      const char *text,
                                      size_t text_len,
                                      void *user_data);
+
+/**
+ * What `nudge_session_info` reports. Set `struct_size` before the call (or use
+ * `nudge_session_info_init`).
+ */
+typedef struct NudgeSessionInfo {
+  /**
+   * sizeof(NudgeSessionInfo) as the app was compiled; set by the app.
+   */
+  uint32_t struct_size;
+  /**
+   * Messages in the conversation (the system prompt included).
+   */
+  uint32_t n_messages;
+  /**
+   * Tokens whose keys and values the session holds.
+   */
+  uint64_t cached_tokens;
+  /**
+   * Tokens the last call found in the cache instead of running them again.
+   */
+  uint64_t reused_tokens;
+  /**
+   * Bytes of the KV cache.
+   */
+  uint64_t cache_bytes;
+} NudgeSessionInfo;
 
 #ifdef __cplusplus
 extern "C" {
@@ -1076,6 +1123,40 @@ enum NudgeStatus nudge_adapter_save_merged(const struct NudgeAdapter *adapter,
 NUDGE_API
 enum NudgeStatus nudge_adapter_info(const struct NudgeAdapter *adapter,
                                     struct NudgeAdapterInfo *out);
+
+/**
+ * A new handle holding a copy of `adapter` as it is now (for the same model). Train the
+ * copy while the original keeps serving, then `nudge_adapter_swap` them. Copying is
+ * deferred: the two share memory until one of them is trained. On failure `*out` is
+ * NULL; NUDGE_ERR_BUSY while `adapter` is being trained.
+ */
+NUDGE_API
+enum NudgeStatus nudge_adapter_clone(const struct NudgeAdapter *adapter,
+                                     struct NudgeAdapter **out);
+
+/**
+ * Exchanges what `a` and `b` hold, atomically: every call that starts after the swap sees
+ * the other's weights; a generation or scoring call already running on either finishes
+ * with the weights it started with, and is not waited for. Both must be for the same
+ * model (the same handle, or models of one shape). NUDGE_ERR_BUSY if either is being
+ * trained. Swapping a handle with itself does nothing.
+ */
+NUDGE_API enum NudgeStatus nudge_adapter_swap(struct NudgeAdapter *a, struct NudgeAdapter *b);
+
+/**
+ * A new adapter that applies `adapters[0..n]` together: its update is the sum of theirs,
+ * each multiplied by `weights[i]` (`weights` may be NULL: 1 each). One adapter with a
+ * weight is that adapter at another strength (0.5: half; 0: off). The result is exact (its
+ * rank is the sum of theirs; no approximation), a copy made now (training an input later
+ * does not change it), and an adapter like any other: generate, score, save (PEFT loads
+ * it too) or train it. All must be for the same model. On failure `*out` is NULL;
+ * NUDGE_ERR_BUSY while an input is being trained.
+ */
+NUDGE_API
+enum NudgeStatus nudge_adapter_stack(const struct NudgeAdapter *const *adapters,
+                                     const float *weights,
+                                     size_t n,
+                                     struct NudgeAdapter **out);
 
 /**
  * Releases the caller's handle (and its reference to the model). NULL, or a handle
@@ -1461,6 +1542,103 @@ enum NudgeStatus nudge_generate_batch(const struct NudgeModel *model,
  * already freed, and a pointer this library did not return are no-ops.
  */
 NUDGE_API void nudge_string_free(char *s);
+
+/**
+ * Prepares `info` for `nudge_session_info`: sets its `struct_size` to `struct_size` (pass
+ * sizeof(NudgeSessionInfo)) and the other fields to zero. The app owns the struct.
+ */
+NUDGE_API
+enum NudgeStatus nudge_session_info_init(struct NudgeSessionInfo *info,
+                                         size_t struct_size);
+
+/**
+ * A new chat session on `model`, replies made with `adapter` (NULL: the base model; the
+ * session keeps the adapter handle, so a swap applies from the next call on), opening
+ * with `system_prompt` (NULL: none). The session keeps the model open. On failure `*out`
+ * is NULL.
+ */
+NUDGE_API
+enum NudgeStatus nudge_session_new(const struct NudgeModel *model,
+                                   const struct NudgeAdapter *adapter,
+                                   const char *system_prompt,
+                                   struct NudgeSession **out);
+
+/**
+ * Appends a message (`role` such as "user" or "assistant", `content`) without generating:
+ * a conversation the app restores, say. Nothing runs through the model until the next
+ * `nudge_session_send` or `nudge_session_logits`.
+ */
+NUDGE_API
+enum NudgeStatus nudge_session_add(struct NudgeSession *session,
+                                   const char *role,
+                                   const char *content);
+
+/**
+ * Adds `user_text` as the user's message (NULL: none, the reply answers the conversation
+ * as it is, e.g. after `nudge_session_truncate` dropped a reply to regenerate it) and
+ * generates the assistant's reply, which joins the conversation. Only the tokens after
+ * what the session already holds run through the model. Options, callback, outputs and
+ * statuses are those of `nudge_generate` (`*text_out` is freed with `nudge_string_free`).
+ * A stop asked by the callback keeps the partial reply; a failure (a prompt past the
+ * context, NUDGE_ERR_CANCELLED from `nudge_model_interrupt`) leaves the conversation as it
+ * was.
+ */
+NUDGE_API
+enum NudgeStatus nudge_session_send(struct NudgeSession *session,
+                                    const char *user_text,
+                                    const struct NudgeGenerateOptions *options,
+                                    NudgeTokenFn on_token,
+                                    void *user_data,
+                                    char **text_out,
+                                    uint32_t *stop_reason_out);
+
+/**
+ * The logits of the token after the whole conversation, rendered with the model's chat
+ * template without a generation prompt (what a fresh prefill of that text gives): runs
+ * what the session does not hold yet. `logits` has room for `n` floats; with `logits`
+ * NULL only `*n_vocab_out` is set. `*n_vocab_out` (may be NULL) is the vocabulary size;
+ * `n` below it is NUDGE_ERR_INVALID.
+ */
+NUDGE_API
+enum NudgeStatus nudge_session_logits(struct NudgeSession *session,
+                                      float *logits,
+                                      size_t n,
+                                      size_t *n_vocab_out);
+
+/**
+ * Removes the last `turns` turns (each user message with what follows it). Fails,
+ * changing nothing, when the session has fewer user messages.
+ */
+NUDGE_API enum NudgeStatus nudge_session_rollback(struct NudgeSession *session, uint32_t turns);
+
+/**
+ * Keeps the first `n_messages` messages (the system prompt counts as one); more than the
+ * session has is a no-op.
+ */
+NUDGE_API
+enum NudgeStatus nudge_session_truncate(struct NudgeSession *session,
+                                        uint32_t n_messages);
+
+/**
+ * The conversation as a JSON array of `{"role", "content"}` objects (the format
+ * NUDGE_CHAT_JSON takes), in `*json_out`, freed with `nudge_string_free`.
+ */
+NUDGE_API
+enum NudgeStatus nudge_session_messages(const struct NudgeSession *session,
+                                        char **json_out);
+
+/**
+ * Describes the session. Set `out->struct_size = sizeof(NudgeSessionInfo)` first.
+ */
+NUDGE_API
+enum NudgeStatus nudge_session_info(const struct NudgeSession *session,
+                                    struct NudgeSessionInfo *out);
+
+/**
+ * Releases the session, its cache, and its references to the model and adapter. NULL,
+ * or a session already freed, is a no-op.
+ */
+NUDGE_API void nudge_session_free(struct NudgeSession *session);
 
 /**
  * The number of live handles of every kind: those created and not yet freed (for an

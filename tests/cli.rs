@@ -487,3 +487,102 @@ fn journal_ingest_follows_the_shared_chat_rules() {
         assert_eq!(o.status.success(), ok, "{case}: {}", String::from_utf8_lossy(&o.stderr));
     }
 }
+
+/// `chosen_logp` of each row `nudge score` prints.
+fn chosen_logps(o: &Out) -> Vec<f64> {
+    assert!(o.ok, "{}", o.stderr);
+    o.stdout
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap()["chosen_logp"].as_f64().unwrap())
+        .collect()
+}
+
+#[test]
+fn repeated_adapters_add_up_with_their_weights() {
+    let d = fresh_dir("cli-stack");
+    let m = model("cli-stack-model", 7);
+    let data = d.join("pairs.jsonl");
+    std::fs::write(&data, PAIRS).unwrap();
+    let out = d.join("adapter");
+    assert!(train(&m, &data, &out, &["--max-steps", "2"]).ok);
+    let score = |extra: &[&str]| {
+        let mut args = vec!["score", "-m", s(&m), "--data", s(&data)];
+        args.extend_from_slice(extra);
+        chosen_logps(&nudge(&args))
+    };
+    let once = score(&["--adapter", s(&out)]);
+    let base = score(&[]);
+    // The same adapter twice at half weight is the adapter once; weight 0 is the base.
+    let halves = score(&[
+        "--adapter",
+        s(&out),
+        "--adapter",
+        s(&out),
+        "--adapter-weight",
+        "0.5",
+        "--adapter-weight",
+        "0.5",
+    ]);
+    let off = score(&["--adapter", s(&out), "--adapter-weight", "0"]);
+    let negative = score(&["--adapter", s(&out), "--adapter-weight", "-1"]);
+    for i in 0..once.len() {
+        assert!((halves[i] - once[i]).abs() < 1e-4, "row {i}: {} vs {}", halves[i], once[i]);
+        assert!((off[i] - base[i]).abs() < 1e-6, "row {i}: weight 0 is the base");
+        assert!((once[i] - base[i]).abs() > 1e-3, "row {i}: the adapter changes the score");
+        // Against the trained direction: the chosen answer gets less likely than the base.
+        assert!((negative[i] - base[i]) * (once[i] - base[i]) < 0.0, "row {i}");
+    }
+    let e = nudge(&[
+        "score",
+        "-m",
+        s(&m),
+        "--data",
+        s(&data),
+        "--adapter",
+        s(&out),
+        "--adapter-weight",
+        "1",
+        "--adapter-weight",
+        "1",
+    ]);
+    assert!(!e.ok && e.stderr.contains("2 --adapter-weight values for 1 --adapter"), "{}", e.stderr);
+}
+
+#[test]
+fn chat_keeps_the_conversation_and_undo_drops_a_turn() {
+    let m = common::model_path();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_nudge"))
+        .args(["chat", "-m", s(&m), "--system", "Answer in one short sentence.", "-n", "16"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin
+            .write_all(b"Name a fruit.\nAnd a color?\n/undo\nAnd a color?\n/quit\nnot read\n")
+            .unwrap();
+    }
+    let o = child.wait_with_output().unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert!(o.status.success(), "{stderr}");
+    let replies: Vec<&str> = stdout.lines().collect();
+    assert_eq!(replies.len(), 3, "three replies: {stdout:?}");
+    // After /undo the same question in the same conversation gets the same (greedy) reply.
+    assert_eq!(replies[1], replies[2]);
+    assert!(stderr.contains("[last turn removed]"), "{stderr}");
+    // The second turn ran only its own tokens: the first came from the cache.
+    let reused: Vec<u64> = stderr
+        .lines()
+        .filter_map(|l| l.split("tokens, ").nth(1))
+        .filter_map(|l| l.split(' ').nth(1).and_then(|n| n.parse().ok()))
+        .collect();
+    assert_eq!(reused.len(), 3, "{stderr}");
+    assert!(reused[0] == 0 && reused[1] > 20 && reused[2] > 20, "{reused:?}: {stderr}");
+
+    let tiny = model("cli-chat-tiny", 7);
+    let e = nudge(&["chat", "-m", s(&tiny)]);
+    assert!(!e.ok && e.stderr.contains("no chat template"), "{}", e.stderr);
+}

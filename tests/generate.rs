@@ -191,6 +191,7 @@ fn no_stop(max_new_tokens: usize) -> GenerateOptions {
     GenerateOptions {
         max_new_tokens,
         stop_tokens: Some(vec![]),
+        stop_strings: Vec::new(),
         ..GenerateOptions::default()
     }
 }

@@ -68,6 +68,7 @@ fn mixed_requests(vocab: usize) -> Vec<GenerateRequest> {
                 top_p,
                 seed,
                 stop_tokens: stop,
+                stop_strings: Vec::new(),
             },
         };
     let long = prompt(60, 1, vocab);
@@ -340,6 +341,7 @@ fn the_step_callback_streams_each_reply_and_can_stop_rows_or_all() {
                 temperature: 1.0,
                 seed: i as u64,
                 stop_tokens: Some(vec![]),
+                stop_strings: Vec::new(),
                 ..GenerateOptions::default()
             },
         })
@@ -530,6 +532,7 @@ fn the_cli_writes_one_line_per_row_and_sample_equal_to_single_generation() {
                 top_p,
                 seed: seed + sample as u64,
                 stop_tokens: None,
+                stop_strings: Vec::new(),
             },
             None,
             |_, _| ControlFlow::Continue(()),

@@ -4,9 +4,9 @@ use crate::handles::{self, AdapterHandle, NudgeAdapter, NudgeModel};
 use crate::model::model_arg;
 use crate::options::{self, versioned};
 use crate::status::{Failure, FfiResult, NudgeStatus, guard, guard_void};
-use crate::text::str_arg;
+use crate::text::{slice_arg, str_arg};
 use engine::adapter::format::{gguf_lora, merge, peft};
-use engine::adapter::{Adapter, BaseCheck, LoraConfig, LoraInit};
+use engine::adapter::{Adapter, BaseCheck, LoraConfig, LoraInit, Stacked};
 use engine::convert::FloatType;
 use engine::model::weights::Proj;
 use std::ffi::c_char;
@@ -172,7 +172,7 @@ pub unsafe extern "C" fn nudge_adapter_options_init(
 fn register(model: Arc<crate::handles::ModelHandle>, adapter: Adapter, out: *mut *mut NudgeAdapter) {
     let h = AdapterHandle {
         model,
-        adapter: RwLock::new(adapter),
+        adapter: RwLock::new(Arc::new(adapter)),
     };
     handles::put(out, handles::register(Arc::new(h)));
 }
@@ -225,7 +225,7 @@ pub unsafe extern "C" fn nudge_adapter_save_peft(adapter: *const NudgeAdapter, d
     guard(|| {
         let h = handles::get::<AdapterHandle>(adapter, "adapter")?;
         let dir = str_arg(dir, "dir")?;
-        let a = handles::read(&h.adapter, "adapter")?;
+        let a = h.snapshot()?;
         peft::save(&a, Path::new(dir))?;
         Ok(())
     })
@@ -244,7 +244,7 @@ pub unsafe extern "C" fn nudge_adapter_save_gguf(
         let h = handles::get::<AdapterHandle>(adapter, "adapter")?;
         let path = str_arg(path, "path")?;
         let dtype = float_type(dtype)?;
-        let a = handles::read(&h.adapter, "adapter")?;
+        let a = h.snapshot()?;
         gguf_lora::save(&a, &h.model.model, Path::new(path), dtype)?;
         Ok(())
     })
@@ -264,7 +264,7 @@ pub unsafe extern "C" fn nudge_adapter_save_merged(
         let h = handles::get::<AdapterHandle>(adapter, "adapter")?;
         let dir = str_arg(dir, "dir")?;
         let dtype = float_type(dtype)?;
-        let a = handles::read(&h.adapter, "adapter")?;
+        let a = h.snapshot()?;
         merge::export_merged(&h.model.model, &a, Path::new(dir), dtype)?;
         Ok(())
     })
@@ -276,7 +276,7 @@ pub unsafe extern "C" fn nudge_adapter_save_merged(
 pub unsafe extern "C" fn nudge_adapter_info(adapter: *const NudgeAdapter, out: *mut NudgeAdapterInfo) -> NudgeStatus {
     guard(|| {
         let h = handles::get::<AdapterHandle>(adapter, "adapter")?;
-        let a = handles::read(&h.adapter, "adapter")?;
+        let a = h.snapshot()?;
         let c = &a.config;
         let info = NudgeAdapterInfo {
             struct_size: 0,
@@ -288,6 +288,103 @@ pub unsafe extern "C" fn nudge_adapter_info(adapter: *const NudgeAdapter, out: *
             n_params: a.n_params() as u64,
         };
         options::write(out, info, "out")
+    })
+}
+
+/// A new handle holding a copy of `adapter` as it is now (for the same model). Train the
+/// copy while the original keeps serving, then `nudge_adapter_swap` them. Copying is
+/// deferred: the two share memory until one of them is trained. On failure `*out` is
+/// NULL; NUDGE_ERR_BUSY while `adapter` is being trained.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nudge_adapter_clone(adapter: *const NudgeAdapter, out: *mut *mut NudgeAdapter) -> NudgeStatus {
+    guard(|| {
+        handles::clear_out(out, "out")?;
+        let h = handles::get::<AdapterHandle>(adapter, "adapter")?;
+        let held = h.snapshot()?;
+        let copy = AdapterHandle {
+            model: h.model.clone(),
+            adapter: RwLock::new(held),
+        };
+        handles::put(out, handles::register(Arc::new(copy)));
+        Ok(())
+    })
+}
+
+/// Exchanges what `a` and `b` hold, atomically: every call that starts after the swap sees
+/// the other's weights; a generation or scoring call already running on either finishes
+/// with the weights it started with, and is not waited for. Both must be for the same
+/// model (the same handle, or models of one shape). NUDGE_ERR_BUSY if either is being
+/// trained. Swapping a handle with itself does nothing.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nudge_adapter_swap(a: *mut NudgeAdapter, b: *mut NudgeAdapter) -> NudgeStatus {
+    guard(|| {
+        let ha = handles::get::<AdapterHandle>(a, "a")?;
+        let hb = handles::get::<AdapterHandle>(b, "b")?;
+        if Arc::ptr_eq(&ha, &hb) {
+            return Ok(());
+        }
+        same_model(&ha, &hb, "b")?;
+        // Neither lock waits, so taking them in any order cannot deadlock.
+        let mut wa = handles::write(&ha.adapter, "a")?;
+        let mut wb = handles::write(&hb.adapter, "b")?;
+        std::mem::swap(&mut *wa, &mut *wb);
+        Ok(())
+    })
+}
+
+/// Adapters of one model may be exchanged or stacked: the same handle, or the same shape.
+fn same_model(first: &AdapterHandle, other: &AdapterHandle, what: &str) -> FfiResult<()> {
+    if Arc::ptr_eq(&first.model, &other.model) || first.model.model.config == other.model.model.config {
+        return Ok(());
+    }
+    Err(Failure::invalid(format!(
+        "{what} is an adapter for another model (`{}`) than the first (`{}`)",
+        other.model.model.name(),
+        first.model.model.name()
+    )))
+}
+
+/// A new adapter that applies `adapters[0..n]` together: its update is the sum of theirs,
+/// each multiplied by `weights[i]` (`weights` may be NULL: 1 each). One adapter with a
+/// weight is that adapter at another strength (0.5: half; 0: off). The result is exact (its
+/// rank is the sum of theirs; no approximation), a copy made now (training an input later
+/// does not change it), and an adapter like any other: generate, score, save (PEFT loads
+/// it too) or train it. All must be for the same model. On failure `*out` is NULL;
+/// NUDGE_ERR_BUSY while an input is being trained.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nudge_adapter_stack(
+    adapters: *const *const NudgeAdapter,
+    weights: *const f32,
+    n: usize,
+    out: *mut *mut NudgeAdapter,
+) -> NudgeStatus {
+    guard(|| {
+        handles::clear_out(out, "out")?;
+        if n == 0 {
+            return Err(Failure::invalid("n is 0: a stack needs at least one adapter"));
+        }
+        let list = slice_arg(adapters, n, "adapters")?;
+        let weights = match weights.is_null() {
+            true => vec![1.0; n],
+            false => slice_arg(weights, n, "weights")?.to_vec(),
+        };
+        let handles = list
+            .iter()
+            .enumerate()
+            .map(|(i, &a)| handles::get::<AdapterHandle>(a, &format!("adapters[{i}]")))
+            .collect::<FfiResult<Vec<_>>>()?;
+        for (i, h) in handles.iter().enumerate().skip(1) {
+            same_model(&handles[0], h, &format!("adapters[{i}]"))?;
+        }
+        let held = handles.iter().map(|h| h.snapshot()).collect::<FfiResult<Vec<_>>>()?;
+        let parts: Vec<Stacked> = held
+            .iter()
+            .zip(&weights)
+            .map(|(adapter, &weight)| Stacked { adapter, weight })
+            .collect();
+        let stacked = engine::adapter::stack(&parts)?;
+        register(handles[0].model.clone(), stacked, out);
+        Ok(())
     })
 }
 

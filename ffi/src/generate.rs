@@ -8,7 +8,7 @@ use crate::model::model_arg;
 use crate::options::{self, versioned};
 use crate::pool::with_pool;
 use crate::status::{Failure, FfiResult, NudgeStatus, guard, guard_void};
-use crate::text::{slice_arg, string_out, take_string, write_opt};
+use crate::text::{slice_arg, str_arg, string_out, take_string, write_opt};
 use engine::cancel::Cancel;
 use engine::data::chat::{self, Content};
 use engine::generate::{BatchGenerator, BatchOptions, GenerateOptions, GenerateRequest, Generator, StopReason};
@@ -25,6 +25,8 @@ pub const NUDGE_STOP_LENGTH: u32 = 1;
 pub const NUDGE_STOP_CONTEXT: u32 = 2;
 /// The token callback asked to stop.
 pub const NUDGE_STOP_CALLBACK: u32 = 3;
+/// One of `NudgeGenerateOptions.stop_strings` appeared (the reply ends before it).
+pub const NUDGE_STOP_STRING: u32 = 4;
 
 /// How to generate. Fill with `nudge_generate_options_init`, then change what you need.
 #[repr(C)]
@@ -46,6 +48,11 @@ pub struct NudgeGenerateOptions {
     pub threads: u32,
     /// Seed of the sampling (default 0).
     pub seed: u64,
+    /// `n_stop_strings` UTF-8 strings (default none; NULL when 0; the app owns them, read
+    /// during the call only). The reply ends where one first appears, and leaves it out;
+    /// text that may be the start of one reaches the token callback only once it cannot be.
+    pub stop_strings: *const *const c_char,
+    pub n_stop_strings: usize,
 }
 
 impl Default for NudgeGenerateOptions {
@@ -59,15 +66,21 @@ impl Default for NudgeGenerateOptions {
             top_p: g.top_p,
             threads: 0,
             seed: g.seed,
+            stop_strings: std::ptr::null(),
+            n_stop_strings: 0,
         }
     }
 }
-versioned!(NudgeGenerateOptions);
+// 32: before stop strings (0.1).
+versioned!(NudgeGenerateOptions, [32]);
 
 /// Called for each new token but the end-of-sequence one, on the thread that called
 /// `nudge_generate`. `text` (NUL-terminated, `text_len` bytes, valid during the call) is
 /// the UTF-8 text the token adds to the reply; it is empty while a character's bytes are
-/// incomplete. Return 0 to go on, non-zero to stop after this token.
+/// incomplete, or while it may be the start of a stop string. Text held back that turns
+/// out not to be one comes, once the reply has ended, in one more call with the last
+/// token's id (its return value is then ignored): the texts always add up to the reply.
+/// Return 0 to go on, non-zero to stop after this token.
 pub type NudgeTokenFn =
     Option<unsafe extern "C" fn(token_id: u32, text: *const c_char, text_len: usize, user_data: *mut c_void) -> i32>;
 
@@ -80,7 +93,7 @@ pub unsafe extern "C" fn nudge_generate_options_init(
     guard(|| options::init(options, struct_size, "options"))
 }
 
-fn generate_options(o: &NudgeGenerateOptions) -> FfiResult<GenerateOptions> {
+pub(crate) fn generate_options(o: &NudgeGenerateOptions) -> FfiResult<GenerateOptions> {
     let g = GenerateOptions {
         max_new_tokens: o.max_new_tokens as usize,
         temperature: o.temperature,
@@ -88,6 +101,11 @@ fn generate_options(o: &NudgeGenerateOptions) -> FfiResult<GenerateOptions> {
         top_p: o.top_p,
         seed: o.seed,
         stop_tokens: None,
+        stop_strings: slice_arg(o.stop_strings, o.n_stop_strings, "options->stop_strings")?
+            .iter()
+            .enumerate()
+            .map(|(i, &s)| str_arg(s, &format!("options->stop_strings[{i}]")).map(str::to_string))
+            .collect::<FfiResult<_>>()?,
     };
     g.validate()?;
     Ok(g)
@@ -104,12 +122,13 @@ pub(crate) fn prompt_ids(model: &Model, prompt: Value) -> FfiResult<Vec<u32>> {
     Ok(tok.encode(&text, false)?)
 }
 
-fn stop_code(r: StopReason) -> u32 {
+pub(crate) fn stop_code(r: StopReason) -> u32 {
     match r {
         StopReason::Eos => NUDGE_STOP_EOS,
         StopReason::Length => NUDGE_STOP_LENGTH,
         StopReason::ContextFull => NUDGE_STOP_CONTEXT,
         StopReason::Callback => NUDGE_STOP_CALLBACK,
+        StopReason::StopString => NUDGE_STOP_STRING,
     }
 }
 
@@ -149,7 +168,7 @@ pub unsafe extern "C" fn nudge_generate(
         let prompt = text_value(prompt, format, "prompt")?;
         let o = options::read(options, "options")?;
         let settings = generate_options(&o)?;
-        let held = a.as_ref().map(|a| handles::read(&a.adapter, "adapter")).transpose()?;
+        let held = a.as_ref().map(|a| a.snapshot()).transpose()?;
         if let Some(held) = &held {
             held.check_fits(&m.model.config, Path::new("adapter"))?;
         }
@@ -159,29 +178,7 @@ pub unsafe extern "C" fn nudge_generate(
             let cancel = Some(Cancel::new(&interrupted));
             let mut g =
                 pool.install(|| Generator::new_cancellable(&m.model, &ids, &settings, held.as_deref(), cancel))?;
-            let mut shown = 0; // bytes of the text already passed to on_token
-            let mut piece = Vec::new();
-            // The model runs on the pool; the callback on the calling thread, as documented.
-            while let Some(t) = pool.install(|| g.next_token())? {
-                if g.stop_reason() == Some(StopReason::Eos) {
-                    break;
-                }
-                let Some(f) = on_token else { continue };
-                let text = g.text()?;
-                // A byte-level token may end inside a character: wait for the rest of it.
-                let delta = match text.get(shown..) {
-                    Some(d) if !text.ends_with('\u{FFFD}') => d,
-                    _ => "",
-                };
-                shown += delta.len();
-                piece.clear();
-                piece.extend_from_slice(delta.as_bytes());
-                piece.push(0);
-                // SAFETY: the app's callback, given a NUL-terminated buffer that lives for the call.
-                if unsafe { f(t, piece.as_ptr().cast(), delta.len(), user_data) } != 0 {
-                    g.stop(StopReason::Callback);
-                }
-            }
+            stream(pool, &mut g, on_token, user_data)?;
             let reason = g.stop_reason().unwrap_or(StopReason::Length);
             Ok((g.text()?, reason))
         })??;
@@ -192,6 +189,42 @@ pub unsafe extern "C" fn nudge_generate(
         }
         Ok(())
     })
+}
+
+/// Runs `g` to its end, the model on `pool`, `on_token` (may be None) on the calling thread
+/// with each piece of text, as `NudgeTokenFn` documents; the pieces add up to the reply.
+pub(crate) fn stream(
+    pool: &rayon::ThreadPool,
+    g: &mut Generator,
+    on_token: NudgeTokenFn,
+    user_data: *mut c_void,
+) -> engine::Result<()> {
+    let mut piece = Vec::new();
+    let mut call = |f: unsafe extern "C" fn(u32, *const c_char, usize, *mut c_void) -> i32, t: u32, text: &str| {
+        piece.clear();
+        piece.extend_from_slice(text.as_bytes());
+        piece.push(0);
+        // SAFETY: the app's callback, given a NUL-terminated buffer that lives for the call.
+        unsafe { f(t, piece.as_ptr().cast(), text.len(), user_data) }
+    };
+    let mut last = None;
+    while let Some(t) = pool.install(|| g.next_token())? {
+        if g.stop_reason() == Some(StopReason::Eos) {
+            break;
+        }
+        last = Some(t);
+        if let Some(f) = on_token
+            && call(f, t, g.delta()) != 0
+        {
+            g.stop(StopReason::Callback);
+        }
+    }
+    // Text held back for a stop string that never completed is part of the reply.
+    let rest = g.rest();
+    if let (Some(f), Some(t), false) = (on_token, last, rest.is_empty()) {
+        call(f, t, &rest);
+    }
+    Ok(())
 }
 
 /// How `nudge_generate_batch` schedules its replies. Fill with
@@ -324,7 +357,7 @@ pub unsafe extern "C" fn nudge_generate_batch(
                 },
             }));
         }
-        let held = a.as_ref().map(|a| handles::read(&a.adapter, "adapter")).transpose()?;
+        let held = a.as_ref().map(|a| a.snapshot()).transpose()?;
         if let Some(held) = &held {
             held.check_fits(&m.model.config, Path::new("adapter"))?;
         }
@@ -399,7 +432,7 @@ mod tests {
 
     #[test]
     fn layouts_end_without_padding() {
-        crate::assert_packed_end!(NudgeGenerateOptions, seed, u64);
+        crate::assert_packed_end!(NudgeGenerateOptions, n_stop_strings, usize);
         crate::assert_packed_end!(NudgeBatchOptions, max_rows, u32);
     }
 

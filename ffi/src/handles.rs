@@ -29,6 +29,11 @@ pub struct NudgeJournal {
     _opaque: [u8; 0],
 }
 
+/// A chat session: a conversation and its KV cache (opaque).
+pub struct NudgeSession {
+    _opaque: [u8; 0],
+}
+
 pub(crate) struct ModelHandle {
     pub model: engine::model::Model,
     /// Worker threads of the calls on this model (0: one per core).
@@ -52,7 +57,19 @@ impl ModelHandle {
 pub(crate) struct AdapterHandle {
     /// The model the adapter was made for; it stays open while the adapter lives.
     pub model: Arc<ModelHandle>,
-    pub adapter: RwLock<engine::adapter::Adapter>,
+    /// What the handle holds now. A call that applies the adapter takes the `Arc` and lets
+    /// go of the lock at once, so a swap or a training run that starts meanwhile does not
+    /// wait for it (the call finishes with the weights it started with); training holds
+    /// the lock for its whole run.
+    pub adapter: RwLock<Arc<engine::adapter::Adapter>>,
+}
+
+impl AdapterHandle {
+    /// The adapter as it is now, for a call that applies it; NUDGE_ERR_BUSY while it is
+    /// being trained.
+    pub fn snapshot(&self) -> FfiResult<Arc<engine::adapter::Adapter>> {
+        Ok(read(&self.adapter, "adapter")?.clone())
+    }
 }
 
 /// One example as the app gave it: a TRL row (`prompt`, `chosen`, `rejected` or
@@ -70,11 +87,19 @@ pub(crate) struct JournalHandle {
     pub recovery: Option<engine::journal::Recovery>,
 }
 
+pub(crate) struct SessionHandle {
+    pub model: Arc<ModelHandle>,
+    /// The adapter handle the replies use (its current weights at each call).
+    pub adapter: Option<Arc<AdapterHandle>>,
+    pub state: Mutex<crate::session::SessionState>,
+}
+
 pub(crate) enum Entry {
     Model(Arc<ModelHandle>),
     Adapter(Arc<AdapterHandle>),
     Dataset(Arc<DatasetHandle>),
     Journal(Arc<JournalHandle>),
+    Session(Arc<SessionHandle>),
 }
 
 static TABLE: Mutex<BTreeMap<usize, Entry>> = Mutex::new(BTreeMap::new());
@@ -116,6 +141,7 @@ kind!(ModelHandle, NudgeModel, Model, "model");
 kind!(AdapterHandle, NudgeAdapter, Adapter, "adapter");
 kind!(DatasetHandle, NudgeDataset, Dataset, "dataset");
 kind!(JournalHandle, NudgeJournal, Journal, "journal");
+kind!(SessionHandle, NudgeSession, Session, "session");
 
 /// Enters an object in the table and returns its handle.
 pub(crate) fn register<T: Kind>(object: Arc<T>) -> *mut T::C {

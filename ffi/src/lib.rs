@@ -35,6 +35,8 @@ mod tokens;
 
 mod generate;
 
+mod session;
+
 mod handles;
 mod options;
 mod pool;
@@ -43,10 +45,11 @@ mod text;
 pub use adapter::*;
 pub use dataset::*;
 pub use generate::*;
-pub use handles::{NudgeAdapter, NudgeDataset, NudgeJournal, NudgeModel, nudge_live_handles};
+pub use handles::{NudgeAdapter, NudgeDataset, NudgeJournal, NudgeModel, NudgeSession, nudge_live_handles};
 pub use journal::*;
 pub use model::*;
 pub use score::*;
+pub use session::*;
 pub use status::*;
 pub use tokens::*;
 pub use train::*;

@@ -41,7 +41,7 @@ pub unsafe extern "C" fn nudge_score(
         };
         let prompt = text_value(prompt, format, "prompt")?;
         let completion = text_value(completion, format, "completion")?;
-        let held = a.as_ref().map(|a| handles::read(&a.adapter, "adapter")).transpose()?;
+        let held = a.as_ref().map(|a| a.snapshot()).transpose()?;
         if let Some(held) = &held {
             held.check_fits(&m.model.config, Path::new("adapter"))?;
         }

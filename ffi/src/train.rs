@@ -14,6 +14,7 @@ use engine::objective::Loss;
 use engine::optim::{AdamWConfig, Schedule};
 use engine::train::{EvalMetrics, StepMetrics, TrainConfig, Trainer};
 use std::ffi::{c_char, c_void};
+use std::sync::Arc;
 use std::time::Instant;
 
 /// `NudgeTrainOptions.schedule`: the learning rate stays constant after the warmup.
@@ -468,9 +469,9 @@ pub unsafe extern "C" fn nudge_train(
         let progress = Progress { f: progress, user_data };
         let threads = crate::model::threads(&a.model, o.threads);
         let run = with_pool(threads, |pool| {
-            run(pool, model, Adapter::clone(&held), config, data, &progress)
+            run(pool, model, Adapter::clone(&**held), config, data, &progress)
         })??;
-        *held = run.trained;
+        *held = Arc::new(run.trained);
         drop(held);
         if let Some(e) = run.error {
             return Err(e.into());

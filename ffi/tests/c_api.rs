@@ -336,6 +336,11 @@ fn threads_static() {
 }
 
 #[test]
+fn serving_under_address_sanitizer() {
+    run(&build("serving", Link::Asan), "serving", &[]);
+}
+
+#[test]
 fn header_compiles_as_cpp_and_links() {
     run(&build("header", Link::Shared), "header", &[]);
     run(&build("header", Link::Static), "header", &[]);

@@ -5,8 +5,10 @@
 pub mod format;
 #[cfg(feature = "linalg")]
 pub mod linalg;
+pub mod stack;
 
 pub use format::{BaseCheck, gguf_lora, load, load_for, merge, peft};
+pub use stack::{Stacked, stack};
 
 use crate::error::{Error, Result};
 use crate::model::config::Config;

@@ -38,6 +38,7 @@ pub fn generate_throughput(path: &Path, new_tokens: usize, batch_rows: usize, re
     let opts = GenerateOptions {
         max_new_tokens: new_tokens,
         stop_tokens: Some(Vec::new()),
+        stop_strings: Vec::new(),
         ..GenerateOptions::default()
     };
     let prompt = [1u32.min(model.config.vocab_size as u32 - 1)];

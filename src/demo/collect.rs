@@ -128,6 +128,7 @@ pub fn collect(
         top_p: cfg.top_p,
         seed: cfg.seed ^ (index as u64 + 1).wrapping_mul(0xd1b5_4a32_d192_ed03),
         stop_tokens: None,
+        stop_strings: Vec::new(),
     };
     let t0 = std::time::Instant::now();
     let what = format!("round {}: sampling {} answers", index + 1, prompts.len() * cfg.samples);

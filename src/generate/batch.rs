@@ -1,6 +1,7 @@
 //! Many replies together: every live row's new token runs through one batched step
 //! ([`Model::decode_batch`]); identical prompts are prefilled once and their cache copied.
 
+use super::reply::ReplyText;
 use super::*;
 use crate::adapter::Adapter;
 use crate::cancel::Cancel;
@@ -51,7 +52,8 @@ pub struct BatchToken<'a> {
 #[derive(Debug)]
 pub struct BatchProgress<'a> {
     /// The new tokens of this step, one per row that got one, in row order. A stop token
-    /// is not among them (as with [`generate`]): its request is in `finished`.
+    /// is not among them (as with [`generate`]; its request is in `finished`) unless it
+    /// brings text held back for a stop string that did not complete.
     pub tokens: &'a [BatchToken<'a>],
     /// The replies that ended at this step by themselves (a stop token, `max_new_tokens`,
     /// the context), with their request's index: final, as [`generate_batch`] returns
@@ -256,7 +258,7 @@ impl<'a> BatchGenerator<'a> {
         self.step_tokens.extend(
             self.rows
                 .iter_mut()
-                .filter(|r| r.stop != Some(StopReason::Eos))
+                .filter(|r| r.stop != Some(StopReason::Eos) || !r.delta.is_empty())
                 .map(|r| {
                     let t = *r.generated.last().expect("sampled");
                     (r.request, t, std::mem::take(&mut r.delta))
@@ -269,7 +271,7 @@ impl<'a> BatchGenerator<'a> {
             .partition(|r| r.stop.is_some());
         for row in ended {
             let request = row.request;
-            self.step_finished.push((request, row.finish(model)?));
+            self.step_finished.push((request, row.finish()));
         }
         self.done += self.step_finished.len();
         Ok(true)
@@ -354,14 +356,7 @@ impl<'a> BatchGenerator<'a> {
 
     fn retire(&mut self, row: Row) {
         let request = row.request;
-        match row.finish(self.model) {
-            Ok(g) => self.results[request] = Some(g),
-            // Kept for into_results (stop() returns nothing).
-            Err(e) => {
-                self.error.get_or_insert(e.for_request(request));
-                self.results[request] = Some(Generated::empty(StopReason::Callback));
-            }
-        }
+        self.results[request] = Some(row.finish());
         self.done += 1;
     }
 
@@ -407,7 +402,8 @@ impl<'a> BatchGenerator<'a> {
                 max_new_tokens: r.opts.max_new_tokens,
                 logits,
                 generated: Vec::new(),
-                shown: 0,
+                decoded: String::new(),
+                reply: ReplyText::new(&r.opts.stop_strings),
                 delta: String::new(),
                 stop: None,
             });
@@ -535,7 +531,8 @@ struct Row {
     max_new_tokens: usize,
     logits: Vec<f32>, // [config vocab] of the next token
     generated: Vec<u32>,
-    shown: usize,  // bytes of the text already shown
+    decoded: String, // the generated tokens decoded (the stop token left out)
+    reply: ReplyText,
     delta: String, // the text the last token added
     stop: Option<StopReason>,
 }
@@ -548,25 +545,31 @@ impl Row {
         self.delta.clear();
         if self.stop_tokens.contains(&t) {
             self.stop = Some(StopReason::Eos);
+            // Text held back for a stop string that did not complete comes with the EOS.
+            let rest = self.reply.rest(&self.decoded);
+            self.delta.push_str(rest);
             return Ok(());
         }
-        let text = model.tokenizer.decode(&self.generated, true)?;
-        self.delta.push_str(text_delta(&text, &mut self.shown));
+        self.decoded = model.tokenizer.decode(&self.generated, true)?;
         if self.generated.len() >= self.max_new_tokens {
             self.stop = Some(StopReason::Length);
         } else if self.prompt_len + self.generated.len() >= max_pos {
             self.stop = Some(StopReason::ContextFull);
         }
+        let (delta, hit) = self.reply.advance(&self.decoded, self.stop.is_some());
+        self.delta.push_str(delta);
+        if hit {
+            self.stop = Some(StopReason::StopString);
+        }
         Ok(())
     }
 
-    fn finish(self, model: &Model) -> Result<Generated> {
+    fn finish(self) -> Generated {
         let stop_reason = self.stop.expect("a finished row");
-        let end = self.generated.len() - usize::from(stop_reason == StopReason::Eos);
-        Ok(Generated {
-            text: model.tokenizer.decode(&self.generated[..end], true)?,
+        Generated {
+            text: self.reply.cut(&self.decoded).to_string(),
             ids: self.generated,
             stop_reason,
-        })
+        }
     }
 }

@@ -14,13 +14,16 @@
 //! The parts: `sampler` picks tokens, `single` generates one reply, `batch` many.
 
 mod batch;
+mod reply;
 mod sampler;
+mod session;
 mod single;
 
 pub use batch::{
     BatchGenerator, BatchOptions, BatchProgress, BatchToken, GenerateRequest, generate_batch, generate_batch_with,
 };
 pub use sampler::{Sampler, argmax};
+pub use session::Session;
 pub use single::{Generator, generate};
 
 use crate::error::{Error, Result};
@@ -41,6 +44,9 @@ pub struct GenerateOptions {
     pub seed: u64,
     /// Tokens that end the reply; `None` means the tokenizer's and the config's EOS.
     pub stop_tokens: Option<Vec<u32>>,
+    /// Texts that end the reply where they first appear (left out of it); text that may be
+    /// the start of one is streamed only once it cannot be.
+    pub stop_strings: Vec<String>,
 }
 
 impl Default for GenerateOptions {
@@ -52,6 +58,7 @@ impl Default for GenerateOptions {
             top_p: 1.0,
             seed: 0,
             stop_tokens: None,
+            stop_strings: Vec::new(),
         }
     }
 }
@@ -66,6 +73,9 @@ impl GenerateOptions {
         }
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
             return Err(Error::invalid(format!("top_p {} must be in (0, 1]", self.top_p)));
+        }
+        if let Some(i) = self.stop_strings.iter().position(String::is_empty) {
+            return Err(Error::invalid(format!("stop string {i} is empty")));
         }
         Ok(())
     }
@@ -100,6 +110,8 @@ pub enum StopReason {
     ContextFull,
     /// The token callback asked to stop.
     Callback,
+    /// A stop string appeared (the text ends before it).
+    StopString,
 }
 
 impl StopReason {
@@ -110,6 +122,7 @@ impl StopReason {
             StopReason::Length => "length",
             StopReason::ContextFull => "context",
             StopReason::Callback => "callback",
+            StopReason::StopString => "stop_string",
         }
     }
 }

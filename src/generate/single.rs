@@ -1,6 +1,7 @@
 //! One reply: the prompt runs once ([`Model::prefill`]), then each new token is one
 //! single-row step ([`Model::decode_step`]) against the cached keys and values.
 
+use super::reply::ReplyText;
 use super::*;
 use crate::adapter::Adapter;
 use crate::cancel::Cancel;
@@ -22,6 +23,11 @@ pub struct Generator<'a> {
     logits: Vec<f32>,     // [vocab] of the next token
     pending: Option<u32>, // the last token, not yet run through the model
     generated: Vec<u32>,
+    /// The generated tokens decoded (the stop token left out).
+    decoded: String,
+    reply: ReplyText,
+    /// What the last token added to the text that may be shown.
+    delta: String,
     stop_reason: Option<StopReason>,
 }
 
@@ -40,7 +46,7 @@ impl<'a> Generator<'a> {
         adapter: Option<&'a Adapter>,
         cancel: Option<Cancel<'a>>,
     ) -> Result<Self> {
-        let sampler = Sampler::new(opts)?;
+        opts.validate()?;
         if prompt.is_empty() {
             return Err(Error::invalid("the prompt has no tokens"));
         }
@@ -51,19 +57,46 @@ impl<'a> Generator<'a> {
             cancel,
         };
         let logits = model.prefill_ctx(prompt, &mut cache, lora)?;
+        Self::resume(model, cache, logits, opts, adapter, cancel)
+    }
+
+    /// Generation that goes on from `cache`, which holds the prompt (or a conversation) run
+    /// with `adapter`, `logits` being those of the token after it (`[vocab]`, as
+    /// [`Model::prefill`] gives them).
+    pub fn resume(
+        model: &'a Model,
+        cache: KvCache,
+        logits: Vec<f32>,
+        opts: &GenerateOptions,
+        adapter: Option<&'a Adapter>,
+        cancel: Option<Cancel<'a>>,
+    ) -> Result<Self> {
+        opts.validate()?;
+        if cache.is_empty() || logits.len() != model.config.vocab_size {
+            return Err(Error::invalid(format!(
+                "generation resumes from a cache of {} tokens with {} logits: it needs at least one \
+                 token and the model's {} logits",
+                cache.len(),
+                logits.len(),
+                model.config.vocab_size
+            )));
+        }
         Ok(Generator {
             model,
             adapter,
             cancel,
+            prompt_len: cache.len(),
             cache,
-            sampler,
+            sampler: Sampler::new(opts)?,
             stop_tokens: opts.stop_tokens_for(model),
             max_new_tokens: opts.max_new_tokens,
-            prompt_len: prompt.len(),
             vocab: model.tokenizer.vocab_size().min(model.config.vocab_size),
             logits,
             pending: None,
             generated: Vec::new(),
+            decoded: String::new(),
+            reply: ReplyText::new(&opts.stop_strings),
+            delta: String::new(),
             stop_reason: None,
         })
     }
@@ -85,8 +118,16 @@ impl<'a> Generator<'a> {
         }
         let t = self.sampler.sample(&self.logits[..self.vocab]);
         self.generated.push(t);
+        self.delta.clear();
         if self.stop_tokens.contains(&t) {
             self.stop_reason = Some(StopReason::Eos);
+            return Ok(Some(t));
+        }
+        self.decoded = self.model.tokenizer.decode(&self.generated, true)?;
+        let (delta, hit) = self.reply.advance(&self.decoded, false);
+        self.delta.push_str(delta);
+        if hit {
+            self.stop_reason = Some(StopReason::StopString);
         } else {
             self.pending = Some(t);
         }
@@ -112,6 +153,21 @@ impl<'a> Generator<'a> {
         &self.generated
     }
 
+    /// What the last token added to the reply's text (empty while the bytes of a character
+    /// are incomplete, or while the text may be the start of a stop string).
+    pub fn delta(&self) -> &str {
+        &self.delta
+    }
+
+    /// Once generation has ended: the text not given by [`Self::delta`] yet (held back for
+    /// a stop string that did not complete). Afterwards the deltas add up to [`Self::text`].
+    pub fn rest(&mut self) -> String {
+        if self.stop_reason.is_none() {
+            return String::new();
+        }
+        self.reply.rest(&self.decoded).to_string()
+    }
+
     /// Logits of the token the next call samples (after the last generated one): `[vocab]`.
     pub fn logits(&self) -> &[f32] {
         &self.logits
@@ -121,13 +177,15 @@ impl<'a> Generator<'a> {
         &self.cache
     }
 
-    /// The reply's text so far, without stop tokens.
+    /// The cache, holding the prompt and every generated token but the last one (which
+    /// was never run through the model), for a conversation to go on from.
+    pub fn into_cache(self) -> KvCache {
+        self.cache
+    }
+
+    /// The reply's text so far, without stop tokens, cut before a stop string.
     pub fn text(&self) -> Result<String> {
-        let end = match self.stop_reason {
-            Some(StopReason::Eos) => self.generated.len() - 1,
-            _ => self.generated.len(),
-        };
-        self.model.tokenizer.decode(&self.generated[..end], true)
+        Ok(self.reply.cut(&self.decoded).to_string())
     }
 }
 
@@ -142,16 +200,20 @@ pub fn generate(
     mut on_token: impl FnMut(u32, &str) -> ControlFlow<()>,
 ) -> Result<Generated> {
     let mut g = Generator::new(model, prompt, opts, adapter)?;
-    let mut shown = 0; // bytes of the text already passed to on_token
+    let mut last = None;
     while let Some(t) = g.next_token()? {
         if g.stop_reason() == Some(StopReason::Eos) {
             break;
         }
-        let text = g.text()?;
-        let delta = text_delta(&text, &mut shown);
-        if on_token(t, delta).is_break() {
+        last = Some(t);
+        if on_token(t, g.delta()).is_break() {
             g.stop(StopReason::Callback);
         }
+    }
+    // Text held back for a stop string that never completed belongs to the reply.
+    let rest = g.rest();
+    if let (Some(t), false) = (last, rest.is_empty()) {
+        let _ = on_token(t, &rest);
     }
     Ok(Generated {
         text: g.text()?,

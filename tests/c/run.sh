@@ -7,7 +7,7 @@
 # -p nudge-ffi`). --static links libnudge.a; --asan builds the C side with
 # AddressSanitizer (leak checking on);
 # --valgrind runs under memcheck with leak checking. TEST defaults to every test
-# (lifecycle generate generate_batch journal misuse threads header).
+# (lifecycle generate generate_batch journal misuse threads serving header).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
@@ -23,7 +23,7 @@ libdir="$(cd "$1" && pwd)"
 model="$2"
 shift 2
 tests=("$@")
-[ ${#tests[@]} -gt 0 ] || tests=(lifecycle generate generate_batch journal misuse threads header)
+[ ${#tests[@]} -gt 0 ] || tests=(lifecycle generate generate_batch journal misuse threads serving header)
 
 out="$(mktemp -d)"
 trap 'rm -rf "$out"' EXIT

@@ -38,13 +38,18 @@ pub fn open_model(path: &Path) -> Result<Model> {
     Model::open_with(path, weights_load())
 }
 
-/// An adapter to apply: a PEFT folder or a llama.cpp LoRA .gguf file.
+/// Adapters to apply: PEFT folders or llama.cpp LoRA .gguf files, each with a weight.
 #[derive(Args, Clone, Debug, Default)]
 pub struct AdapterArg {
     /// A LoRA adapter to apply: a PEFT folder (adapter_config.json +
-    /// adapter_model.safetensors) or a llama.cpp LoRA .gguf file.
+    /// adapter_model.safetensors) or a llama.cpp LoRA .gguf file. Repeat it to apply several
+    /// together (their updates add up).
     #[arg(long, value_name = "PATH")]
-    pub adapter: Option<PathBuf>,
+    pub adapter: Vec<PathBuf>,
+    /// The weight of each --adapter's update, in the same order (default 1 each): 0.5 applies
+    /// an adapter at half strength, 0 turns it off, a negative weight pushes the other way.
+    #[arg(long, value_name = "W", requires = "adapter", allow_negative_numbers = true)]
+    pub adapter_weight: Vec<f32>,
     /// Apply an adapter that records another base model (e.g. another quantization of the
     /// same model); by default it is refused.
     #[arg(long, requires = "adapter")]
@@ -52,16 +57,43 @@ pub struct AdapterArg {
 }
 
 impl AdapterArg {
+    /// The adapter to apply: none, the one given, or the given ones stacked with their
+    /// weights into one ([`adapter::stack`]).
     pub fn load(&self, model: &Model) -> Result<Option<Adapter>> {
         let check = if self.allow_other_base {
             BaseCheck::AllowOtherBase
         } else {
             BaseCheck::Strict
         };
-        self.adapter
-            .as_deref()
+        let weights = self.weights()?;
+        let loaded = self
+            .adapter
+            .iter()
             .map(|p| adapter::load_for(p, model, check))
-            .transpose()
+            .collect::<Result<Vec<_>>>()?;
+        match (loaded.as_slice(), weights.as_slice()) {
+            ([], _) => Ok(None),
+            ([_], [w]) if *w == 1.0 => Ok(loaded.into_iter().next()),
+            _ => {
+                let parts: Vec<_> = loaded
+                    .iter()
+                    .zip(&weights)
+                    .map(|(adapter, &weight)| adapter::Stacked { adapter, weight })
+                    .collect();
+                adapter::stack(&parts).map(Some)
+            }
+        }
+    }
+
+    fn weights(&self) -> Result<Vec<f32>> {
+        match self.adapter_weight.len() {
+            0 => Ok(vec![1.0; self.adapter.len()]),
+            n if n == self.adapter.len() => Ok(self.adapter_weight.clone()),
+            n => Err(Error::invalid(format!(
+                "{n} --adapter-weight values for {} --adapter paths: give one weight per adapter, in order",
+                self.adapter.len()
+            ))),
+        }
     }
 }
 

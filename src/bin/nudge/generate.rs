@@ -27,6 +27,13 @@ pub struct GenerateArgs {
     /// (with --prompts: the rows whose `prompt` is a string).
     #[arg(long)]
     chat: bool,
+    /// A system prompt before the user's message (implies --chat; with --prompts, for the
+    /// rows whose `prompt` is a string).
+    #[arg(long, value_name = "TEXT")]
+    system: Option<String>,
+    /// End the reply where this text first appears (left out of the reply). Repeatable.
+    #[arg(long = "stop", value_name = "TEXT")]
+    stop: Vec<String>,
     /// One prompt; the reply is streamed to stdout.
     #[arg(short, long, required_unless_present = "prompts", conflicts_with = "prompts")]
     prompt: Option<String>,
@@ -71,7 +78,14 @@ impl GenerateArgs {
             top_p: self.top_p,
             seed: self.seed,
             stop_tokens: None,
+            stop_strings: self.stop.clone(),
         }
+    }
+
+    /// A text prompt as chat messages (with --chat or --system), or None for raw text.
+    fn messages(&self, text: &str) -> Option<Vec<ChatMessage>> {
+        let system = self.system.as_ref().map(|s| ChatMessage::new("system", s.as_str()));
+        (self.chat || system.is_some()).then(|| system.into_iter().chain([ChatMessage::new("user", text)]).collect())
     }
 }
 
@@ -92,14 +106,13 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     }
 }
 
-/// Token ids of a text prompt: as one user message through the chat template, or as it
-/// is. A rendered chat already holds its special tokens; a raw prompt gets the
-/// tokenizer's (e.g. BOS), as transformers does.
-fn text_prompt(m: &Model, text: &str, chat: bool) -> Result<Vec<u32>> {
-    if chat {
-        chat_prompt(m, &[ChatMessage::new("user", text)])
-    } else {
-        m.tokenizer.encode(text, true)
+/// Token ids of a text prompt: as a user message (after the system prompt, if any)
+/// through the chat template, or as it is. A rendered chat already holds its special
+/// tokens; a raw prompt gets the tokenizer's (e.g. BOS), as transformers does.
+fn text_prompt(m: &Model, text: &str, a: &GenerateArgs) -> Result<Vec<u32>> {
+    match a.messages(text) {
+        Some(messages) => chat_prompt(m, &messages),
+        None => m.tokenizer.encode(text, true),
     }
 }
 
@@ -109,7 +122,7 @@ fn chat_prompt(m: &Model, messages: &[ChatMessage]) -> Result<Vec<u32>> {
 }
 
 fn run_one(a: &GenerateArgs, m: &Model, adapter: Option<&nudge::adapter::Adapter>, prompt: &str) -> Result<()> {
-    let prompt = text_prompt(m, prompt, a.chat)?;
+    let prompt = text_prompt(m, prompt, a)?;
     let opts = a.options();
     let mut stdout = std::io::stdout().lock();
     let mut write_err = None;
@@ -179,14 +192,19 @@ const ROW_KEYS: [&str; 7] = [
     "seed",
 ];
 
-fn parse_row(m: &Model, v: &Value, defaults: &GenerateOptions, chat: bool) -> std::result::Result<PromptRow, String> {
+fn parse_row(
+    m: &Model,
+    v: &Value,
+    defaults: &GenerateOptions,
+    a: &GenerateArgs,
+) -> std::result::Result<PromptRow, String> {
     let obj = v.as_object().ok_or("not a JSON object")?;
     if let Some(k) = obj.keys().find(|k| !ROW_KEYS.contains(&k.as_str())) {
         return Err(format!("unknown field `{k}` (known: {})", ROW_KEYS.join(", ")));
     }
     let messages = |v: &Value, key: &str| chat::messages(v, key).map_err(|e| e.to_string());
     let (prompt, ids) = match (obj.get("prompt"), obj.get("messages")) {
-        (Some(Value::String(s)), None) => (v["prompt"].clone(), text_prompt(m, s, chat)),
+        (Some(Value::String(s)), None) => (v["prompt"].clone(), text_prompt(m, s, a)),
         // TRL's conversational prompt: a message list under `prompt`.
         (Some(p @ Value::Array(_)), None) => (p.clone(), chat_prompt(m, &messages(p, "prompt")?)),
         (None, Some(p)) => (p.clone(), chat_prompt(m, &messages(p, "messages")?)),
@@ -214,6 +232,7 @@ fn parse_row(m: &Model, v: &Value, defaults: &GenerateOptions, chat: bool) -> st
         top_p: float("top_p", defaults.top_p)?,
         seed: uint("seed", defaults.seed)?,
         stop_tokens: None,
+        stop_strings: defaults.stop_strings.clone(),
     };
     opts.validate().map_err(|e| e.to_string())?;
     Ok(PromptRow {
@@ -237,7 +256,7 @@ fn run_batch(a: &GenerateArgs, m: &Model, adapter: Option<&nudge::adapter::Adapt
     let rows = nudge::data::read_jsonl(file)?
         .into_iter()
         .map(|(line, v)| {
-            let mut r = parse_row(m, &v, &defaults, a.chat).map_err(|what| Error::row(file, line, what))?;
+            let mut r = parse_row(m, &v, &defaults, a).map_err(|what| Error::row(file, line, what))?;
             r.line = line;
             Ok(r)
         })

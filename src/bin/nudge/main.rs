@@ -3,6 +3,7 @@
 
 mod args;
 mod bench;
+mod chat;
 mod commands;
 mod demo;
 mod export;
@@ -92,6 +93,9 @@ enum Command {
     },
     /// Generate replies (optionally through an adapter), streamed to stdout.
     Generate(Box<generate::GenerateArgs>),
+    /// Talk with the model, one message per line from stdin; the conversation's KV cache
+    /// is kept between turns.
+    Chat(Box<chat::ChatArgs>),
     /// Train a LoRA adapter on preference pairs (or thumbs, with --loss kto).
     Train(Box<train::TrainArgs>),
     /// Combine adapters with weights into one of a chosen rank (SVD).
@@ -162,6 +166,7 @@ fn main() -> ExitCode {
         Command::Convert { model, out, dtype } => commands::convert(&model, &out, dtype.into()),
         Command::Score { model, data, adapter } => commands::score(&model, &data, &adapter),
         Command::Generate(a) => generate::run(*a),
+        Command::Chat(a) => chat::run(*a),
         Command::Train(a) => train::train(*a),
         Command::Merge(a) => merge::merge_command(*a),
         Command::Export(a) => export::export(a),
