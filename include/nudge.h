@@ -13,28 +13,37 @@
  * array lengths that fit in memory). Output handles (*out) are set to NULL when a call
  * fails.
  *
- * Pointers. NULL is always checked. Every other pointer argument must point to what its
- * type says for the duration of the call: NUL-terminated UTF-8 strings (copied when kept),
+ * Pointers and ownership. NULL is always checked. Every other pointer argument must point
+ * to what its type says for the duration of the call: NUL-terminated UTF-8 strings,
  * arrays of the given length, structs whose first field holds their size, writable
- * outputs. Strings returned by the library are owned by it (static, or valid until the
- * thread's next call), except the char* written to an output argument (nudge_generate's
- * text, nudge_generate_batch's texts), which the app owns and frees with nudge_string_free
- * (freeing one twice, or a pointer the library did not return, is a no-op).
+ * outputs. The library keeps no pointer the app passes: strings and arrays it needs later
+ * are copied, and user_data is handed back only to callbacks of the call it came with.
+ * What the library passes to a callback (a token's text, a NudgeEvent, NudgeStepMetrics)
+ * is valid during that callback only. Strings returned as a function's result
+ * (nudge_version_string, nudge_status_name, nudge_last_error_message) are the library's:
+ * static, or valid until the thread's next call. Every char* written to an output
+ * argument (the texts of nudge_generate, nudge_generate_batch, nudge_session_send and
+ * nudge_detokenize, nudge_session_messages' JSON) is the app's, freed with
+ * nudge_string_free (freeing one twice, or a pointer the library did not return, is a
+ * no-op). Every handle written to an output argument is the app's, released with its
+ * *_free function.
  *
- * Handles. NudgeModel, NudgeAdapter, NudgeDataset and NudgeJournal are opaque handles. A
- * handle is an id, not an address: a freed or wrong-kind handle is refused with
- * NUDGE_ERR_INVALID instead of being dereferenced, and ids are never reused within a process. *_free(NULL)
- * and freeing a handle twice are no-ops. Objects are reference-counted: an adapter keeps
- * its model open after nudge_model_free, and a handle freed while another thread is
- * using it stays alive until that call returns.
+ * Handles. NudgeModel, NudgeAdapter, NudgeDataset, NudgeJournal and NudgeSession are opaque
+ * handles. A handle is an id, not an address: a freed or wrong-kind handle is refused with
+ * NUDGE_ERR_INVALID instead of being dereferenced, and ids are never reused within a
+ * process. *_free(NULL) and freeing a handle twice are no-ops. Objects are
+ * reference-counted: an adapter or session keeps its model open after nudge_model_free,
+ * and a handle freed while another thread is using it stays alive until that call returns.
  *
  * Threads. Any function may be called from any thread. A model is read-only: any number
  * of threads may use it at once. An adapter, dataset or journal may be read (score,
  * generate, save, info, count, stats, train from a dataset) by several threads at once; a
- * call that modifies it (nudge_train on the adapter, nudge_dataset_add_* on the dataset,
- * nudge_journal_add_*, _sync and _mark_trained on the journal) needs it alone, and a
- * call that finds the handle in use the other way returns NUDGE_ERR_BUSY at once rather
- * than waiting. Heavy calls run on worker threads of their own (NudgeModelOptions.threads,
+ * call that modifies it (nudge_train and nudge_adapter_swap on the adapter,
+ * nudge_dataset_add_* on the dataset, nudge_journal_add_*, _sync and _mark_trained on the
+ * journal) needs it alone, and a call that finds the handle in use the other way returns
+ * NUDGE_ERR_BUSY at once rather than waiting. Generation and scoring take an adapter's
+ * weights as they start and do not hold it: to serve while training, train a
+ * nudge_adapter_clone and nudge_adapter_swap it in. A session serves one call at a time. Heavy calls run on worker threads of their own (NudgeModelOptions.threads,
  * NudgeTrainOptions.threads, NudgeGenerateOptions.threads), which have exited when the
  * call returns; callbacks run on the calling thread. A long call is stopped by its
  * callback (training, generation) or, from any thread, by nudge_model_interrupt (scoring
