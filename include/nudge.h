@@ -438,7 +438,7 @@ typedef struct NudgeModelOptions {
   uint32_t struct_size;
   /**
    * Worker threads of the calls on this model and its adapters (0, the default: one
-   * per core).
+   * per core). 1 runs every call on the calling thread alone: no thread is started.
    */
   uint32_t threads;
   /**

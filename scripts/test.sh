@@ -3,8 +3,9 @@
 # the system's OpenBLAS for the `linalg` feature), then runs the formatting and lint checks,
 # the import-cycle check, the C header drift check, a smoke run of every benchmark, the
 # tests of the off-by-default `linalg` feature, a short run of every fuzz target, the C tests
-# under AddressSanitizer, and the whole test suite (the engine, the C library and its C
-# tests) in the optimized profile, last, so the log ends with it.
+# under AddressSanitizer, the Java binding, the aarch64 build under emulation, and the whole
+# test suite (the engine, the C library and its C tests) in the optimized profile, last, so
+# the log ends with it.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
@@ -34,5 +35,13 @@ scripts/fuzz.sh 5
 # (tests/c/run.sh --valgrind does the same under memcheck, but takes over 15 minutes here.)
 cargo build --release -p nudge-ffi
 tests/c/run.sh --asan target/release "${NUDGE_MODEL:-models/SmolLM2-135M-Instruct.Q4_1.gguf}"
+
+# The Java binding (JNI) through the JVM, every result equal to the C API's (installs the
+# JDK when missing).
+scripts/test-java.sh
+
+# The aarch64 build: cross-compiled, its self-test and the C example run under qemu, the
+# benchmarks built (installs Debian's cross toolchain when missing).
+scripts/cross-aarch64.sh
 
 cargo test --release --workspace --lib --bins --tests

@@ -493,7 +493,11 @@ fn chosen_logps(o: &Out) -> Vec<f64> {
     assert!(o.ok, "{}", o.stderr);
     o.stdout
         .lines()
-        .map(|l| serde_json::from_str::<Value>(l).unwrap()["chosen_logp"].as_f64().unwrap())
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["chosen_logp"]
+                .as_f64()
+                .unwrap()
+        })
         .collect()
 }
 
@@ -526,9 +530,17 @@ fn repeated_adapters_add_up_with_their_weights() {
     let off = score(&["--adapter", s(&out), "--adapter-weight", "0"]);
     let negative = score(&["--adapter", s(&out), "--adapter-weight", "-1"]);
     for i in 0..once.len() {
-        assert!((halves[i] - once[i]).abs() < 1e-4, "row {i}: {} vs {}", halves[i], once[i]);
+        assert!(
+            (halves[i] - once[i]).abs() < 1e-4,
+            "row {i}: {} vs {}",
+            halves[i],
+            once[i]
+        );
         assert!((off[i] - base[i]).abs() < 1e-6, "row {i}: weight 0 is the base");
-        assert!((once[i] - base[i]).abs() > 1e-3, "row {i}: the adapter changes the score");
+        assert!(
+            (once[i] - base[i]).abs() > 1e-3,
+            "row {i}: the adapter changes the score"
+        );
         // Against the trained direction: the chosen answer gets less likely than the base.
         assert!((negative[i] - base[i]) * (once[i] - base[i]) < 0.0, "row {i}");
     }
@@ -545,14 +557,26 @@ fn repeated_adapters_add_up_with_their_weights() {
         "--adapter-weight",
         "1",
     ]);
-    assert!(!e.ok && e.stderr.contains("2 --adapter-weight values for 1 --adapter"), "{}", e.stderr);
+    assert!(
+        !e.ok && e.stderr.contains("2 --adapter-weight values for 1 --adapter"),
+        "{}",
+        e.stderr
+    );
 }
 
 #[test]
 fn chat_keeps_the_conversation_and_undo_drops_a_turn() {
     let m = common::model_path();
     let mut child = Command::new(env!("CARGO_BIN_EXE_nudge"))
-        .args(["chat", "-m", s(&m), "--system", "Answer in one short sentence.", "-n", "16"])
+        .args([
+            "chat",
+            "-m",
+            s(&m),
+            "--system",
+            "Answer in one short sentence.",
+            "-n",
+            "16",
+        ])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -580,7 +604,10 @@ fn chat_keeps_the_conversation_and_undo_drops_a_turn() {
         .filter_map(|l| l.split(' ').nth(1).and_then(|n| n.parse().ok()))
         .collect();
     assert_eq!(reused.len(), 3, "{stderr}");
-    assert!(reused[0] == 0 && reused[1] > 20 && reused[2] > 20, "{reused:?}: {stderr}");
+    assert!(
+        reused[0] == 0 && reused[1] > 20 && reused[2] > 20,
+        "{reused:?}: {stderr}"
+    );
 
     let tiny = model("cli-chat-tiny", 7);
     let e = nudge(&["chat", "-m", s(&tiny)]);

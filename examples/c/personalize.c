@@ -12,6 +12,7 @@
  *   cc -std=c99 -Wall -Wextra -O2 -Iinclude examples/c/personalize.c -o personalize \
  *      -Ltarget/release -lnudge -Wl,-rpath,$PWD/target/release
  *   ./personalize models/SmolLM2-135M-Instruct.Q4_1.gguf [OUT_DIR]
+ * Set NUDGE_THREADS to choose the worker threads (1: the calling thread only).
  * OUT_DIR (default nudge-out) receives feedback.journal, the PEFT adapter (peft/) and
  * adapter.gguf. Run again, the journal already holds the feedback: the retried events are
  * recognized, and the run trains on the whole journal since nothing is new.
@@ -126,8 +127,16 @@ int main(int argc, char **argv) {
     const char *out_dir = argc > 2 ? argv[2] : "nudge-out";
     printf("nudge %s\n", nudge_version_string());
 
+    /* NUDGE_THREADS=1 keeps every call on this thread (no worker thread is started), as
+     * an app on a small device or a host without threads may want; default: every core. */
+    NudgeModelOptions mo;
+    TRY(nudge_model_options_init(&mo, sizeof mo));
+    const char *threads = getenv("NUDGE_THREADS");
+    if (threads != NULL) {
+        mo.threads = (uint32_t)strtoul(threads, NULL, 10);
+    }
     NudgeModel *model = NULL;
-    TRY(nudge_model_open(argv[1], NULL, &model));
+    TRY(nudge_model_open(argv[1], &mo, &model));
     NudgeModelInfo info;
     info.struct_size = sizeof info;
     TRY(nudge_model_info(model, &info));

@@ -10,10 +10,11 @@
 //! small matrix products and whole-vector reductions, where it picks poor shapes, the
 //! x86 paths are written with explicit vector code in the same operation order.
 
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 use crate::isa::Isa;
 
 /// Defines `fn name(args) -> ret` whose body is compiled for AVX-512, AVX2+FMA and the
-/// baseline, dispatched on [`Isa::best`]. The body must only call `#[inline(always)]` helpers
+/// baseline, dispatched on [`Isa::best`](crate::isa::Isa::best). The body must only call `#[inline(always)]` helpers
 /// (such as [`dot16`]) so that they inherit the instruction set.
 macro_rules! multiversion {
     ($(#[$m:meta])* $vis:vis fn $name:ident($($arg:ident : $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
@@ -193,6 +194,7 @@ multiversion! {
 pub const PORTABLE: u8 = 0;
 pub const AVX2: u8 = 1;
 pub const AVX512: u8 = 2;
+pub const NEON: u8 = 3;
 
 /// The left operand of a [`tile`]: element `[i][p]` at `data[i * rs + p * cs]`.
 #[derive(Clone, Copy, Debug)]
@@ -293,6 +295,13 @@ pub fn tile<const ISA: u8, const R: usize, const C: usize>(
             return;
         }
     }
+    #[cfg(target_arch = "aarch64")]
+    if ISA == NEON && Isa::best() == Isa::Neon {
+        // SAFETY: NEON is baseline on aarch64 (Isa::Neon is Scalar's only alternative);
+        // extents asserted above.
+        unsafe { neon::tile::<R, C>(k, a, b, c, alpha, add) };
+        return;
+    }
     tile_portable::<R, C>(k, a, b, c, alpha, add);
 }
 
@@ -347,6 +356,10 @@ pub fn sum_vectors<const ISA: u8>(x: &[f32]) -> f32 {
             return unsafe { x86::sum_avx2(x) };
         }
     }
+    #[cfg(target_arch = "aarch64")]
+    if ISA == NEON && Isa::best() == Isa::Neon {
+        return neon::sum(x);
+    }
     let mut acc = [0f32; 16];
     for c in x.chunks_exact(16) {
         for l in 0..16 {
@@ -374,6 +387,10 @@ pub fn max_vectors<const ISA: u8>(x: &[f32]) -> f32 {
             // SAFETY: the CPU has AVX2.
             return unsafe { x86::max_avx2(x) };
         }
+    }
+    #[cfg(target_arch = "aarch64")]
+    if ISA == NEON && Isa::best() == Isa::Neon {
+        return neon::max(x);
     }
     let mut m = [f32::NEG_INFINITY; 16];
     for c in x.chunks_exact(16) {
@@ -552,6 +569,106 @@ mod x86 {
             }
         }
         hmax8(_mm256_max_ps(hi, lo))
+    }
+}
+
+/// NEON paths of [`tile`], [`sum_vectors`] and [`max_vectors`]: four 4-lane registers
+/// per 16 lanes, each lane doing the portable code's operations in its order (a fused
+/// multiply-add per step; the final trees are the portable [`hsum16`] and [`hmax16`]).
+#[cfg(target_arch = "aarch64")]
+mod neon {
+    use super::{Rows, RowsMut, Strided, hmax16, hsum16};
+    use std::arch::aarch64::*;
+
+    /// [`super::tile`]. Safety: the extents of `a`, `b`, `c` are those `tile` asserts.
+    #[inline]
+    pub(super) unsafe fn tile<const R: usize, const C: usize>(
+        k: usize,
+        a: Strided,
+        b: Rows,
+        c: RowsMut,
+        alpha: f32,
+        add: bool,
+    ) {
+        let (a, ars, acs) = (a.data.as_ptr(), a.rs, a.cs);
+        let (b, ldb) = (b.data.as_ptr(), b.ld);
+        let (c, ldc) = (c.data.as_mut_ptr(), c.ld);
+        // SAFETY: every offset lies inside the extents the caller guarantees.
+        unsafe {
+            let mut acc = [[[vdupq_n_f32(0.0); 4]; C]; R];
+            for p in 0..k {
+                let bp = b.add(p * ldb);
+                let mut bv = [[vdupq_n_f32(0.0); 4]; C];
+                for (v, x) in bv.iter_mut().enumerate() {
+                    for (q, x) in x.iter_mut().enumerate() {
+                        *x = vld1q_f32(bp.add(16 * v + 4 * q));
+                    }
+                }
+                for (i, acc_i) in acc.iter_mut().enumerate() {
+                    let x = vdupq_n_f32(*a.add(i * ars + p * acs));
+                    for (acc_v, b_v) in acc_i.iter_mut().zip(&bv) {
+                        for (acc_q, &b_q) in acc_v.iter_mut().zip(b_v) {
+                            *acc_q = vfmaq_f32(*acc_q, x, b_q);
+                        }
+                    }
+                }
+            }
+            let alpha = vdupq_n_f32(alpha);
+            for (i, acc_i) in acc.iter().enumerate() {
+                for (v, acc_v) in acc_i.iter().enumerate() {
+                    for (q, &acc_q) in acc_v.iter().enumerate() {
+                        let dst = c.add(i * ldc + 16 * v + 4 * q);
+                        let r = vmulq_f32(alpha, acc_q);
+                        let r = if add { vaddq_f32(vld1q_f32(dst), r) } else { r };
+                        vst1q_f32(dst, r);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The 16 lanes of four registers, for the portable trees.
+    #[inline(always)]
+    fn lanes(v: [float32x4_t; 4]) -> [f32; 16] {
+        let mut out = [0f32; 16];
+        for (q, r) in v.into_iter().enumerate() {
+            // SAFETY: out has room for 16 floats.
+            unsafe { vst1q_f32(out.as_mut_ptr().add(4 * q), r) };
+        }
+        out
+    }
+
+    /// [`super::sum_vectors`]: `x.len()` is a multiple of 16.
+    #[inline]
+    pub(super) fn sum(x: &[f32]) -> f32 {
+        // SAFETY: NEON is baseline; each chunk holds 16 floats.
+        unsafe {
+            let mut acc = [vdupq_n_f32(0.0); 4];
+            for c in x.chunks_exact(16) {
+                for (q, a) in acc.iter_mut().enumerate() {
+                    *a = vaddq_f32(*a, vld1q_f32(c.as_ptr().add(4 * q)));
+                }
+            }
+            hsum16(&lanes(acc))
+        }
+    }
+
+    /// [`super::max_vectors`]: `x.len()` is a multiple of 16. A lane keeps its value
+    /// unless the new one is greater (NaN never wins), as the portable loop does; NEON's
+    /// own maximum would return a NaN.
+    #[inline]
+    pub(super) fn max(x: &[f32]) -> f32 {
+        // SAFETY: NEON is baseline; each chunk holds 16 floats.
+        unsafe {
+            let mut m = [vdupq_n_f32(f32::NEG_INFINITY); 4];
+            for c in x.chunks_exact(16) {
+                for (q, m) in m.iter_mut().enumerate() {
+                    let v = vld1q_f32(c.as_ptr().add(4 * q));
+                    *m = vbslq_f32(vcgtq_f32(v, *m), v, *m);
+                }
+            }
+            hmax16(&lanes(m))
+        }
     }
 }
 

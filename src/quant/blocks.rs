@@ -47,6 +47,10 @@ pub(super) fn dequantize_blocks(dtype: DType, src: &[u8], dst: &mut [f32]) {
     if x86::dequantize_blocks(crate::isa::Isa::best(), dtype, src, dst) {
         return;
     }
+    #[cfg(target_arch = "aarch64")]
+    if crate::isa::Isa::best() == crate::isa::Isa::Neon && neon::dequantize_blocks(dtype, src, dst) {
+        return;
+    }
     scalar_blocks(dtype, src, dst);
 }
 
@@ -73,6 +77,88 @@ fn scalar_blocks(dtype: DType, src: &[u8], dst: &mut [f32]) {
 /// AVX2 and AVX-512 expansions of the 32-element formats, chosen at run time. Each
 /// lane does the scalar path's operations (integer widening, one f32 multiply, for
 /// Q4_1 one f32 add; never a fused multiply-add), so results are bit-identical.
+/// NEON expansions of the 32-element formats: each lane widens the integer and does the
+/// scalar path's one f32 multiply (and, for Q4_1, one f32 add), so results are
+/// bit-identical.
+#[cfg(target_arch = "aarch64")]
+mod neon {
+    use super::{DType, f16_at};
+    use std::arch::aarch64::*;
+
+    /// Expands whole blocks like the scalar path; `false` for a format without a NEON
+    /// path (the caller falls back).
+    pub(super) fn dequantize_blocks(dtype: DType, src: &[u8], dst: &mut [f32]) -> bool {
+        match dtype {
+            DType::Q8_0 => q8_0(src, dst),
+            DType::Q4_0 => q4::<false>(src, dst),
+            DType::Q4_1 => q4::<true>(src, dst),
+            _ => return false,
+        }
+        true
+    }
+
+    /// 16 signed bytes as four vectors of four f32, `d *` each (`+ m` with `WITH_MIN`).
+    /// Safety: `y` has room for 16 floats.
+    #[inline(always)]
+    unsafe fn expand16<const WITH_MIN: bool>(q: int8x16_t, d: float32x4_t, m: float32x4_t, y: *mut f32) {
+        // SAFETY: the caller's contract; NEON is baseline on aarch64.
+        unsafe {
+            let (lo, hi) = (vmovl_s8(vget_low_s8(q)), vmovl_high_s8(q));
+            for (k, w) in [
+                vmovl_s16(vget_low_s16(lo)),
+                vmovl_high_s16(lo),
+                vmovl_s16(vget_low_s16(hi)),
+                vmovl_high_s16(hi),
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                let v = vmulq_f32(d, vcvtq_f32_s32(w));
+                let v = if WITH_MIN { vaddq_f32(v, m) } else { v };
+                vst1q_f32(y.add(4 * k), v);
+            }
+        }
+    }
+
+    fn q8_0(src: &[u8], dst: &mut [f32]) {
+        for (b, y) in src.chunks_exact(34).zip(dst.chunks_exact_mut(32)) {
+            let d = f16_at(b, 0);
+            // SAFETY: bytes 2..34 of the block, floats 0..32 of its output.
+            unsafe {
+                let (d, zero) = (vdupq_n_f32(d), vdupq_n_f32(0.0));
+                for k in 0..2 {
+                    let q = vld1q_s8(b.as_ptr().add(2 + 16 * k).cast());
+                    expand16::<false>(q, d, zero, y.as_mut_ptr().add(16 * k));
+                }
+            }
+        }
+    }
+
+    /// Q4_0 (`WITH_MIN = false`: 18-byte blocks, y = d * (q - 8)) and Q4_1
+    /// (`WITH_MIN = true`: 20-byte blocks, y = d * q + m); low nibbles are elements 0..16.
+    fn q4<const WITH_MIN: bool>(src: &[u8], dst: &mut [f32]) {
+        let block_bytes = if WITH_MIN { 20 } else { 18 };
+        for (b, y) in src.chunks_exact(block_bytes).zip(dst.chunks_exact_mut(32)) {
+            let d = f16_at(b, 0);
+            let m = if WITH_MIN { f16_at(b, 2) } else { 0.0 };
+            // SAFETY: the 16 quant bytes end at the block's end; floats 0..32 of its output.
+            unsafe {
+                let q = vld1q_u8(b.as_ptr().add(block_bytes - 16));
+                let mask = vdupq_n_u8(0x0f);
+                let (lo, hi) = (vandq_u8(q, mask), vshrq_n_u8::<4>(q));
+                // |q - 8| <= 8 fits a signed byte; Q4_1's 0..15 do as they are.
+                let centre = |x: uint8x16_t| {
+                    let x = vreinterpretq_s8_u8(x);
+                    if WITH_MIN { x } else { vsubq_s8(x, vdupq_n_s8(8)) }
+                };
+                let (d, m) = (vdupq_n_f32(d), vdupq_n_f32(m));
+                expand16::<WITH_MIN>(centre(lo), d, m, y.as_mut_ptr());
+                expand16::<WITH_MIN>(centre(hi), d, m, y.as_mut_ptr().add(16));
+            }
+        }
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use super::DType;

@@ -2,8 +2,13 @@
 //! recomputes the forward's probabilities from its log-sum-exps, tile for tile.
 
 use super::*;
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 use crate::isa::Isa;
-use crate::kernels::simd::{AVX2, AVX512, PORTABLE, dot16};
+#[cfg(target_arch = "aarch64")]
+use crate::kernels::simd::NEON;
+#[cfg(target_arch = "x86_64")]
+use crate::kernels::simd::{AVX2, AVX512};
+use crate::kernels::simd::{PORTABLE, dot16};
 
 /// q: `[T, H*hd]` (roped), k: `[T, KV*hd]` (roped), v: `[T, KV*hd]` → out: `[T, H*hd]`,
 /// lse: `[T, H]` (log-sum-exp of each scaled score row, for the backward pass).
@@ -80,6 +85,10 @@ macro_rules! with_widest_tiles {
                 Isa::Avx2 => return unsafe { v256($($arg),*) },
                 _ => {}
             }
+        }
+        #[cfg(target_arch = "aarch64")]
+        if Isa::best() == Isa::Neon {
+            return $tiles::<NEON, 2, 2>($($arg),*);
         }
         $tiles::<PORTABLE, 2, 2>($($arg),*)
     }};

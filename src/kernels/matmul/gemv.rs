@@ -33,6 +33,9 @@ const TASK_ROWS: usize = 64;
 pub(super) type GroupFn = unsafe fn(rows: &Rows, x: *const f32, ldx: usize, y: *mut f32, ldy: usize);
 
 /// The weight rows of one kernel call.
+// `warm` and `ahead` are for prefetching, which the NEON kernel leaves to the hardware
+// (std::arch has no stable prefetch on aarch64).
+#[cfg_attr(target_arch = "aarch64", allow(dead_code))]
 pub(super) struct Rows<'a> {
     /// Start of each stored row; entries past `count` are unused.
     pub starts: [*const u8; GROUP],

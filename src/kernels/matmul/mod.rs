@@ -33,6 +33,8 @@ mod x86_gemv;
 
 #[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
 mod aarch64;
+#[cfg(target_arch = "aarch64")]
+mod aarch64_gemv;
 
 use driver::{DequantFn, Dims, Kernel, Output};
 use pack::{StridedA, StridedB, WeightN, WeightT};
@@ -191,6 +193,8 @@ fn gemv_kernels(isa: Isa) -> Option<gemv::PickFn> {
     match isa {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 => Some(x86_gemv::group_kernel),
+        #[cfg(target_arch = "aarch64")]
+        Isa::Neon => Some(aarch64_gemv::group_kernel),
         _ => None,
     }
 }
