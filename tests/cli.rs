@@ -613,3 +613,56 @@ fn chat_keeps_the_conversation_and_undo_drops_a_turn() {
     let e = nudge(&["chat", "-m", s(&tiny)]);
     assert!(!e.ok && e.stderr.contains("no chat template"), "{}", e.stderr);
 }
+
+#[test]
+fn random_models_have_the_shape_asked_for_in_both_formats() {
+    let d = fresh_dir("cli-random-model");
+    let (gguf, hf) = (d.join("smol.gguf"), d.join("smol-bf16"));
+    let donor = common::model_path();
+    let made = nudge(&[
+        "bench",
+        "random-model",
+        "--shape",
+        "smollm2-135m",
+        "-o",
+        s(&gguf),
+        "--hf-bf16",
+        s(&hf),
+        "--donor",
+        s(&donor),
+    ]);
+    assert!(made.ok, "{}", made.stderr);
+    assert!(made.stderr.contains("0.13 B parameters"), "{}", made.stderr);
+    let info = |p: &Path| -> Value {
+        let o = nudge(&["info", s(p), "--json"]);
+        assert!(o.ok, "{}", o.stderr);
+        serde_json::from_str(&o.stdout).unwrap()
+    };
+    let (real, q, b) = (info(&donor), info(&gguf), info(&hf));
+    for k in [
+        "hidden_size",
+        "intermediate_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "num_key_value_heads",
+        "vocab_size",
+        "tie_word_embeddings",
+    ] {
+        assert_eq!(q[k], real[k], "{k}: the shape is SmolLM2-135M's");
+        assert_eq!(b[k], real[k], "{k}: the bf16 folder has the same shape");
+    }
+    assert_eq!(q["matrix_dtypes"], serde_json::json!({"Q4_1": 211}));
+    assert_eq!(b["matrix_dtypes"], serde_json::json!({"BF16": 211}));
+    // The same weights, rounded to bf16's 8 significant bits: the log-probs agree closely.
+    let data = d.join("pairs.jsonl");
+    std::fs::write(
+        &data,
+        "{\"prompt\": \"Hi\", \"chosen\": \"Hello there\", \"rejected\": \"No\"}\n",
+    )
+    .unwrap();
+    let score = |m: &Path| chosen_logps(&nudge(&["score", "-m", s(m), "--data", s(&data)]))[0];
+    let (sq, sb) = (score(&gguf), score(&hf));
+    assert!((sq - sb).abs() < 0.05 * sq.abs(), "{sq} vs {sb}");
+    let e = nudge(&["bench", "random-model", "--shape", "gpt-5", "-o", s(&d.join("x.gguf"))]);
+    assert!(!e.ok && e.stderr.contains("unknown shape `gpt-5`"), "{}", e.stderr);
+}

@@ -2,6 +2,7 @@
 //! Figures are reported against a measured FMA peak of this machine, never asserted.
 
 mod generate;
+pub mod random_model;
 
 pub use generate::{GenerateBench, generate_throughput};
 
@@ -236,13 +237,42 @@ pub struct PairsPerStep {
     pub micro: usize,
 }
 
+/// What `nudge bench train` trains on.
+#[derive(Clone, Copy, Debug)]
+pub enum TrainData<'a> {
+    /// Preference pairs as JSONL text, and the name reports give it.
+    Jsonl { text: &'a str, name: &'a Path },
+    /// Pairs of random token ids whose sequences (prompt + completion) have `seq_len`
+    /// tokens: half prompt, half completion.
+    Synthetic { seq_len: usize },
+}
+
+/// `seq_len`-token pairs of pseudo-random ids below `vocab` (the cost does not depend on
+/// the ids).
+fn synthetic_pairs(n: usize, seq_len: usize, vocab: usize) -> crate::data::PreferenceSet {
+    let mut rng = crate::rng::Rng::new(17);
+    let mut ids = |len: usize| -> Vec<u32> { (0..len).map(|_| rng.below(vocab) as u32).collect() };
+    let prompt_len = seq_len / 2;
+    crate::data::PreferenceSet {
+        pairs: (0..n)
+            .map(|i| crate::data::TokenizedPair {
+                row: i + 1,
+                prompt: ids(prompt_len),
+                chosen: ids(seq_len - prompt_len),
+                rejected: ids(seq_len - prompt_len),
+                margin: None,
+                weight: None,
+            })
+            .collect(),
+        ..Default::default()
+    }
+}
+
 /// `nudge bench train`: LoRA r=8, alpha=16 on all seven projections, sigmoid DPO,
-/// `pairs_per_step` pairs per step, over the first steps of `data` (JSONL text; `data_name`
-/// names it in reports).
+/// `pairs_per_step` pairs per step, over the first steps of `data`.
 pub fn train_throughput(
     model_path: &Path,
-    data: &str,
-    data_name: &Path,
+    data: TrainData,
     steps: usize,
     pairs: PairsPerStep,
     memory_budget: usize,
@@ -256,8 +286,21 @@ pub fn train_throughput(
     use crate::model::Recompute;
     use crate::train::{Control, TrainConfig, Trainer};
     let model = Model::open(model_path)?;
-    let limits = Truncation::max_length(model.config.max_position_embeddings);
-    let mut data = PreferenceSet::from_jsonl_text(&model.tokenizer, data, data_name, &limits)?;
+    let (mut data, data_name) = match data {
+        TrainData::Jsonl { text, name } => {
+            let limits = Truncation::max_length(model.config.max_position_embeddings);
+            let set = PreferenceSet::from_jsonl_text(&model.tokenizer, text, name, &limits)?;
+            (set, name.display().to_string())
+        }
+        TrainData::Synthetic { seq_len } => {
+            let vocab = model.tokenizer.vocab_size().min(model.config.vocab_size);
+            let n = steps * pairs_per_step;
+            (
+                synthetic_pairs(n, seq_len, vocab),
+                format!("{n} random pairs of {seq_len} tokens"),
+            )
+        }
+    };
     data.pairs.truncate(steps * pairs_per_step);
     let adapter = Adapter::new(
         &model.config,
@@ -308,7 +351,7 @@ pub fn train_throughput(
     let peak = fma_peak_gflops();
     Ok(TrainBench {
         model: model_path.display().to_string(),
-        data: data_name.display().to_string(),
+        data: data_name,
         steps,
         pairs_per_step,
         pairs_per_pass: micro_batch.clamp(1, pairs_per_step),

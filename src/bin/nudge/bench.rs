@@ -2,7 +2,10 @@
 
 use clap::{Args, Subcommand};
 use nudge::Result;
-use nudge::bench::{GenerateBench, PairsPerStep, ScoreBench, generate_throughput, score_throughput, train_throughput};
+use nudge::bench::random_model::{self, Shape};
+use nudge::bench::{
+    GenerateBench, PairsPerStep, ScoreBench, TrainData, generate_throughput, score_throughput, train_throughput,
+};
 use std::path::PathBuf;
 
 /// The shared training benchmark set, built in so that `nudge bench train` runs anywhere.
@@ -42,8 +45,10 @@ pub fn headline(h: &Headline) -> Result<()> {
     let s = score_throughput(&model, 512, 3)?;
     let t = train_throughput(
         &model,
-        BENCH_PREFS,
-        "benches/data/prefs-64.jsonl".as_ref(),
+        TrainData::Jsonl {
+            text: BENCH_PREFS,
+            name: "benches/data/prefs-64.jsonl".as_ref(),
+        },
         8,
         PairsPerStep { step: 2, micro: 1 },
         32 << 20,
@@ -119,8 +124,12 @@ pub enum BenchCommand {
         model: PathBuf,
         /// Preference pairs (JSONL); default: the benchmark set built into nudge
         /// (`benches/data/prefs-64.jsonl`, 64 pairs).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "seq_len")]
         data: Option<PathBuf>,
+        /// Train on pairs of random token ids whose sequences have this many tokens (half
+        /// prompt, half completion) instead of a data set.
+        #[arg(long, value_parser = clap::value_parser!(u32).range(2..))]
+        seq_len: Option<u32>,
         /// Optimizer steps timed.
         #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..))]
         steps: u32,
@@ -157,6 +166,27 @@ pub enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Write a model of a known shape with random weights (GGUF Q4_1, and with --hf-bf16 the
+    /// same as an HF bf16 folder), to measure speed and memory at sizes whose weights
+    /// cannot be shipped. The tokenizer and chat template are the donor model's.
+    RandomModel {
+        /// The shape: llama-3.2-1b (1.24 B parameters) or smollm2-135m.
+        #[arg(long, default_value = "llama-3.2-1b")]
+        shape: String,
+        /// The GGUF file to write.
+        #[arg(short, long)]
+        out: PathBuf,
+        /// Also write the model as an HF folder in bf16 here.
+        #[arg(long, value_name = "DIR")]
+        hf_bf16: Option<PathBuf>,
+        /// A GGUF model whose tokenizer the random model takes (default:
+        /// models/SmolLM2-135M-Instruct.Q4_1.gguf, fetched when missing).
+        #[arg(long)]
+        donor: Option<PathBuf>,
+        /// Seed of the weights.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
     /// Forward tokens per second on sequences of `--seq-len` tokens.
     Score {
         /// A .gguf file or an HF model folder.
@@ -179,6 +209,7 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
         BenchCommand::Train {
             model,
             data,
+            seq_len,
             steps,
             pairs_per_step,
             pairs_per_pass,
@@ -192,12 +223,19 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
                 ),
                 None => (BENCH_PREFS.to_string(), PathBuf::from("benches/data/prefs-64.jsonl")),
             };
+            let source = match seq_len {
+                Some(n) => TrainData::Synthetic { seq_len: n as usize },
+                None => TrainData::Jsonl {
+                    text: &text,
+                    name: &name,
+                },
+            };
             let budget = memory_budget_mb.saturating_mul(1 << 20);
             let pairs = PairsPerStep {
                 step: pairs_per_step as usize,
                 micro: pairs_per_pass as usize,
             };
-            let r = train_throughput(&model, &text, &name, steps as usize, pairs, budget)?;
+            let r = train_throughput(&model, source, steps as usize, pairs, budget)?;
             if json {
                 println!("{}", serde_json::to_string(&r).expect("serializable"));
             } else {
@@ -218,6 +256,33 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
                     r.peak_rss_mb,
                     r.final_loss
                 );
+            }
+            Ok(())
+        }
+        BenchCommand::RandomModel {
+            shape,
+            out,
+            hf_bf16,
+            donor,
+            seed,
+        } => {
+            let shape = Shape::by_name(&shape)?;
+            let donor = match donor {
+                Some(d) => d,
+                None => crate::fetch::default_model()?,
+            };
+            let t0 = std::time::Instant::now();
+            random_model::write_gguf(shape, &donor, seed, &out)?;
+            eprintln!(
+                "nudge: {} ({:.2} B parameters, random) written to {} in {:.0}s",
+                shape.name,
+                shape.n_params() as f64 / 1e9,
+                out.display(),
+                t0.elapsed().as_secs_f64()
+            );
+            if let Some(dir) = hf_bf16 {
+                random_model::write_hf_bf16(&out, &dir)?;
+                eprintln!("nudge: the same weights in bf16 in {}", dir.display());
             }
             Ok(())
         }
