@@ -438,7 +438,8 @@ typedef struct NudgeModelOptions {
   uint32_t struct_size;
   /**
    * Worker threads of the calls on this model and its adapters (0, the default: one
-   * per core). 1 runs every call on the calling thread alone: no thread is started.
+   * per core). 1 runs every call on the calling thread alone: no thread is started (the
+   * thread pool library then keeps about 7 KB per calling thread, never freed).
    */
   uint32_t threads;
   /**

@@ -15,7 +15,8 @@ pub struct NudgeModelOptions {
     /// sizeof(NudgeModelOptions) as the app was compiled.
     pub struct_size: u32,
     /// Worker threads of the calls on this model and its adapters (0, the default: one
-    /// per core). 1 runs every call on the calling thread alone: no thread is started.
+    /// per core). 1 runs every call on the calling thread alone: no thread is started (the
+    /// thread pool library then keeps about 7 KB per calling thread, never freed).
     pub threads: u32,
     /// 1: read the weights into memory instead of memory-mapping the file. A mapped model needs its file unchanged
     /// while it is open: truncating it kills the process with SIGBUS, rewriting it changes

@@ -146,6 +146,11 @@ fn run(exe: &Path, name: &str, extra: &[&Path]) -> String {
     let mut cmd = Command::new(exe);
     cmd.arg(model_path()).args(extra);
     cmd.env("ASAN_OPTIONS", "detect_leaks=1:exitcode=1");
+    let supp = root().join("tests/c/lsan.supp");
+    cmd.env(
+        "LSAN_OPTIONS",
+        format!("suppressions={}:print_suppressions=0", supp.display()),
+    );
     let out = cmd.output().expect("run the C test");
     assert!(out.status.success(), "{name} failed:\n{}", text(&out));
     let stdout = String::from_utf8(out.stdout).expect("UTF-8 output");

@@ -40,6 +40,7 @@ case "$mode" in
     cxxflags+=(-fsanitize=address -fno-omit-frame-pointer)
     link=("${shared_link[@]}")
     export ASAN_OPTIONS="detect_leaks=1:abort_on_error=0:exitcode=1"
+    export LSAN_OPTIONS="suppressions=$here/lsan.supp:print_suppressions=0"
     ;;
   valgrind)
     link=("${shared_link[@]}")
