@@ -23,8 +23,8 @@
 mod common;
 
 use common::tiny::tiny_pairs;
+use common::weights::{Rng, random_weight};
 use common::{floats, golden_json, ids, model_path};
-use half::{bf16, f16};
 use nudge::adapter::{Adapter, LoraConfig};
 use nudge::generate::{GenerateOptions, generate};
 use nudge::isa::Isa;
@@ -69,54 +69,6 @@ impl Run {
     }
 }
 
-/// splitmix64.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn f32(&mut self) -> f32 {
-        (self.next() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-    }
-    fn vec(&mut self, n: usize) -> Vec<f32> {
-        (0..n).map(|_| self.f32()).collect()
-    }
-}
-
-/// Random stored bytes of a `[rows, cols]` weight: whole blocks with finite scales.
-fn weight(rng: &mut Rng, dtype: DType, rows: usize, cols: usize) -> Vec<u8> {
-    let n = rows * cols;
-    let scale = |rng: &mut Rng, s: f32| f16::from_f32(s * (0.25 + rng.f32().abs())).to_le_bytes();
-    match dtype {
-        DType::F32 => (0..n).flat_map(|_| rng.f32().to_le_bytes()).collect(),
-        DType::F16 => (0..n).flat_map(|_| f16::from_f32(rng.f32()).to_le_bytes()).collect(),
-        DType::BF16 => (0..n).flat_map(|_| bf16::from_f32(rng.f32()).to_le_bytes()).collect(),
-        _ => {
-            let mut out = Vec::new();
-            for _ in 0..n / dtype.block_len() {
-                let mut b: Vec<u8> = (0..dtype.block_bytes()).map(|_| rng.next() as u8).collect();
-                match dtype {
-                    DType::Q8_0 => b[0..2].copy_from_slice(&scale(rng, 1.0 / 128.0)),
-                    DType::Q4_0 => b[0..2].copy_from_slice(&scale(rng, 1.0 / 16.0)),
-                    DType::Q4_1 | DType::Q4_K => {
-                        b[0..2].copy_from_slice(&scale(rng, 1.0 / 16.0));
-                        b[2..4].copy_from_slice(&f16::from_f32(-rng.f32().abs() * 0.5).to_le_bytes());
-                    }
-                    DType::Q6_K => b[208..210].copy_from_slice(&scale(rng, 1.0 / 128.0)),
-                    other => panic!("no random blocks for {other}"),
-                }
-                out.extend_from_slice(&b);
-            }
-            out
-        }
-    }
-}
-
 /// Both products training needs, for every weight format, on shapes ragged against every
 /// tile and with the one to few rows of (batched) decoding, which have a path of their own.
 fn matrix_products(run: &mut Run) {
@@ -134,7 +86,7 @@ fn matrix_products(run: &mut Run) {
     for dtype in formats {
         let k = if dtype.block_len() == 256 { 512 } else { 96 };
         for (m, n) in [(1, 37), (3, 70), (16, 19), (37, 45)] {
-            let w = weight(&mut rng, dtype, n, k);
+            let w = random_weight(&mut rng, dtype, n, k);
             let w = WeightRef::new(dtype, n, k, &w, RowOrder::Stored).unwrap();
             let x = rng.vec(m * k);
             let mut y = vec![0.0; m * n];

@@ -204,20 +204,7 @@ impl Session {
         self.push("user", user)?;
         let mut run = |s: &mut Self| -> Result<Generated> {
             let mut g = s.begin_reply(model, adapter, opts, None)?;
-            let mut last = None;
-            while let Some(t) = g.next_token()? {
-                if g.stop_reason() == Some(super::StopReason::Eos) {
-                    break;
-                }
-                last = Some(t);
-                if on_token(t, g.delta()).is_break() {
-                    g.stop(super::StopReason::Callback);
-                }
-            }
-            let rest = g.rest();
-            if let (Some(t), false) = (last, rest.is_empty()) {
-                let _ = on_token(t, &rest);
-            }
+            g.stream(&mut on_token)?;
             s.end_reply(g)
         };
         let out = run(self);

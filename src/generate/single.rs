@@ -183,6 +183,28 @@ impl<'a> Generator<'a> {
         self.cache
     }
 
+    /// Runs generation to its end, giving `on_token` each new token but the stop token with
+    /// the text it adds; a break stops it ([`StopReason::Callback`]). Text held back for a
+    /// stop string that never completed comes last, with the last token's id, so the texts
+    /// add up to [`Self::text`].
+    pub fn stream(&mut self, on_token: &mut impl FnMut(u32, &str) -> ControlFlow<()>) -> Result<()> {
+        let mut last = None;
+        while let Some(t) = self.next_token()? {
+            if self.stop_reason == Some(StopReason::Eos) {
+                break;
+            }
+            last = Some(t);
+            if on_token(t, &self.delta).is_break() {
+                self.stop(StopReason::Callback);
+            }
+        }
+        let rest = self.rest();
+        if let (Some(t), false) = (last, rest.is_empty()) {
+            let _ = on_token(t, &rest);
+        }
+        Ok(())
+    }
+
     /// The reply's text so far, without stop tokens, cut before a stop string.
     pub fn text(&self) -> Result<String> {
         Ok(self.reply.cut(&self.decoded).to_string())
@@ -200,21 +222,7 @@ pub fn generate(
     mut on_token: impl FnMut(u32, &str) -> ControlFlow<()>,
 ) -> Result<Generated> {
     let mut g = Generator::new(model, prompt, opts, adapter)?;
-    let mut last = None;
-    while let Some(t) = g.next_token()? {
-        if g.stop_reason() == Some(StopReason::Eos) {
-            break;
-        }
-        last = Some(t);
-        if on_token(t, g.delta()).is_break() {
-            g.stop(StopReason::Callback);
-        }
-    }
-    // Text held back for a stop string that never completed belongs to the reply.
-    let rest = g.rest();
-    if let (Some(t), false) = (last, rest.is_empty()) {
-        let _ = on_token(t, &rest);
-    }
+    g.stream(&mut on_token)?;
     Ok(Generated {
         text: g.text()?,
         stop_reason: g.stop_reason().expect("the loop ends only when generation has"),

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod tiny;
+pub mod weights;
 
 use serde_json::Value;
 use std::path::PathBuf;

@@ -5,6 +5,7 @@ use clap::builder::{PossibleValue, TypedValueParser};
 use clap::{Args, ValueEnum};
 use nudge::adapter::{self, Adapter, BaseCheck};
 use nudge::convert::FloatType;
+use nudge::generate::GenerateOptions;
 use nudge::model::{Model, WeightsLoad};
 use nudge::objective::LOSS_NAMES as NAMES;
 use nudge::{Error, Result};
@@ -93,6 +94,43 @@ impl AdapterArg {
                 "{n} --adapter-weight values for {} --adapter paths: give one weight per adapter, in order",
                 self.adapter.len()
             ))),
+        }
+    }
+}
+
+/// How replies are sampled and where they end (generate and chat).
+#[derive(Args, Clone, Debug)]
+pub struct SamplingArgs {
+    /// The most new tokens of a reply.
+    #[arg(short = 'n', long, default_value_t = 256)]
+    pub max_new_tokens: usize,
+    /// Sampling temperature; 0 picks the most likely token (greedy).
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f32,
+    /// Sample among the K most likely tokens (0 = no limit).
+    #[arg(long, default_value_t = 0)]
+    pub top_k: usize,
+    /// Sample among the most likely tokens whose probabilities reach P (1 = all).
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f32,
+    /// Seed of the sampling (reply k of a prompt, or turn k of a chat, draws with seed + k).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// End a reply where this text first appears (left out of the reply). Repeatable.
+    #[arg(long = "stop", value_name = "TEXT")]
+    pub stop: Vec<String>,
+}
+
+impl SamplingArgs {
+    pub fn options(&self) -> GenerateOptions {
+        GenerateOptions {
+            max_new_tokens: self.max_new_tokens,
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            seed: self.seed,
+            stop_tokens: None,
+            stop_strings: self.stop.clone(),
         }
     }
 }

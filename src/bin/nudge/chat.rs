@@ -2,9 +2,9 @@
 //! model) that keeps its KV cache between turns: each turn runs only its own tokens.
 //! Reads one user message per line from stdin; `/undo`, `/reset`, `/quit`.
 
-use crate::args::{AdapterArg, open_model};
+use crate::args::{AdapterArg, SamplingArgs, open_model};
 use clap::Args;
-use nudge::generate::{GenerateOptions, Session};
+use nudge::generate::Session;
 use nudge::{Error, Result};
 use std::io::{BufRead, IsTerminal, Write};
 use std::ops::ControlFlow;
@@ -21,24 +21,8 @@ pub struct ChatArgs {
     /// The system prompt the conversation opens with.
     #[arg(long, value_name = "TEXT")]
     system: Option<String>,
-    /// End a reply where this text first appears (left out of the reply). Repeatable.
-    #[arg(long = "stop", value_name = "TEXT")]
-    stop: Vec<String>,
-    /// The most new tokens per reply.
-    #[arg(short = 'n', long, default_value_t = 256)]
-    max_new_tokens: usize,
-    /// Sampling temperature; 0 picks the most likely token (greedy).
-    #[arg(long, default_value_t = 0.0)]
-    temperature: f32,
-    /// Sample among the K most likely tokens (0 = no limit).
-    #[arg(long, default_value_t = 0)]
-    top_k: usize,
-    /// Sample among the most likely tokens whose probabilities reach P (1 = all).
-    #[arg(long, default_value_t = 1.0)]
-    top_p: f32,
-    /// Seed of the sampling (turn k samples with seed + k).
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
+    #[command(flatten)]
+    sampling: SamplingArgs,
 }
 
 const HELP: &str = "one message per line; /undo drops the last turn, /reset starts over, /quit ends";
@@ -52,15 +36,7 @@ pub fn run(a: ChatArgs) -> Result<()> {
         )));
     }
     let adapter = a.adapter.load(&m)?;
-    let mut opts = GenerateOptions {
-        max_new_tokens: a.max_new_tokens,
-        temperature: a.temperature,
-        top_k: a.top_k,
-        top_p: a.top_p,
-        seed: a.seed,
-        stop_tokens: None,
-        stop_strings: a.stop.clone(),
-    };
+    let mut opts = a.sampling.options();
     opts.validate()?;
     let interactive = std::io::stdin().is_terminal();
     if interactive {
@@ -94,7 +70,7 @@ pub fn run(a: ChatArgs) -> Result<()> {
             }
             _ => {}
         }
-        opts.seed = a.seed.wrapping_add(turn);
+        opts.seed = a.sampling.seed.wrapping_add(turn);
         turn += 1;
         if interactive {
             write!(stdout, "> ").map_err(out)?;

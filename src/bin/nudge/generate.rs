@@ -2,7 +2,7 @@
 //! streamed to stdout; counts and speed to stderr. With `--prompts FILE.jsonl`, replies to
 //! every row (several samples each), decoded together in batches, one JSON line per reply.
 
-use crate::args::{AdapterArg, open_model};
+use crate::args::{AdapterArg, SamplingArgs, open_model};
 use clap::Args;
 use nudge::data::chat;
 use nudge::fsutil::AtomicFile;
@@ -31,9 +31,6 @@ pub struct GenerateArgs {
     /// rows whose `prompt` is a string).
     #[arg(long, value_name = "TEXT")]
     system: Option<String>,
-    /// End the reply where this text first appears (left out of the reply). Repeatable.
-    #[arg(long = "stop", value_name = "TEXT")]
-    stop: Vec<String>,
     /// One prompt; the reply is streamed to stdout.
     #[arg(short, long, required_unless_present = "prompts", conflicts_with = "prompts")]
     prompt: Option<String>,
@@ -52,34 +49,13 @@ pub struct GenerateArgs {
     /// The most replies decoded together (with --prompts; default 16).
     #[arg(long)]
     batch: Option<usize>,
-    /// Stop after this many new tokens.
-    #[arg(short = 'n', long, default_value_t = 256)]
-    max_new_tokens: usize,
-    /// Sampling temperature; 0 picks the most likely token (greedy).
-    #[arg(long, default_value_t = 0.0)]
-    temperature: f32,
-    /// Sample among the K most likely tokens (0 = no limit).
-    #[arg(long, default_value_t = 0)]
-    top_k: usize,
-    /// Sample among the most likely tokens whose probabilities reach P (1 = all).
-    #[arg(long, default_value_t = 1.0)]
-    top_p: f32,
-    /// Seed of the sampling.
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
+    #[command(flatten)]
+    sampling: SamplingArgs,
 }
 
 impl GenerateArgs {
     fn options(&self) -> GenerateOptions {
-        GenerateOptions {
-            max_new_tokens: self.max_new_tokens,
-            temperature: self.temperature,
-            top_k: self.top_k,
-            top_p: self.top_p,
-            seed: self.seed,
-            stop_tokens: None,
-            stop_strings: self.stop.clone(),
-        }
+        self.sampling.options()
     }
 
     /// A text prompt as chat messages (with --chat or --system), or None for raw text.
