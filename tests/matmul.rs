@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::weights::{Rng, random_weight};
+use common::weights::{DTYPES, Rng, random_weight};
 use nudge::isa::Isa;
 use nudge::kernels::matmul::{
     Mat, MatMut, RowOrder, Update, WeightRef, gemm, gemm_isa, matmul_w_acc, matmul_w_acc_isa, matmul_wt, matmul_wt_isa,
@@ -92,17 +92,6 @@ fn assert_same_bits(what: &str, got: &[f32], want: &[f32]) {
         );
     }
 }
-
-const DTYPES: [DType; 8] = [
-    DType::F32,
-    DType::F16,
-    DType::BF16,
-    DType::Q8_0,
-    DType::Q4_0,
-    DType::Q4_1,
-    DType::Q4_K,
-    DType::Q6_K,
-];
 
 /// Shapes `(m, n, k)` with `k` a whole number of blocks: ragged against every tile size,
 /// one token and the few rows of batched decoding (which have a path of their own),

@@ -23,7 +23,7 @@
 mod common;
 
 use common::tiny::tiny_pairs;
-use common::weights::{Rng, random_weight};
+use common::weights::{DTYPES, Rng, random_weight};
 use common::{floats, golden_json, ids, model_path};
 use nudge::adapter::{Adapter, LoraConfig};
 use nudge::generate::{GenerateOptions, generate};
@@ -32,7 +32,6 @@ use nudge::kernels::matmul::{RowOrder, WeightRef, matmul_w_acc, matmul_wt};
 use nudge::model::Model;
 use nudge::objective::Loss;
 use nudge::optim::AdamWConfig;
-use nudge::quant::DType;
 use nudge::train::{Control, TrainConfig, Trainer};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -73,17 +72,7 @@ impl Run {
 /// tile and with the one to few rows of (batched) decoding, which have a path of their own.
 fn matrix_products(run: &mut Run) {
     let mut rng = Rng(11);
-    let formats = [
-        DType::F32,
-        DType::F16,
-        DType::BF16,
-        DType::Q8_0,
-        DType::Q4_0,
-        DType::Q4_1,
-        DType::Q4_K,
-        DType::Q6_K,
-    ];
-    for dtype in formats {
+    for dtype in DTYPES {
         let k = if dtype.block_len() == 256 { 512 } else { 96 };
         for (m, n) in [(1, 37), (3, 70), (16, 19), (37, 45)] {
             let w = random_weight(&mut rng, dtype, n, k);

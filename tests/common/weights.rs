@@ -4,6 +4,18 @@
 use half::{bf16, f16};
 use nudge::quant::DType;
 
+/// Every stored weight format the kernels take.
+pub const DTYPES: [DType; 8] = [
+    DType::F32,
+    DType::F16,
+    DType::BF16,
+    DType::Q8_0,
+    DType::Q4_0,
+    DType::Q4_1,
+    DType::Q4_K,
+    DType::Q6_K,
+];
+
 /// splitmix64: a small deterministic generator.
 pub struct Rng(pub u64);
 
