@@ -736,7 +736,7 @@ fn weighted_logp_grad(
             *o += g;
         }
     }
-    model.backward(tape, lora, &dh, grads).expect("backward");
+    model.backward(tape, lora, dh, grads).expect("backward");
     logp
 }
 
@@ -853,8 +853,14 @@ fn check_network(name: &str, spec: TinySpec, config: LoraConfig, dropout: Option
     // 0 < k < layers (one and a half layers' worth keeps one layer, and so on).
     let per_layer = layer_bytes(&model, batch.tokens.len(), r_lora);
     let budgets = (1..spec.layers).map(|k| Recompute::Budget(k * per_layer + per_layer / 2));
+    // A budget too small even for every layer's input: checkpoints at some layers, the
+    // inputs of the layers between them rebuilt during the backward pass.
+    let t = batch.tokens.len();
+    let tiny = Recompute::Budget(1);
+    let plan = model.recompute_plan(t, r_lora, tiny);
+    assert!(plan.longest_segment > 1 && plan.refill_forwards() > 0, "{plan:?}");
     let mut runs = Vec::new();
-    for rc in [Recompute::Never, Recompute::Always].into_iter().chain(budgets) {
+    for rc in [Recompute::Never, Recompute::Always, tiny].into_iter().chain(budgets) {
         let mut g = adapter.zeros_like();
         let logp = weighted_logp_grad(&model, &batch, &r, lora, rc, &mut g);
         runs.push((rc, logp, g));
@@ -867,6 +873,29 @@ fn check_network(name: &str, spec: TinySpec, config: LoraConfig, dropout: Option
             "{name}: log-probs with {rc:?} differ from Never"
         );
         assert_same_grads(&format!("{name}: {rc:?} vs Never"), g, &runs[0].2);
+    }
+    // The MLP a few rows at a time (forward where the intermediates are not kept, backward
+    // always): the same log-probs, and the same gradients up to the order their rows are
+    // summed in (dropout draws the whole pass's mask).
+    let chunked = Model::open(&model.path).expect("reopens").with_mlp_chunk_rows(3);
+    for rc in [Recompute::Never, tiny] {
+        let mut g = adapter.zeros_like();
+        let logp = weighted_logp_grad(&chunked, &batch, &r, lora, rc, &mut g);
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(
+            bits(&logp),
+            bits(&runs[0].1),
+            "{name}: MLP in chunks, {rc:?}: log-probs"
+        );
+        for ((tn, x), (_, y)) in g.tensors().iter().zip(runs[0].2.tensors()) {
+            let scale = y.iter().fold(0f64, |m, v| m.max(v.abs() as f64));
+            for (i, (u, v)) in x.iter().zip(y).enumerate() {
+                assert!(
+                    ((u - v).abs() as f64) <= 1e-5 * scale,
+                    "{name}: MLP in chunks, {rc:?}: {tn}[{i}]: {u} vs {v} (max {scale:e})"
+                );
+            }
+        }
     }
     let loss = |a: &Adapter| {
         weighted_logp(

@@ -1,4 +1,5 @@
-//! Opening a model maps its weights; it copies none of them into heap memory.
+//! What stays in memory: opening a model maps its weights and copies none of them into heap
+//! memory; training's recomputation holds few layer inputs at once.
 
 mod common;
 
@@ -49,4 +50,48 @@ fn opening_the_f32_safetensors_model_copies_no_weights() {
         "anonymous memory grew by {grown} bytes after opening a {file}-byte model (limit 10%)"
     );
     assert!(m.weights.mapped_bytes() >= file);
+}
+
+/// The backward pass rebuilds the inputs of a segment between two checkpoints while the
+/// checkpoints below it are held: walking the layers down as it does, the inputs held at
+/// once never exceed the plan's `longest_segment`, which is the least P with
+/// P(P+1)/2 ≥ the layers recomputed, and layer 0 is always a checkpoint.
+#[test]
+fn recompute_plan_holds_at_most_longest_segment_inputs() {
+    use nudge::model::RecomputePlan;
+    for n in 1..=80usize {
+        let p = (1..).find(|p: &usize| p * (p + 1) / 2 >= n).unwrap();
+        let plan = RecomputePlan {
+            kept: 0,
+            recomputed: n,
+            longest_segment: p,
+        };
+        assert!(plan.is_checkpoint(0), "n {n}");
+        let checkpoints: Vec<usize> = (0..n).filter(|&l| plan.is_checkpoint(l)).collect();
+        assert!(!plan.is_checkpoint(n), "n {n}: only recomputed layers are checkpoints");
+        let mut held: Vec<bool> = (0..n).map(|l| plan.is_checkpoint(l)).collect();
+        let mut most = checkpoints.len();
+        for l in (0..n).rev() {
+            if !held[l] {
+                // Rebuild from the nearest checkpoint below: every input up to l.
+                let c = (0..l).rev().find(|&j| held[j]).expect("a checkpoint below");
+                for h in &mut held[c + 1..=l] {
+                    *h = true;
+                }
+            }
+            most = most.max(held.iter().filter(|&&h| h).count());
+            held[l] = false; // layer l's backward is done with its input
+        }
+        assert!(
+            most <= p,
+            "n {n}: {most} inputs held at once, plan says {p} ({checkpoints:?})"
+        );
+        assert_eq!(plan.refill_forwards(), n - checkpoints.len());
+        // Every layer a checkpoint when P = 1.
+        let every = RecomputePlan {
+            longest_segment: 1,
+            ..plan
+        };
+        assert_eq!(every.refill_forwards(), 0);
+    }
 }

@@ -170,8 +170,15 @@ unsafe fn fma_loop_avx2(iters: u64) -> (f64, f32) {
 }
 
 /// Multiply-adds (×2 = flops) of one training micro-batch of `t` packed tokens with `p`
-/// completion positions, where `recomputed` of the layers run their forward twice.
-pub fn train_flops(model: &Model, t: usize, p: usize, recomputed: usize, lora_r: usize, lora_targets: usize) -> f64 {
+/// completion positions, with layers recomputed as `plan` says.
+pub fn train_flops(
+    model: &Model,
+    t: usize,
+    p: usize,
+    plan: crate::model::RecomputePlan,
+    lora_r: usize,
+    lora_targets: usize,
+) -> f64 {
     let c = &model.config;
     let (h, q, kv, i) = (
         c.hidden_size as f64,
@@ -189,8 +196,11 @@ pub fn train_flops(model: &Model, t: usize, p: usize, recomputed: usize, lora_r:
     // Backward: dX through every frozen matrix (1×), attention's dq/dk/dv (2× its forward),
     // LoRA's dA, dB and dX (3×).
     let bwd = per_token * tf + 2.0 * attn + 3.0 * lora;
+    // A recomputed layer skips the down projection (only its LoRA branch's input is needed);
+    // the layers between checkpoints are run forward once more, whole.
+    let recompute = plan.recomputed as f64 * (fwd - h * i * tf) + plan.refill_forwards() as f64 * fwd;
     let head = 3.0 * (p as f64) * (c.vocab_size as f64) * h;
-    2.0 * (layers * (fwd + bwd) + recomputed as f64 * fwd + head)
+    2.0 * (layers * (fwd + bwd) + recompute + head)
 }
 
 #[derive(Debug, Serialize)]
@@ -343,9 +353,8 @@ pub fn train_throughput(
             .map(|p| p.prompt.len() + p.chosen.len() + p.rejected.len())
             .sum();
         let p: usize = chunk.iter().map(|p| p.chosen.len() + p.rejected.len()).sum();
-        let per_layer = crate::model::activation_bytes(&model, t, r);
-        let kept = (memory_budget / per_layer.max(1)).min(model.config.num_hidden_layers);
-        flops += train_flops(&model, t, p, model.config.num_hidden_layers - kept, r, targets);
+        let plan = model.recompute_plan(t, r, Recompute::Budget(memory_budget));
+        flops += train_flops(&model, t, p, plan, r, targets);
     }
     let gflops = flops / train_seconds / 1e9;
     let peak = fma_peak_gflops();

@@ -42,6 +42,28 @@ multiversion! {
     }
 }
 
+/// [`swiglu_backward`] in place, for buffers that are done with: `gate` and `up` become
+/// dL/dgate and dL/dup (the bits `swiglu_backward` adds into zeroed buffers).
+pub fn swiglu_backward_in_place(gate: &mut [f32], up: &mut [f32], dh: &[f32]) {
+    gate.par_chunks_mut(TASK)
+        .zip(up.par_chunks_mut(TASK))
+        .zip(dh.par_chunks(TASK))
+        .for_each(|((g, u), d)| backward_in_place_chunk(g, u, d));
+}
+
+multiversion! {
+    fn backward_in_place_chunk(gate: &mut [f32], up: &mut [f32], dh: &[f32]) {
+        for ((g, u), &d) in gate.iter_mut().zip(up.iter_mut()).zip(dh) {
+            let (gv, uv) = (*g, *u);
+            let s = sigmoid(gv);
+            let silu = gv * s;
+            // 0 + …: what adding into a zeroed buffer gives (a -0 becomes +0).
+            *u = 0.0 + d * silu;
+            *g = 0.0 + d * uv * (s + gv * s * (1.0 - s));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -52,6 +74,22 @@ mod tests {
         let up: Vec<f32> = (0..n).map(|i| f(i, 0.11).1).collect();
         let dh: Vec<f32> = (0..n).map(|i| f(i, 0.23).1).collect();
         (gate, up, dh)
+    }
+
+    #[test]
+    fn backward_in_place_gives_the_bits_of_backward_into_zeros() {
+        let n = TASK + 101;
+        let (mut gate, up, dh) = inputs(n);
+        gate[3] = -200.0;
+        gate[4] = 0.0;
+        let (mut dg, mut du) = (vec![0f32; n], vec![0f32; n]);
+        swiglu_backward(&gate, &up, &dh, &mut dg, &mut du);
+        let (mut g2, mut u2) = (gate.clone(), up.clone());
+        swiglu_backward_in_place(&mut g2, &mut u2, &dh);
+        for i in 0..n {
+            assert_eq!(g2[i].to_bits(), dg[i].to_bits(), "dgate[{i}]");
+            assert_eq!(u2[i].to_bits(), du[i].to_bits(), "dup[{i}]");
+        }
     }
 
     #[test]

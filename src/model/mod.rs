@@ -10,7 +10,7 @@ mod llama;
 pub use crate::file_bytes::WeightsLoad;
 pub use head::TargetRows;
 pub use kv_cache::KvCache;
-pub use llama::{CachedSeq, Dropout, LoraCtx, Recompute, Tape};
+pub use llama::{CachedSeq, Dropout, LoraCtx, Recompute, RecomputePlan, Tape};
 
 /// Bytes of activations one layer keeps for the backward pass over `tokens` tokens with
 /// LoRA rank `r` (what a [`Recompute::Budget`] is measured in).
@@ -45,6 +45,9 @@ pub struct Model {
     pub tokenizer: TextTokenizer,
     pub(crate) inv_freq: Vec<f32>,
     name: String,
+    /// Rows of the MLP's working buffers in passes that do not keep its intermediates
+    /// (`None`: as many as fit in 16 MiB).
+    mlp_chunk_rows: Option<usize>,
 }
 
 impl Model {
@@ -54,6 +57,16 @@ impl Model {
     /// [`WeightsLoad::Read`] reads them into memory instead.
     pub fn open(path: impl AsRef<Path>) -> Result<Model> {
         Self::open_with(path, WeightsLoad::Map)
+    }
+
+    /// The model with its MLP run `rows` tokens at a time in every pass that does not keep
+    /// the MLP's intermediates (the forward passes of scoring, generation and recomputed
+    /// training layers, and every backward pass). Fewer rows use less memory; the default
+    /// takes as many as fit in 16 MiB of working buffers. Forward results do not depend on
+    /// it; gradients only through the order in which their rows are summed.
+    pub fn with_mlp_chunk_rows(mut self, rows: usize) -> Self {
+        self.mlp_chunk_rows = Some(rows.max(1));
+        self
     }
 
     /// [`Self::open`] with the weights files mapped or read into memory.
@@ -101,6 +114,7 @@ impl Model {
             tokenizer,
             inv_freq,
             name,
+            mlp_chunk_rows: None,
         })
     }
 }

@@ -103,12 +103,13 @@ impl PolicyPass {
         let mut dh =
             crate::buffers::zeros::<f32>(self.tape.t * model.config.hidden_size, "the hidden states' gradient")?;
         model.target_logprobs_backward(&self.targets, dlogp, &mut dh);
+        drop(self.targets);
         let lora = LoraCtx {
             adapter: Some(adapter),
             dropout,
             cancel: None,
         };
-        model.backward(self.tape, lora, &dh, grads)
+        model.backward(self.tape, lora, dh, grads)
     }
 }
 

@@ -140,7 +140,8 @@ pub enum BenchCommand {
         /// working memory grows with a pass's tokens).
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
         pairs_per_pass: u32,
-        /// MiB of activations kept for the backward pass (the rest is recomputed).
+        /// MiB of activations kept for the backward pass (the rest is recomputed; see
+        /// `nudge train --help`).
         #[arg(long, default_value_t = 32)]
         memory_budget_mb: usize,
         /// One JSON line instead of text.

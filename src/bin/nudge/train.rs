@@ -130,7 +130,9 @@ pub struct TrainArgs {
     /// Fraction of pairs held out for evaluation after training.
     #[arg(long, default_value_t = 0.0)]
     eval_fraction: f32,
-    /// MiB of activations kept for the backward pass (the rest is recomputed); 0 keeps none.
+    /// MiB of activations kept for the backward pass: whole layers while they fit, then
+    /// every layer's input if those fit, else about √(2·layers) of them; the rest is
+    /// recomputed. 0 keeps the fewest (the least memory).
     #[arg(long, default_value_t = 128)]
     memory_budget_mb: usize,
     /// Write OUT/checkpoint.bin every N steps (and when the run ends).

@@ -23,7 +23,10 @@ mod passes;
 #[cfg(test)]
 mod tests;
 
-pub use passes::{AttnGrads, AttnSaved, attention_backward, attention_forward};
+pub use passes::{
+    AttnGrads, AttnInputs, AttnSaved, attention_backward, attention_backward_with_delta, attention_delta,
+    attention_forward,
+};
 
 use super::simd::{Rows, RowsMut, Strided, exp16, max_vectors, sum_vectors, tile};
 use crate::error::{Error, Result};
@@ -152,6 +155,11 @@ impl AttnShape {
 /// order at the end: the partition depends only on the layout, so no thread count changes
 /// a bit.
 const CHUNK: usize = 64;
+/// Query tokens per backward task (at least): each holds a private copy of the dk and dv
+/// of every key it sees, so tasks twice as long halve the copies (16 MiB for a 768-token
+/// pair of a 1B model at 64). Attention is a few percent of a training step's work; its
+/// tasks still number several per sequence.
+const BACKWARD_CHUNK: usize = 128;
 /// At most this many tasks per span: the dk/dv copies of a long span's tasks then take
 /// about 8.5 copies of its keys rather than growing with its square.
 const MAX_TASKS_PER_SPAN: usize = 16;
@@ -192,10 +200,11 @@ impl Task {
     }
 }
 
-fn tasks(layout: &AttnLayout) -> Vec<Task> {
+/// The layout's query tokens in tasks of at least `min_rows` of a span.
+fn tasks(layout: &AttnLayout, min_rows: usize) -> Vec<Task> {
     let mut out = Vec::new();
     for s in &layout.spans {
-        let chunk = CHUNK.max(s.len.div_ceil(MAX_TASKS_PER_SPAN));
+        let chunk = min_rows.max(s.len.div_ceil(MAX_TASKS_PER_SPAN));
         let mut start = s.start;
         while start < s.start + s.len {
             let end = (start + chunk).min(s.start + s.len);
@@ -313,6 +322,8 @@ thread_local! {
 fn with_buf<T>(key: &'static LocalKey<Cell<Vec<f32>>>, len: usize, f: impl FnOnce(&mut [f32]) -> T) -> T {
     let mut buf = key.with(Cell::take);
     if buf.len() < len {
+        // Exactly: a doubled capacity would stay with the thread for good.
+        buf.reserve_exact(len - buf.len());
         buf.resize(len, 0.0);
     }
     let out = f(&mut buf[..len]);

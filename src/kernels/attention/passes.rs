@@ -37,7 +37,7 @@ pub fn attention_forward(
     }
     let (hdp, ldt) = (round_up(hd, LANES), odd_stride(n + LANES - 1));
     let kv = shape.n_kv_heads;
-    let tasks = tasks(layout);
+    let tasks = tasks(layout, CHUNK);
     with_buf(&PACKED, kv * hd * ldt + kv * n * hdp, |buf| {
         let (kt, vr) = buf.split_at_mut(kv * hd * ldt);
         rayon::join(
@@ -220,19 +220,60 @@ pub struct AttnGrads<'a> {
     pub dv: &'a mut [f32], // [T, KV*hd]
 }
 
+/// What [`attention_backward_with_delta`] reads of its forward pass: the inputs `q`, `k`,
+/// `v` and the `lse` of [`attention_forward`].
+#[derive(Clone, Copy, Debug)]
+pub struct AttnInputs<'a> {
+    pub q: &'a [f32],   // [T, H*hd]
+    pub k: &'a [f32],   // [T, KV*hd]
+    pub v: &'a [f32],   // [T, KV*hd]
+    pub lse: &'a [f32], // [T, H]
+}
+
+/// D = rowsum(dout ⊙ out) per token and head, delta: `[T, H]`: the softmax backward's
+/// correction term, all the backward pass needs of the forward's output (so a caller can
+/// reuse the output's buffer once it has this).
+pub fn attention_delta(out: &[f32], dout: &[f32], n: usize, shape: AttnShape, delta: &mut [f32]) {
+    let (hd, qw, h) = (shape.head_dim, shape.q_width(), shape.n_heads);
+    assert!(
+        out.len() >= n * qw && dout.len() >= n * qw && delta.len() >= n * h,
+        "attention: out/dout/delta shorter than {n} tokens"
+    );
+    for t in 0..n {
+        for head in 0..h {
+            let a = t * qw + head * hd;
+            delta[t * h + head] = dot16(&dout[a..a + hd], &out[a..a + hd]);
+        }
+    }
+}
+
 /// Adds dL/dq, dL/dk, dL/dv given dL/dout: [T, H*hd], from the saved forward inputs,
 /// output and lse. dk and dv receive contributions from many queries: each task adds its
 /// own into a private copy, and the copies are summed in task order (deterministic for
 /// any thread count).
 pub fn attention_backward(saved: AttnSaved, dout: &[f32], layout: &AttnLayout, shape: AttnShape, grads: AttnGrads) {
     let AttnSaved { q, k, v, out, lse } = saved;
+    let n = layout.n_tokens();
+    let mut delta = vec![0f32; n * shape.n_heads];
+    attention_delta(out, dout, n, shape, &mut delta);
+    attention_backward_with_delta(AttnInputs { q, k, v, lse }, &delta, dout, layout, shape, grads);
+}
+
+/// [`attention_backward`] with the forward's output already reduced to `delta` by
+/// [`attention_delta`]: the same bits.
+pub fn attention_backward_with_delta(
+    saved: AttnInputs,
+    delta: &[f32],
+    dout: &[f32],
+    layout: &AttnLayout,
+    shape: AttnShape,
+    grads: AttnGrads,
+) {
+    let AttnInputs { q, k, v, lse } = saved;
     let AttnGrads { dq, dk, dv } = grads;
     let n = layout.n_tokens();
     let (hd, qw, kvw, h) = (shape.head_dim, shape.q_width(), shape.kv_width(), shape.n_heads);
-    assert!(
-        q.len() >= n * qw && out.len() >= n * qw,
-        "attention: q/out shorter than {n} tokens"
-    );
+    assert!(q.len() >= n * qw, "attention: q shorter than {n} tokens");
     assert!(
         dout.len() >= n * qw && dq.len() >= n * qw,
         "attention: dout/dq shorter than {n} tokens"
@@ -245,13 +286,16 @@ pub fn attention_backward(saved: AttnSaved, dout: &[f32], layout: &AttnLayout, s
         dk.len() >= n * kvw && dv.len() >= n * kvw,
         "attention: dk/dv shorter than {n} tokens"
     );
-    assert!(lse.len() >= n * h, "attention: lse shorter than {n} tokens");
+    assert!(
+        lse.len() >= n * h && delta.len() >= n * h,
+        "attention: lse/delta shorter than {n} tokens"
+    );
     if n == 0 || hd == 0 {
         return;
     }
     let (hdp, ldt) = (round_up(hd, LANES), odd_stride(n + LANES - 1));
     let kv = shape.n_kv_heads;
-    let tasks = tasks(layout);
+    let tasks = tasks(layout, BACKWARD_CHUNK);
     // Each task's dk/dv copy: [kv head][dk, dv][task keys (padded)][hdp].
     let sizes: Vec<usize> = tasks.iter().map(|t| kv * 2 * round_up(t.n_keys, LANES) * hdp).collect();
     let total: usize = sizes.iter().sum();
@@ -275,7 +319,7 @@ pub fn attention_backward(saved: AttnSaved, dout: &[f32], layout: &AttnLayout, s
             kr,
             vr: &[],
         };
-        let x = BwdInputs { q, out, lse, dout };
+        let x = BwdInputs { q, delta, lse, dout };
         with_buf(&PARTIALS, total, |partials| {
             let mut parts = Vec::with_capacity(tasks.len());
             let mut rest = &mut *partials;
@@ -347,7 +391,7 @@ fn reduce_partials(
 /// The saved forward tensors the backward tasks read (k and v come packed).
 struct BwdInputs<'a> {
     q: &'a [f32],
-    out: &'a [f32],
+    delta: &'a [f32],
     lse: &'a [f32],
     dout: &'a [f32],
 }
@@ -416,10 +460,8 @@ fn backward_tiles<const ISA: u8, const R: usize, const C: usize>(
             pack_queries(x.dout, g, b0, nr, kvh, dob);
             for r in 0..nr {
                 let (t, head) = (b0 + r / g.group, kvh * g.group + r % g.group);
-                let a = t * g.qw + head * g.hd;
                 lse_r[r] = x.lse[t * g.n_heads + head];
-                // D = dout · out: the softmax backward's correction term.
-                d_r[r] = dot16(&x.dout[a..a + g.hd], &x.out[a..a + g.hd]);
+                d_r[r] = x.delta[t * g.n_heads + head];
             }
             for i0 in (0..nr).step_by(R) {
                 let tile_lim = lim((i0 + R).min(nr) - 1);

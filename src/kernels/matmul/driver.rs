@@ -80,8 +80,9 @@ pub(super) trait BSource: Sync {
 
 /// Reduction chunk per B pack: a `KC x nr` micro-panel of B stays in L1.
 const KC: usize = 256;
-/// Reduction chunk per A pack: bounds the packed copy of A to `m x KO` floats.
-const KO: usize = 2048;
+/// Reduction chunk per A pack: bounds the packed copy of A to `m x KO` floats (3 MiB for
+/// 768 rows; the chunks add into C at `KC` boundaries, where the tasks already do).
+const KO: usize = 1024;
 /// Target columns per task: one register-tile width of the widest kernel, so that with
 /// few rows every weight row is still expanded once, yet a model's 576 columns make 18
 /// tasks.
@@ -150,6 +151,8 @@ fn with_buf<R>(key: &'static std::thread::LocalKey<Cell<Vec<f32>>>, len: usize, 
     const ALIGN: usize = 64 / size_of::<f32>();
     let mut buf = key.take();
     if buf.len() < len + ALIGN {
+        // Exactly: a doubled capacity would stay with the thread for good.
+        buf.reserve_exact(len + ALIGN - buf.len());
         buf.resize(len + ALIGN, 0.0);
     }
     let skip = buf.as_ptr().align_offset(64).min(ALIGN);

@@ -159,7 +159,7 @@ impl Model {
         let n = tokens.len();
         let table = RopeTable::new(&self.inv_freq, &positions);
         let mut x = self.embed(&tokens)?;
-        let mut s = LayerActs::sized(self, n)?;
+        let mut s = LayerActs::sized(self, n, self.mlp_chunk_rows())?;
         let mut attend = Attend::Cached {
             seqs: &mut *seqs,
             starts,

@@ -3,7 +3,10 @@
 
 use super::{LoraCtx, add_into};
 use crate::adapter::Adapter;
-use crate::kernels::lora::{LoraGrads, LoraWeights, dropout, lora_backward, lora_forward};
+use crate::kernels::lora::{
+    LoraGrads, LoraWeights, dropout_at, lora_backward, lora_backward_input, lora_backward_weights, lora_down,
+    lora_forward,
+};
 use crate::kernels::matmul::{WeightRef, matmul_w_acc, matmul_wt};
 use crate::model::Model;
 use crate::model::weights::Proj;
@@ -67,7 +70,8 @@ impl Model {
 
 impl Linear<'_> {
     /// y: `[T, out]` = x: `[T, in]` · Wᵀ (+ bias) (+ the LoRA branch, keeping its `u` in `acts`).
-    pub(super) fn forward(&self, x: &[f32], y: &mut [f32], acts: &mut LoraActs) {
+    /// `row0` is x's first row in the pass (the dropout mask is drawn for the whole pass).
+    pub(super) fn forward(&self, x: &[f32], y: &mut [f32], acts: &mut LoraActs, row0: usize) {
         let t = x.len() / self.weight.cols;
         matmul_wt(x, t, &self.weight, y);
         if let Some(b) = self.bias {
@@ -76,24 +80,97 @@ impl Linear<'_> {
             }
         }
         if let Some(branch) = self.lora {
-            let u = &mut acts.u[self.proj as usize];
-            u.resize(t * branch.weights.r, 0.0);
-            let xin = match branch.dropout {
-                Some((prob, seed)) => {
-                    acts.xdrop.resize(x.len(), 0.0);
-                    dropout(x, prob, seed, &mut acts.xdrop);
-                    &acts.xdrop[..]
-                }
-                None => x,
-            };
+            let (u, xin) = self.branch_input(branch, x, acts, row0);
             lora_forward(branch.weights, xin, t, u, y);
         }
     }
 
-    /// Backward of [`Self::forward`] (whose input was `x` and intermediates `acts`):
-    /// dx: `[T, in]` += dy: `[T, out]` · W (+ the LoRA branch's input gradient); the branch's
-    /// gradients are added into `grads`.
-    pub(super) fn backward(&self, x: &[f32], acts: &LoraActs, dy: &[f32], dx: &mut [f32], grads: &mut Adapter) {
+    /// Only the LoRA branch's `u` of [`Self::forward`] (the same bits), into `acts`: what the
+    /// backward pass needs of a projection whose output it does not use again.
+    pub(super) fn forward_lora_u(&self, x: &[f32], acts: &mut LoraActs, row0: usize) {
+        let t = x.len() / self.weight.cols;
+        if let Some(branch) = self.lora {
+            let (u, xin) = self.branch_input(branch, x, acts, row0);
+            lora_down(branch.weights, xin, t, u);
+        }
+    }
+
+    /// The branch's `u` buffer sized for x's rows, and its input (x after dropout).
+    fn branch_input<'s>(
+        &self,
+        branch: LoraBranch,
+        x: &'s [f32],
+        acts: &'s mut LoraActs,
+        row0: usize,
+    ) -> (&'s mut [f32], &'s [f32]) {
+        let t = x.len() / self.weight.cols;
+        let LoraActs { u, xdrop } = acts;
+        let u = &mut u[self.proj as usize];
+        u.resize(t * branch.weights.r, 0.0);
+        let xin = match branch.dropout {
+            Some((prob, seed)) => {
+                xdrop.resize(x.len(), 0.0);
+                dropout_at(x, prob, seed, row0 * self.weight.cols, xdrop);
+                &xdrop[..]
+            }
+            None => x,
+        };
+        (&mut u[..], xin)
+    }
+
+    /// The rows of a projection's `u` (`[T, r]` in `acts`) that belong to rows `rows` of its input.
+    pub(super) fn u_rows<'s>(&self, acts: &'s LoraActs, rows: std::ops::Range<usize>) -> &'s [f32] {
+        match self.lora {
+            Some(branch) => &acts.u[self.proj as usize][rows.start * branch.weights.r..rows.end * branch.weights.r],
+            None => &[],
+        }
+    }
+
+    /// [`Self::backward`] into the buffer of its input, which the caller is done with:
+    /// `x` becomes dL/dx (the bits `backward` adds into a zeroed buffer). The branch's
+    /// gradients, which read x, are taken first.
+    pub(super) fn backward_in_place(&self, x: &mut [f32], u: &[f32], dy: &[f32], grads: &mut Adapter, row0: usize) {
+        let t = x.len() / self.weight.cols;
+        let Some(branch) = self.lora else {
+            x.fill(0.0);
+            matmul_w_acc(dy, t, &self.weight, x);
+            return;
+        };
+        let g = grads.layers[self.layer][self.proj as usize]
+            .as_mut()
+            .expect("gradient buffer shaped like the adapter");
+        let g = LoraGrads {
+            a: &mut g.a,
+            b: &mut g.b,
+        };
+        match branch.dropout {
+            None => {
+                let du = lora_backward_weights(branch.weights, x, t, u, dy, g);
+                x.fill(0.0);
+                matmul_w_acc(dy, t, &self.weight, x);
+                lora_backward_input(branch.weights, &du, t, x);
+            }
+            Some((prob, seed)) => {
+                let offset = row0 * self.weight.cols;
+                let mut xd = vec![0f32; x.len()];
+                dropout_at(x, prob, seed, offset, &mut xd);
+                let du = lora_backward_weights(branch.weights, &xd, t, u, dy, g);
+                x.fill(0.0);
+                matmul_w_acc(dy, t, &self.weight, x);
+                let mut dxd = xd;
+                dxd.fill(0.0);
+                lora_backward_input(branch.weights, &du, t, &mut dxd);
+                // d drop(x)/dx is the same mask and scale.
+                dropout_at(&dxd.clone(), prob, seed, offset, &mut dxd);
+                add_into(x, &dxd);
+            }
+        }
+    }
+
+    /// Backward of [`Self::forward`] (whose input was `x`, at row `row0` of the pass, and
+    /// whose branch intermediate was `u`: `[T, r]`): dx: `[T, in]` += dy: `[T, out]` · W (+ the
+    /// LoRA branch's input gradient); the branch's gradients are added into `grads`.
+    pub(super) fn backward(&self, x: &[f32], u: &[f32], dy: &[f32], dx: &mut [f32], grads: &mut Adapter, row0: usize) {
         let t = x.len() / self.weight.cols;
         matmul_w_acc(dy, t, &self.weight, dx);
         let Some(branch) = self.lora else {
@@ -106,16 +183,16 @@ impl Linear<'_> {
             a: &mut g.a,
             b: &mut g.b,
         };
-        let u = &acts.u[self.proj as usize];
         match branch.dropout {
             None => lora_backward(branch.weights, x, t, u, dy, g, dx),
             Some((prob, seed)) => {
+                let offset = row0 * self.weight.cols;
                 let mut xd = vec![0f32; x.len()];
-                dropout(x, prob, seed, &mut xd);
+                dropout_at(x, prob, seed, offset, &mut xd);
                 let mut dxd = vec![0f32; x.len()];
                 lora_backward(branch.weights, &xd, t, u, dy, g, &mut dxd);
                 // d drop(x)/dx is the same mask and scale.
-                dropout(&dxd.clone(), prob, seed, &mut dxd);
+                dropout_at(&dxd.clone(), prob, seed, offset, &mut dxd);
                 add_into(dx, &dxd);
             }
         }
