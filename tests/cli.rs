@@ -666,3 +666,51 @@ fn random_models_have_the_shape_asked_for_in_both_formats() {
     let e = nudge(&["bench", "random-model", "--shape", "gpt-5", "-o", s(&d.join("x.gguf"))]);
     assert!(!e.ok && e.stderr.contains("unknown shape `gpt-5`"), "{}", e.stderr);
 }
+
+/// `nudge bench matmul` reports every stored weight format's two frozen-weight products
+/// and the LoRA products, with 256-wide block formats measured only where the model's
+/// inputs are whole blocks (SmolLM2's 576 is not; its 1536 is).
+#[test]
+fn bench_matmul_reports_every_weight_format_at_the_model_shapes() {
+    let model = common::model_path();
+    let o = nudge(&[
+        "bench",
+        "matmul",
+        "-m",
+        s(&model),
+        "--rows",
+        "8",
+        "--reps",
+        "1",
+        "--json",
+    ]);
+    assert!(o.ok, "{}", o.stderr);
+    let figures: Vec<serde_json::Value> = o
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
+        .collect();
+    let find = |dtype: &str, product: &str| {
+        figures
+            .iter()
+            .find(|f| f["dtype"] == dtype && f["product"] == product)
+            .unwrap_or_else(|| panic!("no {dtype} {product} in {}", o.stdout))
+    };
+    for dtype in ["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1"] {
+        for product in ["X·Wᵀ", "dY·W"] {
+            assert_eq!(find(dtype, product)["projections"], 7, "{dtype} {product}");
+        }
+    }
+    for dtype in ["Q4_K", "Q6_K"] {
+        assert_eq!(find(dtype, "dY·W")["projections"], 1, "only down_proj's 1536 inputs");
+    }
+    for product in ["LoRA forward", "LoRA backward"] {
+        find("F32", product);
+    }
+    assert_eq!(figures.len(), 8 * 2 + 2);
+    for f in &figures {
+        let (g, frac) = (f["gflops"].as_f64().unwrap(), f["peak_fraction"].as_f64().unwrap());
+        assert!(g > 0.0 && g.is_finite() && frac > 0.0, "{f}");
+        assert_eq!(f["rows"], 8);
+    }
+}

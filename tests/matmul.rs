@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::weights::{DTYPES, Rng, random_weight};
+use nudge::bench::weights::{DTYPES, Rng, random_weight};
 use nudge::isa::Isa;
 use nudge::kernels::matmul::{
     Mat, MatMut, RowOrder, Update, WeightRef, gemm, gemm_isa, matmul_w_acc, matmul_w_acc_isa, matmul_wt, matmul_wt_isa,

@@ -23,9 +23,9 @@
 mod common;
 
 use common::tiny::tiny_pairs;
-use common::weights::{DTYPES, Rng, random_weight};
 use common::{floats, golden_json, ids, model_path};
 use nudge::adapter::{Adapter, LoraConfig};
+use nudge::bench::weights::{DTYPES, Rng, random_weight};
 use nudge::generate::{GenerateOptions, generate};
 use nudge::isa::Isa;
 use nudge::kernels::matmul::{RowOrder, WeightRef, matmul_w_acc, matmul_wt};

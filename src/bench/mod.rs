@@ -2,9 +2,12 @@
 //! Figures are reported against a measured FMA peak of this machine, never asserted.
 
 mod generate;
+mod matmul;
 pub mod random_model;
+pub mod weights;
 
 pub use generate::{GenerateBench, generate_throughput};
+pub use matmul::{MatmulFigure, matmul_throughput};
 
 use crate::error::Result;
 use crate::kernels::attention::AttnLayout;

@@ -2,7 +2,6 @@
 #![allow(dead_code)]
 
 pub mod tiny;
-pub mod weights;
 
 use serde_json::Value;
 use std::path::PathBuf;

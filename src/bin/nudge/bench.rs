@@ -4,7 +4,8 @@ use clap::{Args, Subcommand};
 use nudge::Result;
 use nudge::bench::random_model::{self, Shape};
 use nudge::bench::{
-    GenerateBench, PairsPerStep, ScoreBench, TrainData, generate_throughput, score_throughput, train_throughput,
+    GenerateBench, PairsPerStep, ScoreBench, TrainData, generate_throughput, matmul_throughput, score_throughput,
+    train_throughput,
 };
 use std::path::PathBuf;
 
@@ -188,6 +189,24 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 1)]
         seed: u64,
     },
+    /// The matrix products of a training step at the model's shapes (one decoder layer's
+    /// seven projections over `--rows` tokens): X·Wᵀ and dY·W for every stored weight
+    /// format (random weights of the model's shapes), and the LoRA products (rank 8, f32),
+    /// each as a fraction of the FMA peak.
+    Matmul {
+        /// A .gguf file or an HF model folder (only its shapes are read).
+        #[arg(short, long)]
+        model: PathBuf,
+        /// Activation rows (tokens).
+        #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..))]
+        rows: u32,
+        /// Timed repetitions of each product (the fastest counts, after one warm-up).
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+        reps: u32,
+        /// One JSON line per figure instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Forward tokens per second on sequences of `--seq-len` tokens.
     Score {
         /// A .gguf file or an HF model folder.
@@ -310,6 +329,42 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
                     r.batch_rows,
                     r.batch_tokens_per_s,
                     r.batch_speedup
+                );
+            }
+            Ok(())
+        }
+        BenchCommand::Matmul {
+            model,
+            rows,
+            reps,
+            json,
+        } => {
+            let config = nudge::model::Model::open(&model)?.config;
+            let figures = matmul_throughput(&config, rows as usize, reps as usize);
+            if json {
+                for f in &figures {
+                    println!("{}", serde_json::to_string(f).expect("serializable"));
+                }
+                return Ok(());
+            }
+            let peak = figures.first().map_or(0.0, |f| f.peak_gflops);
+            println!(
+                "{}: one layer's products over {rows} rows, {} threads (FMA peak estimate {peak:.0} GFLOP/s)",
+                model.display(),
+                rayon::current_num_threads()
+            );
+            println!(
+                "{:<8} {:<14} {:>11} {:>10} {:>8}",
+                "weights", "product", "projections", "GFLOP/s", "of peak"
+            );
+            for f in &figures {
+                println!(
+                    "{:<8} {:<14} {:>11} {:>10.1} {:>7.1}%",
+                    f.dtype,
+                    f.product,
+                    f.projections,
+                    f.gflops,
+                    100.0 * f.peak_fraction
                 );
             }
             Ok(())

@@ -1,8 +1,9 @@
-//! Random inputs of the kernel tests: a small deterministic generator and weights in
-//! every stored format.
+//! Random weights in every stored format, from a small deterministic generator: the
+//! inputs of `nudge bench matmul` and of the kernel tests (whose self-test digests depend on
+//! these exact values).
 
+use crate::quant::DType;
 use half::{bf16, f16};
-use nudge::quant::DType;
 
 /// Every stored weight format the kernels take.
 pub const DTYPES: [DType; 8] = [
