@@ -87,7 +87,7 @@ struct MlpActs {
     down: Vec<f32>, // [rows, hidden] scratch: the down projection's output
 }
 
-/// The first `n` rows of each of [`MlpActs`]'s buffers.
+/// The same rows of each of [`MlpActs`]'s buffers.
 struct MlpRows<'a> {
     xn2: &'a mut [f32],
     inv2: &'a mut [f32],
