@@ -850,8 +850,8 @@ typedef struct NudgeTrainOptions {
    */
   uint32_t shuffle;
   /**
-   * Bytes of activations kept for the backward pass; layers beyond are recomputed
-   * (default 256 MiB; 0 keeps none, the least memory).
+   * Bytes of activations kept for the backward pass; layers beyond are recomputed from
+   * checkpoints of their inputs (default 256 MiB; 0 keeps the fewest, the least memory).
    */
   uint64_t memory_budget_bytes;
   /**

@@ -81,8 +81,8 @@ pub struct NudgeTrainOptions {
     pub eval_fraction: f32,
     /// Non-zero (default): shuffle the examples each epoch (seeded).
     pub shuffle: u32,
-    /// Bytes of activations kept for the backward pass; layers beyond are recomputed
-    /// (default 256 MiB; 0 keeps none, the least memory).
+    /// Bytes of activations kept for the backward pass; layers beyond are recomputed from
+    /// checkpoints of their inputs (default 256 MiB; 0 keeps the fewest, the least memory).
     pub memory_budget_bytes: u64,
     /// Seed of the shuffling and dropout (default 42).
     pub seed: u64,
