@@ -11,8 +11,9 @@ use super::WeightRef;
 use rayon::prelude::*;
 
 /// The most activation rows one call serves; more go through the tiled path, which shares
-/// each expanded weight panel between more rows.
-pub(super) const MAX_M: usize = 4;
+/// each expanded weight panel between more rows. (A unit may serve only some counts up to
+/// it: x86 takes 1 to 4, 8 and 16, the batched decoding sizes; the others go tiled.)
+pub(super) const MAX_M: usize = 16;
 
 /// The most weight rows one kernel call takes.
 pub(super) const GROUP: usize = 32;
