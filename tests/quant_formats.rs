@@ -10,16 +10,7 @@ use nudge::model::gguf_names::{hf_name_for_gguf, rope_unpermute_row};
 use nudge::quant::{DType, dequantize_row};
 use sha2::{Digest, Sha256};
 
-const ALL_DTYPES: [DType; 8] = [
-    DType::F32,
-    DType::F16,
-    DType::BF16,
-    DType::Q8_0,
-    DType::Q4_0,
-    DType::Q4_1,
-    DType::Q4_K,
-    DType::Q6_K,
-];
+use nudge::bench::weights::DTYPES as ALL_DTYPES;
 
 fn crate_path(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)

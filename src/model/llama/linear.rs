@@ -126,6 +126,17 @@ impl Linear<'_> {
         }
     }
 
+    /// This projection's LoRA pair in the gradient buffer `grads`.
+    fn lora_grads<'g>(&self, grads: &'g mut Adapter) -> LoraGrads<'g> {
+        let g = grads.layers[self.layer][self.proj as usize]
+            .as_mut()
+            .expect("gradient buffer shaped like the adapter");
+        LoraGrads {
+            a: &mut g.a,
+            b: &mut g.b,
+        }
+    }
+
     /// [`Self::backward`] into the buffer of its input, which the caller is done with:
     /// `x` becomes dL/dx (the bits `backward` adds into a zeroed buffer). The branch's
     /// gradients, which read x, are taken first.
@@ -136,13 +147,7 @@ impl Linear<'_> {
             matmul_w_acc(dy, t, &self.weight, x);
             return;
         };
-        let g = grads.layers[self.layer][self.proj as usize]
-            .as_mut()
-            .expect("gradient buffer shaped like the adapter");
-        let g = LoraGrads {
-            a: &mut g.a,
-            b: &mut g.b,
-        };
+        let g = self.lora_grads(grads);
         match branch.dropout {
             None => {
                 let du = lora_backward_weights(branch.weights, x, t, u, dy, g);
@@ -176,13 +181,7 @@ impl Linear<'_> {
         let Some(branch) = self.lora else {
             return;
         };
-        let g = grads.layers[self.layer][self.proj as usize]
-            .as_mut()
-            .expect("gradient buffer shaped like the adapter");
-        let g = LoraGrads {
-            a: &mut g.a,
-            b: &mut g.b,
-        };
+        let g = self.lora_grads(grads);
         match branch.dropout {
             None => lora_backward(branch.weights, x, t, u, dy, g, dx),
             Some((prob, seed)) => {
