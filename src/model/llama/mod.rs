@@ -579,23 +579,28 @@ impl Model {
     /// The MLP half of layer `li` in place on rows `row0..` of the residual stream,
     /// x: `[n, hidden]` (n at most `m.rows`): x += down(silu(gate(xn2)) * up(xn2)).
     fn mlp_forward(&self, li: usize, x: &mut [f32], row0: usize, lora: &LoraCtx, m: &mut MlpActs, u: &mut LoraActs) {
-        let l = &self.weights.layers[li];
         let n = x.len() / self.config.hidden_size;
+        let mut m = m.rows_mut(0..n);
+        self.mlp_activation(li, x, row0, lora, &mut m, u);
+        self.linear(lora, li, Proj::Down).forward(m.act, m.down, u, row0);
+        add_into(x, m.down);
+    }
+
+    /// The MLP of layer `li` up to the down projection, for rows `row0..` of the residual
+    /// stream x_mid: `[n, hidden]`: `m`'s xn2, inv2, gate, up and act.
+    fn mlp_activation(&self, li: usize, x_mid: &[f32], row0: usize, lora: &LoraCtx, m: &mut MlpRows, u: &mut LoraActs) {
+        let l = &self.weights.layers[li];
         let linear = |p: Proj| self.linear(lora, li, p);
-        let MlpRows {
-            xn2,
-            inv2,
-            gate,
-            up,
-            act,
-            down,
-        } = m.rows_mut(0..n);
-        rmsnorm_forward(x, &l.post_attention_layernorm, self.config.rms_norm_eps, xn2, inv2);
-        linear(Proj::Gate).forward(xn2, gate, u, row0);
-        linear(Proj::Up).forward(xn2, up, u, row0);
-        swiglu_forward(gate, up, act);
-        linear(Proj::Down).forward(act, down, u, row0);
-        add_into(x, down);
+        rmsnorm_forward(
+            x_mid,
+            &l.post_attention_layernorm,
+            self.config.rms_norm_eps,
+            m.xn2,
+            m.inv2,
+        );
+        linear(Proj::Gate).forward(m.xn2, m.gate, u, row0);
+        linear(Proj::Up).forward(m.xn2, m.up, u, row0);
+        swiglu_forward(m.gate, m.up, m.act);
     }
 
     /// The attention step of layer `li`: `s.attn` from `s.q`, `s.k`, `s.v` (after rope).
@@ -658,34 +663,23 @@ impl Model {
             let (m, lora_u, u_rows) = if kept {
                 (a.mlp.rows_mut(r0..r1), &a.lora, r0..r1)
             } else {
-                let m = s.mlp.rows_mut(0..n);
-                rmsnorm_forward(x_mid, &l.post_attention_layernorm, cfg.rms_norm_eps, m.xn2, m.inv2);
-                linear(Proj::Gate).forward(m.xn2, m.gate, &mut s.lora, r0);
-                linear(Proj::Up).forward(m.xn2, m.up, &mut s.lora, r0);
-                swiglu_forward(m.gate, m.up, m.act);
+                let mut m = s.mlp.rows_mut(0..n);
+                self.mlp_activation(li, x_mid, r0, pass.lora, &mut m, &mut s.lora);
                 // The down projection's output is not needed again, only its branch's u.
                 linear(Proj::Down).forward_lora_u(m.act, &mut s.lora, r0);
                 (m, &s.lora, 0..n)
             };
             let u = |p: Proj| linear(p).u_rows(lora_u, u_rows.clone());
             let dxr = &mut dx[r0 * h..r1 * h];
-            let MlpRows {
-                xn2,
-                inv2,
-                gate,
-                up,
-                act,
-                down,
-            } = m;
             // act becomes d_act; gate and up become d_gate and d_up; down's buffer takes d_xn2.
-            linear(Proj::Down).backward_in_place(act, u(Proj::Down), dxr, grads, r0);
-            swiglu_backward_in_place(gate, up, act);
-            let d_xn2 = down;
+            linear(Proj::Down).backward_in_place(m.act, u(Proj::Down), dxr, grads, r0);
+            swiglu_backward_in_place(m.gate, m.up, m.act);
+            let d_xn2 = m.down;
             d_xn2.fill(0.0);
-            linear(Proj::Gate).backward(xn2, u(Proj::Gate), gate, d_xn2, grads, r0);
-            linear(Proj::Up).backward(xn2, u(Proj::Up), up, d_xn2, grads, r0);
+            linear(Proj::Gate).backward(m.xn2, u(Proj::Gate), m.gate, d_xn2, grads, r0);
+            linear(Proj::Up).backward(m.xn2, u(Proj::Up), m.up, d_xn2, grads, r0);
             // dx (dL/d x_mid) = residual + norm path
-            rmsnorm_backward(x_mid, &l.post_attention_layernorm, inv2, d_xn2, dxr);
+            rmsnorm_backward(x_mid, &l.post_attention_layernorm, m.inv2, d_xn2, dxr);
         }
         if a.xn1.is_empty() {
             // xn1 shares x_mid's buffer, which the MLP is done with: rebuilt, the same bits.
