@@ -714,3 +714,45 @@ fn bench_matmul_reports_every_weight_format_at_the_model_shapes() {
         assert_eq!(f["rows"], 8);
     }
 }
+
+#[test]
+fn precision_bf16_runs_where_the_cpu_has_it_and_is_refused_otherwise() {
+    use nudge::kernels::matmul::Precision;
+    let m = model("cli-bf16", 11);
+    let args = [
+        "--precision",
+        "bf16",
+        "bench",
+        "score",
+        "-m",
+        s(&m),
+        "--seq-len",
+        "40",
+        "--reps",
+        "1",
+        "--json",
+    ];
+    // Without SIMD there is no bf16 kernel: a named error, whatever the CPU.
+    let off = nudge_scalar(&args);
+    assert!(!off.ok && off.stderr.contains("AVX512-BF16"), "{}", off.stderr);
+    assert!(!off.stderr.contains("panicked"), "{}", off.stderr);
+    let on = nudge(&args);
+    if Precision::Bf16.check().is_ok() {
+        assert!(on.ok, "{}", on.stderr);
+        assert!(on.stdout.contains("\"precision\":\"bf16\""), "{}", on.stdout);
+    } else {
+        assert!(!on.ok && on.stderr.contains("AVX512-BF16"), "{}", on.stderr);
+    }
+    let f32 = nudge(&[
+        "bench",
+        "score",
+        "-m",
+        s(&m),
+        "--seq-len",
+        "40",
+        "--reps",
+        "1",
+        "--json",
+    ]);
+    assert!(f32.ok && f32.stdout.contains("\"precision\":\"f32\""), "{}", f32.stderr);
+}

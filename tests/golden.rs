@@ -569,3 +569,51 @@ fn every_loss_variant_matches() {
     }
     assert!(errors.is_empty(), "{} mismatches:\n{}", errors.len(), errors.join("\n"));
 }
+
+/// `--precision bf16`: the reference log-probs through bf16 products, within a loose bound,
+/// and not the f32 ones (the rounding happened). On a CPU without bf16 dot products, the
+/// model refuses the precision with an error instead.
+#[test]
+fn bf16_logprobs_stay_near_the_reference() {
+    use nudge::kernels::matmul::Precision;
+    let opened = Model::open(model_path())
+        .expect("the GGUF model opens")
+        .with_precision(Precision::Bf16);
+    let m = match (Precision::Bf16.check(), opened) {
+        (Ok(()), Ok(m)) => m,
+        (Err(_), Err(e)) => {
+            assert!(e.to_string().contains("bf16"), "{e}");
+            return;
+        }
+        (c, o) => panic!("the CPU check ({:?}) and the model ({:?}) disagree", c.err(), o.err()),
+    };
+    assert_eq!(m.precision(), Precision::Bf16);
+    let g = golden_json();
+    let (mut largest, mut total, mut tokens, mut largest_sum) = (0.0f64, 0.0f64, 0usize, 0.0f64);
+    for ex in g["examples"].as_array().expect("examples") {
+        let prompt = ids(&ex["prompt_ids"]);
+        for which in ["chosen", "rejected"] {
+            let completion = ids(&ex[format!("{which}_ids").as_str()]);
+            let s = m.score(&prompt, &completion).expect("scores");
+            let want = floats(&ex[format!("ref_{which}_token_logps").as_str()]);
+            assert_eq!(s.token_logps.len(), want.len());
+            for (a, b) in s.token_logps.iter().zip(&want) {
+                let d = (*a as f64 - b).abs();
+                largest = largest.max(d);
+                total += d;
+                tokens += 1;
+            }
+            let sum = ex[format!("ref_{which}_logp").as_str()].as_f64().expect("sum");
+            largest_sum = largest_sum.max((s.logp - sum).abs());
+        }
+    }
+    let mean = total / tokens as f64;
+    eprintln!(
+        "bf16 vs the reference over {tokens} tokens: mean |Δ log p| {mean:.2e}, largest {largest:.2e}, largest sequence sum {largest_sum:.2e}"
+    );
+    assert!(largest > TOKEN_LOGP_ABS, "bf16 gave f32's log-probs: not rounded");
+    assert!(
+        mean < 0.05 && largest < 0.5,
+        "bf16 log-probs too far: mean {mean}, largest {largest}"
+    );
+}

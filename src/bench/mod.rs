@@ -11,6 +11,7 @@ pub use matmul::{MatmulFigure, matmul_throughput};
 
 use crate::error::Result;
 use crate::kernels::attention::AttnLayout;
+use crate::kernels::matmul::Precision;
 use crate::model::Model;
 use serde::Serialize;
 use std::path::Path;
@@ -19,6 +20,8 @@ use std::time::Instant;
 #[derive(Debug, Serialize)]
 pub struct ScoreBench {
     pub model: String,
+    /// The products' arithmetic: `f32` or `bf16`.
+    pub precision: String,
     pub seq_len: usize,
     pub reps: usize,
     pub threads: usize,
@@ -46,8 +49,8 @@ pub fn forward_flops(model: &Model, t: usize) -> f64 {
 }
 
 /// Forward throughput on one sequence of `seq_len` tokens, after one warm-up pass.
-pub fn score_throughput(path: &Path, seq_len: usize, reps: usize) -> Result<ScoreBench> {
-    let model = Model::open(path)?;
+pub fn score_throughput(path: &Path, seq_len: usize, reps: usize, precision: Precision) -> Result<ScoreBench> {
+    let model = Model::open(path)?.with_precision(precision)?;
     let vocab = model.config.vocab_size as u64;
     // A fixed pseudo-random token stream: the cost does not depend on the ids.
     let mut s = 0x9e3779b97f4a7c15u64;
@@ -77,6 +80,7 @@ pub fn score_throughput(path: &Path, seq_len: usize, reps: usize) -> Result<Scor
     let peak = fma_peak_gflops();
     Ok(ScoreBench {
         model: path.display().to_string(),
+        precision: precision.name().to_string(),
         seq_len,
         reps: times.len(),
         threads: rayon::current_num_threads(),
@@ -209,6 +213,8 @@ pub fn train_flops(
 #[derive(Debug, Serialize)]
 pub struct TrainBench {
     pub model: String,
+    /// The frozen products' arithmetic: `f32` or `bf16`.
+    pub precision: String,
     pub data: String,
     pub steps: usize,
     pub pairs_per_step: usize,
@@ -289,6 +295,7 @@ pub fn train_throughput(
     steps: usize,
     pairs: PairsPerStep,
     memory_budget: usize,
+    precision: Precision,
 ) -> Result<TrainBench> {
     let PairsPerStep {
         step: pairs_per_step,
@@ -298,7 +305,7 @@ pub fn train_throughput(
     use crate::data::{PreferenceSet, Truncation};
     use crate::model::Recompute;
     use crate::train::{Control, TrainConfig, Trainer};
-    let model = Model::open(model_path)?;
+    let model = Model::open(model_path)?.with_precision(precision)?;
     let (mut data, data_name) = match data {
         TrainData::Jsonl { text, name } => {
             let limits = Truncation::max_length(model.config.max_position_embeddings);
@@ -363,6 +370,7 @@ pub fn train_throughput(
     let peak = fma_peak_gflops();
     Ok(TrainBench {
         model: model_path.display().to_string(),
+        precision: precision.name().to_string(),
         data: data_name,
         steps,
         pairs_per_step,

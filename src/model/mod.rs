@@ -21,6 +21,7 @@ pub mod safetensors_dir;
 pub mod weights;
 
 use crate::error::{Error, Result};
+use crate::kernels::matmul::Precision;
 use crate::kernels::rope::inv_freq;
 use crate::tokenizer::{GgufVocab, TextTokenizer};
 use config::Config;
@@ -67,6 +68,19 @@ impl Model {
     pub fn with_mlp_chunk_rows(mut self, rows: usize) -> Self {
         self.mlp_chunk_rows = Some(rows.max(1));
         self
+    }
+
+    /// The model with the products through its frozen weights run in `precision`
+    /// (the LoRA branches stay f32). An error when this CPU cannot run it.
+    pub fn with_precision(mut self, precision: Precision) -> Result<Self> {
+        precision.check()?;
+        self.weights.precision = precision;
+        Ok(self)
+    }
+
+    /// The arithmetic of the products through the frozen weights.
+    pub fn precision(&self) -> Precision {
+        self.weights.precision
     }
 
     /// [`Self::open`] with the weights files mapped or read into memory.

@@ -2,7 +2,7 @@
 //! a few KB per layer, are the only tensors expanded to f32 at open time).
 
 use crate::error::{Error, Result};
-use crate::kernels::matmul::{RowOrder, WeightRef};
+use crate::kernels::matmul::{Precision, RowOrder, WeightRef};
 use crate::model::config::Config;
 use crate::quant::{DType, dequantize_row};
 use memmap2::Mmap;
@@ -100,6 +100,8 @@ pub struct Weights {
     pub lm_head: TensorSlice,
     pub norm: Vec<f32>,
     pub layers: Vec<Layer>,
+    /// The arithmetic of the products through these weights (`Model::with_precision`).
+    pub(crate) precision: Precision,
 }
 
 impl Weights {
@@ -110,6 +112,7 @@ impl Weights {
             cols: t.cols,
             data: &self.maps[t.map][t.offset..t.offset + t.len],
             order: t.order,
+            precision: self.precision,
         }
     }
 
@@ -267,5 +270,6 @@ pub(crate) fn assemble(cfg: &Config, a: &Assembler, maps: Vec<Arc<Mmap>>, files:
         lm_head,
         norm,
         layers,
+        precision: Precision::F32,
     })
 }

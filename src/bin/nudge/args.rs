@@ -6,6 +6,7 @@ use clap::{Args, ValueEnum};
 use nudge::adapter::{self, Adapter, BaseCheck};
 use nudge::convert::FloatType;
 use nudge::generate::GenerateOptions;
+use nudge::kernels::matmul::Precision;
 use nudge::model::{Model, WeightsLoad};
 use nudge::objective::LOSS_NAMES as NAMES;
 use nudge::{Error, Result};
@@ -25,8 +26,23 @@ fn weights_load() -> WeightsLoad {
     }
 }
 
-/// Opens a model (mapped, or read with `--no-mmap`), saying what a model is when the path
-/// is not one.
+/// `--precision`, set once by `main` before any model is opened (false: f32).
+static BF16: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+pub fn set_precision(p: Precision) {
+    BF16.store(p == Precision::Bf16, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// The arithmetic `--precision` asked for.
+pub fn precision() -> Precision {
+    match BF16.load(std::sync::atomic::Ordering::Relaxed) {
+        true => Precision::Bf16,
+        false => Precision::F32,
+    }
+}
+
+/// Opens a model (mapped, or read with `--no-mmap`; its products in `--precision`),
+/// saying what a model is when the path is not one.
 pub fn open_model(path: &Path) -> Result<Model> {
     if path.is_dir() && !path.join("config.json").exists() {
         return Err(Error::invalid(format!(
@@ -36,7 +52,7 @@ pub fn open_model(path: &Path) -> Result<Model> {
             path.display()
         )));
     }
-    Model::open_with(path, weights_load())
+    Model::open_with(path, weights_load())?.with_precision(precision())
 }
 
 /// Adapters to apply: PEFT folders or llama.cpp LoRA .gguf files, each with a weight.

@@ -43,7 +43,7 @@ pub fn headline(h: &Headline) -> Result<()> {
         None => crate::fetch::default_model()?,
     };
     let g = generate_throughput(&model, 64, 16, 3)?;
-    let s = score_throughput(&model, 512, 3)?;
+    let s = score_throughput(&model, 512, 3, crate::args::precision())?;
     let t = train_throughput(
         &model,
         TrainData::Jsonl {
@@ -53,6 +53,7 @@ pub fn headline(h: &Headline) -> Result<()> {
         8,
         PairsPerStep { step: 2, micro: 1 },
         32 << 20,
+        crate::args::precision(),
     )?;
     let figures = [
         Figure {
@@ -255,7 +256,7 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
                 step: pairs_per_step as usize,
                 micro: pairs_per_pass as usize,
             };
-            let r = train_throughput(&model, source, steps as usize, pairs, budget)?;
+            let r = train_throughput(&model, source, steps as usize, pairs, budget, crate::args::precision())?;
             if json {
                 println!("{}", serde_json::to_string(&r).expect("serializable"));
             } else {
@@ -375,7 +376,7 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
             reps,
             json,
         } => {
-            let r: ScoreBench = score_throughput(&model, seq_len as usize, reps as usize)?;
+            let r: ScoreBench = score_throughput(&model, seq_len as usize, reps as usize, crate::args::precision())?;
             if json {
                 println!("{}", serde_json::to_string(&r).expect("serializable"));
             } else {

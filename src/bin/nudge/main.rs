@@ -16,6 +16,7 @@ mod train;
 
 use args::{AdapterArg, Dtype};
 use clap::{Parser, Subcommand};
+use nudge::kernels::matmul::Precision;
 use nudge::model::WeightsLoad;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -37,6 +38,13 @@ struct Cli {
     /// of SIGBUS), at the cost of the whole file in memory.
     #[arg(long, global = true)]
     no_mmap: bool,
+    /// The arithmetic of the products through the frozen base model's weights: f32 (exact,
+    /// the same bits on every machine) or bf16 (both operands rounded to bf16, 8
+    /// significant bits, and summed in f32 by the CPU's bf16 dot products: x86-64
+    /// AVX512-BF16 only). Whether bf16 is faster depends on the CPU: `nudge --precision bf16
+    /// bench score` tells. Decoding steps and the LoRA branches stay f32.
+    #[arg(long, global = true, value_name = "P", default_value = "f32", value_parser = ["f32", "bf16"])]
+    precision: String,
     #[command(subcommand)]
     command: Command,
 }
@@ -130,6 +138,11 @@ fn main() -> ExitCode {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
     let cli = Cli::parse();
+    args::set_precision(if cli.precision == "bf16" {
+        Precision::Bf16
+    } else {
+        Precision::F32
+    });
     args::set_weights_load(if cli.no_mmap {
         WeightsLoad::Read
     } else {

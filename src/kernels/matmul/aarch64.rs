@@ -16,6 +16,7 @@ pub(super) const NEON: Kernel = Kernel {
     transpose: transpose_generic,
     dequant: dequant_generic,
     dequant_t: dequant_t_none,
+    pairs: None,
 };
 
 /// The first `R` rows of a tile. Safety: see `Kernel::tiles`.

@@ -45,7 +45,17 @@ pub(super) struct Kernel {
     ///
     /// Safety: the CPU has the unit (extents are checked).
     pub dequant_t: DequantTFn,
+    /// Set for kernels whose panels hold pairs of reduction steps (bf16 products): turns a
+    /// packed f32 panel of `steps` rows of `width` into `steps.div_ceil(2)` rows of pairs
+    /// in place, row `q`'s lane `c` holding steps `2q` (low half) and `2q + 1` (high half)
+    /// rounded to bf16, a missing last step as zero. The tiles then read `kc.div_ceil(2)`
+    /// rows of pairs for `kc` steps.
+    ///
+    /// Safety: the CPU has the unit.
+    pub pairs: Option<PairsFn>,
 }
+
+pub(super) type PairsFn = unsafe fn(panel: &mut [f32], width: usize, steps: usize);
 
 pub(super) type TileFn = unsafe fn(kc: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize, add: bool);
 
@@ -227,6 +237,10 @@ pub(super) fn run(kern: Kernel, dims: Dims, a: &dyn ASource, b: &dyn BSource, ou
             ap.par_chunks_mut(panel).enumerate().for_each(|(q, dst)| {
                 let i0 = q * kern.mr;
                 a.pack(&kern, i0, (i0 + kern.mr).min(m), po, pe, dst);
+                if let Some(pairs) = kern.pairs {
+                    // SAFETY: the kernel's unit was checked by its caller.
+                    unsafe { pairs(dst, kern.mr, pe - po) };
+                }
             });
             let ap = &*ap;
             (0..plan.m_tiles * plan.n_tiles).into_par_iter().for_each(|t| {
@@ -263,6 +277,12 @@ fn task(kern: &Kernel, plan: &Plan, block: Block, ap: &[f32], b: &dyn BSource, o
             let kc = p1 - p0;
             let bp = &mut bp[..groups * nr * kc];
             b.pack(kern, p0..p1, cols.clone(), bp, &mut scratch);
+            if let Some(pairs) = kern.pairs {
+                for bg in bp.chunks_exact_mut(nr * kc) {
+                    // SAFETY: the kernel's unit was checked by its caller.
+                    unsafe { pairs(bg, nr, kc) };
+                }
+            }
             let load = load || p0 > ps.start;
             for g in 0..groups {
                 let j = cols.start + g * nr;
@@ -270,8 +290,8 @@ fn task(kern: &Kernel, plan: &Plan, block: Block, ap: &[f32], b: &dyn BSource, o
                 let bg = &bp[g * nr * kc..(g + 1) * nr * kc];
                 for i in rows.clone().step_by(mr) {
                     let mrv = mr.min(rows.end - i);
-                    let off = (i / mr) * a_panel + (p0 - ps.start) * mr;
-                    let ag = &ap[off..off + mr * kc];
+                    let off = (i / mr) * a_panel + slots(kern, p0 - ps.start) * mr;
+                    let ag = &ap[off..off + mr * slots(kern, kc)];
                     // SAFETY: `ag` and `bg` hold kc*mr and kc*nr elements; the tile
                     // (i..i+mrv, j..j+nrv) lies inside the output checked in `run` and
                     // belongs to this task alone; the kernel's unit was checked by `Isa`.
@@ -324,9 +344,24 @@ unsafe fn chain(kern: &Kernel, rows: usize, kc: usize, a: *const f32, b: *const 
         let sk = CHAIN.min(kc - s0);
         // SAFETY: s0 + sk <= kc keeps both panels in bounds; `c` is the caller's tile.
         // The tile adds its chain to `c` in registers when `c` already holds a sum.
-        unsafe { tile(sk, a.add(s0 * mr), b.add(s0 * nr), c, ldc, s0 > 0 || load) };
+        unsafe {
+            tile(
+                sk,
+                a.add(slots(kern, s0) * mr),
+                b.add(slots(kern, s0) * nr),
+                c,
+                ldc,
+                s0 > 0 || load,
+            )
+        };
         s0 += sk;
     }
+}
+
+/// Rows of a packed panel that hold `steps` reduction steps (pairs of them for kernels
+/// with [`Kernel::pairs`]; every offset passed to `slots` is even).
+fn slots(kern: &Kernel, steps: usize) -> usize {
+    if kern.pairs.is_some() { steps.div_ceil(2) } else { steps }
 }
 
 /// Portable [`Kernel::dequant`].

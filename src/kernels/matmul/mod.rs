@@ -29,6 +29,8 @@ mod scalar;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 #[cfg(target_arch = "x86_64")]
+mod x86_bf16;
+#[cfg(target_arch = "x86_64")]
 mod x86_gemv;
 
 #[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
@@ -49,8 +51,65 @@ pub enum RowOrder {
     RopeUnpermute { head_dim: usize },
 }
 
+/// The arithmetic of a frozen weight's products ([`matmul_wt`], [`matmul_w_acc`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Precision {
+    /// f32 fused multiply-adds in a fixed order: the same bits on every unit, thread count
+    /// and batch size (the default).
+    #[default]
+    F32,
+    /// Both operands rounded to bf16 (8 significant bits), their products summed in f32
+    /// (AVX512-BF16's `vdpbf16ps`): about twice the multiply-adds per instruction. Only
+    /// products of more than a few rows change: decoding steps (at most 16 rows) keep the
+    /// f32 kernels, which read the weights once whatever the arithmetic. Results stay
+    /// independent of the thread count.
+    Bf16,
+}
+
+impl Precision {
+    /// `f32` or `bf16`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::Bf16 => "bf16",
+        }
+    }
+
+    /// Whether this CPU runs it: an error naming what is missing otherwise.
+    pub fn check(self) -> Result<()> {
+        match self {
+            Precision::F32 => Ok(()),
+            Precision::Bf16 if bf16_kernel().is_some() => Ok(()),
+            Precision::Bf16 => Err(Error::invalid(
+                "precision bf16 needs bf16 dot products (x86-64 AVX512-BF16), which this CPU lacks (or NUDGE_NO_SIMD turned off): use f32"
+                    .to_string(),
+            )),
+        }
+    }
+}
+
+impl std::str::FromStr for Precision {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "f32" => Ok(Precision::F32),
+            "bf16" => Ok(Precision::Bf16),
+            _ => Err(Error::invalid(format!("precision {s:?}: expected f32 or bf16"))),
+        }
+    }
+}
+
+/// The bf16 kernel, where the CPU has one.
+fn bf16_kernel() -> Option<Kernel> {
+    #[cfg(target_arch = "x86_64")]
+    if x86_bf16::is_supported() {
+        return Some(x86_bf16::BF16);
+    }
+    None
+}
+
 /// A frozen weight matrix `[rows, cols]` (`rows` = outputs `n`, `cols` = inputs `k`),
-/// row-major in its stored format.
+/// row-major in its stored format, and the arithmetic of its products.
 #[derive(Clone, Copy)]
 pub struct WeightRef<'a> {
     pub dtype: DType,
@@ -58,6 +117,7 @@ pub struct WeightRef<'a> {
     pub cols: usize,
     pub data: &'a [u8],
     pub order: RowOrder,
+    pub precision: Precision,
 }
 
 impl std::fmt::Debug for WeightRef<'_> {
@@ -69,6 +129,7 @@ impl std::fmt::Debug for WeightRef<'_> {
             .field("cols", &self.cols)
             .field("bytes", &self.data.len())
             .field("order", &self.order)
+            .field("precision", &self.precision)
             .finish()
     }
 }
@@ -82,9 +143,16 @@ impl<'a> WeightRef<'a> {
             cols,
             data,
             order,
+            precision: Precision::F32,
         };
         w.validate()?;
         Ok(w)
+    }
+
+    /// The same weight, its products run in `precision` (checked against this CPU).
+    pub fn with_precision(self, precision: Precision) -> Result<Self> {
+        precision.check()?;
+        Ok(WeightRef { precision, ..self })
     }
 
     /// Checks the invariants the kernels rely on (the fields are public, so every kernel
@@ -120,7 +188,7 @@ impl<'a> WeightRef<'a> {
                 self.rows, self.cols
             )));
         }
-        Ok(())
+        self.precision.check()
     }
 
     fn check(&self) {
@@ -187,6 +255,15 @@ fn kernel(isa: Isa) -> Kernel {
     }
 }
 
+/// The tiled kernel of a product through `w`: the unit's, or the bf16 kernel. (`w` was
+/// checked, its precision with it.)
+fn product_kernel(isa: Isa, w: &WeightRef) -> Kernel {
+    match w.precision {
+        Precision::F32 => kernel(isa),
+        Precision::Bf16 => bf16_kernel().expect("a checked weight's precision runs here"),
+    }
+}
+
 /// The unit's kernels for a few activation rows, if it has them.
 fn gemv_kernels(isa: Isa) -> Option<gemv::PickFn> {
     assert!(isa.is_supported(), "{isa:?} is not supported by this CPU");
@@ -236,7 +313,7 @@ pub fn matmul_wt_isa(
         ldc: n,
         accumulate: false,
     };
-    driver::run(kernel(isa), Dims { m, n, k }, &a, &WeightT(w), out);
+    driver::run(product_kernel(isa, w), Dims { m, n, k }, &a, &WeightT(w), out);
 }
 
 /// `dx[m, k] += dy[m, n] · W`, with `n = w.rows`, `k = w.cols`.
@@ -271,7 +348,7 @@ pub fn matmul_w_acc_isa(
         accumulate: true,
     };
     // The reduction runs over the weight's rows: the product is [m, k] over n.
-    driver::run(kernel(isa), Dims { m, n: k, k: n }, &a, &WeightN(w), out);
+    driver::run(product_kernel(isa, w), Dims { m, n: k, k: n }, &a, &WeightN(w), out);
 }
 
 /// A read-only f32 operand of [`gemm`]: stored row-major as `rows x cols` with stored rows

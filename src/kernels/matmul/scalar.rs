@@ -13,6 +13,7 @@ pub(super) const SCALAR: Kernel = Kernel {
     transpose: transpose_generic,
     dequant: dequant_generic,
     dequant_t: dequant_t_none,
+    pairs: None,
 };
 
 /// The first `R` rows of a tile. Safety: see `Kernel::tiles`.

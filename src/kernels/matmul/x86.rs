@@ -30,6 +30,7 @@ pub(super) const AVX512: Kernel = Kernel {
     transpose: transpose_avx512,
     dequant: dequant_avx512,
     dequant_t: dequant_t_avx512,
+    pairs: None,
 };
 
 pub(super) const AVX2: Kernel = Kernel {
@@ -46,6 +47,7 @@ pub(super) const AVX2: Kernel = Kernel {
     transpose: transpose_generic,
     dequant: dequant_generic,
     dequant_t: dequant_t_none,
+    pairs: None,
 };
 
 /// The first `R` rows of a `12 x 32` tile. Safety: see `Kernel::tiles`; the CPU has
