@@ -112,6 +112,16 @@
 #define NUDGE_VERSION_NUMBER 100
 
 /**
+ * `NudgeModelOptions.precision`: f32 products (exact).
+ */
+#define NUDGE_PRECISION_F32 0
+
+/**
+ * `NudgeModelOptions.precision`: bf16 operands, f32 sums.
+ */
+#define NUDGE_PRECISION_BF16 1
+
+/**
  * `NudgeModelInfo.format`: a single GGUF file.
  */
 #define NUDGE_MODEL_GGUF 1
@@ -449,6 +459,20 @@ typedef struct NudgeModelOptions {
    * promise that sets this, at the cost of the whole file in memory. Default 0.
    */
   uint32_t no_mmap;
+  /**
+   * The arithmetic of the products through the base model's weights:
+   * NUDGE_PRECISION_F32 (0, the default: exact, the same bits on every machine) or
+   * NUDGE_PRECISION_BF16 (both operands rounded to bf16, summed in f32, on CPUs with
+   * bf16 dot products, x86-64 AVX512-BF16; elsewhere opening fails with
+   * NUDGE_ERR_INVALID). Decoding steps and the adapters' products stay f32.
+   */
+  uint32_t precision;
+  /**
+   * 1: decode from the weights as stored, without the copy of the model's matrices
+   * that generation otherwise regroups for the decoding kernels: saves memory the size
+   * of those matrices, at about half the decoding speed, the same tokens. Default 0.
+   */
+  uint32_t no_decode_copy;
 } NudgeModelOptions;
 
 /**

@@ -555,3 +555,47 @@ fn top_p_counts_the_mass_of_a_long_tail() {
     }
     assert_eq!(seen.into_iter().collect::<Vec<_>>(), (0..9).collect::<Vec<u32>>());
 }
+
+#[test]
+fn the_decoding_copy_changes_no_bit_and_costs_the_quantized_matrices() {
+    let with = real();
+    let without = real().without_decode_copy();
+    let prompt = with
+        .tokenizer
+        .encode("The capital of France is", false)
+        .expect("encode");
+    let tokens: Vec<u32> = prompt.iter().copied().chain([28, 1000, 42]).collect();
+    let a = random_adapter(&with, 5, 0.01);
+    assert_eq!(with.weights.decode_copy_bytes(), 0, "made before any generation");
+    for adapter in [None, Some(&a)] {
+        let x = cached_logits(&with, &tokens, prompt.len(), adapter);
+        let y = cached_logits(&without, &tokens, prompt.len(), adapter);
+        assert!(
+            x.iter().zip(&y).all(|(a, b)| a.to_bits() == b.to_bits()),
+            "decoding logits differ"
+        );
+        assert_eq!(
+            argmax_stepping(&with, &prompt, 8, adapter),
+            argmax_stepping(&without, &prompt, 8, adapter)
+        );
+    }
+    assert_eq!(without.weights.decode_copy_bytes(), 0);
+    // The copy holds every projection and the output head, which decoding reads, where
+    // this CPU has kernels for it (AVX-512): as many bytes as they are stored in.
+    let stored: usize = with
+        .weights
+        .layers
+        .iter()
+        .flat_map(|l| nudge::model::weights::Proj::ALL.map(|p| l.proj(p).len))
+        .sum::<usize>()
+        + with.weights.lm_head.len;
+    let made = with.weights.decode_copy_bytes();
+    if nudge::isa::Isa::best() == nudge::isa::Isa::Avx512 {
+        assert!(
+            made >= stored && made < stored + stored / 8,
+            "{made} bytes for {stored} stored"
+        );
+    } else {
+        assert_eq!(made, 0);
+    }
+}

@@ -405,3 +405,46 @@ fn weight_ref_rejects_bad_sizes_and_rope_heads() {
     assert!(WeightRef::new(DType::F32, 6, 4, &data, RowOrder::RopeUnpermute { head_dim: 2 }).is_ok());
     assert!(WeightRef::new(DType::F32, 6, 4, &data, RowOrder::RopeUnpermute { head_dim: 6 }).is_ok());
 }
+
+#[test]
+fn the_decoding_copy_gives_the_fma_chain_for_every_decoding_row_count() {
+    use nudge::kernels::matmul::DecodeLayout;
+    let mut rng = Rng(41);
+    for dtype in [DType::Q4_0, DType::Q4_1, DType::Q8_0] {
+        // Rows in whole groups of 16 and not; one block; several chains; rope row order.
+        for (n, k, order) in [
+            (48, 576, RowOrder::Stored),
+            (37, 32, RowOrder::Stored),
+            (70, 96, RowOrder::Stored),
+            (24, 160, RowOrder::RopeUnpermute { head_dim: 8 }),
+        ] {
+            let data = random_weight(&mut rng, dtype, n, k);
+            let w = WeightRef::new(dtype, n, k, &data, order).unwrap();
+            let layout = DecodeLayout::new(&w).expect("a decoding layout for the format");
+            assert_eq!(
+                layout.bytes().len(),
+                n.div_ceil(16) * (k / 32) * if dtype == DType::Q8_0 { 576 } else { 320 }
+            );
+            let copy = WeightRef {
+                decode: Some(&layout),
+                ..w
+            };
+            let mut wf = vec![0.0; n * k];
+            for r in 0..n {
+                w.row(r, &mut wf[r * k..(r + 1) * k]);
+            }
+            for m in [1, 2, 3, 4, 5, 8, 16, 17] {
+                let x = rng.vec(m * k);
+                let want = fma_chain(m, n, k, |i, p| x[i * k + p], |p, j| wf[j * k + p], |_, _| 0.0, false);
+                for isa in Isa::supported() {
+                    let mut y = vec![f32::NAN; m * n];
+                    matmul_wt_isa(isa, &x, m, &copy, &mut y);
+                    assert_same_bits(&format!("{dtype} {order:?} m={m} n={n} k={k} {isa:?}"), &y, &want);
+                }
+            }
+        }
+    }
+    // Formats without the layout get none.
+    let data = random_weight(&mut rng, DType::F16, 4, 32);
+    assert!(DecodeLayout::new(&WeightRef::new(DType::F16, 4, 32, &data, RowOrder::Stored).unwrap()).is_none());
+}

@@ -4,6 +4,7 @@ use crate::handles::{self, ModelHandle, NudgeModel};
 use crate::options::{self, versioned};
 use crate::status::{Failure, FfiResult, NudgeStatus, guard, guard_void};
 use crate::text::str_arg;
+use engine::kernels::matmul::Precision;
 use engine::model::{Model, ModelFormat, WeightsLoad};
 use std::ffi::c_char;
 use std::sync::Arc;
@@ -23,7 +24,22 @@ pub struct NudgeModelOptions {
     /// the weights. Replace a model file by renaming a new one over it; a host that cannot
     /// promise that sets this, at the cost of the whole file in memory. Default 0.
     pub no_mmap: u32,
+    /// The arithmetic of the products through the base model's weights:
+    /// NUDGE_PRECISION_F32 (0, the default: exact, the same bits on every machine) or
+    /// NUDGE_PRECISION_BF16 (both operands rounded to bf16, summed in f32, on CPUs with
+    /// bf16 dot products, x86-64 AVX512-BF16; elsewhere opening fails with
+    /// NUDGE_ERR_INVALID). Decoding steps and the adapters' products stay f32.
+    pub precision: u32,
+    /// 1: decode from the weights as stored, without the copy of the model's matrices
+    /// that generation otherwise regroups for the decoding kernels: saves memory the size
+    /// of those matrices, at about half the decoding speed, the same tokens. Default 0.
+    pub no_decode_copy: u32,
 }
+
+/// `NudgeModelOptions.precision`: f32 products (exact).
+pub const NUDGE_PRECISION_F32: u32 = 0;
+/// `NudgeModelOptions.precision`: bf16 operands, f32 sums.
+pub const NUDGE_PRECISION_BF16: u32 = 1;
 
 impl Default for NudgeModelOptions {
     fn default() -> Self {
@@ -31,11 +47,13 @@ impl Default for NudgeModelOptions {
             struct_size: size_of::<Self>() as u32,
             threads: 0,
             no_mmap: 0,
+            precision: NUDGE_PRECISION_F32,
+            no_decode_copy: 0,
         }
     }
 }
-// The first version ended at `threads`.
-versioned!(NudgeModelOptions, [8]);
+// The first version ended at `threads`, the second at `no_mmap`.
+versioned!(NudgeModelOptions, [8, 12]);
 
 /// `NudgeModelInfo.format`: a single GGUF file.
 pub const NUDGE_MODEL_GGUF: u32 = 1;
@@ -135,7 +153,27 @@ pub unsafe extern "C" fn nudge_model_open(
             1 => WeightsLoad::Read,
             n => return Err(Failure::invalid(format!("options.no_mmap {n}: give 0 or 1"))),
         };
-        let model = Model::open_with(path, how)?;
+        let precision = match o.precision {
+            NUDGE_PRECISION_F32 => Precision::F32,
+            NUDGE_PRECISION_BF16 => Precision::Bf16,
+            n => {
+                return Err(Failure::invalid(format!(
+                    "options.precision {n}: give NUDGE_PRECISION_F32 (0) or NUDGE_PRECISION_BF16 (1)"
+                )));
+            }
+        };
+        let decode_copy = match o.no_decode_copy {
+            0 => true,
+            1 => false,
+            n => return Err(Failure::invalid(format!("options.no_decode_copy {n}: give 0 or 1"))),
+        };
+        precision.check()?;
+        let model = Model::open_with(path, how)?.with_precision(precision)?;
+        let model = if decode_copy {
+            model
+        } else {
+            model.without_decode_copy()
+        };
         let h = ModelHandle {
             model,
             threads: o.threads as usize,
@@ -228,7 +266,7 @@ mod tests {
 
     #[test]
     fn layouts_end_without_padding() {
-        crate::assert_packed_end!(NudgeModelOptions, no_mmap, u32);
+        crate::assert_packed_end!(NudgeModelOptions, no_decode_copy, u32);
         crate::assert_packed_end!(NudgeModelInfo, mapped_bytes, u64);
     }
 

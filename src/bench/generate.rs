@@ -28,12 +28,26 @@ pub struct GenerateBench {
     /// they are read at: decoding is bound by memory.
     pub weight_bytes_per_token: usize,
     pub weight_gb_per_s: f64,
+    /// MB of the matrices' copy regrouped for decoding (0 with `--no-decode-copy`, or
+    /// where the decoding kernels read the stored layout).
+    pub decode_copy_mb: f64,
 }
 
 /// Decoding throughput of one row and of `batch_rows` rows, each `new_tokens` new tokens,
 /// timed `reps` times after one warm-up.
-pub fn generate_throughput(path: &Path, new_tokens: usize, batch_rows: usize, reps: usize) -> Result<GenerateBench> {
+pub fn generate_throughput(
+    path: &Path,
+    new_tokens: usize,
+    batch_rows: usize,
+    reps: usize,
+    decode_copy: bool,
+) -> Result<GenerateBench> {
     let model = Model::open(path)?;
+    let model = if decode_copy {
+        model
+    } else {
+        model.without_decode_copy()
+    };
     // Decoding does not depend on the ids: one fixed token starts every row.
     let opts = GenerateOptions {
         max_new_tokens: new_tokens,
@@ -95,5 +109,6 @@ pub fn generate_throughput(path: &Path, new_tokens: usize, batch_rows: usize, re
         batch_speedup: batch_tokens_per_s / tokens_per_s,
         weight_bytes_per_token,
         weight_gb_per_s: weight_bytes_per_token as f64 * tokens_per_s / 1e9,
+        decode_copy_mb: w.decode_copy_bytes() as f64 / 1e6,
     })
 }

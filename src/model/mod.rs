@@ -49,6 +49,8 @@ pub struct Model {
     /// Rows of the MLP's working buffers in passes that do not keep its intermediates
     /// (`None`: as many as fit in 16 MiB).
     mlp_chunk_rows: Option<usize>,
+    /// Whether generation regroups the matrices for the decoding kernels.
+    decode_copy: bool,
 }
 
 impl Model {
@@ -81,6 +83,23 @@ impl Model {
     /// The arithmetic of the products through the frozen weights.
     pub fn precision(&self) -> Precision {
         self.weights.precision
+    }
+
+    /// The model decoding from its weights as stored (mapped), without the copy regrouped
+    /// for decoding that generation makes otherwise: less memory (the size of the
+    /// quantized matrices), slower decoding, the same results.
+    pub fn without_decode_copy(mut self) -> Self {
+        self.decode_copy = false;
+        self
+    }
+
+    /// Regroups the matrices decoding reads for this CPU's decoding kernels, once (the
+    /// first generation does it; a no-op after [`Self::without_decode_copy`] or where the
+    /// kernels read the stored layout). Results do not change; decoding gets faster.
+    pub fn prepare_decoding(&self) {
+        if self.decode_copy {
+            self.weights.prepare_decoding();
+        }
     }
 
     /// [`Self::open`] with the weights files mapped or read into memory.
@@ -129,6 +148,7 @@ impl Model {
             inv_freq,
             name,
             mlp_chunk_rows: None,
+            decode_copy: true,
         })
     }
 }

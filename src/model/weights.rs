@@ -2,12 +2,14 @@
 //! a few KB per layer, are the only tensors expanded to f32 at open time).
 
 use crate::error::{Error, Result};
-use crate::kernels::matmul::{Precision, RowOrder, WeightRef};
+use crate::kernels::matmul::{DecodeLayout, Precision, RowOrder, WeightRef};
 use crate::model::config::Config;
 use crate::quant::{DType, dequantize_row};
 use memmap2::Mmap;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::OnceLock;
 
 /// A 2-D weight matrix `[rows, cols]` (rows = output features) inside one of the maps.
 #[derive(Clone, Debug)]
@@ -102,6 +104,9 @@ pub struct Weights {
     pub layers: Vec<Layer>,
     /// The arithmetic of the products through these weights (`Model::with_precision`).
     pub(crate) precision: Precision,
+    /// The matrices regrouped for decoding, by `(map, offset)`, once a generation made
+    /// them (`Model::prepare_decoding`).
+    pub(crate) decode: OnceLock<HashMap<(usize, usize), DecodeLayout>>,
 }
 
 impl Weights {
@@ -113,7 +118,34 @@ impl Weights {
             data: &self.maps[t.map][t.offset..t.offset + t.len],
             order: t.order,
             precision: self.precision,
+            decode: self.decode.get().and_then(|d| d.get(&(t.map, t.offset))),
         }
+    }
+
+    /// Regroups the matrices decoding reads (every projection and the output head) for the
+    /// decoding kernels, once; those without such a kernel on this CPU are left alone.
+    pub(crate) fn prepare_decoding(&self) {
+        self.decode.get_or_init(|| {
+            use rayon::prelude::*;
+            let mut todo: Vec<&TensorSlice> = self.layers.iter().flat_map(|l| Proj::ALL.map(|p| l.proj(p))).collect();
+            todo.push(&self.lm_head);
+            todo.par_iter()
+                .filter_map(|t| {
+                    let w = self.view(t);
+                    if !DecodeLayout::helps(&w) {
+                        return None;
+                    }
+                    DecodeLayout::new(&w).map(|l| ((t.map, t.offset), l))
+                })
+                .collect()
+        });
+    }
+
+    /// Bytes of the regrouped copies made for decoding (zero before a generation).
+    pub fn decode_copy_bytes(&self) -> usize {
+        self.decode
+            .get()
+            .map_or(0, |d| d.values().map(|l| l.bytes().len()).sum())
     }
 
     /// Bytes of all memory maps (what `nudge info` reports as mapped).
@@ -271,5 +303,6 @@ pub(crate) fn assemble(cfg: &Config, a: &Assembler, maps: Vec<Arc<Mmap>>, files:
         norm,
         layers,
         precision: Precision::F32,
+        decode: OnceLock::new(),
     })
 }

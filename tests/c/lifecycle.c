@@ -108,6 +108,32 @@ int main(int argc, char **argv) {
         CHECK_OK(nudge_model_open(path, &mo, &read));
         CHECK(score(read, NULL, p0->prompt, p0->chosen, NUDGE_TEXT, NULL) == base_chosen);
         nudge_model_free(read);
+        /* The second version ended at `no_mmap`. */
+        CHECK_OK(nudge_model_options_init(&mo, 12));
+        CHECK(mo.struct_size == 12 && mo.no_mmap == 0);
+        CHECK_OK(nudge_model_open(path, &mo, &read));
+        CHECK(score(read, NULL, p0->prompt, p0->chosen, NUDGE_TEXT, NULL) == base_chosen);
+        nudge_model_free(read);
+        /* Without the decoding copy: the same scores. */
+        CHECK_OK(nudge_model_options_init(&mo, sizeof mo));
+        CHECK(mo.precision == NUDGE_PRECISION_F32 && mo.no_decode_copy == 0);
+        mo.no_decode_copy = 1;
+        CHECK_OK(nudge_model_open(path, &mo, &read));
+        CHECK(score(read, NULL, p0->prompt, p0->chosen, NUDGE_TEXT, NULL) == base_chosen);
+        nudge_model_free(read);
+        /* bf16 products: near the f32 score where the CPU has them, a named error elsewhere. */
+        CHECK_OK(nudge_model_options_init(&mo, sizeof mo));
+        mo.precision = NUDGE_PRECISION_BF16;
+        NudgeStatus st = nudge_model_open(path, &mo, &read);
+        if (st == NUDGE_OK) {
+            double s = score(read, NULL, p0->prompt, p0->chosen, NUDGE_TEXT, NULL);
+            printf("bf16 chosen=%.17g (f32 %.17g)\n", s, base_chosen);
+            CHECK(s != base_chosen && fabs(s - base_chosen) < 0.05 * fabs(base_chosen) + 1.0);
+            nudge_model_free(read);
+        } else {
+            CHECK(st == NUDGE_ERR_INVALID && read == NULL);
+            CHECK_MESSAGE("AVX512-BF16");
+        }
     }
 
     /* A new adapter changes nothing until trained. */

@@ -134,6 +134,15 @@ static void check_bad_files(NudgeModel *model, NudgeAdapter *adapter, const char
     mo.no_mmap = 2;
     CHECK_STATUS(nudge_model_open("/nonexistent/model.gguf", &mo, &m), NUDGE_ERR_INVALID);
     CHECK_MESSAGE("no_mmap");
+    CHECK_OK(nudge_model_options_init(&mo, sizeof mo));
+    mo.precision = 7;
+    CHECK_STATUS(nudge_model_open("/nonexistent/model.gguf", &mo, &m), NUDGE_ERR_INVALID);
+    CHECK_MESSAGE("options.precision 7");
+    CHECK_OK(nudge_model_options_init(&mo, sizeof mo));
+    mo.no_decode_copy = 2;
+    CHECK_STATUS(nudge_model_open("/nonexistent/model.gguf", &mo, &m), NUDGE_ERR_INVALID);
+    CHECK_MESSAGE("no_decode_copy");
+    CHECK(m == NULL);
     write_file(dir, "garbage.gguf", "this is not a model");
     snprintf(p, sizeof p, "%s/garbage.gguf", dir);
     CHECK_STATUS(nudge_model_open(p, NULL, &m), NUDGE_ERR_FORMAT);

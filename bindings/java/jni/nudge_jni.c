@@ -200,6 +200,8 @@ static int write_fields(JNIEnv *env, jobject o, const Field *fields, size_t n, c
 static const Field MODEL_OPTIONS[] = {
     F(NudgeModelOptions, threads, "threads", 'I'),
     F(NudgeModelOptions, no_mmap, "noMmap", 'Z'),
+    F(NudgeModelOptions, precision, "bf16", 'Z'),
+    F(NudgeModelOptions, no_decode_copy, "noDecodeCopy", 'Z'),
 };
 
 static const Field MODEL_INFO[] = {

@@ -41,8 +41,21 @@ pub fn precision() -> Precision {
     }
 }
 
-/// Opens a model (mapped, or read with `--no-mmap`; its products in `--precision`),
-/// saying what a model is when the path is not one.
+/// `--no-decode-copy`, set once by `main` before any model is opened.
+static NO_DECODE_COPY: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+pub fn set_decode_copy(on: bool) {
+    NO_DECODE_COPY.store(!on, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Whether generation may regroup the model's matrices for decoding.
+pub fn decode_copy() -> bool {
+    !NO_DECODE_COPY.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Opens a model (mapped, or read with `--no-mmap`; its products in `--precision`; no
+/// decoding copy with `--no-decode-copy`), saying what a model is when the path is not
+/// one.
 pub fn open_model(path: &Path) -> Result<Model> {
     if path.is_dir() && !path.join("config.json").exists() {
         return Err(Error::invalid(format!(
@@ -52,7 +65,8 @@ pub fn open_model(path: &Path) -> Result<Model> {
             path.display()
         )));
     }
-    Model::open_with(path, weights_load())?.with_precision(precision())
+    let m = Model::open_with(path, weights_load())?.with_precision(precision())?;
+    Ok(if decode_copy() { m } else { m.without_decode_copy() })
 }
 
 /// Adapters to apply: PEFT folders or llama.cpp LoRA .gguf files, each with a weight.

@@ -42,7 +42,7 @@ pub fn headline(h: &Headline) -> Result<()> {
         Some(m) => m.clone(),
         None => crate::fetch::default_model()?,
     };
-    let g = generate_throughput(&model, 64, 16, 3)?;
+    let g = generate_throughput(&model, 64, 16, 3, crate::args::decode_copy())?;
     let s = score_throughput(&model, 512, 3, crate::args::precision())?;
     let t = train_throughput(
         &model,
@@ -314,7 +314,13 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
             reps,
             json,
         } => {
-            let r: GenerateBench = generate_throughput(&model, new_tokens as usize, batch as usize, reps as usize)?;
+            let r: GenerateBench = generate_throughput(
+                &model,
+                new_tokens as usize,
+                batch as usize,
+                reps as usize,
+                crate::args::decode_copy(),
+            )?;
             if json {
                 println!("{}", serde_json::to_string(&r).expect("serializable"));
             } else {

@@ -8,6 +8,7 @@
 //! gives the bits a full forward gives.
 
 use super::WeightRef;
+use super::decode_layout::{DecodeLayout, GROUP_ROWS};
 use rayon::prelude::*;
 
 /// The most activation rows one call serves; more go through the tiled path, which shares
@@ -107,6 +108,46 @@ pub(super) fn matmul_wt(pick: PickFn, x: &[f32], m: usize, w: &WeightRef, y: &mu
             // x holds m rows of k; the columns r0..r0+count of the m rows of y are inside
             // y and this task's alone; the kernel's unit was checked by the caller.
             unsafe { kernel(&rows, x.as_ptr(), k, out.column(r0), n) };
+        }
+    });
+    true
+}
+
+/// A unit's kernel over one group of a [`DecodeLayout`]: `y[i * ldy + r] = x[i * ldx ..] ·
+/// row r` for `i < m`, `r < count` (at most 16).
+///
+/// Safety: `group` starts a group of the layout of a `k`-column weight; `x` holds `m` rows
+/// of `k` at stride `ldx`; `y` is writable at `i * ldy + r`; the CPU has the unit.
+pub(super) type PackedFn =
+    unsafe fn(group: *const u8, count: usize, k: usize, x: *const f32, ldx: usize, y: *mut f32, ldy: usize);
+
+/// A unit's choice of kernel for a layout's format and a number of activation rows.
+pub(super) type PickPackedFn = fn(dtype: crate::quant::DType, m: usize) -> Option<PackedFn>;
+
+/// [`matmul_wt`] through `layout` (the weight regrouped): the same bits. False (nothing
+/// written) when the unit has no kernel for it. The caller has checked the extents.
+pub(super) fn matmul_wt_packed(pick: PickPackedFn, x: &[f32], m: usize, layout: &DecodeLayout, y: &mut [f32]) -> bool {
+    if m == 0 || m > MAX_M || layout.rows == 0 || layout.cols == 0 {
+        return false;
+    }
+    let (Some(kernel), Some(bb)) = (pick(layout.dtype, m), DecodeLayout::block_bytes(layout.dtype)) else {
+        return false;
+    };
+    let (n, k) = (layout.rows, layout.cols);
+    debug_assert!(x.len() >= m * k && y.len() >= m * n);
+    let group_bytes = k / 32 * bb;
+    let bytes = layout.bytes();
+    let out = YOut(y.as_mut_ptr());
+    let per_task = TASK_ROWS / GROUP_ROWS;
+    let groups = n.div_ceil(GROUP_ROWS);
+    (0..groups.div_ceil(per_task)).into_par_iter().for_each(|t| {
+        for g in t * per_task..((t + 1) * per_task).min(groups) {
+            let group = &bytes[g * group_bytes..(g + 1) * group_bytes];
+            let count = (n - g * GROUP_ROWS).min(GROUP_ROWS);
+            // SAFETY: `group` is group g of the layout of this [n, k] weight; x holds m
+            // rows of k; the columns of rows 16g..16g + count of y are inside y and this
+            // task's alone; the kernel's unit was checked by the caller.
+            unsafe { kernel(group.as_ptr(), count, k, x.as_ptr(), k, out.column(g * GROUP_ROWS), n) };
         }
     });
     true

@@ -21,6 +21,7 @@ use crate::error::{Error, Result};
 use crate::isa::Isa;
 use crate::quant::DType;
 
+mod decode_layout;
 mod driver;
 mod gemv;
 mod pack;
@@ -38,6 +39,7 @@ mod aarch64;
 #[cfg(target_arch = "aarch64")]
 mod aarch64_gemv;
 
+pub use decode_layout::DecodeLayout;
 use driver::{DequantFn, Dims, Kernel, Output};
 use pack::{StridedA, StridedB, WeightN, WeightT};
 
@@ -118,6 +120,9 @@ pub struct WeightRef<'a> {
     pub data: &'a [u8],
     pub order: RowOrder,
     pub precision: Precision,
+    /// The same weight regrouped for decoding, when the model made it
+    /// (`Model::prepare_decoding`): products of a few rows read it instead of `data`.
+    pub decode: Option<&'a DecodeLayout>,
 }
 
 impl std::fmt::Debug for WeightRef<'_> {
@@ -130,6 +135,7 @@ impl std::fmt::Debug for WeightRef<'_> {
             .field("bytes", &self.data.len())
             .field("order", &self.order)
             .field("precision", &self.precision)
+            .field("decode", &self.decode.is_some())
             .finish()
     }
 }
@@ -144,6 +150,7 @@ impl<'a> WeightRef<'a> {
             data,
             order,
             precision: Precision::F32,
+            decode: None,
         };
         w.validate()?;
         Ok(w)
@@ -276,6 +283,16 @@ fn gemv_kernels(isa: Isa) -> Option<gemv::PickFn> {
     }
 }
 
+/// The unit's kernels over a [`DecodeLayout`], if it has them.
+fn packed_kernels(isa: Isa) -> Option<gemv::PickPackedFn> {
+    assert!(isa.is_supported(), "{isa:?} is not supported by this CPU");
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => Some(x86_gemv::packed_kernel),
+        _ => None,
+    }
+}
+
 /// `y[m, n] = x[m, k] · Wᵀ` (overwrites `y`), with `n = w.rows`, `k = w.cols`.
 ///
 /// # Panics
@@ -301,6 +318,14 @@ pub fn matmul_wt_isa(
     let (n, k) = (w.rows, w.cols);
     assert!(x.len() >= m * k, "x has {} elements, need {m}x{k}", x.len());
     assert!(y.len() >= m * n, "y has {} elements, need {m}x{n}", y.len());
+    if m <= gemv::MAX_M
+        && let Some(layout) = w.decode
+        && layout.fits(w)
+        && let Some(pick) = packed_kernels(isa)
+        && gemv::matmul_wt_packed(pick, x, m, layout, y)
+    {
+        return;
+    }
     if m <= gemv::MAX_M
         && let Some(pick) = gemv_kernels(isa)
         && gemv::matmul_wt(pick, x, m, w, y)

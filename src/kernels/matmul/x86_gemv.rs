@@ -6,7 +6,7 @@
 
 use super::WeightRef;
 use super::driver::CHAIN;
-use super::gemv::{GroupFn, Rows};
+use super::gemv::{GroupFn, PackedFn, Rows};
 use super::x86::{load16, transpose16};
 use crate::quant::DType;
 use std::arch::x86_64::*;
@@ -159,7 +159,15 @@ unsafe fn groups<const D: u8, const M: usize, const G: usize>(
                             _mm_prefetch::<_MM_HINT_T0>(ahead.as_ptr().add(64 * next_line).cast());
                             next_line += 1;
                         }
-                        quant_block::<D, M, G>(&groups, &offsets, p / 32, x.add(p), ldx, &mut acc);
+                        quant_block::<D, M, G, false>(
+                            &groups,
+                            &offsets,
+                            p / 32,
+                            std::ptr::null(),
+                            x.add(p),
+                            ldx,
+                            &mut acc,
+                        );
                     }
                 }
             }
@@ -214,10 +222,11 @@ unsafe fn floats16<const D: u8, const M: usize>(
 /// rows of at least 32 at stride `ldx`; `offsets` are the rows' byte offsets from `rows[0]`.
 #[inline]
 #[target_feature(enable = "avx512f,f16c")]
-unsafe fn quant_block<const D: u8, const M: usize, const G: usize>(
+unsafe fn quant_block<const D: u8, const M: usize, const G: usize, const PACKED: bool>(
     rows: &[[*const u8; 16]; G],
     offsets: &[__m512i; G],
     block: usize,
+    packed: *const u8,
     x: *const f32,
     ldx: usize,
     acc: &mut [[__m512; M]; G],
@@ -236,7 +245,11 @@ unsafe fn quant_block<const D: u8, const M: usize, const G: usize>(
         let mut head = [_mm512_setzero_si512(); G];
         let mut d = [_mm512_setzero_ps(); G];
         for g in 0..G {
-            head[g] = _mm512_i32gather_epi32::<1>(offsets[g], rows[g][0].add(at).cast());
+            head[g] = if PACKED {
+                _mm512_loadu_si512(packed.cast())
+            } else {
+                _mm512_i32gather_epi32::<1>(offsets[g], rows[g][0].add(at).cast())
+            };
             d[g] = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(head[g]));
         }
         // Element `$p` of group `$g`'s rows (`$w`) into each activation row's chain.
@@ -270,7 +283,11 @@ unsafe fn quant_block<const D: u8, const M: usize, const G: usize>(
                 }
                 let mut lo = [[_mm512_setzero_si512(); 4]; G];
                 for g in 0..G {
-                    lo[g] = words(&rows[g], at + quants_at);
+                    lo[g] = if PACKED {
+                        loads4(packed.add(64))
+                    } else {
+                        words(&rows[g], at + quants_at)
+                    };
                 }
                 word!(lo, 0, 0);
                 word!(lo, 1, 4);
@@ -278,7 +295,11 @@ unsafe fn quant_block<const D: u8, const M: usize, const G: usize>(
                 word!(lo, 3, 12);
                 let mut hi = [[_mm512_setzero_si512(); 4]; G];
                 for g in 0..G {
-                    hi[g] = words(&rows[g], at + quants_at + 16);
+                    hi[g] = if PACKED {
+                        loads4(packed.add(320))
+                    } else {
+                        words(&rows[g], at + quants_at + 16)
+                    };
                 }
                 word!(hi, 0, 16);
                 word!(hi, 1, 20);
@@ -289,7 +310,11 @@ unsafe fn quant_block<const D: u8, const M: usize, const G: usize>(
                 let mut qs = [[_mm512_setzero_si512(); 4]; G];
                 let mut min = [_mm512_setzero_ps(); G];
                 for g in 0..G {
-                    qs[g] = words(&rows[g], at + quants_at);
+                    qs[g] = if PACKED {
+                        loads4(packed.add(64))
+                    } else {
+                        words(&rows[g], at + quants_at)
+                    };
                     min[g] = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32::<16>(head[g])));
                 }
                 let nibble = _mm512_set1_epi32(0x0f);
@@ -343,6 +368,14 @@ unsafe fn quant_block<const D: u8, const M: usize, const G: usize>(
     }
 }
 
+/// Four registers from `p`, 64 bytes apart. Safety: `p` is readable for 256 bytes.
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn loads4(p: *const u8) -> [__m512i; 4] {
+    // SAFETY: the caller's contract.
+    std::array::from_fn(|c| unsafe { _mm512_loadu_si512(p.add(64 * c).cast()) })
+}
+
 /// The 16 bytes at `at` of each row as four registers: register `c` holds word `c` (bytes
 /// `4c..4c + 4`) of rows 0..16, one row per lane.
 ///
@@ -374,4 +407,71 @@ unsafe fn words(rows: &[*const u8; 16], at: usize) -> [__m512i; 4] {
         *o = _mm512_mask_blend_epi32(0xff00, first, second);
     }
     out
+}
+
+/// The kernel for a [`super::decode_layout::DecodeLayout`] of `dtype` and `m` activation
+/// rows, if there is one (the CPU has AVX-512F and F16C).
+pub(super) fn packed_kernel(dtype: DType, m: usize) -> Option<PackedFn> {
+    macro_rules! pick {
+        ($d:expr) => {
+            match m {
+                1 => Some(packed_group::<{ $d }, 1> as PackedFn),
+                2 => Some(packed_group::<{ $d }, 2> as PackedFn),
+                3 => Some(packed_group::<{ $d }, 3> as PackedFn),
+                4 => Some(packed_group::<{ $d }, 4> as PackedFn),
+                8 => Some(packed_group::<{ $d }, 8> as PackedFn),
+                16 => Some(packed_group::<{ $d }, 16> as PackedFn),
+                _ => None,
+            }
+        };
+    }
+    match dtype {
+        DType::Q4_1 => pick!(Q4_1),
+        DType::Q4_0 => pick!(Q4_0),
+        DType::Q8_0 => pick!(Q8_0),
+        _ => None,
+    }
+}
+
+/// One regrouped group of 16 rows (`count` of them real) into `y`, in the chain order of
+/// [`groups`]: the same bits.
+///
+/// Safety: see [`PackedFn`]; the CPU has AVX-512F and F16C.
+#[target_feature(enable = "avx512f,f16c")]
+unsafe fn packed_group<const D: u8, const M: usize>(
+    group: *const u8,
+    count: usize,
+    k: usize,
+    x: *const f32,
+    ldx: usize,
+    y: *mut f32,
+    ldy: usize,
+) {
+    let bb = if D == Q8_0 { 576 } else { 320 };
+    let none = [[std::ptr::null::<u8>(); 16]; 1];
+    let offsets = [_mm512_setzero_si512(); 1];
+    let mut sum = [_mm512_setzero_ps(); M];
+    let mut c0 = 0;
+    while c0 < k {
+        let ce = (c0 + CHAIN).min(k);
+        let mut acc = [[_mm512_setzero_ps(); M]; 1];
+        for p in (c0..ce).step_by(32) {
+            // SAFETY: block p / 32 of the group and elements p..p + 32 of each activation
+            // row are inside the caller's extents.
+            unsafe {
+                let block = group.add(p / 32 * bb);
+                _mm_prefetch::<_MM_HINT_T0>(block.wrapping_add(4 * bb).cast());
+                quant_block::<D, M, 1, true>(&none, &offsets, p / 32, block, x.add(p), ldx, &mut acc);
+            }
+        }
+        for (s, a) in sum.iter_mut().zip(acc[0]) {
+            *s = if c0 == 0 { a } else { _mm512_add_ps(*s, a) };
+        }
+        c0 = ce;
+    }
+    let mask = ((1u32 << count) - 1) as __mmask16;
+    for (i, s) in sum.into_iter().enumerate() {
+        // SAFETY: y is writable at i * ldy + r for r < count.
+        unsafe { _mm512_mask_storeu_ps(y.add(i * ldy), mask, s) };
+    }
 }

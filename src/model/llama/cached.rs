@@ -148,6 +148,7 @@ impl Model {
 
     /// The cached forward of checked sequences (`starts[i]` = `seqs[i].cache.len()`).
     fn forward_cached(&self, seqs: &mut [CachedSeq<'_>], starts: &[usize], lora: &LoraCtx) -> Result<Vec<f32>> {
+        self.prepare_decoding();
         let mut tokens = Vec::new();
         let mut positions = Vec::new();
         for (seq, &start) in seqs.iter_mut().zip(starts) {

@@ -113,6 +113,8 @@ public final class Model extends NativeHandle {
     public static final class Options {
         private int threads;
         private boolean noMmap;
+        private boolean bf16;
+        private boolean noDecodeCopy;
 
         public Options() {
             Native.modelDefaults(this);
@@ -127,6 +129,21 @@ public final class Model extends NativeHandle {
         /** Read the weights into memory instead of mapping the file. */
         public Options noMmap(boolean noMmap) {
             this.noMmap = noMmap;
+            return this;
+        }
+
+        /**
+         * Run the base model's products with bf16 operands and f32 sums (CPUs with bf16 dot
+         * products only; opening fails elsewhere). Decoding steps stay f32.
+         */
+        public Options bf16(boolean bf16) {
+            this.bf16 = bf16;
+            return this;
+        }
+
+        /** Decode from the weights as stored: less memory, slower decoding, the same tokens. */
+        public Options noDecodeCopy(boolean noDecodeCopy) {
+            this.noDecodeCopy = noDecodeCopy;
             return this;
         }
     }

@@ -1,0 +1,107 @@
+//! A weight's blocks regrouped for decoding ([`DecodeLayout`]).
+//!
+//! The decoding kernels run sixteen weight rows at once, one row per vector lane, so that
+//! every output keeps the exact order of its sum. Read from the stored rows, each block of
+//! sixteen rows has to be gathered lane by lane (its scales with a gather, its quants with
+//! sixteen loads and a permutation network), and that gathering, not the arithmetic, set
+//! the pace of a decoding step. Regrouped once, a block of sixteen rows is a few whole
+//! vectors: its headers, then each 32-bit word of its quants, row by row.
+
+use super::WeightRef;
+use crate::quant::DType;
+
+/// Rows per group: one per lane of a 512-bit vector of f32.
+pub const GROUP_ROWS: usize = 16;
+
+/// One cache line; the regrouped bytes start on one.
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct Line([u8; 64]);
+
+/// A quantized weight `[rows, cols]` regrouped by 16 logical rows (`RowOrder` applied):
+/// group `g` holds rows `16g..16g + 16` (past the last row: zeros), block after block; a
+/// block is 64 bytes of headers (row `r`'s first 32-bit word at `4r`: its f16 scale, and
+/// for Q4_1 its f16 minimum above it) and then its quants' 32-bit words `c`, each as 64
+/// bytes (row `r`'s word at `64c + 4r`): four words for Q4_0 / Q4_1, eight for Q8_0.
+pub struct DecodeLayout {
+    pub(super) dtype: DType,
+    pub(super) rows: usize,
+    pub(super) cols: usize,
+    lines: Vec<Line>,
+}
+
+impl std::fmt::Debug for DecodeLayout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DecodeLayout")
+            .field("dtype", &self.dtype)
+            .field("rows", &self.rows)
+            .field("cols", &self.cols)
+            .field("bytes", &self.bytes().len())
+            .finish()
+    }
+}
+
+impl DecodeLayout {
+    /// Bytes of one regrouped block of 16 rows, for the formats that have the layout.
+    pub(super) fn block_bytes(dtype: DType) -> Option<usize> {
+        match dtype {
+            DType::Q4_0 | DType::Q4_1 => Some(64 + 4 * 64),
+            DType::Q8_0 => Some(64 + 8 * 64),
+            _ => None,
+        }
+    }
+
+    /// Whether this CPU's decoding kernels read `w`'s format regrouped (so that making
+    /// the copy is worth its memory).
+    pub fn helps(w: &WeightRef) -> bool {
+        Self::block_bytes(w.dtype).is_some() && super::packed_kernels(crate::isa::Isa::best()).is_some()
+    }
+
+    /// `w` regrouped, or `None` for a format without the layout.
+    pub fn new(w: &WeightRef) -> Option<DecodeLayout> {
+        let bb = Self::block_bytes(w.dtype)?;
+        w.validate().ok()?;
+        let (stored_bb, quants_at) = (w.dtype.block_bytes(), if w.dtype == DType::Q4_1 { 4 } else { 2 });
+        let head_bytes = quants_at;
+        let words = (stored_bb - quants_at) / 4;
+        let blocks = w.cols / 32;
+        let groups = w.rows.div_ceil(GROUP_ROWS);
+        let total = groups * blocks * bb;
+        let mut lines = vec![Line([0; 64]); total / 64];
+        let out: &mut [u8] = {
+            let len = lines.len() * 64;
+            // SAFETY: `Line` is 64 plain bytes; the slice covers exactly the vector's lines.
+            unsafe { std::slice::from_raw_parts_mut(lines.as_mut_ptr().cast::<u8>(), len) }
+        };
+        let row_bytes = blocks * stored_bb;
+        for row in 0..w.rows {
+            let (g, r) = (row / GROUP_ROWS, row % GROUP_ROWS);
+            let stored = &w.data[w.physical_row(row) * row_bytes..][..row_bytes];
+            for (b, src) in stored.chunks_exact(stored_bb).enumerate() {
+                let dst = &mut out[(g * blocks + b) * bb..][..bb];
+                dst[4 * r..4 * r + head_bytes].copy_from_slice(&src[..head_bytes]);
+                for c in 0..words {
+                    let at = 64 + 64 * c + 4 * r;
+                    dst[at..at + 4].copy_from_slice(&src[quants_at + 4 * c..quants_at + 4 * c + 4]);
+                }
+            }
+        }
+        Some(DecodeLayout {
+            dtype: w.dtype,
+            rows: w.rows,
+            cols: w.cols,
+            lines,
+        })
+    }
+
+    /// The regrouped bytes.
+    pub fn bytes(&self) -> &[u8] {
+        // SAFETY: `Line` is 64 plain bytes.
+        unsafe { std::slice::from_raw_parts(self.lines.as_ptr().cast::<u8>(), self.lines.len() * 64) }
+    }
+
+    /// Whether this is `w` regrouped (same format and shape).
+    pub(super) fn fits(&self, w: &WeightRef) -> bool {
+        (self.dtype, self.rows, self.cols) == (w.dtype, w.rows, w.cols)
+    }
+}
