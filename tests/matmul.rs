@@ -410,7 +410,14 @@ fn weight_ref_rejects_bad_sizes_and_rope_heads() {
 fn the_decoding_copy_gives_the_fma_chain_for_every_decoding_row_count() {
     use nudge::kernels::matmul::DecodeLayout;
     let mut rng = Rng(41);
-    for dtype in [DType::Q4_0, DType::Q4_1, DType::Q8_0] {
+    for dtype in [
+        DType::Q4_0,
+        DType::Q4_1,
+        DType::Q8_0,
+        DType::F32,
+        DType::F16,
+        DType::BF16,
+    ] {
         // Rows in whole groups of 16 and not; one block; several chains; rope row order.
         for (n, k, order) in [
             (48, 576, RowOrder::Stored),
@@ -421,10 +428,14 @@ fn the_decoding_copy_gives_the_fma_chain_for_every_decoding_row_count() {
             let data = random_weight(&mut rng, dtype, n, k);
             let w = WeightRef::new(dtype, n, k, &data, order).unwrap();
             let layout = DecodeLayout::new(&w).expect("a decoding layout for the format");
-            assert_eq!(
-                layout.bytes().len(),
-                n.div_ceil(16) * (k / 32) * if dtype == DType::Q8_0 { 576 } else { 320 }
-            );
+            // Bytes per row and column of the layout, and per group of 16 rows.
+            let per_column = match dtype {
+                DType::Q8_0 => 576 / 32,
+                DType::F32 => 1024 / 16,
+                DType::F16 | DType::BF16 => 512 / 16,
+                _ => 320 / 32,
+            };
+            assert_eq!(layout.bytes().len(), n.div_ceil(16) * k * per_column);
             let copy = WeightRef {
                 decode: Some(&layout),
                 ..w
@@ -433,7 +444,9 @@ fn the_decoding_copy_gives_the_fma_chain_for_every_decoding_row_count() {
             for r in 0..n {
                 w.row(r, &mut wf[r * k..(r + 1) * k]);
             }
-            for m in [1, 2, 3, 4, 5, 8, 16, 17] {
+            // Decoding's row counts read the copy in the decoding kernels, the others (and
+            // 17 or more rows, prefill) in the tiled path's panels.
+            for m in [1, 2, 3, 4, 5, 8, 16, 17, 40] {
                 let x = rng.vec(m * k);
                 let want = fma_chain(m, n, k, |i, p| x[i * k + p], |p, j| wf[j * k + p], |_, _| 0.0, false);
                 for isa in Isa::supported() {
@@ -444,7 +457,9 @@ fn the_decoding_copy_gives_the_fma_chain_for_every_decoding_row_count() {
             }
         }
     }
-    // Formats without the layout get none.
-    let data = random_weight(&mut rng, DType::F16, 4, 32);
-    assert!(DecodeLayout::new(&WeightRef::new(DType::F16, 4, 32, &data, RowOrder::Stored).unwrap()).is_none());
+    // Formats without the layout get none; nor do float rows not whole blocks of 16.
+    let data = random_weight(&mut rng, DType::Q6_K, 4, 256);
+    assert!(DecodeLayout::new(&WeightRef::new(DType::Q6_K, 4, 256, &data, RowOrder::Stored).unwrap()).is_none());
+    let data = random_weight(&mut rng, DType::F32, 4, 24);
+    assert!(DecodeLayout::new(&WeightRef::new(DType::F32, 4, 24, &data, RowOrder::Stored).unwrap()).is_none());
 }

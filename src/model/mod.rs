@@ -139,6 +139,8 @@ impl Model {
             ));
         }
         let inv_freq = inv_freq(config.head_dim, config.rope_theta, &config.rope_scaling);
+        let mut weights = weights;
+        weights.file_backed = how == WeightsLoad::Map;
         Ok(Model {
             path: path.to_path_buf(),
             format,

@@ -107,6 +107,8 @@ pub struct Weights {
     /// The matrices regrouped for decoding, by `(map, offset)`, once a generation made
     /// them (`Model::prepare_decoding`).
     pub(crate) decode: OnceLock<HashMap<(usize, usize), DecodeLayout>>,
+    /// Whether `maps` map the files themselves (not anonymous copies of them).
+    pub(crate) file_backed: bool,
 }
 
 impl Weights {
@@ -135,7 +137,21 @@ impl Weights {
                     if !DecodeLayout::helps(&w) {
                         return None;
                     }
-                    DecodeLayout::new(&w).map(|l| ((t.map, t.offset), l))
+                    let layout = DecodeLayout::new(&w)?;
+                    if self.file_backed {
+                        // Generation reads the copy from now on: the mapped pages it was
+                        // made from leave this process's memory (they stay in the page
+                        // cache, and come back if training reads them).
+                        // SAFETY: the mapping is read-only and maps the file, which must
+                        // stay unchanged while it is open; dropped pages are read from it
+                        // again, with the same bytes, when next touched.
+                        let dropped = unsafe {
+                            self.maps[t.map].unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, t.offset, t.len)
+                        };
+                        // Only memory is at stake: a refusal leaves the pages mapped.
+                        drop(dropped);
+                    }
+                    Some(((t.map, t.offset), layout))
                 })
                 .collect()
         });
@@ -304,5 +320,6 @@ pub(crate) fn assemble(cfg: &Config, a: &Assembler, maps: Vec<Arc<Mmap>>, files:
         layers,
         precision: Precision::F32,
         decode: OnceLock::new(),
+        file_backed: false,
     })
 }

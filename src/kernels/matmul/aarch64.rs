@@ -17,6 +17,7 @@ pub(super) const NEON: Kernel = Kernel {
     dequant: dequant_generic,
     dequant_t: dequant_t_none,
     pairs: None,
+    dequant_packed: None,
 };
 
 /// The first `R` rows of a tile. Safety: see `Kernel::tiles`.

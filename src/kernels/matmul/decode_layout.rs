@@ -18,11 +18,13 @@ pub const GROUP_ROWS: usize = 16;
 #[repr(C, align(64))]
 struct Line([u8; 64]);
 
-/// A quantized weight `[rows, cols]` regrouped by 16 logical rows (`RowOrder` applied):
-/// group `g` holds rows `16g..16g + 16` (past the last row: zeros), block after block; a
-/// block is 64 bytes of headers (row `r`'s first 32-bit word at `4r`: its f16 scale, and
-/// for Q4_1 its f16 minimum above it) and then its quants' 32-bit words `c`, each as 64
-/// bytes (row `r`'s word at `64c + 4r`): four words for Q4_0 / Q4_1, eight for Q8_0.
+/// A weight `[rows, cols]` regrouped by 16 logical rows (`RowOrder` applied): group `g`
+/// holds rows `16g..16g + 16` (past the last row: zeros), block after block. A quantized
+/// block (32 columns) is 64 bytes of headers (row `r`'s first 32-bit word at `4r`: its f16
+/// scale, and for Q4_1 its f16 minimum above it) and then its quants' 32-bit words `c`,
+/// each as 64 bytes (row `r`'s word at `64c + 4r`): four words for Q4_0 / Q4_1, eight for
+/// Q8_0. A float block (16 columns, F32 / F16 / BF16 as stored) holds column `t` of the 16
+/// rows at `t * 16 + r` elements: the transpose the kernels would otherwise make.
 pub struct DecodeLayout {
     pub(super) dtype: DType,
     pub(super) rows: usize,
@@ -47,8 +49,15 @@ impl DecodeLayout {
         match dtype {
             DType::Q4_0 | DType::Q4_1 => Some(64 + 4 * 64),
             DType::Q8_0 => Some(64 + 8 * 64),
+            DType::F32 => Some(16 * 16 * 4),
+            DType::F16 | DType::BF16 => Some(16 * 16 * 2),
             _ => None,
         }
+    }
+
+    /// Columns of one block of `dtype` in the layout.
+    pub(super) fn block_cols(dtype: DType) -> usize {
+        if dtype.block_len() == 1 { 16 } else { 32 }
     }
 
     /// Whether this CPU's decoding kernels read `w`'s format regrouped (so that making
@@ -61,6 +70,9 @@ impl DecodeLayout {
     pub fn new(w: &WeightRef) -> Option<DecodeLayout> {
         let bb = Self::block_bytes(w.dtype)?;
         w.validate().ok()?;
+        if w.dtype.block_len() == 1 {
+            return Self::floats(w, bb);
+        }
         let (stored_bb, quants_at) = (w.dtype.block_bytes(), if w.dtype == DType::Q4_1 { 4 } else { 2 });
         let head_bytes = quants_at;
         let words = (stored_bb - quants_at) / 4;
@@ -94,10 +106,48 @@ impl DecodeLayout {
         })
     }
 
+    /// A float weight regrouped (`cols` a multiple of 16, else `None`).
+    fn floats(w: &WeightRef, bb: usize) -> Option<DecodeLayout> {
+        if !w.cols.is_multiple_of(16) {
+            return None;
+        }
+        let size = w.dtype.block_bytes();
+        let blocks = w.cols / 16;
+        let groups = w.rows.div_ceil(GROUP_ROWS);
+        let mut lines = vec![Line([0; 64]); groups * blocks * bb / 64];
+        let out: &mut [u8] = {
+            let len = lines.len() * 64;
+            // SAFETY: `Line` is 64 plain bytes; the slice covers exactly the vector's lines.
+            unsafe { std::slice::from_raw_parts_mut(lines.as_mut_ptr().cast::<u8>(), len) }
+        };
+        let row_bytes = w.cols * size;
+        for row in 0..w.rows {
+            let (g, r) = (row / GROUP_ROWS, row % GROUP_ROWS);
+            let stored = &w.data[w.physical_row(row) * row_bytes..][..row_bytes];
+            for (b, src) in stored.chunks_exact(16 * size).enumerate() {
+                let dst = &mut out[(g * blocks + b) * bb..][..bb];
+                for (t, v) in src.chunks_exact(size).enumerate() {
+                    dst[(t * 16 + r) * size..][..size].copy_from_slice(v);
+                }
+            }
+        }
+        Some(DecodeLayout {
+            dtype: w.dtype,
+            rows: w.rows,
+            cols: w.cols,
+            lines,
+        })
+    }
+
     /// The regrouped bytes.
     pub fn bytes(&self) -> &[u8] {
         // SAFETY: `Line` is 64 plain bytes.
         unsafe { std::slice::from_raw_parts(self.lines.as_ptr().cast::<u8>(), self.lines.len() * 64) }
+    }
+
+    /// Bytes of one group of 16 rows.
+    pub(super) fn group_bytes(&self) -> usize {
+        self.cols / Self::block_cols(self.dtype) * Self::block_bytes(self.dtype).unwrap_or(0)
     }
 
     /// Whether this is `w` regrouped (same format and shape).

@@ -11,6 +11,7 @@
 //! after another, each continuing from the sums the previous one stored: same order, and
 //! the packed copy of A stays bounded.
 
+use super::decode_layout::DecodeLayout;
 use crate::quant::DType;
 use rayon::prelude::*;
 use std::cell::Cell;
@@ -53,7 +54,18 @@ pub(super) struct Kernel {
     ///
     /// Safety: the CPU has the unit.
     pub pairs: Option<PairsFn>,
+    /// Expands weight rows `j..j + rows` (`j` a multiple of 16) over reduction steps
+    /// `p0..p1` from the weight's [`DecodeLayout`] into a panel like
+    /// [`Self::dequant_t`]'s (`dst[(p - p0) * nr + r]`): the same values, read as whole
+    /// vectors. Returns false, having written nothing, when the steps are not whole blocks
+    /// of the layout.
+    ///
+    /// Safety: the CPU has the unit (extents are checked).
+    pub dequant_packed: Option<DequantPackedFn>,
 }
+
+pub(super) type DequantPackedFn =
+    unsafe fn(layout: &DecodeLayout, j: usize, rows: usize, p0: usize, p1: usize, nr: usize, dst: &mut [f32]) -> bool;
 
 pub(super) type PairsFn = unsafe fn(panel: &mut [f32], width: usize, steps: usize);
 

@@ -135,7 +135,7 @@ pub(super) fn matmul_wt_packed(pick: PickPackedFn, x: &[f32], m: usize, layout: 
     };
     let (n, k) = (layout.rows, layout.cols);
     debug_assert!(x.len() >= m * k && y.len() >= m * n);
-    let group_bytes = k / 32 * bb;
+    let group_bytes = k / DecodeLayout::block_cols(layout.dtype) * bb;
     let bytes = layout.bytes();
     let out = YOut(y.as_mut_ptr());
     let per_task = TASK_ROWS / GROUP_ROWS;

@@ -118,6 +118,14 @@ impl BSource for WeightT<'_, '_> {
             if rows < nr {
                 group.fill(0.0);
             }
+            // The copy regrouped for decoding, when there is one, is read as whole vectors.
+            if let (Some(layout), Some(packed)) = (self.0.decode, kern.dequant_packed)
+                && layout.fits(self.0)
+                // SAFETY: the kernel's unit was checked when it was chosen.
+                && unsafe { packed(layout, jg, rows, p0, p1, nr, group) }
+            {
+                continue;
+            }
             let mut srcs: [&[u8]; MAX_NR] = [&[]; MAX_NR];
             for (r, src) in srcs[..rows].iter_mut().enumerate() {
                 *src = self.0.row_bytes_range(jg + r, p0, p1);

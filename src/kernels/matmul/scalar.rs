@@ -14,6 +14,7 @@ pub(super) const SCALAR: Kernel = Kernel {
     dequant: dequant_generic,
     dequant_t: dequant_t_none,
     pairs: None,
+    dequant_packed: None,
 };
 
 /// The first `R` rows of a tile. Safety: see `Kernel::tiles`.

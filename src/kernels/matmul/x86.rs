@@ -31,6 +31,7 @@ pub(super) const AVX512: Kernel = Kernel {
     dequant: dequant_avx512,
     dequant_t: dequant_t_avx512,
     pairs: None,
+    dequant_packed: Some(super::x86_gemv::dequant_packed),
 };
 
 pub(super) const AVX2: Kernel = Kernel {
@@ -48,6 +49,7 @@ pub(super) const AVX2: Kernel = Kernel {
     dequant: dequant_generic,
     dequant_t: dequant_t_none,
     pairs: None,
+    dequant_packed: None,
 };
 
 /// The first `R` rows of a `12 x 32` tile. Safety: see `Kernel::tiles`; the CPU has

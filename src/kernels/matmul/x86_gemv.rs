@@ -5,6 +5,7 @@
 //! the expansion is the reference dequantizer's arithmetic.
 
 use super::WeightRef;
+use super::decode_layout::DecodeLayout;
 use super::driver::CHAIN;
 use super::gemv::{GroupFn, PackedFn, Rows};
 use super::x86::{load16, transpose16};
@@ -429,6 +430,9 @@ pub(super) fn packed_kernel(dtype: DType, m: usize) -> Option<PackedFn> {
         DType::Q4_1 => pick!(Q4_1),
         DType::Q4_0 => pick!(Q4_0),
         DType::Q8_0 => pick!(Q8_0),
+        DType::F32 => pick!(F32),
+        DType::F16 => pick!(F16),
+        DType::BF16 => pick!(BF16),
         _ => None,
     }
 }
@@ -447,7 +451,13 @@ unsafe fn packed_group<const D: u8, const M: usize>(
     y: *mut f32,
     ldy: usize,
 ) {
-    let bb = if D == Q8_0 { 576 } else { 320 };
+    let floats = matches!(D, F32 | F16 | BF16);
+    let (bb, cols) = match D {
+        Q8_0 => (576, 32),
+        Q4_0 | Q4_1 => (320, 32),
+        F32 => (1024, 16),
+        _ => (512, 16),
+    };
     let none = [[std::ptr::null::<u8>(); 16]; 1];
     let offsets = [_mm512_setzero_si512(); 1];
     let mut sum = [_mm512_setzero_ps(); M];
@@ -455,13 +465,24 @@ unsafe fn packed_group<const D: u8, const M: usize>(
     while c0 < k {
         let ce = (c0 + CHAIN).min(k);
         let mut acc = [[_mm512_setzero_ps(); M]; 1];
-        for p in (c0..ce).step_by(32) {
-            // SAFETY: block p / 32 of the group and elements p..p + 32 of each activation
-            // row are inside the caller's extents.
+        for p in (c0..ce).step_by(cols) {
+            // SAFETY: block p / cols of the group and elements p..p + cols of each
+            // activation row are inside the caller's extents.
             unsafe {
-                let block = group.add(p / 32 * bb);
+                let block = group.add(p / cols * bb);
                 _mm_prefetch::<_MM_HINT_T0>(block.wrapping_add(4 * bb).cast());
-                quant_block::<D, M, 1, true>(&none, &offsets, p / 32, block, x.add(p), ldx, &mut acc);
+                if floats {
+                    // Column t of the 16 rows is element 16 t onwards of the block.
+                    for t in 0..16 {
+                        let w = load16::<D>(block, 16 * t);
+                        for (i, a) in acc[0].iter_mut().enumerate() {
+                            let xi = _mm512_set1_ps(*x.add(i * ldx + p + t));
+                            *a = _mm512_fmadd_ps(xi, w, *a);
+                        }
+                    }
+                } else {
+                    quant_block::<D, M, 1, true>(&none, &offsets, p / 32, block, x.add(p), ldx, &mut acc);
+                }
             }
         }
         for (s, a) in sum.iter_mut().zip(acc[0]) {
@@ -473,5 +494,122 @@ unsafe fn packed_group<const D: u8, const M: usize>(
     for (i, s) in sum.into_iter().enumerate() {
         // SAFETY: y is writable at i * ldy + r for r < count.
         unsafe { _mm512_mask_storeu_ps(y.add(i * ldy), mask, s) };
+    }
+}
+
+/// See [`super::driver::Kernel::dequant_packed`]. Safety: the CPU has AVX-512F and F16C.
+#[target_feature(enable = "avx512f,f16c")]
+pub(super) unsafe fn dequant_packed(
+    layout: &DecodeLayout,
+    j: usize,
+    rows: usize,
+    p0: usize,
+    p1: usize,
+    nr: usize,
+    dst: &mut [f32],
+) -> bool {
+    let (Some(bb), cols) = (
+        DecodeLayout::block_bytes(layout.dtype),
+        DecodeLayout::block_cols(layout.dtype),
+    ) else {
+        return false;
+    };
+    let groups = rows.div_ceil(16);
+    if !j.is_multiple_of(16)
+        || !p0.is_multiple_of(cols)
+        || !p1.is_multiple_of(cols)
+        || p1 > layout.cols
+        || p0 >= p1
+        || j + rows > layout.rows
+        || nr < 16 * groups
+        || dst.len() < (p1 - p0) * nr
+    {
+        return false;
+    }
+    let bytes = layout.bytes();
+    let group_bytes = layout.group_bytes();
+    for g in 0..groups {
+        let group = &bytes[(j / 16 + g) * group_bytes..][..group_bytes];
+        for p in (p0..p1).step_by(cols) {
+            let block = &group[p / cols * bb..][..bb];
+            let out = &mut dst[(p - p0) * nr + 16 * g..];
+            // SAFETY: the block holds `bb` bytes; `out` holds `cols` rows of `nr` from the
+            // group's 16 lanes (checked above: (p1 - p0) * nr fits, 16 g + 16 <= nr).
+            unsafe {
+                match layout.dtype {
+                    DType::Q4_1 => expand_block::<Q4_1>(block.as_ptr(), out.as_mut_ptr(), nr),
+                    DType::Q4_0 => expand_block::<Q4_0>(block.as_ptr(), out.as_mut_ptr(), nr),
+                    DType::Q8_0 => expand_block::<Q8_0>(block.as_ptr(), out.as_mut_ptr(), nr),
+                    DType::F32 => expand_block::<F32>(block.as_ptr(), out.as_mut_ptr(), nr),
+                    DType::F16 => expand_block::<F16>(block.as_ptr(), out.as_mut_ptr(), nr),
+                    DType::BF16 => expand_block::<BF16>(block.as_ptr(), out.as_mut_ptr(), nr),
+                    _ => unreachable!("formats with a layout"),
+                }
+            }
+        }
+    }
+    true
+}
+
+/// Element `t` of the 16 rows of a regrouped block to `out + t * ld`, as the reference
+/// dequantizer computes it (see [`quant_block`] for why one fused multiply-add is exact).
+///
+/// Safety: `block` is a whole block of the layout of format `D`; `out` is writable for 16
+/// floats at each of the block's columns `t * ld`.
+#[inline]
+#[target_feature(enable = "avx512f,f16c")]
+unsafe fn expand_block<const D: u8>(block: *const u8, out: *mut f32, ld: usize) {
+    // SAFETY: the caller's contract.
+    unsafe {
+        match D {
+            F32 | F16 | BF16 => {
+                for t in 0..16 {
+                    _mm512_storeu_ps(out.add(t * ld), load16::<D>(block, 16 * t));
+                }
+            }
+            Q8_0 => {
+                let head = _mm512_loadu_si512(block.cast());
+                let d = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(head));
+                let words = [loads4(block.add(64)), loads4(block.add(320))];
+                for c in 0..8 {
+                    let v = words[c / 4][c % 4];
+                    let bytes = [
+                        _mm512_srai_epi32::<24>(_mm512_slli_epi32::<24>(v)),
+                        _mm512_srai_epi32::<24>(_mm512_slli_epi32::<16>(v)),
+                        _mm512_srai_epi32::<24>(_mm512_slli_epi32::<8>(v)),
+                        _mm512_srai_epi32::<24>(v),
+                    ];
+                    for (b, q) in bytes.into_iter().enumerate() {
+                        _mm512_storeu_ps(out.add((4 * c + b) * ld), _mm512_mul_ps(d, _mm512_cvtepi32_ps(q)));
+                    }
+                }
+            }
+            _ => {
+                let head = _mm512_loadu_si512(block.cast());
+                let d = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(head));
+                let offset = if D == Q4_1 {
+                    _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32::<16>(head)))
+                } else {
+                    _mm512_mul_ps(d, _mm512_set1_ps(-8.0))
+                };
+                let nibble = _mm512_set1_epi32(0x0f);
+                let qs = loads4(block.add(64));
+                for (c, v) in qs.into_iter().enumerate() {
+                    for b in 0..4 {
+                        let shifted = _mm512_srlv_epi32(v, _mm512_set1_epi32(8 * b as i32));
+                        let lo = _mm512_and_si512(shifted, nibble);
+                        let hi = _mm512_and_si512(_mm512_srli_epi32::<4>(shifted), nibble);
+                        // (No closure: it would not be inlined into this unit's code.)
+                        macro_rules! value {
+                            ($q:expr) => {
+                                _mm512_fmadd_ps(d, _mm512_cvtepi32_ps($q), offset)
+                            };
+                        }
+                        _mm512_storeu_ps(out.add((4 * c + b) * ld), value!(lo));
+                        _mm512_storeu_ps(out.add((16 + 4 * c + b) * ld), value!(hi));
+                    }
+                }
+            }
+        }
     }
 }
