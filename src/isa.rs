@@ -68,6 +68,19 @@ impl Isa {
         }
     }
 
+    /// Whether the best unit is AVX-512 and the CPU also has its bf16 dot products
+    /// (AVX512-BF16), which `Precision::Bf16`'s kernel is compiled for.
+    pub fn has_bf16_dot() -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            Isa::best() == Isa::Avx512 && std::arch::is_x86_feature_detected!("avx512bf16")
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
+    }
+
     /// The lower-case name reports print.
     pub fn name(self) -> &'static str {
         match self {

@@ -12,7 +12,7 @@ const MR: usize = 12;
 /// Whether the CPU has what [`BF16`] enables, on top of the AVX-512 unit it builds on
 /// (which `NUDGE_NO_SIMD` turns off, and this with it).
 pub(super) fn is_supported() -> bool {
-    crate::isa::Isa::best() == crate::isa::Isa::Avx512 && std::arch::is_x86_feature_detected!("avx512bf16")
+    crate::isa::Isa::has_bf16_dot()
 }
 
 /// Safety of every function pointer: the CPU has AVX-512F, F16C and AVX512-BF16

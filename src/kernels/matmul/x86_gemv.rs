@@ -416,12 +416,12 @@ pub(super) fn packed_kernel(dtype: DType, m: usize) -> Option<PackedFn> {
     macro_rules! pick {
         ($d:expr) => {
             match m {
-                1 => Some(packed_group::<{ $d }, 1> as PackedFn),
-                2 => Some(packed_group::<{ $d }, 2> as PackedFn),
-                3 => Some(packed_group::<{ $d }, 3> as PackedFn),
-                4 => Some(packed_group::<{ $d }, 4> as PackedFn),
-                8 => Some(packed_group::<{ $d }, 8> as PackedFn),
-                16 => Some(packed_group::<{ $d }, 16> as PackedFn),
+                1 => Some(packed_group::<{ $d }, 1, 4> as PackedFn),
+                2 => Some(packed_group::<{ $d }, 2, 4> as PackedFn),
+                3 => Some(packed_group::<{ $d }, 3, 2> as PackedFn),
+                4 => Some(packed_group::<{ $d }, 4, 2> as PackedFn),
+                8 => Some(packed_group::<{ $d }, 8, 1> as PackedFn),
+                16 => Some(packed_group::<{ $d }, 16, 1> as PackedFn),
                 _ => None,
             }
         };
@@ -442,7 +442,7 @@ pub(super) fn packed_kernel(dtype: DType, m: usize) -> Option<PackedFn> {
 ///
 /// Safety: see [`PackedFn`]; the CPU has AVX-512F and F16C.
 #[target_feature(enable = "avx512f,f16c")]
-unsafe fn packed_group<const D: u8, const M: usize>(
+unsafe fn packed_group<const D: u8, const M: usize, const J: usize>(
     group: *const u8,
     count: usize,
     k: usize,
@@ -461,34 +461,62 @@ unsafe fn packed_group<const D: u8, const M: usize>(
     let none = [[std::ptr::null::<u8>(); 16]; 1];
     let offsets = [_mm512_setzero_si512(); 1];
     let mut sum = [_mm512_setzero_ps(); M];
+    // A chain's multiply-adds wait on each other; the chains of an output do not. `J` of
+    // them run interleaved in separate registers, then add to the sum in their order:
+    // the same bits. (Spelled out chain by chain so that each one's registers are named
+    // at compile time.)
     let mut c0 = 0;
     while c0 < k {
-        let ce = (c0 + CHAIN).min(k);
-        let mut acc = [[_mm512_setzero_ps(); M]; 1];
-        for p in (c0..ce).step_by(cols) {
-            // SAFETY: block p / cols of the group and elements p..p + cols of each
-            // activation row are inside the caller's extents.
-            unsafe {
-                let block = group.add(p / cols * bb);
-                _mm_prefetch::<_MM_HINT_T0>(block.wrapping_add(4 * bb).cast());
-                if floats {
-                    // Column t of the 16 rows is element 16 t onwards of the block.
-                    for t in 0..16 {
-                        let w = load16::<D>(block, 16 * t);
-                        for (i, a) in acc[0].iter_mut().enumerate() {
-                            let xi = _mm512_set1_ps(*x.add(i * ldx + p + t));
-                            *a = _mm512_fmadd_ps(xi, w, *a);
+        let mut acc = [[[_mm512_setzero_ps(); M]; 1]; J];
+        for at in (0..CHAIN).step_by(cols) {
+            macro_rules! chain {
+                ($j:literal) => {
+                    if let Some(acc) = acc.get_mut($j) {
+                        let p = c0 + $j * CHAIN + at;
+                        if p < k {
+                            // SAFETY: block p / cols of the group and elements p..p + cols
+                            // of each activation row are inside the caller's extents.
+                            unsafe {
+                                let block = group.add(p / cols * bb);
+                                _mm_prefetch::<_MM_HINT_T0>(block.wrapping_add(4 * bb).cast());
+                                if floats {
+                                    // Column t of the 16 rows is element 16 t onwards.
+                                    for t in 0..16 {
+                                        let w = load16::<D>(block, 16 * t);
+                                        for (i, a) in acc[0].iter_mut().enumerate() {
+                                            let xi = _mm512_set1_ps(*x.add(i * ldx + p + t));
+                                            *a = _mm512_fmadd_ps(xi, w, *a);
+                                        }
+                                    }
+                                } else {
+                                    quant_block::<D, M, 1, true>(&none, &offsets, p / 32, block, x.add(p), ldx, acc);
+                                }
+                            }
                         }
                     }
-                } else {
-                    quant_block::<D, M, 1, true>(&none, &offsets, p / 32, block, x.add(p), ldx, &mut acc);
-                }
+                };
             }
+            chain!(0);
+            chain!(1);
+            chain!(2);
+            chain!(3);
         }
-        for (s, a) in sum.iter_mut().zip(acc[0]) {
-            *s = if c0 == 0 { a } else { _mm512_add_ps(*s, a) };
+        macro_rules! add {
+            ($j:literal) => {
+                if let Some(acc) = acc.get($j)
+                    && c0 + $j * CHAIN < k
+                {
+                    for (s, a) in sum.iter_mut().zip(acc[0]) {
+                        *s = if c0 + $j == 0 { a } else { _mm512_add_ps(*s, a) };
+                    }
+                }
+            };
         }
-        c0 = ce;
+        add!(0);
+        add!(1);
+        add!(2);
+        add!(3);
+        c0 += J * CHAIN;
     }
     let mask = ((1u32 << count) - 1) as __mmask16;
     for (i, s) in sum.into_iter().enumerate() {
