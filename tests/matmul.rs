@@ -457,6 +457,28 @@ fn the_decoding_copy_gives_the_fma_chain_for_every_decoding_row_count() {
             }
         }
     }
+    // A copy made from another weight of the same shape is not read.
+    let (n, k) = (32, 64);
+    let (d1, d2) = (
+        random_weight(&mut rng, DType::Q4_1, n, k),
+        random_weight(&mut rng, DType::Q4_1, n, k),
+    );
+    let w1 = WeightRef::new(DType::Q4_1, n, k, &d1, RowOrder::Stored).unwrap();
+    let w2 = WeightRef::new(DType::Q4_1, n, k, &d2, RowOrder::Stored).unwrap();
+    let other = DecodeLayout::new(&w2).unwrap();
+    let x = rng.vec(k);
+    let (mut y, mut want) = (vec![0.0; n], vec![0.0; n]);
+    matmul_wt(
+        &x,
+        1,
+        &WeightRef {
+            decode: Some(&other),
+            ..w1
+        },
+        &mut y,
+    );
+    matmul_wt(&x, 1, &w1, &mut want);
+    assert_same_bits("another weight's copy", &y, &want);
     // Formats without the layout get none; nor do float rows not whole blocks of 16.
     let data = random_weight(&mut rng, DType::Q6_K, 4, 256);
     assert!(DecodeLayout::new(&WeightRef::new(DType::Q6_K, 4, 256, &data, RowOrder::Stored).unwrap()).is_none());

@@ -29,6 +29,8 @@ pub struct DecodeLayout {
     pub(super) dtype: DType,
     pub(super) rows: usize,
     pub(super) cols: usize,
+    /// What it was made from: the stored bytes' address and length, and the row order.
+    source: (usize, usize, super::RowOrder),
     lines: Vec<Line>,
 }
 
@@ -102,6 +104,7 @@ impl DecodeLayout {
             dtype: w.dtype,
             rows: w.rows,
             cols: w.cols,
+            source: (w.data.as_ptr() as usize, w.data.len(), w.order),
             lines,
         })
     }
@@ -135,6 +138,7 @@ impl DecodeLayout {
             dtype: w.dtype,
             rows: w.rows,
             cols: w.cols,
+            source: (w.data.as_ptr() as usize, w.data.len(), w.order),
             lines,
         })
     }
@@ -150,8 +154,10 @@ impl DecodeLayout {
         self.cols / Self::block_cols(self.dtype) * Self::block_bytes(self.dtype).unwrap_or(0)
     }
 
-    /// Whether this is `w` regrouped (same format and shape).
+    /// Whether this is `w` regrouped: made from the same bytes, format, shape and row
+    /// order (another weight's copy is ignored, not read).
     pub(super) fn fits(&self, w: &WeightRef) -> bool {
         (self.dtype, self.rows, self.cols) == (w.dtype, w.rows, w.cols)
+            && self.source == (w.data.as_ptr() as usize, w.data.len(), w.order)
     }
 }
