@@ -105,7 +105,7 @@ impl std::str::FromStr for Precision {
 fn bf16_kernel() -> Option<Kernel> {
     #[cfg(target_arch = "x86_64")]
     if x86_bf16::is_supported() {
-        return Some(x86_bf16::BF16);
+        return Some(with_decode_copy(x86_bf16::BF16));
     }
     None
 }
@@ -255,10 +255,20 @@ fn kernel(isa: Isa) -> Kernel {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => x86::AVX2,
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => x86::AVX512,
+        Isa::Avx512 => with_decode_copy(x86::AVX512),
         #[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
         Isa::Neon => aarch64::NEON,
         _ => scalar::SCALAR,
+    }
+}
+
+/// An AVX-512 kernel that also expands its panels from a [`DecodeLayout`] (the decoding
+/// kernels' module has that code; the microkernels' module does not depend on it).
+#[cfg(target_arch = "x86_64")]
+fn with_decode_copy(kern: Kernel) -> Kernel {
+    Kernel {
+        dequant_packed: Some(x86_gemv::dequant_packed),
+        ..kern
     }
 }
 

@@ -31,7 +31,7 @@ pub(super) const AVX512: Kernel = Kernel {
     dequant: dequant_avx512,
     dequant_t: dequant_t_avx512,
     pairs: None,
-    dequant_packed: Some(super::x86_gemv::dequant_packed),
+    dequant_packed: None,
 };
 
 pub(super) const AVX2: Kernel = Kernel {

@@ -28,7 +28,7 @@ pub(super) const BF16: Kernel = Kernel {
     dequant: super::x86::AVX512.dequant,
     dequant_t: super::x86::AVX512.dequant_t,
     pairs: Some(pairs),
-    dequant_packed: super::x86::AVX512.dequant_packed,
+    dequant_packed: None,
 };
 
 /// The first `R` rows of a `12 x 32` tile over `kc` reduction steps, whose panels hold
