@@ -68,7 +68,7 @@ impl DecodeLayout {
         Self::block_bytes(w.dtype).is_some() && super::packed_kernels(crate::isa::Isa::best()).is_some()
     }
 
-    /// `w` regrouped, or `None` for a format without the layout.
+    /// `w` regrouped, or `None` for a format without the layout (or without the memory).
     pub fn new(w: &WeightRef) -> Option<DecodeLayout> {
         let bb = Self::block_bytes(w.dtype)?;
         w.validate().ok()?;
@@ -81,7 +81,7 @@ impl DecodeLayout {
         let blocks = w.cols / 32;
         let groups = w.rows.div_ceil(GROUP_ROWS);
         let total = groups * blocks * bb;
-        let mut lines = vec![Line([0; 64]); total / 64];
+        let mut lines = zeroed_lines(total / 64)?;
         let out: &mut [u8] = {
             let len = lines.len() * 64;
             // SAFETY: `Line` is 64 plain bytes; the slice covers exactly the vector's lines.
@@ -117,7 +117,7 @@ impl DecodeLayout {
         let size = w.dtype.block_bytes();
         let blocks = w.cols / 16;
         let groups = w.rows.div_ceil(GROUP_ROWS);
-        let mut lines = vec![Line([0; 64]); groups * blocks * bb / 64];
+        let mut lines = zeroed_lines(groups * blocks * bb / 64)?;
         let out: &mut [u8] = {
             let len = lines.len() * 64;
             // SAFETY: `Line` is 64 plain bytes; the slice covers exactly the vector's lines.
@@ -160,4 +160,13 @@ impl DecodeLayout {
         (self.dtype, self.rows, self.cols) == (w.dtype, w.rows, w.cols)
             && self.source == (w.data.as_ptr() as usize, w.data.len(), w.order)
     }
+}
+
+/// `n` zeroed lines, or `None` when the memory is not there (decoding then reads the
+/// stored rows: slower, not fatal).
+fn zeroed_lines(n: usize) -> Option<Vec<Line>> {
+    let mut lines = Vec::new();
+    lines.try_reserve_exact(n).ok()?;
+    lines.resize(n, Line([0; 64]));
+    Some(lines)
 }
