@@ -68,20 +68,36 @@ impl DecodeLayout {
         Self::block_bytes(w.dtype).is_some() && super::packed_kernels(crate::isa::Isa::best()).is_some()
     }
 
-    /// `w` regrouped, or `None` for a format without the layout (or without the memory).
+    /// `w` regrouped, or `None` for a format without the layout, float rows that are not
+    /// whole blocks of 16, or no memory for it.
     pub fn new(w: &WeightRef) -> Option<DecodeLayout> {
         let bb = Self::block_bytes(w.dtype)?;
         w.validate().ok()?;
-        if w.dtype.block_len() == 1 {
-            return Self::floats(w, bb);
+        let cols = Self::block_cols(w.dtype);
+        if !w.cols.is_multiple_of(cols) {
+            return None;
         }
-        let (stored_bb, quants_at) = (w.dtype.block_bytes(), if w.dtype == DType::Q4_1 { 4 } else { 2 });
-        let head_bytes = quants_at;
-        let words = (stored_bb - quants_at) / 4;
-        let blocks = w.cols / 32;
-        let groups = w.rows.div_ceil(GROUP_ROWS);
-        let total = groups * blocks * bb;
-        let mut lines = zeroed_lines(total / 64)?;
+        // A stored block of `cols` columns of one row, and where its bytes go among the
+        // 16 rows' (row `r` of its group).
+        let stored_bb = w.dtype.block_bytes() * cols / w.dtype.block_len();
+        let scatter: Scatter = if w.dtype.block_len() == 1 {
+            let size = w.dtype.block_bytes();
+            &move |src, dst, r| {
+                for (t, v) in src.chunks_exact(size).enumerate() {
+                    dst[(t * 16 + r) * size..][..size].copy_from_slice(v);
+                }
+            }
+        } else {
+            let quants_at = if w.dtype == DType::Q4_1 { 4 } else { 2 };
+            &move |src, dst, r| {
+                dst[4 * r..4 * r + quants_at].copy_from_slice(&src[..quants_at]);
+                for (c, word) in src[quants_at..].chunks_exact(4).enumerate() {
+                    dst[64 + 64 * c + 4 * r..][..4].copy_from_slice(word);
+                }
+            }
+        };
+        let blocks = w.cols / cols;
+        let mut lines = zeroed_lines(w.rows.div_ceil(GROUP_ROWS) * blocks * bb / 64)?;
         let out: &mut [u8] = {
             let len = lines.len() * 64;
             // SAFETY: `Line` is 64 plain bytes; the slice covers exactly the vector's lines.
@@ -92,46 +108,7 @@ impl DecodeLayout {
             let (g, r) = (row / GROUP_ROWS, row % GROUP_ROWS);
             let stored = &w.data[w.physical_row(row) * row_bytes..][..row_bytes];
             for (b, src) in stored.chunks_exact(stored_bb).enumerate() {
-                let dst = &mut out[(g * blocks + b) * bb..][..bb];
-                dst[4 * r..4 * r + head_bytes].copy_from_slice(&src[..head_bytes]);
-                for c in 0..words {
-                    let at = 64 + 64 * c + 4 * r;
-                    dst[at..at + 4].copy_from_slice(&src[quants_at + 4 * c..quants_at + 4 * c + 4]);
-                }
-            }
-        }
-        Some(DecodeLayout {
-            dtype: w.dtype,
-            rows: w.rows,
-            cols: w.cols,
-            source: (w.data.as_ptr() as usize, w.data.len(), w.order),
-            lines,
-        })
-    }
-
-    /// A float weight regrouped (`cols` a multiple of 16, else `None`).
-    fn floats(w: &WeightRef, bb: usize) -> Option<DecodeLayout> {
-        if !w.cols.is_multiple_of(16) {
-            return None;
-        }
-        let size = w.dtype.block_bytes();
-        let blocks = w.cols / 16;
-        let groups = w.rows.div_ceil(GROUP_ROWS);
-        let mut lines = zeroed_lines(groups * blocks * bb / 64)?;
-        let out: &mut [u8] = {
-            let len = lines.len() * 64;
-            // SAFETY: `Line` is 64 plain bytes; the slice covers exactly the vector's lines.
-            unsafe { std::slice::from_raw_parts_mut(lines.as_mut_ptr().cast::<u8>(), len) }
-        };
-        let row_bytes = w.cols * size;
-        for row in 0..w.rows {
-            let (g, r) = (row / GROUP_ROWS, row % GROUP_ROWS);
-            let stored = &w.data[w.physical_row(row) * row_bytes..][..row_bytes];
-            for (b, src) in stored.chunks_exact(16 * size).enumerate() {
-                let dst = &mut out[(g * blocks + b) * bb..][..bb];
-                for (t, v) in src.chunks_exact(size).enumerate() {
-                    dst[(t * 16 + r) * size..][..size].copy_from_slice(v);
-                }
+                scatter(src, &mut out[(g * blocks + b) * bb..][..bb], r);
             }
         }
         Some(DecodeLayout {
@@ -161,6 +138,9 @@ impl DecodeLayout {
             && self.source == (w.data.as_ptr() as usize, w.data.len(), w.order)
     }
 }
+
+/// Writes a stored block (`src`) of row `r` of its group into the regrouped block `dst`.
+type Scatter<'a> = &'a dyn Fn(&[u8], &mut [u8], usize);
 
 /// `n` zeroed lines, or `None` when the memory is not there (decoding then reads the
 /// stored rows: slower, not fatal).
