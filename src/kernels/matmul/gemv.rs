@@ -130,12 +130,12 @@ pub(super) fn matmul_wt_packed(pick: PickPackedFn, x: &[f32], m: usize, layout: 
     if m == 0 || m > MAX_M || layout.rows == 0 || layout.cols == 0 {
         return false;
     }
-    let (Some(kernel), Some(bb)) = (pick(layout.dtype, m), DecodeLayout::block_bytes(layout.dtype)) else {
+    let Some(kernel) = pick(layout.dtype, m) else {
         return false;
     };
     let (n, k) = (layout.rows, layout.cols);
     debug_assert!(x.len() >= m * k && y.len() >= m * n);
-    let group_bytes = k / DecodeLayout::block_cols(layout.dtype) * bb;
+    let group_bytes = layout.group_bytes();
     let bytes = layout.bytes();
     let out = YOut(y.as_mut_ptr());
     let per_task = TASK_ROWS / GROUP_ROWS;
