@@ -438,11 +438,9 @@ pub(super) fn packed_kernel(dtype: DType, m: usize) -> Option<PackedFn> {
 }
 
 /// How many blocks ahead of the one being multiplied [`packed_group`] asks for every line
-/// of a block. The hardware's prefetcher alone left the kernel waiting on memory. SmolLM2
-/// Q4_1 on one thread (`nudge bench generate -t 1`, runs alternated), one row / 16 rows in
-/// tokens/s: one line of the block 4 ahead, 105-110 / 358-392; every line of the block 4
-/// ahead, 134-143 / 506-519; 8 ahead, 183-184 / 509-524; 16 ahead, 170-207 / 498-537; 32
-/// ahead, 190-207 / 497-521; 64 ahead, 189-197 / 481-503.
+/// of a block: with the hardware's prefetcher alone the kernel waited on memory. 8 to 64
+/// blocks ahead measured alike, all well ahead of one line four blocks ahead (BENCHMARKS.md,
+/// 2026-12-03).
 const PREFETCH_AHEAD: usize = 16;
 
 /// One regrouped group of 16 rows (`count` of them real) into `y`, in the chain order of
