@@ -430,7 +430,19 @@ pub(super) fn packed_kernel(dtype: DType, m: usize) -> Option<PackedFn> {
         DType::Q4_1 => pick!(Q4_1),
         DType::Q4_0 => pick!(Q4_0),
         DType::Q8_0 => pick!(Q8_0),
-        DType::F32 => pick!(F32),
+        // One chain at a time, so that the kernel reads the copy front to back: a single
+        // thread streamed about a tenth faster so than hopping between the four chains'
+        // blocks (BENCHMARKS.md, 2026-12-03), and a float block (one multiply-add per 64
+        // bytes) leaves the chain's latency far below the memory's pace.
+        DType::F32 => match m {
+            1 => Some(packed_group::<F32, 1, 1> as PackedFn),
+            2 => Some(packed_group::<F32, 2, 1> as PackedFn),
+            3 => Some(packed_group::<F32, 3, 1> as PackedFn),
+            4 => Some(packed_group::<F32, 4, 1> as PackedFn),
+            8 => Some(packed_group::<F32, 8, 1> as PackedFn),
+            16 => Some(packed_group::<F32, 16, 1> as PackedFn),
+            _ => None,
+        },
         DType::F16 => pick!(F16),
         DType::BF16 => pick!(BF16),
         _ => None,
