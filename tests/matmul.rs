@@ -8,7 +8,8 @@ mod common;
 use nudge::bench::weights::{DTYPES, Rng, random_weight};
 use nudge::isa::Isa;
 use nudge::kernels::matmul::{
-    Mat, MatMut, RowOrder, Update, WeightRef, gemm, gemm_isa, matmul_w_acc, matmul_w_acc_isa, matmul_wt, matmul_wt_isa,
+    LowRank, Mat, MatMut, Precision, RowOrder, Update, WeightRef, gemm, gemm_isa, matmul_w_acc, matmul_w_acc_isa,
+    matmul_w_acc_plus_isa, matmul_wt, matmul_wt_isa, matmul_wt_plus_isa,
 };
 use nudge::quant::{DType, dequantize_row};
 
@@ -194,6 +195,175 @@ fn matmul_w_acc_adds_the_fma_chain_for_every_dtype_and_unit() {
             matmul_w_acc(&dy, m, &w, &mut dx);
             assert_same_bits(&what, &dx, &want);
         }
+    }
+}
+
+/// A low-rank product fused into the frozen one (a LoRA branch's `scale · u Bᵀ` into
+/// `x Wᵀ`, `du A` into `dy W`) gives the bits of the two run one after the other: over
+/// every format and unit, ranks from 1 to past one chain, ragged rows and columns, a
+/// reduction of several passes, a scale that is not a power of two, and both layouts of
+/// each operand.
+#[test]
+fn a_fused_low_rank_product_gives_the_bits_of_the_separate_ones() {
+    let mut rng = Rng(23);
+    let cases: [(usize, usize, usize, usize); 7] = [
+        (1, 70, 96, 8),
+        (16, 33, 96, 8),
+        (17, 45, 160, 8),
+        (130, 70, 64, 1),
+        (300, 99, 96, 16),
+        (40, 33, 2080, 72),
+        (20, 1100, 64, 8),
+    ];
+    for dtype in DTYPES {
+        let bl = dtype.block_len().max(32);
+        for (m, n, k, r) in cases {
+            let k = k.next_multiple_of(bl);
+            let n_acc = if dtype.block_len() > 32 {
+                n.next_multiple_of(bl)
+            } else {
+                n
+            };
+            let what = format!("{dtype} m={m} n={n} k={k} r={r}");
+            let data = random_weight(&mut rng, dtype, n, k);
+            let w = WeightRef::new(dtype, n, k, &data, RowOrder::Stored).unwrap();
+            let x = rng.vec(m * k);
+            // Forward: u [m, r] (stored as is), B [n, r] (read transposed).
+            let (u, b) = (rng.vec(m * r), rng.vec(n * r));
+            let extra = LowRank {
+                alpha: 0.37,
+                u: Mat::new(&u, m, r),
+                v: Mat::new(&b, n, r).t(),
+            };
+            for isa in Isa::supported() {
+                let mut want = vec![f32::NAN; m * n];
+                matmul_wt_isa(isa, &x, m, &w, &mut want);
+                gemm_isa(isa, 0.37, extra.u, extra.v, MatMut::new(&mut want, m, n), Update::Add);
+                let mut got = vec![f32::NAN; m * n];
+                matmul_wt_plus_isa(isa, &x, m, &w, extra, &mut got);
+                assert_same_bits(&format!("x·Wᵀ + u·Bᵀ {what} {isa:?}"), &got, &want);
+            }
+            // Backward: the weight [n_acc, k] has n_acc rows (whole blocks for the K-quants'
+            // column groups); du [m, r] read transposed from [r, m], A [r, k] as is.
+            let data = random_weight(&mut rng, dtype, n_acc, k);
+            let w = WeightRef::new(dtype, n_acc, k, &data, RowOrder::Stored).unwrap();
+            let dy = rng.vec(m * n_acc);
+            let (du_t, a) = (rng.vec(r * m), rng.vec(r * k));
+            let extra = LowRank {
+                alpha: 1.0,
+                u: Mat::new(&du_t, r, m).t(),
+                v: Mat::new(&a, r, k),
+            };
+            let dx0 = rng.vec(m * k);
+            for isa in Isa::supported() {
+                let mut want = dx0.clone();
+                matmul_w_acc_isa(isa, &dy, m, &w, &mut want);
+                gemm_isa(isa, 1.0, extra.u, extra.v, MatMut::new(&mut want, m, k), Update::Add);
+                let mut got = dx0.clone();
+                matmul_w_acc_plus_isa(isa, &dy, m, &w, extra, &mut got);
+                assert_same_bits(&format!("dy·W + du·A {what} {isa:?}"), &got, &want);
+            }
+        }
+    }
+    // bf16 products take the low-rank one separately: still the same bits.
+    if Isa::has_bf16_dot() {
+        let (m, n, k, r) = (64, 40, 96, 8);
+        let data = random_weight(&mut rng, DType::F32, n, k);
+        let w = WeightRef::new(DType::F32, n, k, &data, RowOrder::Stored)
+            .unwrap()
+            .with_precision(Precision::Bf16)
+            .unwrap();
+        let (x, u, b) = (rng.vec(m * k), rng.vec(m * r), rng.vec(n * r));
+        let extra = LowRank {
+            alpha: 0.37,
+            u: Mat::new(&u, m, r),
+            v: Mat::new(&b, n, r).t(),
+        };
+        let mut want = vec![0.0; m * n];
+        matmul_wt(&x, m, &w, &mut want);
+        gemm(0.37, extra.u, extra.v, MatMut::new(&mut want, m, n), Update::Add);
+        let mut got = vec![0.0; m * n];
+        matmul_wt_plus_isa(Isa::best(), &x, m, &w, extra, &mut got);
+        assert_same_bits("bf16 x·Wᵀ + u·Bᵀ", &got, &want);
+    }
+}
+
+/// The LoRA branch's products with a handful of columns run as their transposes, with
+/// the scale on the same operand: the bits of the plain products they stand for.
+#[test]
+fn lora_products_give_the_bits_of_their_plain_products() {
+    use nudge::kernels::lora::{LoraGrads, LoraWeights, lora_backward, lora_forward};
+    let mut rng = Rng(29);
+    for (t, inp, out, r) in [(1, 64, 48, 8), (37, 576, 192, 8), (300, 96, 1536, 16), (513, 40, 70, 3)] {
+        let what = format!("t={t} in={inp} out={out} r={r}");
+        let (a, b) = (rng.vec(r * inp), rng.vec(out * r));
+        let w = LoraWeights {
+            a: &a,
+            b: &b,
+            r,
+            scale: 0.37,
+        };
+        let (x, y0, dy) = (rng.vec(t * inp), rng.vec(t * out), rng.vec(t * out));
+        let (ga0, gb0, dx0) = (rng.vec(r * inp), rng.vec(out * r), rng.vec(t * inp));
+
+        let mut u_want = vec![0.0; t * r];
+        gemm(
+            1.0,
+            Mat::new(&x, t, inp),
+            Mat::new(&a, r, inp).t(),
+            MatMut::new(&mut u_want, t, r),
+            Update::Overwrite,
+        );
+        let mut y_want = y0.clone();
+        gemm(
+            0.37,
+            Mat::new(&u_want, t, r),
+            Mat::new(&b, out, r).t(),
+            MatMut::new(&mut y_want, t, out),
+            Update::Add,
+        );
+        let (mut u, mut y) = (vec![f32::NAN; t * r], y0.clone());
+        lora_forward(w, &x, t, &mut u, &mut y);
+        assert_same_bits(&format!("u {what}"), &u, &u_want);
+        assert_same_bits(&format!("y {what}"), &y, &y_want);
+
+        let mut gb_want = gb0.clone();
+        gemm(
+            0.37,
+            Mat::new(&dy, t, out).t(),
+            Mat::new(&u, t, r),
+            MatMut::new(&mut gb_want, out, r),
+            Update::Add,
+        );
+        let mut du = vec![0.0; t * r];
+        gemm(
+            0.37,
+            Mat::new(&dy, t, out),
+            Mat::new(&b, out, r),
+            MatMut::new(&mut du, t, r),
+            Update::Overwrite,
+        );
+        let mut ga_want = ga0.clone();
+        gemm(
+            1.0,
+            Mat::new(&du, t, r).t(),
+            Mat::new(&x, t, inp),
+            MatMut::new(&mut ga_want, r, inp),
+            Update::Add,
+        );
+        let mut dx_want = dx0.clone();
+        gemm(
+            1.0,
+            Mat::new(&du, t, r),
+            Mat::new(&a, r, inp),
+            MatMut::new(&mut dx_want, t, inp),
+            Update::Add,
+        );
+        let (mut ga, mut gb, mut dx) = (ga0.clone(), gb0.clone(), dx0.clone());
+        lora_backward(w, &x, t, &u, &dy, LoraGrads { a: &mut ga, b: &mut gb }, &mut dx);
+        assert_same_bits(&format!("dA {what}"), &ga, &ga_want);
+        assert_same_bits(&format!("dB {what}"), &gb, &gb_want);
+        assert_same_bits(&format!("dx {what}"), &dx, &dx_want);
     }
 }
 

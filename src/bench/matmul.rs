@@ -3,13 +3,16 @@
 //!
 //! The products are those of one decoder layer over `rows` tokens: each projection's
 //! `X·Wᵀ` (forward) and `dY·W` (the input gradient through the frozen weight), and the
-//! LoRA branch's products (rank 8, forward and backward, all in f32). Weights are random
+//! LoRA branch's products (rank 8, forward and backward, all in f32): alone, and as
+//! training runs them, added to a Q4_1 projection's products. Weights are random
 //! (`weights::random_weight`): the kernels' speed does not depend on the values.
 
 use super::fma_peak_gflops;
 use super::weights::{DTYPES, Rng, random_weight};
-use crate::kernels::lora::{LoraGrads, LoraWeights, lora_backward, lora_forward};
-use crate::kernels::matmul::{RowOrder, WeightRef, matmul_w_acc, matmul_wt};
+use crate::kernels::lora::{
+    LoraGrads, LoraWeights, lora_backward, lora_backward_weights, lora_down, lora_forward, lora_input_grad, lora_up,
+};
+use crate::kernels::matmul::{RowOrder, WeightRef, matmul_w_acc, matmul_w_acc_plus, matmul_wt, matmul_wt_plus};
 use crate::model::config::Config;
 use crate::quant::DType;
 use serde::Serialize;
@@ -20,7 +23,8 @@ use std::time::Instant;
 pub struct MatmulFigure {
     /// The weight's stored format (`f32` for the LoRA products).
     pub dtype: String,
-    /// `X·Wᵀ`, `dY·W`, `LoRA forward` or `LoRA backward`.
+    /// `X·Wᵀ`, `dY·W`, `LoRA forward` or `LoRA backward` (the branch alone), `X·Wᵀ + LoRA`
+    /// or `dY·W + LoRA` (a projection with its branch, as training runs it).
     pub product: &'static str,
     pub rows: usize,
     /// The projections measured: formats with 256-wide blocks skip those whose input is
@@ -122,5 +126,38 @@ pub fn matmul_throughput(config: &Config, rows: usize, reps: usize) -> Vec<Matmu
     }
     out.push(figure(DType::F32.to_string(), "LoRA forward", 7, flops, fwd));
     out.push(figure(DType::F32.to_string(), "LoRA backward", 7, 2.0 * flops, bwd));
+    // A projection with its branch: the up-projection (forward) and the input gradient
+    // (backward) ride on the frozen product's tiles.
+    let dtype = DType::Q4_1;
+    let (mut flops, mut fwd, mut bwd) = (0.0, 0.0, 0.0);
+    for (_, o, i) in projections(config) {
+        let data = random_weight(&mut rng, dtype, o, i);
+        let wt = WeightRef::new(dtype, o, i, &data, RowOrder::Stored).expect("whole blocks");
+        let (a, b) = (rng.vec(r * i), rng.vec(o * r));
+        let w = LoraWeights {
+            a: &a,
+            b: &b,
+            r,
+            scale: 2.0,
+        };
+        let x = rng.vec(rows * i);
+        let mut u = vec![0f32; rows * r];
+        let mut y = vec![0f32; rows * o];
+        fwd += best_seconds(reps, || {
+            lora_down(w, &x, rows, &mut u);
+            matmul_wt_plus(&x, rows, &wt, lora_up(w, &u, rows), &mut y);
+        });
+        let dy = rng.vec(rows * o);
+        let (mut ga, mut gb, mut dx) = (vec![0f32; r * i], vec![0f32; o * r], vec![0f32; rows * i]);
+        bwd += best_seconds(reps, || {
+            let g = LoraGrads { a: &mut ga, b: &mut gb };
+            let du = lora_backward_weights(w, &x, rows, &u, &dy, g);
+            matmul_w_acc_plus(&dy, rows, &wt, lora_input_grad(w, &du, rows), &mut dx);
+        });
+        flops += 2.0 * (rows * o * i) as f64 + 2.0 * (rows * r * (i + o)) as f64;
+    }
+    let lora_bwd_flops = 2.0 * (rows * r) as f64 * projections(config).iter().map(|p| p.1 + p.2).sum::<usize>() as f64;
+    out.push(figure(dtype.to_string(), "X·Wᵀ + LoRA", 7, flops, fwd));
+    out.push(figure(dtype.to_string(), "dY·W + LoRA", 7, flops + lora_bwd_flops, bwd));
     out
 }

@@ -1,9 +1,6 @@
 //! The low-rank branch of a LoRA'd linear layer: y += s · (x Aᵀ) Bᵀ, and its backward.
 
-use super::matmul::{Mat, MatMut, Update, gemm};
-
-/// Rows of dB per product in [`lora_backward_weights`].
-const DB_ROWS: usize = 512;
+use super::matmul::{LowRank, Mat, MatMut, Update, gemm, gemm_scaled_b};
 
 /// One LoRA pair as the kernels see it: `a: [r, in]`, `b: [out, r]`, and the branch's scale.
 #[derive(Clone, Copy, Debug)]
@@ -30,10 +27,20 @@ impl LoraWeights<'_> {
 /// x: `[T, in]` → u: `[T, r]` (= x Aᵀ, kept for the backward pass), y: `[T, out]` += scale · u Bᵀ.
 pub fn lora_forward(w: LoraWeights, x: &[f32], t: usize, u: &mut [f32], y: &mut [f32]) {
     let (_, out) = w.dims();
-    let r = w.r;
     lora_down(w, x, t, u);
-    let b = Mat::new(w.b, out, r);
-    gemm(w.scale, Mat::new(u, t, r), b.t(), MatMut::new(y, t, out), Update::Add);
+    let up = lora_up(w, u, t);
+    gemm(up.alpha, up.u, up.v, MatMut::new(y, t, out), Update::Add);
+}
+
+/// The second half of [`lora_forward`], `scale · u Bᵀ` (u: `[T, r]`), as a product that
+/// `matmul_wt_plus` adds to the frozen one's tiles: the same bits.
+pub fn lora_up<'a>(w: LoraWeights<'a>, u: &'a [f32], t: usize) -> LowRank<'a> {
+    let (_, out) = w.dims();
+    LowRank {
+        alpha: w.scale,
+        u: Mat::new(u, t, w.r),
+        v: Mat::new(w.b, out, w.r).t(),
+    }
 }
 
 /// The first half of [`lora_forward`] alone, u: `[T, r]` = x: `[T, in]` · Aᵀ (the same bits):
@@ -41,8 +48,26 @@ pub fn lora_forward(w: LoraWeights, x: &[f32], t: usize, u: &mut [f32], y: &mut 
 pub fn lora_down(w: LoraWeights, x: &[f32], t: usize, u: &mut [f32]) {
     let (inp, _) = w.dims();
     let r = w.r;
-    let a = Mat::new(w.a, r, inp);
-    gemm(1.0, Mat::new(x, t, inp), a.t(), MatMut::new(u, t, r), Update::Overwrite);
+    // As uᵀ = A xᵀ: r output rows fill the kernel's tiles, where r output columns would
+    // fill a quarter of them (the same bits: see `gemm_scaled_b`).
+    let mut ut = vec![0f32; r * t];
+    gemm(
+        1.0,
+        Mat::new(w.a, r, inp),
+        Mat::new(x, t, inp).t(),
+        MatMut::new(&mut ut, r, t),
+        Update::Overwrite,
+    );
+    transpose_into(&ut, r, t, &mut u[..t * r]);
+}
+
+/// `dst: [cols, rows]` = `src: [rows, cols]` transposed.
+fn transpose_into(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) {
+    for (i, row) in src.chunks_exact(cols).take(rows).enumerate() {
+        for (j, &v) in row.iter().enumerate() {
+            dst[j * rows + i] = v;
+        }
+    }
 }
 
 /// Adds the gradients of A, B and of the branch's input, given dy: `[T, out]` and the `u`
@@ -58,22 +83,29 @@ pub fn lora_backward(w: LoraWeights, x: &[f32], t: usize, u: &[f32], dy: &[f32],
 pub fn lora_backward_weights(w: LoraWeights, x: &[f32], t: usize, u: &[f32], dy: &[f32], g: LoraGrads) -> Vec<f32> {
     let (inp, out) = w.dims();
     let r = w.r;
-    let b = Mat::new(w.b, out, r);
-    let dy_ = Mat::new(dy, t, out);
-    // dB in blocks of its rows: the product packs its left operand, dyᵀ, whole, which for
-    // a wide projection is larger than everything else it touches (the same bits).
-    for o0 in (0..out).step_by(DB_ROWS) {
-        let o1 = (o0 + DB_ROWS).min(out);
-        gemm(
-            w.scale,
-            Mat::new(&dy[o0..], t, o1 - o0).with_ld(out).t(),
-            Mat::new(u, t, r),
-            MatMut::new(&mut g.b[o0 * r..o1 * r], o1 - o0, r),
-            Update::Add,
-        );
-    }
+    // dB and du have r columns: both run as their transposes, r rows that fill the
+    // kernel's tiles, with the scale on dy as before (the same bits: see `gemm_scaled_b`).
+    // dBᵀ: [r, out] += uᵀ · (scale dy), added to dB's own values.
+    let mut t_buf = vec![0f32; r * out.max(t)];
+    transpose_into(g.b, out, r, &mut t_buf[..r * out]);
+    gemm_scaled_b(
+        Mat::new(u, t, r).t(),
+        w.scale,
+        Mat::new(dy, t, out),
+        MatMut::new(&mut t_buf[..r * out], r, out),
+        Update::Add,
+    );
+    transpose_into(&t_buf[..r * out], r, out, g.b);
+    // duᵀ: [r, T] = Bᵀ · (scale dy)ᵀ.
+    gemm_scaled_b(
+        Mat::new(w.b, out, r).t(),
+        w.scale,
+        Mat::new(dy, t, out).t(),
+        MatMut::new(&mut t_buf[..r * t], r, t),
+        Update::Overwrite,
+    );
     let mut du = vec![0f32; t * r];
-    gemm(w.scale, dy_, b, MatMut::new(&mut du, t, r), Update::Overwrite);
+    transpose_into(&t_buf[..r * t], r, t, &mut du);
     gemm(
         1.0,
         Mat::new(&du, t, r).t(),
@@ -87,9 +119,19 @@ pub fn lora_backward_weights(w: LoraWeights, x: &[f32], t: usize, u: &[f32], dy:
 /// The second part of [`lora_backward`]: dx: `[T, in]` += du A.
 pub fn lora_backward_input(w: LoraWeights, du: &[f32], t: usize, dx: &mut [f32]) {
     let (inp, _) = w.dims();
-    let r = w.r;
-    let a = Mat::new(w.a, r, inp);
-    gemm(1.0, Mat::new(du, t, r), a, MatMut::new(dx, t, inp), Update::Add);
+    let g = lora_input_grad(w, du, t);
+    gemm(g.alpha, g.u, g.v, MatMut::new(dx, t, inp), Update::Add);
+}
+
+/// [`lora_backward_input`]'s `du A` (du: `[T, r]`) as a product that `matmul_w_acc_plus`
+/// adds to the frozen one's tiles: the same bits.
+pub fn lora_input_grad<'a>(w: LoraWeights<'a>, du: &'a [f32], t: usize) -> LowRank<'a> {
+    let (inp, _) = w.dims();
+    LowRank {
+        alpha: 1.0,
+        u: Mat::new(du, t, w.r),
+        v: Mat::new(w.a, w.r, inp),
+    }
 }
 
 /// Inverted dropout with a mask that is a pure function of (seed, index), so the backward

@@ -164,6 +164,8 @@ thread_local! {
     static A_BUF: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
     static B_BUF: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
     static SCRATCH: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
+    static TAIL_A_BUF: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
+    static TAIL_B_BUF: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
 }
 
 /// Runs `f` on this thread's buffer `key` grown to `len`. A nested use on the same thread
@@ -208,12 +210,39 @@ pub(super) struct Output<'a> {
     pub accumulate: bool,
 }
 
+/// A short second product added to the output of the first, `C += A2[m, k] · B2[k, n]`
+/// with `k <= KC` (a LoRA branch's rank): the bits of a separate [`run`] that adds into
+/// the first one's output, applied to each tile while it is still in cache. Separately,
+/// that product reads and writes the whole output again for a handful of multiply-adds
+/// per element, and ran at a tenth of the machine's peak.
+#[derive(Clone, Copy)]
+pub(super) struct Tail<'a> {
+    pub a: &'a dyn ASource,
+    pub b: &'a dyn BSource,
+    pub k: usize,
+}
+
+impl Tail<'_> {
+    /// Whether `kern` can apply it within a product (else the caller runs it separately).
+    pub(super) fn fits(&self, kern: &Kernel) -> bool {
+        self.k <= KC && kern.pairs.is_none() && self.b.p_align() == 1 && self.b.j_align() == 1
+    }
+}
+
 /// `C[m, n] (+)= A[m, k] · B[k, n]`.
 ///
 /// The caller has checked that `a` and `b` cover the shape; this checks `c`.
 pub(super) fn run(kern: Kernel, dims: Dims, a: &dyn ASource, b: &dyn BSource, out: Output) {
+    run_tail(kern, dims, a, b, out, None);
+}
+
+/// [`run`], then `tail` (whose operands cover `[m, tail.k]` and `[tail.k, n]`, and which
+/// [`Tail::fits`] the kernel) added to the output, the bits of two separate runs.
+pub(super) fn run_tail(kern: Kernel, dims: Dims, a: &dyn ASource, b: &dyn BSource, out: Output, tail: Option<Tail>) {
     let Dims { m, n, k } = dims;
     let Output { c, ldc, accumulate } = out;
+    // A product over nothing adds nothing.
+    let tail = tail.filter(|t| t.k > 0);
     if m == 0 || n == 0 {
         return;
     }
@@ -227,11 +256,27 @@ pub(super) fn run(kern: Kernel, dims: Dims, a: &dyn ASource, b: &dyn BSource, ou
         c.len()
     );
     assert!(kern.mr * kern.nr <= TILE_MAX && kern.nr <= MAX_NR && kern.tiles.len() == kern.mr);
+    if let Some(t) = tail {
+        assert!(t.fits(&kern), "a tail the kernel cannot apply");
+    }
     if k == 0 {
         if !accumulate {
             for row in c.chunks_mut(ldc).take(m) {
                 row[..n].fill(0.0);
             }
+        }
+        if let Some(t) = tail {
+            run(
+                kern,
+                Dims { m, n, k: t.k },
+                t.a,
+                t.b,
+                Output {
+                    c,
+                    ldc,
+                    accumulate: true,
+                },
+            );
         }
         return;
     }
@@ -241,31 +286,51 @@ pub(super) fn run(kern: Kernel, dims: Dims, a: &dyn ASource, b: &dyn BSource, ou
         ptr: c.as_mut_ptr(),
         ldc,
     };
-    with_buf(&A_BUF, m_panels * kern.mr * plan.ko.min(k), |ap| {
-        for po in (0..k).step_by(plan.ko) {
-            let pe = (po + plan.ko).min(k);
-            let panel = kern.mr * (pe - po);
-            let ap = &mut ap[..m_panels * panel];
-            ap.par_chunks_mut(panel).enumerate().for_each(|(q, dst)| {
+    let tail_k = tail.map_or(0, |t| t.k);
+    with_buf(&TAIL_A_BUF, m_panels * kern.mr * tail_k, |tp| {
+        if let Some(t) = tail {
+            for (q, dst) in tp.chunks_mut(kern.mr * t.k).enumerate() {
                 let i0 = q * kern.mr;
-                a.pack(&kern, i0, (i0 + kern.mr).min(m), po, pe, dst);
-                if let Some(pairs) = kern.pairs {
-                    // SAFETY: the kernel's unit was checked by its caller.
-                    unsafe { pairs(dst, kern.mr, pe - po) };
-                }
-            });
-            let ap = &*ap;
-            (0..plan.m_tiles * plan.n_tiles).into_par_iter().for_each(|t| {
-                let (mt, nt) = (t % plan.m_tiles, t / plan.m_tiles);
-                let block = Block {
-                    rows: mt * plan.mb..((mt + 1) * plan.mb).min(m),
-                    cols: nt * plan.nb..((nt + 1) * plan.nb).min(n),
-                    ps: po..pe,
-                };
-                task(&kern, &plan, block, ap, b, out, accumulate || po > 0);
-            });
+                t.a.pack(&kern, i0, (i0 + kern.mr).min(m), 0, t.k, dst);
+            }
         }
+        let tp = &*tp;
+        with_buf(&A_BUF, m_panels * kern.mr * plan.ko.min(k), |ap| {
+            for po in (0..k).step_by(plan.ko) {
+                let pe = (po + plan.ko).min(k);
+                let panel = kern.mr * (pe - po);
+                let ap = &mut ap[..m_panels * panel];
+                ap.par_chunks_mut(panel).enumerate().for_each(|(q, dst)| {
+                    let i0 = q * kern.mr;
+                    a.pack(&kern, i0, (i0 + kern.mr).min(m), po, pe, dst);
+                    if let Some(pairs) = kern.pairs {
+                        // SAFETY: the kernel's unit was checked by its caller.
+                        unsafe { pairs(dst, kern.mr, pe - po) };
+                    }
+                });
+                let ap = &*ap;
+                // The tail goes with the last pass, after each tile's whole reduction.
+                let tail = tail.filter(|_| pe == k).map(|t| TailPacked { a: tp, b: t.b, k: t.k });
+                (0..plan.m_tiles * plan.n_tiles).into_par_iter().for_each(|t| {
+                    let (mt, nt) = (t % plan.m_tiles, t / plan.m_tiles);
+                    let block = Block {
+                        rows: mt * plan.mb..((mt + 1) * plan.mb).min(m),
+                        cols: nt * plan.nb..((nt + 1) * plan.nb).min(n),
+                        ps: po..pe,
+                    };
+                    task(&kern, &plan, block, ap, b, out, accumulate || po > 0, tail);
+                });
+            }
+        });
     });
+}
+
+/// A [`Tail`] with its left operand packed into panels of `mr` rows of `k`.
+#[derive(Clone, Copy)]
+struct TailPacked<'a> {
+    a: &'a [f32],
+    b: &'a dyn BSource,
+    k: usize,
 }
 
 /// One task's share of a product: output rows and columns, over the reduction range `ps`.
@@ -276,64 +341,99 @@ struct Block {
 }
 
 /// One output block; `load` when it already holds a partial sum (or the caller's values
-/// to add to).
-fn task(kern: &Kernel, plan: &Plan, block: Block, ap: &[f32], b: &dyn BSource, out: COut, load: bool) {
+/// to add to); `tail` added to each tile after its last chunk.
+#[allow(clippy::too_many_arguments)]
+fn task(
+    kern: &Kernel,
+    plan: &Plan,
+    block: Block,
+    ap: &[f32],
+    b: &dyn BSource,
+    out: COut,
+    load: bool,
+    tail: Option<TailPacked>,
+) {
     let Block { rows, cols, ps } = block;
     let (mr, nr) = (kern.mr, kern.nr);
     let groups = cols.len().div_ceil(nr);
     let a_panel = mr * ps.len();
-    with_buf(&B_BUF, groups * nr * plan.kc, |bp| {
-        let mut scratch = SCRATCH.take();
-        for p0 in ps.clone().step_by(plan.kc) {
-            let p1 = (p0 + plan.kc).min(ps.end);
-            let kc = p1 - p0;
-            let bp = &mut bp[..groups * nr * kc];
-            b.pack(kern, p0..p1, cols.clone(), bp, &mut scratch);
-            if let Some(pairs) = kern.pairs {
-                for bg in bp.chunks_exact_mut(nr * kc) {
-                    // SAFETY: the kernel's unit was checked by its caller.
-                    unsafe { pairs(bg, nr, kc) };
-                }
+    let tail_k = tail.map_or(0, |t| t.k);
+    with_buf(&TAIL_B_BUF, groups * nr * tail_k, |tb| {
+        with_buf(&B_BUF, groups * nr * plan.kc, |bp| {
+            let mut scratch = SCRATCH.take();
+            if let Some(t) = tail {
+                t.b.pack(kern, 0..t.k, cols.clone(), tb, &mut scratch);
             }
-            let load = load || p0 > ps.start;
-            for g in 0..groups {
-                let j = cols.start + g * nr;
-                let nrv = nr.min(cols.end - j);
-                let bg = &bp[g * nr * kc..(g + 1) * nr * kc];
-                for i in rows.clone().step_by(mr) {
-                    let mrv = mr.min(rows.end - i);
-                    let off = (i / mr) * a_panel + slots(kern, p0 - ps.start) * mr;
-                    let ag = &ap[off..off + mr * slots(kern, kc)];
-                    // SAFETY: `ag` and `bg` hold kc*mr and kc*nr elements; the tile
-                    // (i..i+mrv, j..j+nrv) lies inside the output checked in `run` and
-                    // belongs to this task alone; the kernel's unit was checked by `Isa`.
-                    unsafe {
-                        let c = out.ptr.add(i * out.ldc + j);
-                        let (ag, bg) = (ag.as_ptr(), bg.as_ptr());
-                        if nrv == nr {
-                            let c = COut { ptr: c, ldc: out.ldc };
-                            chain(kern, mrv, kc, ag, bg, c, load);
-                        } else {
-                            let mut t = [0.0f32; TILE_MAX];
-                            if load {
-                                for r in 0..mrv {
-                                    std::ptr::copy_nonoverlapping(c.add(r * out.ldc), t.as_mut_ptr().add(r * nr), nrv);
+            let tb = &*tb;
+            for p0 in ps.clone().step_by(plan.kc) {
+                let p1 = (p0 + plan.kc).min(ps.end);
+                let kc = p1 - p0;
+                let bp = &mut bp[..groups * nr * kc];
+                b.pack(kern, p0..p1, cols.clone(), bp, &mut scratch);
+                if let Some(pairs) = kern.pairs {
+                    for bg in bp.chunks_exact_mut(nr * kc) {
+                        // SAFETY: the kernel's unit was checked by its caller.
+                        unsafe { pairs(bg, nr, kc) };
+                    }
+                }
+                let load = load || p0 > ps.start;
+                let tail = tail.filter(|_| p1 == ps.end);
+                for g in 0..groups {
+                    let j = cols.start + g * nr;
+                    let nrv = nr.min(cols.end - j);
+                    let bg = &bp[g * nr * kc..(g + 1) * nr * kc];
+                    for i in rows.clone().step_by(mr) {
+                        let mrv = mr.min(rows.end - i);
+                        let off = (i / mr) * a_panel + slots(kern, p0 - ps.start) * mr;
+                        let ag = &ap[off..off + mr * slots(kern, kc)];
+                        // SAFETY: `ag` and `bg` hold kc*mr and kc*nr elements; the tile
+                        // (i..i+mrv, j..j+nrv) lies inside the output checked in `run` and
+                        // belongs to this task alone; the kernel's unit was checked by `Isa`.
+                        // The tail's panels: rows i.. of its packed A, group g of its packed B.
+                        let tail = tail.map(|t| {
+                            let panel = mr * t.k;
+                            let ta = &t.a[(i / mr) * panel..(i / mr + 1) * panel];
+                            let tbg = &tb[g * nr * t.k..(g + 1) * nr * t.k];
+                            (t.k, ta.as_ptr(), tbg.as_ptr())
+                        });
+                        unsafe {
+                            let c = out.ptr.add(i * out.ldc + j);
+                            let (ag, bg) = (ag.as_ptr(), bg.as_ptr());
+                            if nrv == nr {
+                                let c = COut { ptr: c, ldc: out.ldc };
+                                chain(kern, mrv, kc, ag, bg, c, load);
+                                if let Some((tk, ta, tbg)) = tail {
+                                    chain(kern, mrv, tk, ta, tbg, c, true);
                                 }
-                            }
-                            let tc = COut {
-                                ptr: t.as_mut_ptr(),
-                                ldc: nr,
-                            };
-                            chain(kern, mrv, kc, ag, bg, tc, load);
-                            for r in 0..mrv {
-                                std::ptr::copy_nonoverlapping(t.as_ptr().add(r * nr), c.add(r * out.ldc), nrv);
+                            } else {
+                                let mut t = [0.0f32; TILE_MAX];
+                                if load {
+                                    for r in 0..mrv {
+                                        std::ptr::copy_nonoverlapping(
+                                            c.add(r * out.ldc),
+                                            t.as_mut_ptr().add(r * nr),
+                                            nrv,
+                                        );
+                                    }
+                                }
+                                let tc = COut {
+                                    ptr: t.as_mut_ptr(),
+                                    ldc: nr,
+                                };
+                                chain(kern, mrv, kc, ag, bg, tc, load);
+                                if let Some((tk, ta, tbg)) = tail {
+                                    chain(kern, mrv, tk, ta, tbg, tc, true);
+                                }
+                                for r in 0..mrv {
+                                    std::ptr::copy_nonoverlapping(t.as_ptr().add(r * nr), c.add(r * out.ldc), nrv);
+                                }
                             }
                         }
                     }
                 }
             }
-        }
-        SCRATCH.set(scratch);
+            SCRATCH.set(scratch);
+        });
     });
 }
 

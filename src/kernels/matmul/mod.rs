@@ -40,7 +40,7 @@ mod aarch64;
 mod aarch64_gemv;
 
 pub use decode_layout::DecodeLayout;
-use driver::{DequantFn, Dims, Kernel, Output};
+use driver::{DequantFn, Dims, Kernel, Output, Tail};
 use pack::{StridedA, StridedB, WeightN, WeightT};
 
 /// Logical row order of a weight: GGUF llama files store Q/K rows permuted for interleaved
@@ -351,6 +351,127 @@ pub fn matmul_wt_isa(
     driver::run(product_kernel(isa, w), Dims { m, n, k }, &a, &WeightT(w), out);
 }
 
+/// A low-rank product added to a product through a frozen weight: `alpha · u · v`, with
+/// `u: [m, r]` and `v: [r, n]` (each possibly a transposed view), as a LoRA branch adds
+/// `scale · (x Aᵀ) Bᵀ` to `x Wᵀ` and `du A` to `dy W`.
+#[derive(Clone, Copy, Debug)]
+pub struct LowRank<'a> {
+    pub alpha: f32,
+    pub u: Mat<'a>,
+    pub v: Mat<'a>,
+}
+
+impl LowRank<'_> {
+    /// Checks it against the product's output `[m, n]` and gives its operands and rank.
+    fn sources(&self, m: usize, n: usize) -> (StridedA<'_>, StridedB<'_>, usize) {
+        let ((um, r), (vr, vn)) = (self.u.op_shape(), self.v.op_shape());
+        assert!(
+            (um, vr, vn) == (m, r, n),
+            "low-rank product [{um}, {r}] · [{vr}, {vn}] added to [{m}, {n}]"
+        );
+        self.u.check("u");
+        self.v.check("v");
+        let ((urs, ucs), (vrs, vcs)) = (self.u.op_strides(), self.v.op_strides());
+        (
+            StridedA::new(self.u.data, urs, ucs, self.alpha),
+            StridedB::new(self.v.data, vrs, vcs),
+            r,
+        )
+    }
+}
+
+/// `y[m, n] = x[m, k] · Wᵀ + extra`: the bits of [`matmul_wt`] followed by
+/// `gemm(extra.alpha, extra.u, extra.v, y, Update::Add)`, with the low-rank product added
+/// to each tile of the frozen one while it is in cache where the kernels allow.
+///
+/// # Panics
+/// When `w` is invalid or a shape disagrees.
+pub fn matmul_wt_plus(
+    x: &[f32], // [m, k]
+    m: usize,
+    w: &WeightRef, // [n, k]
+    extra: LowRank,
+    y: &mut [f32], // [m, n]
+) {
+    matmul_wt_plus_isa(Isa::best(), x, m, w, extra, y);
+}
+
+/// [`matmul_wt_plus`] on a chosen unit (same bits; for tests and benchmarks).
+pub fn matmul_wt_plus_isa(
+    isa: Isa,
+    x: &[f32], // [m, k]
+    m: usize,
+    w: &WeightRef, // [n, k]
+    extra: LowRank,
+    y: &mut [f32], // [m, n]
+) {
+    w.check();
+    let (n, k) = (w.rows, w.cols);
+    let (ta, tb, r) = extra.sources(m, n);
+    let kern = product_kernel(isa, w);
+    let tail = Tail { a: &ta, b: &tb, k: r };
+    // Few rows decode through the matrix-vector kernels, which have no tail.
+    if m > gemv::MAX_M && tail.fits(&kern) {
+        assert!(x.len() >= m * k, "x has {} elements, need {m}x{k}", x.len());
+        assert!(y.len() >= m * n, "y has {} elements, need {m}x{n}", y.len());
+        let a = StridedA::new(x, k, 1, 1.0);
+        let out = Output {
+            c: y,
+            ldc: n,
+            accumulate: false,
+        };
+        driver::run_tail(kern, Dims { m, n, k }, &a, &WeightT(w), out, Some(tail));
+        return;
+    }
+    matmul_wt_isa(isa, x, m, w, y);
+    gemm_isa(isa, extra.alpha, extra.u, extra.v, MatMut::new(y, m, n), Update::Add);
+}
+
+/// `dx[m, k] += dy[m, n] · W + extra`: the bits of [`matmul_w_acc`] followed by
+/// `gemm(extra.alpha, extra.u, extra.v, dx, Update::Add)`, fused as in [`matmul_wt_plus`].
+///
+/// # Panics
+/// When `w` is invalid or a shape disagrees.
+pub fn matmul_w_acc_plus(
+    dy: &[f32], // [m, n]
+    m: usize,
+    w: &WeightRef, // [n, k]
+    extra: LowRank,
+    dx: &mut [f32], // [m, k]
+) {
+    matmul_w_acc_plus_isa(Isa::best(), dy, m, w, extra, dx);
+}
+
+/// [`matmul_w_acc_plus`] on a chosen unit (same bits; for tests and benchmarks).
+pub fn matmul_w_acc_plus_isa(
+    isa: Isa,
+    dy: &[f32], // [m, n]
+    m: usize,
+    w: &WeightRef, // [n, k]
+    extra: LowRank,
+    dx: &mut [f32], // [m, k]
+) {
+    w.check();
+    let (n, k) = (w.rows, w.cols);
+    let (ta, tb, r) = extra.sources(m, k);
+    let kern = product_kernel(isa, w);
+    let tail = Tail { a: &ta, b: &tb, k: r };
+    if tail.fits(&kern) {
+        assert!(dy.len() >= m * n, "dy has {} elements, need {m}x{n}", dy.len());
+        assert!(dx.len() >= m * k, "dx has {} elements, need {m}x{k}", dx.len());
+        let a = StridedA::new(dy, n, 1, 1.0);
+        let out = Output {
+            c: dx,
+            ldc: k,
+            accumulate: true,
+        };
+        driver::run_tail(kern, Dims { m, n: k, k: n }, &a, &WeightN(w), out, Some(tail));
+        return;
+    }
+    matmul_w_acc_isa(isa, dy, m, w, dx);
+    gemm_isa(isa, extra.alpha, extra.u, extra.v, MatMut::new(dx, m, k), Update::Add);
+}
+
 /// `dx[m, k] += dy[m, n] · W`, with `n = w.rows`, `k = w.cols`.
 ///
 /// # Panics
@@ -506,8 +627,30 @@ pub fn gemm(alpha: f32, a: Mat, b: Mat, c: MatMut, update: Update) {
     gemm_isa(Isa::best(), alpha, a, b, c, update);
 }
 
+/// `c (+)= a · (alpha · b)`: [`gemm`] with `alpha` scaling `b`'s elements instead of `a`'s.
+/// Each output is the same fused multiply-add chain whichever operand is on the left, so
+/// this gives the bits of `gemm(alpha, bᵀ, aᵀ)` stored transposed: a product with a
+/// handful of output columns runs as its transpose, whose handful of rows fill the
+/// kernel's tiles.
+///
+/// # Panics
+/// As [`gemm`].
+pub fn gemm_scaled_b(a: Mat, alpha: f32, b: Mat, c: MatMut, update: Update) {
+    gemm_scaled_b_isa(Isa::best(), a, alpha, b, c, update);
+}
+
+/// [`gemm_scaled_b`] on a chosen unit (same bits; for tests and benchmarks).
+pub fn gemm_scaled_b_isa(isa: Isa, a: Mat, alpha: f32, b: Mat, c: MatMut, update: Update) {
+    gemm_both(isa, (1.0, a), (alpha, b), c, update);
+}
+
 /// [`gemm`] on a chosen unit (same bits; for tests and benchmarks).
 pub fn gemm_isa(isa: Isa, alpha: f32, a: Mat, b: Mat, c: MatMut, update: Update) {
+    gemm_both(isa, (alpha, a), (1.0, b), c, update);
+}
+
+/// `c (+)= (alpha_a · a) · (alpha_b · b)`.
+fn gemm_both(isa: Isa, (alpha, a): (f32, Mat), (beta, b): (f32, Mat), c: MatMut, update: Update) {
     let ((m, k), (kb, n)) = (a.op_shape(), b.op_shape());
     assert!(
         k == kb && (c.rows, c.cols) == (m, n),
@@ -522,7 +665,7 @@ pub fn gemm_isa(isa: Isa, alpha: f32, a: Mat, b: Mat, c: MatMut, update: Update)
     let (ars, acs) = a.op_strides();
     let (brs, bcs) = b.op_strides();
     let a = StridedA::new(a.data, ars, acs, alpha);
-    let b = StridedB::new(b.data, brs, bcs);
+    let b = StridedB::new(b.data, brs, bcs).scaled(beta);
     let out = Output {
         c: c.data,
         ldc,

@@ -52,16 +52,28 @@ impl ASource for StridedA<'_> {
     }
 }
 
-/// `B[p][j] = data[p * rs + j * cs]`.
+/// `B[p][j] = alpha * data[p * rs + j * cs]`.
 pub(super) struct StridedB<'a> {
     data: &'a [f32],
     rs: usize,
     cs: usize,
+    alpha: f32,
 }
 
 impl<'a> StridedB<'a> {
     pub(super) fn new(data: &'a [f32], rs: usize, cs: usize) -> Self {
-        StridedB { data, rs, cs }
+        StridedB {
+            data,
+            rs,
+            cs,
+            alpha: 1.0,
+        }
+    }
+
+    /// The same operand, each element scaled by `alpha` (rounded once, as [`StridedA`]
+    /// scales its elements).
+    pub(super) fn scaled(self, alpha: f32) -> Self {
+        StridedB { alpha, ..self }
     }
 }
 
@@ -93,6 +105,11 @@ impl BSource for StridedB<'_> {
                     }
                     out[cols..].fill(0.0);
                 }
+            }
+        }
+        if self.alpha != 1.0 {
+            for v in dst.iter_mut() {
+                *v *= self.alpha;
             }
         }
     }

@@ -5,9 +5,9 @@ use super::{LoraCtx, add_into};
 use crate::adapter::Adapter;
 use crate::kernels::lora::{
     LoraGrads, LoraWeights, dropout_at, lora_backward, lora_backward_input, lora_backward_weights, lora_down,
-    lora_forward,
+    lora_forward, lora_input_grad, lora_up,
 };
-use crate::kernels::matmul::{WeightRef, matmul_w_acc, matmul_wt};
+use crate::kernels::matmul::{WeightRef, matmul_w_acc, matmul_w_acc_plus, matmul_wt, matmul_wt_plus};
 use crate::model::Model;
 use crate::model::weights::Proj;
 
@@ -73,6 +73,14 @@ impl Linear<'_> {
     /// `row0` is x's first row in the pass (the dropout mask is drawn for the whole pass).
     pub(super) fn forward(&self, x: &[f32], y: &mut [f32], acts: &mut LoraActs, row0: usize) {
         let t = x.len() / self.weight.cols;
+        if let (Some(branch), None) = (self.lora, self.bias) {
+            // The branch's up-projection is added to the frozen product's tiles: the bits
+            // of `lora_forward` after `matmul_wt`.
+            let (u, xin) = self.branch_input(branch, x, acts, row0);
+            lora_down(branch.weights, xin, t, u);
+            matmul_wt_plus(x, t, &self.weight, lora_up(branch.weights, u, t), y);
+            return;
+        }
         matmul_wt(x, t, &self.weight, y);
         if let Some(b) = self.bias {
             for row in y.chunks_exact_mut(b.len()) {
@@ -152,8 +160,7 @@ impl Linear<'_> {
             None => {
                 let du = lora_backward_weights(branch.weights, x, t, u, dy, g);
                 x.fill(0.0);
-                matmul_w_acc(dy, t, &self.weight, x);
-                lora_backward_input(branch.weights, &du, t, x);
+                matmul_w_acc_plus(dy, t, &self.weight, lora_input_grad(branch.weights, &du, t), x);
             }
             Some((prob, seed)) => {
                 let offset = row0 * self.weight.cols;
@@ -177,14 +184,20 @@ impl Linear<'_> {
     /// LoRA branch's input gradient); the branch's gradients are added into `grads`.
     pub(super) fn backward(&self, x: &[f32], u: &[f32], dy: &[f32], dx: &mut [f32], grads: &mut Adapter, row0: usize) {
         let t = x.len() / self.weight.cols;
-        matmul_w_acc(dy, t, &self.weight, dx);
         let Some(branch) = self.lora else {
+            matmul_w_acc(dy, t, &self.weight, dx);
             return;
         };
         let g = self.lora_grads(grads);
         match branch.dropout {
-            None => lora_backward(branch.weights, x, t, u, dy, g, dx),
+            None => {
+                // The branch's input gradient is added to the frozen product's tiles: the
+                // bits of `lora_backward` after `matmul_w_acc`.
+                let du = lora_backward_weights(branch.weights, x, t, u, dy, g);
+                matmul_w_acc_plus(dy, t, &self.weight, lora_input_grad(branch.weights, &du, t), dx);
+            }
             Some((prob, seed)) => {
+                matmul_w_acc(dy, t, &self.weight, dx);
                 let offset = row0 * self.weight.cols;
                 let mut xd = vec![0f32; x.len()];
                 dropout_at(x, prob, seed, offset, &mut xd);
