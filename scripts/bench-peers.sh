@@ -4,6 +4,8 @@
 # an F32 copy of it (llama-quantize --allow-requantize: the same values, dequantized), and
 # DPO training on the benchmark set. Prints a Markdown table; ratios are nudge / llama.cpp.
 #   scripts/bench-peers.sh [THREADS]      (default: all cores)
+#   NUDGE_ISA=avx2 scripts/bench-peers.sh  both engines as on a CPU without AVX-512: nudge
+#                                          on its AVX2 kernels, llama.cpp built for AVX2
 # Takes about 5 minutes on 2 cores. Run it on a quiet machine: other work skews both sides.
 # Shared machines drift within minutes: each figure alternates the two engines twice and
 # keeps each one's better run.
@@ -13,7 +15,11 @@ cd "$root"
 threads="${1:-$(nproc)}"
 scripts/fetch-model.sh >/dev/null
 q4="models/SmolLM2-135M-Instruct.Q4_1.gguf"
-bin="$(scripts/build-llama-cpp.sh)"
+if [ "${NUDGE_ISA:-}" = "avx2" ]; then
+  bin="$(scripts/build-llama-cpp.sh --avx2)"
+else
+  bin="$(scripts/build-llama-cpp.sh)"
+fi
 f32="target/peers/models/SmolLM2-135M-Instruct.F32.gguf"
 if [ ! -f "$f32" ]; then
   mkdir -p "$(dirname "$f32")"

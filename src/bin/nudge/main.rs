@@ -143,6 +143,10 @@ fn main() -> ExitCode {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
     let cli = Cli::parse();
+    if let Err(e) = nudge::isa::Isa::requested() {
+        eprintln!("nudge: {e}");
+        return ExitCode::from(2);
+    }
     args::set_precision(if cli.precision == "bf16" {
         Precision::Bf16
     } else {

@@ -28,6 +28,8 @@ mod pack;
 mod scalar;
 
 #[cfg(target_arch = "x86_64")]
+mod avx2_packed;
+#[cfg(target_arch = "x86_64")]
 mod x86;
 #[cfg(target_arch = "x86_64")]
 mod x86_bf16;
@@ -253,7 +255,10 @@ fn kernel(isa: Isa) -> Kernel {
     assert!(isa.is_supported(), "{isa:?} is not supported by this CPU");
     match isa {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => x86::AVX2,
+        Isa::Avx2 => Kernel {
+            dequant_packed: Some(avx2_packed::dequant_packed),
+            ..x86::AVX2
+        },
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 => with_decode_copy(x86::AVX512),
         #[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
@@ -299,6 +304,8 @@ fn packed_kernels(isa: Isa) -> Option<gemv::PickPackedFn> {
     match isa {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 => Some(x86_gemv::packed_kernel),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => Some(avx2_packed::packed_kernel),
         _ => None,
     }
 }
