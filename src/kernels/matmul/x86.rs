@@ -2,7 +2,7 @@
 //! broadcast, rows of B are vectors; every accumulator lives in a register for the
 //! whole reduction chunk.
 
-use super::driver::{Kernel, dequant_generic, dequant_t_none, transpose_generic};
+use super::driver::{Kernel, dequant_generic, dequant_t_none};
 use crate::quant::DType;
 use half::f16;
 use std::arch::x86_64::*;
@@ -45,7 +45,7 @@ pub(super) const AVX2: Kernel = Kernel {
         tile_avx2::<5>,
         tile_avx2::<6>,
     ],
-    transpose: transpose_generic,
+    transpose: transpose_avx2,
     dequant: dequant_generic,
     dequant_t: dequant_t_none,
     pairs: None,
@@ -152,6 +152,74 @@ unsafe fn transpose_avx512_unchecked(src: *const f32, ld: usize, rows: usize, kc
             }
         }
     }
+}
+
+/// Safety: the CPU has AVX2. See `Kernel::transpose`.
+unsafe fn transpose_avx2(src: &[f32], ld: usize, rows: usize, kc: usize, nr: usize, dst: &mut [f32]) {
+    if rows == 0 || kc == 0 {
+        return;
+    }
+    assert!(rows <= nr && dst.len() >= kc * nr && ld >= kc && src.len() >= (rows - 1) * ld + kc);
+    // SAFETY: extents checked above; the unit is the caller's contract.
+    unsafe { transpose_avx2_unchecked(src.as_ptr(), ld, rows, kc, nr, dst.as_mut_ptr()) }
+}
+
+/// Blocks of 8 rows by 8 steps through registers: the portable transpose's element-wise
+/// strided stores took 11% of the samples of an AVX2 forward pass over F32 weights, this
+/// one 3%.
+#[target_feature(enable = "avx2")]
+unsafe fn transpose_avx2_unchecked(src: *const f32, ld: usize, rows: usize, kc: usize, nr: usize, dst: *mut f32) {
+    let full = kc / 8 * 8;
+    for r0 in (0..rows).step_by(8) {
+        let nrow = (rows - r0).min(8);
+        // Lane i is stored when i < nrow (the sign bit of each 32-bit mask element).
+        let mask = _mm256_cmpgt_epi32(
+            _mm256_set1_epi32(nrow as i32),
+            _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+        );
+        // SAFETY: rows r0..r0+nrow of src hold kc elements at stride ld; dst holds kc rows
+        // of nr and r0 + nrow <= nr; masked-off lanes are not accessed.
+        unsafe {
+            for p in (0..full).step_by(8) {
+                let mut v = [_mm256_setzero_ps(); 8];
+                for (i, v) in v.iter_mut().enumerate().take(nrow) {
+                    *v = _mm256_loadu_ps(src.add((r0 + i) * ld + p));
+                }
+                for (t, v) in transpose8(v).iter().enumerate() {
+                    _mm256_maskstore_ps(dst.add((p + t) * nr + r0), mask, *v);
+                }
+            }
+            for p in full..kc {
+                for i in 0..nrow {
+                    *dst.add(p * nr + r0 + i) = *src.add((r0 + i) * ld + p);
+                }
+            }
+        }
+    }
+}
+
+/// 8x8 transpose in registers: interleave 32-bit pairs, then 64-bit, then 128-bit lanes.
+#[target_feature(enable = "avx2")]
+fn transpose8(r: [__m256; 8]) -> [__m256; 8] {
+    let mut t = [_mm256_setzero_ps(); 8];
+    for i in 0..4 {
+        t[2 * i] = _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+    // u[4q + c]: rows 4q..4q + 4 of columns c and c + 4 (one per 128-bit lane).
+    let mut u = [_mm256_setzero_ps(); 8];
+    for q in 0..2 {
+        u[4 * q] = _mm256_shuffle_ps::<0x44>(t[4 * q], t[4 * q + 2]);
+        u[4 * q + 1] = _mm256_shuffle_ps::<0xee>(t[4 * q], t[4 * q + 2]);
+        u[4 * q + 2] = _mm256_shuffle_ps::<0x44>(t[4 * q + 1], t[4 * q + 3]);
+        u[4 * q + 3] = _mm256_shuffle_ps::<0xee>(t[4 * q + 1], t[4 * q + 3]);
+    }
+    let mut out = [_mm256_setzero_ps(); 8];
+    for c in 0..4 {
+        out[c] = _mm256_permute2f128_ps::<0x20>(u[c], u[4 + c]);
+        out[c + 4] = _mm256_permute2f128_ps::<0x31>(u[c], u[4 + c]);
+    }
+    out
 }
 
 /// 16x16 transpose in registers: interleave 32-bit, then 64-bit pairs, then 128-bit lanes
