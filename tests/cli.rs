@@ -707,7 +707,10 @@ fn bench_matmul_reports_every_weight_format_at_the_model_shapes() {
     for product in ["LoRA forward", "LoRA backward"] {
         find("F32", product);
     }
-    assert_eq!(figures.len(), 8 * 2 + 2);
+    for product in ["X·Wᵀ + LoRA", "dY·W + LoRA"] {
+        assert_eq!(find("Q4_1", product)["projections"], 7, "{product}");
+    }
+    assert_eq!(figures.len(), 8 * 2 + 4);
     for f in &figures {
         let (g, frac) = (f["gflops"].as_f64().unwrap(), f["peak_fraction"].as_f64().unwrap());
         assert!(g > 0.0 && g.is_finite() && frac > 0.0, "{f}");

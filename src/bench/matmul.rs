@@ -102,8 +102,12 @@ pub fn matmul_throughput(config: &Config, rows: usize, reps: usize) -> Vec<Matmu
             out.push(figure(dtype.to_string(), "dY·W", n, flops, bwd));
         }
     }
-    let r = 8;
-    let (mut flops, mut fwd, mut bwd) = (0.0, 0.0, 0.0);
+    // The LoRA branch alone (f32), and as training runs it with a Q4_1 projection: the
+    // up-projection (forward) and the input gradient (backward) ride on the frozen
+    // product's tiles.
+    let (r, fused_dtype) = (8, DType::Q4_1);
+    let (mut flops, mut frozen_flops) = (0.0, 0.0);
+    let (mut fwd, mut bwd, mut fused_fwd, mut fused_bwd) = (0.0, 0.0, 0.0, 0.0);
     for (_, o, i) in projections(config) {
         let (a, b) = (rng.vec(r * i), rng.vec(o * r));
         let w = LoraWeights {
@@ -113,51 +117,44 @@ pub fn matmul_throughput(config: &Config, rows: usize, reps: usize) -> Vec<Matmu
             scale: 2.0,
         };
         let x = rng.vec(rows * i);
+        let dy = rng.vec(rows * o);
         let mut u = vec![0f32; rows * r];
         let mut y = vec![0f32; rows * o];
-        fwd += best_seconds(reps, || lora_forward(w, &x, rows, &mut u, &mut y));
-        let dy = rng.vec(rows * o);
         let (mut ga, mut gb, mut dx) = (vec![0f32; r * i], vec![0f32; o * r], vec![0f32; rows * i]);
+        fwd += best_seconds(reps, || lora_forward(w, &x, rows, &mut u, &mut y));
         bwd += best_seconds(reps, || {
             let g = LoraGrads { a: &mut ga, b: &mut gb };
             lora_backward(w, &x, rows, &u, &dy, g, &mut dx)
         });
-        flops += 2.0 * (rows * r * (i + o)) as f64;
-    }
-    out.push(figure(DType::F32.to_string(), "LoRA forward", 7, flops, fwd));
-    out.push(figure(DType::F32.to_string(), "LoRA backward", 7, 2.0 * flops, bwd));
-    // A projection with its branch: the up-projection (forward) and the input gradient
-    // (backward) ride on the frozen product's tiles.
-    let dtype = DType::Q4_1;
-    let (mut flops, mut fwd, mut bwd) = (0.0, 0.0, 0.0);
-    for (_, o, i) in projections(config) {
-        let data = random_weight(&mut rng, dtype, o, i);
-        let wt = WeightRef::new(dtype, o, i, &data, RowOrder::Stored).expect("whole blocks");
-        let (a, b) = (rng.vec(r * i), rng.vec(o * r));
-        let w = LoraWeights {
-            a: &a,
-            b: &b,
-            r,
-            scale: 2.0,
-        };
-        let x = rng.vec(rows * i);
-        let mut u = vec![0f32; rows * r];
-        let mut y = vec![0f32; rows * o];
-        fwd += best_seconds(reps, || {
+        let data = random_weight(&mut rng, fused_dtype, o, i);
+        let wt = WeightRef::new(fused_dtype, o, i, &data, RowOrder::Stored).expect("whole blocks");
+        fused_fwd += best_seconds(reps, || {
             lora_down(w, &x, rows, &mut u);
             matmul_wt_plus(&x, rows, &wt, lora_up(w, &u, rows), &mut y);
         });
-        let dy = rng.vec(rows * o);
-        let (mut ga, mut gb, mut dx) = (vec![0f32; r * i], vec![0f32; o * r], vec![0f32; rows * i]);
-        bwd += best_seconds(reps, || {
+        fused_bwd += best_seconds(reps, || {
             let g = LoraGrads { a: &mut ga, b: &mut gb };
             let du = lora_backward_weights(w, &x, rows, &u, &dy, g);
             matmul_w_acc_plus(&dy, rows, &wt, lora_input_grad(w, &du, rows), &mut dx);
         });
-        flops += 2.0 * (rows * o * i) as f64 + 2.0 * (rows * r * (i + o)) as f64;
+        flops += 2.0 * (rows * r * (i + o)) as f64;
+        frozen_flops += 2.0 * (rows * o * i) as f64;
     }
-    let lora_bwd_flops = 2.0 * (rows * r) as f64 * projections(config).iter().map(|p| p.1 + p.2).sum::<usize>() as f64;
-    out.push(figure(dtype.to_string(), "X·Wᵀ + LoRA", 7, flops, fwd));
-    out.push(figure(dtype.to_string(), "dY·W + LoRA", 7, flops + lora_bwd_flops, bwd));
+    out.push(figure(DType::F32.to_string(), "LoRA forward", 7, flops, fwd));
+    out.push(figure(DType::F32.to_string(), "LoRA backward", 7, 2.0 * flops, bwd));
+    out.push(figure(
+        fused_dtype.to_string(),
+        "X·Wᵀ + LoRA",
+        7,
+        frozen_flops + flops,
+        fused_fwd,
+    ));
+    out.push(figure(
+        fused_dtype.to_string(),
+        "dY·W + LoRA",
+        7,
+        frozen_flops + 2.0 * flops,
+        fused_bwd,
+    ));
     out
 }

@@ -195,12 +195,7 @@ unsafe fn block_into<const D: u8, const M: usize>(
                 for c in 0..8 {
                     for (h, &d) in d.iter().enumerate() {
                         let v = _mm256_loadu_si256(block.add(64 + 64 * c + 32 * h).cast());
-                        let bytes = [
-                            _mm256_srai_epi32::<24>(_mm256_slli_epi32::<24>(v)),
-                            _mm256_srai_epi32::<24>(_mm256_slli_epi32::<16>(v)),
-                            _mm256_srai_epi32::<24>(_mm256_slli_epi32::<8>(v)),
-                            _mm256_srai_epi32::<24>(v),
-                        ];
+                        let bytes = i8_lanes(v);
                         for (b, q) in bytes.into_iter().enumerate() {
                             fma_all!(h, 4 * c + b, _mm256_mul_ps(d, _mm256_cvtepi32_ps(q)));
                         }
@@ -240,6 +235,18 @@ unsafe fn block_into<const D: u8, const M: usize>(
             }
         }
     }
+}
+
+/// Bytes 0..4 of each 32-bit lane, sign-extended: Q8_0's quants `4c..4c + 4` of word `c`.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn i8_lanes(v: __m256i) -> [__m256i; 4] {
+    [
+        _mm256_srai_epi32::<24>(_mm256_slli_epi32::<24>(v)),
+        _mm256_srai_epi32::<24>(_mm256_slli_epi32::<16>(v)),
+        _mm256_srai_epi32::<24>(_mm256_slli_epi32::<8>(v)),
+        _mm256_srai_epi32::<24>(v),
+    ]
 }
 
 /// The 16 rows' first 32-bit header words of a quantized block, as two halves.
@@ -307,45 +314,21 @@ pub(super) unsafe fn dequant_packed(
     nr: usize,
     dst: &mut [f32],
 ) -> bool {
-    let Some(bb) = DecodeLayout::block_bytes(layout.dtype) else {
-        return false;
+    let expand = match layout.dtype {
+        DType::Q4_1 => expand_block::<Q4_1>,
+        DType::Q4_0 => expand_block::<Q4_0>,
+        DType::Q8_0 => expand_block::<Q8_0>,
+        DType::F32 => expand_block::<F32>,
+        DType::F16 => expand_block::<F16>,
+        DType::BF16 => expand_block::<BF16>,
+        _ => return false,
     };
-    let cols = DecodeLayout::block_cols(layout.dtype);
-    let groups = rows.div_ceil(16);
-    if !j.is_multiple_of(16)
-        || !p0.is_multiple_of(cols)
-        || !p1.is_multiple_of(cols)
-        || p1 > layout.cols
-        || p0 >= p1
-        || j + rows > layout.rows
-        || nr < 16 * groups
-        || dst.len() < (p1 - p0) * nr
-    {
-        return false;
-    }
-    let bytes = layout.bytes();
-    let group_bytes = layout.group_bytes();
-    for g in 0..groups {
-        let group = &bytes[(j / 16 + g) * group_bytes..][..group_bytes];
-        for p in (p0..p1).step_by(cols) {
-            let block = &group[p / cols * bb..][..bb];
-            let out = &mut dst[(p - p0) * nr + 16 * g..];
-            // SAFETY: the block holds `bb` bytes; `out` holds `cols` rows of `nr` from the
-            // group's 16 lanes (checked above).
-            unsafe {
-                match layout.dtype {
-                    DType::Q4_1 => expand_block::<Q4_1>(block.as_ptr(), out.as_mut_ptr(), nr),
-                    DType::Q4_0 => expand_block::<Q4_0>(block.as_ptr(), out.as_mut_ptr(), nr),
-                    DType::Q8_0 => expand_block::<Q8_0>(block.as_ptr(), out.as_mut_ptr(), nr),
-                    DType::F32 => expand_block::<F32>(block.as_ptr(), out.as_mut_ptr(), nr),
-                    DType::F16 => expand_block::<F16>(block.as_ptr(), out.as_mut_ptr(), nr),
-                    DType::BF16 => expand_block::<BF16>(block.as_ptr(), out.as_mut_ptr(), nr),
-                    _ => unreachable!("formats with a layout"),
-                }
-            }
-        }
-    }
-    true
+    layout.panel_blocks((j, rows), (p0, p1), nr, dst, |block, out| {
+        // SAFETY: `block` is a whole block of the layout; `out` holds the block's columns
+        // as rows of `nr` from the group's 16 lanes (`panel_blocks` checked the extents);
+        // the CPU has AVX2, FMA and F16C (this function's contract).
+        unsafe { expand(block.as_ptr(), out.as_mut_ptr(), nr) }
+    })
 }
 
 /// Element `t` of the 16 rows of a block to `out + t * ld`, as the reference dequantizer
@@ -372,12 +355,7 @@ unsafe fn expand_block<const D: u8>(block: *const u8, out: *mut f32, ld: usize) 
                 for c in 0..8 {
                     for (h, &d) in d.iter().enumerate() {
                         let v = _mm256_loadu_si256(block.add(64 + 64 * c + 32 * h).cast());
-                        let bytes = [
-                            _mm256_srai_epi32::<24>(_mm256_slli_epi32::<24>(v)),
-                            _mm256_srai_epi32::<24>(_mm256_slli_epi32::<16>(v)),
-                            _mm256_srai_epi32::<24>(_mm256_slli_epi32::<8>(v)),
-                            _mm256_srai_epi32::<24>(v),
-                        ];
+                        let bytes = i8_lanes(v);
                         for (b, q) in bytes.into_iter().enumerate() {
                             _mm256_storeu_ps(
                                 out.add((4 * c + b) * ld + 8 * h),

@@ -131,6 +131,48 @@ impl DecodeLayout {
         self.cols / Self::block_cols(self.dtype) * Self::block_bytes(self.dtype).unwrap_or(0)
     }
 
+    /// The blocks of rows `j..j + rows` over reduction steps `p0..p1`, each with the part
+    /// of a panel of `nr` columns (`dst[(p - p0) * nr + r]`, as `Kernel::dequant_packed`
+    /// fills) from its first step and its group's first lane, for a unit's expansion:
+    /// `expand(block, out)`. False, with nothing visited, when `j` does not start a group,
+    /// the steps are not whole blocks, or the extents do not fit.
+    pub(super) fn panel_blocks(
+        &self,
+        (j, rows): (usize, usize),
+        (p0, p1): (usize, usize),
+        nr: usize,
+        dst: &mut [f32],
+        mut expand: impl FnMut(&[u8], &mut [f32]),
+    ) -> bool {
+        let Some(bb) = Self::block_bytes(self.dtype) else {
+            return false;
+        };
+        let cols = Self::block_cols(self.dtype);
+        let groups = rows.div_ceil(GROUP_ROWS);
+        if !j.is_multiple_of(GROUP_ROWS)
+            || !p0.is_multiple_of(cols)
+            || !p1.is_multiple_of(cols)
+            || p1 > self.cols
+            || p0 >= p1
+            || j + rows > self.rows
+            || nr < GROUP_ROWS * groups
+            || dst.len() < (p1 - p0) * nr
+        {
+            return false;
+        }
+        let (bytes, group_bytes) = (self.bytes(), self.group_bytes());
+        for g in 0..groups {
+            let group = &bytes[(j / GROUP_ROWS + g) * group_bytes..][..group_bytes];
+            for p in (p0..p1).step_by(cols) {
+                expand(
+                    &group[p / cols * bb..][..bb],
+                    &mut dst[(p - p0) * nr + GROUP_ROWS * g..],
+                );
+            }
+        }
+        true
+    }
+
     /// Whether this is `w` regrouped: made from the same bytes, format, shape and row
     /// order (another weight's copy is ignored, not read).
     pub(super) fn fits(&self, w: &WeightRef) -> bool {

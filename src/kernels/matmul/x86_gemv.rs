@@ -578,47 +578,21 @@ pub(super) unsafe fn dequant_packed(
     nr: usize,
     dst: &mut [f32],
 ) -> bool {
-    let (Some(bb), cols) = (
-        DecodeLayout::block_bytes(layout.dtype),
-        DecodeLayout::block_cols(layout.dtype),
-    ) else {
-        return false;
+    let expand = match layout.dtype {
+        DType::Q4_1 => expand_block::<Q4_1>,
+        DType::Q4_0 => expand_block::<Q4_0>,
+        DType::Q8_0 => expand_block::<Q8_0>,
+        DType::F32 => expand_block::<F32>,
+        DType::F16 => expand_block::<F16>,
+        DType::BF16 => expand_block::<BF16>,
+        _ => return false,
     };
-    let groups = rows.div_ceil(16);
-    if !j.is_multiple_of(16)
-        || !p0.is_multiple_of(cols)
-        || !p1.is_multiple_of(cols)
-        || p1 > layout.cols
-        || p0 >= p1
-        || j + rows > layout.rows
-        || nr < 16 * groups
-        || dst.len() < (p1 - p0) * nr
-    {
-        return false;
-    }
-    let bytes = layout.bytes();
-    let group_bytes = layout.group_bytes();
-    for g in 0..groups {
-        let group = &bytes[(j / 16 + g) * group_bytes..][..group_bytes];
-        for p in (p0..p1).step_by(cols) {
-            let block = &group[p / cols * bb..][..bb];
-            let out = &mut dst[(p - p0) * nr + 16 * g..];
-            // SAFETY: the block holds `bb` bytes; `out` holds `cols` rows of `nr` from the
-            // group's 16 lanes (checked above: (p1 - p0) * nr fits, 16 g + 16 <= nr).
-            unsafe {
-                match layout.dtype {
-                    DType::Q4_1 => expand_block::<Q4_1>(block.as_ptr(), out.as_mut_ptr(), nr),
-                    DType::Q4_0 => expand_block::<Q4_0>(block.as_ptr(), out.as_mut_ptr(), nr),
-                    DType::Q8_0 => expand_block::<Q8_0>(block.as_ptr(), out.as_mut_ptr(), nr),
-                    DType::F32 => expand_block::<F32>(block.as_ptr(), out.as_mut_ptr(), nr),
-                    DType::F16 => expand_block::<F16>(block.as_ptr(), out.as_mut_ptr(), nr),
-                    DType::BF16 => expand_block::<BF16>(block.as_ptr(), out.as_mut_ptr(), nr),
-                    _ => unreachable!("formats with a layout"),
-                }
-            }
-        }
-    }
-    true
+    layout.panel_blocks((j, rows), (p0, p1), nr, dst, |block, out| {
+        // SAFETY: `block` is a whole block of the layout; `out` holds the block's columns
+        // as rows of `nr` from the group's 16 lanes (`panel_blocks` checked the extents);
+        // the CPU has AVX-512F and F16C (this function's contract).
+        unsafe { expand(block.as_ptr(), out.as_mut_ptr(), nr) }
+    })
 }
 
 /// Element `t` of the 16 rows of a regrouped block to `out + t * ld`, as the reference
