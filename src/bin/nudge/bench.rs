@@ -192,8 +192,9 @@ pub enum BenchCommand {
     },
     /// The matrix products of a training step at the model's shapes (one decoder layer's
     /// seven projections over `--rows` tokens): X·Wᵀ and dY·W for every stored weight
-    /// format (random weights of the model's shapes), and the LoRA products (rank 8, f32),
-    /// each as a fraction of the FMA peak.
+    /// format (random weights of the model's shapes), and the LoRA products (rank 8, f32)
+    /// alone and as training runs them with a Q4_1 projection (`X·Wᵀ + LoRA`, `dY·W +
+    /// LoRA`), each as a fraction of the FMA peak.
     Matmul {
         /// A .gguf file or an HF model folder (only its shapes are read).
         #[arg(short, long)]
