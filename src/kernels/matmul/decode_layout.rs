@@ -136,6 +136,8 @@ impl DecodeLayout {
     /// fills) from its first step and its group's first lane, for a unit's expansion:
     /// `expand(block, out)`. False, with nothing visited, when `j` does not start a group,
     /// the steps are not whole blocks, or the extents do not fit.
+    // (The copy's panels are expanded by the x86 units only.)
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pub(super) fn panel_blocks(
         &self,
         (j, rows): (usize, usize),
