@@ -7,16 +7,10 @@
 use super::decode_layout::DecodeLayout;
 use super::driver::CHAIN;
 use super::gemv::PackedFn;
+use super::x86::{BF16, F16, F32, Q4_0, Q4_1, Q8_0};
+use super::x86_gemv::{PREFETCH_AHEAD, packed_block_shape};
 use crate::quant::DType;
 use std::arch::x86_64::*;
-
-// Formats as const parameters.
-const F32: u8 = 0;
-const F16: u8 = 1;
-const BF16: u8 = 2;
-const Q8_0: u8 = 3;
-const Q4_0: u8 = 4;
-const Q4_1: u8 = 5;
 
 /// The kernel for a layout of `dtype` and `m` activation rows, if there is one (the CPU
 /// has AVX2, FMA and F16C: the caller's `Isa::Avx2`).
@@ -59,19 +53,6 @@ pub(super) fn packed_kernel(dtype: DType, m: usize) -> Option<PackedFn> {
     }
 }
 
-/// Bytes and columns of one block of the layout.
-const fn block_shape(d: u8) -> (usize, usize) {
-    match d {
-        Q8_0 => (576, 32),
-        Q4_0 | Q4_1 => (320, 32),
-        F32 => (1024, 16),
-        _ => (512, 16),
-    }
-}
-
-/// How many blocks ahead the kernel asks for a block's lines (as `x86_gemv`).
-const PREFETCH_AHEAD: usize = 16;
-
 /// `4 N` activation rows as `N` runs of [`packed_group`] over four of them.
 ///
 /// Safety: see [`PackedFn`]; the CPU has AVX2, FMA and F16C.
@@ -105,7 +86,7 @@ unsafe fn packed_group<const D: u8, const M: usize, const J: usize>(
     y: *mut f32,
     ldy: usize,
 ) {
-    let (bb, cols) = block_shape(D);
+    let (bb, cols) = packed_block_shape(D);
     // The running sums of the 16 rows, per activation row (on the stack: 2 M registers
     // would not fit beside the chains'); one load, add and store per chain of 64 steps.
     let mut sum = [[0f32; 16]; M];
@@ -190,44 +171,22 @@ unsafe fn block_into<const D: u8, const M: usize>(
                 }
             }
             Q8_0 => {
-                let head = heads(block);
-                let d = [scales(head[0], 0), scales(head[1], 0)];
+                let (d, _) = block_scales::<D>(block);
                 for c in 0..8 {
-                    for (h, &d) in d.iter().enumerate() {
-                        let v = _mm256_loadu_si256(block.add(64 + 64 * c + 32 * h).cast());
-                        let bytes = i8_lanes(v);
-                        for (b, q) in bytes.into_iter().enumerate() {
-                            fma_all!(h, 4 * c + b, _mm256_mul_ps(d, _mm256_cvtepi32_ps(q)));
+                    for h in 0..2 {
+                        for (b, w) in q8_word(block, c, h, d[h]).into_iter().enumerate() {
+                            fma_all!(h, 4 * c + b, w);
                         }
                     }
                 }
             }
             _ => {
-                let head = heads(block);
-                let d = [scales(head[0], 0), scales(head[1], 0)];
-                // The reference's `d * q + m` (Q4_1) and `d * (q - 8)` (Q4_0) as one fused
-                // multiply-add: exact, as `x86_gemv::quant_block` explains.
-                let offset = if D == Q4_1 {
-                    [scales(head[0], 16), scales(head[1], 16)]
-                } else {
-                    let m8 = _mm256_set1_ps(-8.0);
-                    [_mm256_mul_ps(d[0], m8), _mm256_mul_ps(d[1], m8)]
-                };
-                let nibble = _mm256_set1_epi32(0x0f);
+                let (d, offset) = block_scales::<D>(block);
                 for high in [false, true] {
                     for c in 0..4 {
                         for h in 0..2 {
-                            let v = _mm256_loadu_si256(block.add(64 + 64 * c + 32 * h).cast());
-                            let v = if high { _mm256_srli_epi32::<4>(v) } else { v };
-                            let nibbles = [
-                                _mm256_and_si256(v, nibble),
-                                _mm256_and_si256(_mm256_srli_epi32::<8>(v), nibble),
-                                _mm256_and_si256(_mm256_srli_epi32::<16>(v), nibble),
-                                _mm256_and_si256(_mm256_srli_epi32::<24>(v), nibble),
-                            ];
-                            for (b, q) in nibbles.into_iter().enumerate() {
-                                let p = 16 * usize::from(high) + 4 * c + b;
-                                fma_all!(h, p, _mm256_fmadd_ps(d[h], _mm256_cvtepi32_ps(q), offset[h]));
+                            for (b, w) in q4_word(block, c, h, high, d[h], offset[h]).into_iter().enumerate() {
+                                fma_all!(h, 16 * usize::from(high) + 4 * c + b, w);
                             }
                         }
                     }
@@ -237,15 +196,76 @@ unsafe fn block_into<const D: u8, const M: usize>(
     }
 }
 
-/// Bytes 0..4 of each 32-bit lane, sign-extended: Q8_0's quants `4c..4c + 4` of word `c`.
+/// The scales of a quantized block's 16 rows, per half, and the offset each value adds:
+/// Q4_1's minimum, Q4_0's `-8 d`, nothing for Q8_0.
+///
+/// Safety: `block` is readable for its 64 header bytes; the CPU has AVX2 and F16C.
+#[inline]
+#[target_feature(enable = "avx2,f16c")]
+unsafe fn block_scales<const D: u8>(block: *const u8) -> ([__m256; 2], [__m256; 2]) {
+    // SAFETY: the caller's contract.
+    let head = unsafe { heads(block) };
+    let d = [scales(head[0], 0), scales(head[1], 0)];
+    let offset = match D {
+        Q4_1 => [scales(head[0], 16), scales(head[1], 16)],
+        Q4_0 => {
+            let m8 = _mm256_set1_ps(-8.0);
+            [_mm256_mul_ps(d[0], m8), _mm256_mul_ps(d[1], m8)]
+        }
+        _ => [_mm256_setzero_ps(); 2],
+    };
+    (d, offset)
+}
+
+/// Elements `4c..4c + 4` of half `h` of a Q8_0 block: byte `b` of quant word `c`,
+/// sign-extended, times the scale (the reference's product).
+///
+/// Safety: `block` is a whole Q8_0 block of the layout; the CPU has AVX2.
 #[inline]
 #[target_feature(enable = "avx2")]
-fn i8_lanes(v: __m256i) -> [__m256i; 4] {
-    [
+unsafe fn q8_word(block: *const u8, c: usize, h: usize, d: __m256) -> [__m256; 4] {
+    // SAFETY: the caller's contract: word c's half h lies inside the block.
+    let v = unsafe { _mm256_loadu_si256(block.add(64 + 64 * c + 32 * h).cast()) };
+    let q = [
         _mm256_srai_epi32::<24>(_mm256_slli_epi32::<24>(v)),
         _mm256_srai_epi32::<24>(_mm256_slli_epi32::<16>(v)),
         _mm256_srai_epi32::<24>(_mm256_slli_epi32::<8>(v)),
         _mm256_srai_epi32::<24>(v),
+    ];
+    // (No closures: they would not be inlined into this unit's code.)
+    [
+        _mm256_mul_ps(d, _mm256_cvtepi32_ps(q[0])),
+        _mm256_mul_ps(d, _mm256_cvtepi32_ps(q[1])),
+        _mm256_mul_ps(d, _mm256_cvtepi32_ps(q[2])),
+        _mm256_mul_ps(d, _mm256_cvtepi32_ps(q[3])),
+    ]
+}
+
+/// Elements `16 high + 4c + b` (`b < 4`) of half `h` of a Q4_0 / Q4_1 block: the low (or
+/// high) nibble of byte `b` of quant word `c`, as `d * q + offset` in one fused
+/// multiply-add. The reference rounds `d * q + m` (Q4_1) and `d * (q - 8)` (Q4_0) after
+/// an exact product (`d` an f16, `q` below 16), so this is the same value, as
+/// `x86_gemv::quant_block` explains.
+///
+/// Safety: `block` is a whole Q4_0 or Q4_1 block of the layout; the CPU has AVX2 and FMA.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn q4_word(block: *const u8, c: usize, h: usize, high: bool, d: __m256, offset: __m256) -> [__m256; 4] {
+    // SAFETY: the caller's contract: word c's half h lies inside the block.
+    let v = unsafe { _mm256_loadu_si256(block.add(64 + 64 * c + 32 * h).cast()) };
+    let v = if high { _mm256_srli_epi32::<4>(v) } else { v };
+    let nibble = _mm256_set1_epi32(0x0f);
+    let q = [
+        _mm256_and_si256(v, nibble),
+        _mm256_and_si256(_mm256_srli_epi32::<8>(v), nibble),
+        _mm256_and_si256(_mm256_srli_epi32::<16>(v), nibble),
+        _mm256_and_si256(_mm256_srli_epi32::<24>(v), nibble),
+    ];
+    [
+        _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(q[0]), offset),
+        _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(q[1]), offset),
+        _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(q[2]), offset),
+        _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(q[3]), offset),
     ]
 }
 
@@ -350,44 +370,24 @@ unsafe fn expand_block<const D: u8>(block: *const u8, out: *mut f32, ld: usize) 
                 }
             }
             Q8_0 => {
-                let head = heads(block);
-                let d = [scales(head[0], 0), scales(head[1], 0)];
+                let (d, _) = block_scales::<D>(block);
                 for c in 0..8 {
                     for (h, &d) in d.iter().enumerate() {
-                        let v = _mm256_loadu_si256(block.add(64 + 64 * c + 32 * h).cast());
-                        let bytes = i8_lanes(v);
-                        for (b, q) in bytes.into_iter().enumerate() {
-                            _mm256_storeu_ps(
-                                out.add((4 * c + b) * ld + 8 * h),
-                                _mm256_mul_ps(d, _mm256_cvtepi32_ps(q)),
-                            );
+                        for (b, w) in q8_word(block, c, h, d).into_iter().enumerate() {
+                            _mm256_storeu_ps(out.add((4 * c + b) * ld + 8 * h), w);
                         }
                     }
                 }
             }
             _ => {
-                let head = heads(block);
-                let d = [scales(head[0], 0), scales(head[1], 0)];
-                let offset = if D == Q4_1 {
-                    [scales(head[0], 16), scales(head[1], 16)]
-                } else {
-                    let m8 = _mm256_set1_ps(-8.0);
-                    [_mm256_mul_ps(d[0], m8), _mm256_mul_ps(d[1], m8)]
-                };
-                let nibble = _mm256_set1_epi32(0x0f);
-                for c in 0..4 {
-                    for h in 0..2 {
-                        let v = _mm256_loadu_si256(block.add(64 + 64 * c + 32 * h).cast());
-                        for b in 0..4 {
-                            let shifted = _mm256_srlv_epi32(v, _mm256_set1_epi32(8 * b as i32));
-                            let lo = _mm256_and_si256(shifted, nibble);
-                            let hi = _mm256_and_si256(_mm256_srli_epi32::<4>(shifted), nibble);
-                            let (l, u) = (
-                                _mm256_fmadd_ps(d[h], _mm256_cvtepi32_ps(lo), offset[h]),
-                                _mm256_fmadd_ps(d[h], _mm256_cvtepi32_ps(hi), offset[h]),
-                            );
-                            _mm256_storeu_ps(out.add((4 * c + b) * ld + 8 * h), l);
-                            _mm256_storeu_ps(out.add((16 + 4 * c + b) * ld + 8 * h), u);
+                let (d, offset) = block_scales::<D>(block);
+                for high in [false, true] {
+                    for c in 0..4 {
+                        for h in 0..2 {
+                            for (b, w) in q4_word(block, c, h, high, d[h], offset[h]).into_iter().enumerate() {
+                                let t = 16 * usize::from(high) + 4 * c + b;
+                                _mm256_storeu_ps(out.add(t * ld + 8 * h), w);
+                            }
                         }
                     }
                 }

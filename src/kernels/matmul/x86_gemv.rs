@@ -453,7 +453,18 @@ pub(super) fn packed_kernel(dtype: DType, m: usize) -> Option<PackedFn> {
 /// of a block: with the hardware's prefetcher alone the kernel waited on memory. 8 to 64
 /// blocks ahead measured alike, all well ahead of one line four blocks ahead (BENCHMARKS.md,
 /// 2026-12-03).
-const PREFETCH_AHEAD: usize = 16;
+pub(super) const PREFETCH_AHEAD: usize = 16;
+
+/// Bytes and columns of one block of a [`DecodeLayout`] of format code `d` (as
+/// `DecodeLayout::block_bytes` and `block_cols` give them for a `DType`).
+pub(super) const fn packed_block_shape(d: u8) -> (usize, usize) {
+    match d {
+        Q8_0 => (576, 32),
+        Q4_0 | Q4_1 => (320, 32),
+        F32 => (1024, 16),
+        _ => (512, 16),
+    }
+}
 
 /// One regrouped group of 16 rows (`count` of them real) into `y`, in the chain order of
 /// [`groups`]: the same bits.
@@ -470,12 +481,7 @@ unsafe fn packed_group<const D: u8, const M: usize, const J: usize>(
     ldy: usize,
 ) {
     let floats = matches!(D, F32 | F16 | BF16);
-    let (bb, cols) = match D {
-        Q8_0 => (576, 32),
-        Q4_0 | Q4_1 => (320, 32),
-        F32 => (1024, 16),
-        _ => (512, 16),
-    };
+    let (bb, cols) = packed_block_shape(D);
     let none = [[std::ptr::null::<u8>(); 16]; 1];
     let offsets = [_mm512_setzero_si512(); 1];
     // With 8 or more activation rows, the chains' accumulators take most of the 32
