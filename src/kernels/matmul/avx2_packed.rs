@@ -103,8 +103,11 @@ unsafe fn packed_group<const D: u8, const M: usize, const J: usize>(
                 // activation row are inside the caller's extents.
                 unsafe {
                     let block = group.add(p / cols * bb);
-                    for line in (0..bb).step_by(64) {
-                        _mm_prefetch::<_MM_HINT_T0>(block.wrapping_add(PREFETCH_AHEAD * bb + line).cast());
+                    // As in the AVX-512 kernel: float blocks are left to the hardware.
+                    if !matches!(D, F32 | F16 | BF16) {
+                        for line in (0..bb).step_by(64) {
+                            _mm_prefetch::<_MM_HINT_T0>(block.wrapping_add(PREFETCH_AHEAD * bb + line).cast());
+                        }
                     }
                     block_into::<D, M>(block, x.add(p), ldx, acc);
                 }

@@ -452,7 +452,8 @@ pub(super) fn packed_kernel(dtype: DType, m: usize) -> Option<PackedFn> {
 /// How many blocks ahead of the one being multiplied [`packed_group`] asks for every line
 /// of a block: with the hardware's prefetcher alone the kernel waited on memory. 8 to 64
 /// blocks ahead measured alike, all well ahead of one line four blocks ahead (BENCHMARKS.md,
-/// 2026-12-03).
+/// 2026-12-03). Float blocks, read one chain at a time front to back, are left to the
+/// hardware: asking for their lines too cost 6% of F32 decoding's speed.
 pub(super) const PREFETCH_AHEAD: usize = 16;
 
 /// Bytes and columns of one block of a [`DecodeLayout`] of format code `d` (as
@@ -507,8 +508,12 @@ unsafe fn packed_group<const D: u8, const M: usize, const J: usize>(
                             // of each activation row are inside the caller's extents.
                             unsafe {
                                 let block = group.add(p / cols * bb);
-                                for line in (0..bb).step_by(64) {
-                                    _mm_prefetch::<_MM_HINT_T0>(block.wrapping_add(PREFETCH_AHEAD * bb + line).cast());
+                                if !floats {
+                                    for line in (0..bb).step_by(64) {
+                                        _mm_prefetch::<_MM_HINT_T0>(
+                                            block.wrapping_add(PREFETCH_AHEAD * bb + line).cast(),
+                                        );
+                                    }
                                 }
                                 if floats {
                                     // Column t of the 16 rows is element 16 t onwards.
