@@ -9,17 +9,18 @@ pub const CHUNK: usize = 32;
 
 /// log-softmax of each logits row, gathered at its target, plus the row's log-sum-exp.
 fn log_softmax_gather(logits: &[f32], vocab: usize, targets: &[u32], logp: &mut [f32], lse: &mut [f32]) {
-    for (((row, &t), lp), l) in logits
-        .chunks_exact(vocab)
+    use rayon::prelude::*;
+    // A row is a whole vocabulary: one task each (rows are independent, the same bits).
+    (logits.par_chunks_exact(vocab))
         .zip(targets)
-        .zip(logp.iter_mut())
-        .zip(lse.iter_mut())
-    {
-        let max = row_max(row);
-        let lse_row = max as f64 + sum_exp(row, max).ln();
-        *l = lse_row as f32;
-        *lp = (row[t as usize] as f64 - lse_row) as f32;
-    }
+        .zip(logp.par_iter_mut())
+        .zip(lse.par_iter_mut())
+        .for_each(|(((row, &t), lp), l)| {
+            let max = row_max(row);
+            let lse_row = max as f64 + sum_exp(row, max).ln();
+            *l = lse_row as f32;
+            *lp = (row[t as usize] as f64 - lse_row) as f32;
+        });
 }
 
 multiversion! {
@@ -152,13 +153,16 @@ pub fn token_logprobs_backward(h: &[f32], targets: &[u32], lm_head: &WeightRef, 
         let m = tgt.len();
         let lg = &mut logits[..m * vocab];
         matmul_wt(&h[p0 * hidden..(p0 + m) * hidden], m, lm_head, lg);
-        for (r, row) in lg.chunks_exact_mut(vocab).enumerate() {
-            let g = dlogp[p0 + r];
-            let max = row_max(row);
-            // -g * softmax: e^(x - max) scaled by -g / sum.
-            let sum = exp_in_place_sum(row, max);
-            scale_in_place(row, (-(g as f64) / sum) as f32);
-            row[tgt[r] as usize] += g;
+        {
+            use rayon::prelude::*;
+            lg.par_chunks_exact_mut(vocab).enumerate().for_each(|(r, row)| {
+                let g = dlogp[p0 + r];
+                let max = row_max(row);
+                // -g * softmax: e^(x - max) scaled by -g / sum.
+                let sum = exp_in_place_sum(row, max);
+                scale_in_place(row, (-(g as f64) / sum) as f32);
+                row[tgt[r] as usize] += g;
+            });
         }
         matmul_w_acc(lg, m, lm_head, &mut dh[p0 * hidden..(p0 + m) * hidden]);
     }
