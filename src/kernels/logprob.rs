@@ -3,13 +3,13 @@
 
 use super::matmul::{WeightRef, matmul_w_acc, matmul_wt};
 use super::simd::{exp16, hmax16, multiversion};
+use rayon::prelude::*;
 
 /// Positions per chunk: 32 x 49152 logits is 6 MB.
 pub const CHUNK: usize = 32;
 
 /// log-softmax of each logits row, gathered at its target, plus the row's log-sum-exp.
 fn log_softmax_gather(logits: &[f32], vocab: usize, targets: &[u32], logp: &mut [f32], lse: &mut [f32]) {
-    use rayon::prelude::*;
     // A row is a whole vocabulary: one task each (rows are independent, the same bits).
     (logits.par_chunks_exact(vocab))
         .zip(targets)
@@ -153,17 +153,14 @@ pub fn token_logprobs_backward(h: &[f32], targets: &[u32], lm_head: &WeightRef, 
         let m = tgt.len();
         let lg = &mut logits[..m * vocab];
         matmul_wt(&h[p0 * hidden..(p0 + m) * hidden], m, lm_head, lg);
-        {
-            use rayon::prelude::*;
-            lg.par_chunks_exact_mut(vocab).enumerate().for_each(|(r, row)| {
-                let g = dlogp[p0 + r];
-                let max = row_max(row);
-                // -g * softmax: e^(x - max) scaled by -g / sum.
-                let sum = exp_in_place_sum(row, max);
-                scale_in_place(row, (-(g as f64) / sum) as f32);
-                row[tgt[r] as usize] += g;
-            });
-        }
+        lg.par_chunks_exact_mut(vocab).enumerate().for_each(|(r, row)| {
+            let g = dlogp[p0 + r];
+            let max = row_max(row);
+            // -g * softmax: e^(x - max) scaled by -g / sum.
+            let sum = exp_in_place_sum(row, max);
+            scale_in_place(row, (-(g as f64) / sum) as f32);
+            row[tgt[r] as usize] += g;
+        });
         matmul_w_acc(lg, m, lm_head, &mut dh[p0 * hidden..(p0 + m) * hidden]);
     }
 }

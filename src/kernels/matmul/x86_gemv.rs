@@ -453,7 +453,7 @@ pub(super) fn packed_kernel(dtype: DType, m: usize) -> Option<PackedFn> {
 /// of a block: with the hardware's prefetcher alone the kernel waited on memory. 8 to 64
 /// blocks ahead measured alike, all well ahead of one line four blocks ahead (BENCHMARKS.md,
 /// 2026-12-03). Float blocks, read one chain at a time front to back, are left to the
-/// hardware: asking for their lines too cost 6% of F32 decoding's speed.
+/// hardware: asking for their lines too cost one thread's F32 decoding 12% of its speed.
 pub(super) const PREFETCH_AHEAD: usize = 16;
 
 /// Bytes and columns of one block of a [`DecodeLayout`] of format code `d` (as
