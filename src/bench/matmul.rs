@@ -66,19 +66,11 @@ fn best_seconds(reps: usize, mut f: impl FnMut()) -> f64 {
 pub fn matmul_throughput(config: &Config, rows: usize, reps: usize) -> Vec<MatmulFigure> {
     // Measured before and after the products, the higher kept: a shared machine's other
     // work can halve an estimate for a while, which would double every fraction of it.
-    let peak = fma_peak_gflops();
+    let peak_before = fma_peak_gflops();
     let mut rng = Rng(7);
-    let figure = |dtype: String, product, projections, flops: f64, seconds: f64| {
-        let gflops = flops / seconds / 1e9;
-        MatmulFigure {
-            dtype,
-            product,
-            rows,
-            projections,
-            gflops,
-            peak_gflops: peak,
-            peak_fraction: gflops / peak,
-        }
+    // (format, product, projections, GFLOP/s): the fractions of the peak come at the end.
+    let figure = |dtype: String, product: &'static str, projections: usize, flops: f64, seconds: f64| {
+        (dtype, product, projections, flops / seconds / 1e9)
     };
     let mut out = Vec::new();
     for dtype in DTYPES {
@@ -158,10 +150,16 @@ pub fn matmul_throughput(config: &Config, rows: usize, reps: usize) -> Vec<Matmu
         frozen_flops + 2.0 * flops,
         fused_bwd,
     ));
-    let peak = peak.max(fma_peak_gflops());
-    for f in &mut out {
-        f.peak_gflops = peak;
-        f.peak_fraction = f.gflops / peak;
-    }
-    out
+    let peak = peak_before.max(fma_peak_gflops());
+    out.into_iter()
+        .map(|(dtype, product, projections, gflops)| MatmulFigure {
+            dtype,
+            product,
+            rows,
+            projections,
+            gflops,
+            peak_gflops: peak,
+            peak_fraction: gflops / peak,
+        })
+        .collect()
 }
