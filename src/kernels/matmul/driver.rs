@@ -98,6 +98,9 @@ pub(super) trait BSource: Sync {
     /// `dst[group][p - p0][c]`, columns past `j1` zero. `scratch` is the task's to resize
     /// and reuse.
     fn pack(&self, kern: &Kernel, ps: Range<usize>, js: Range<usize>, dst: &mut [f32], scratch: &mut Vec<f32>);
+    /// Asks for the stored bytes a later [`Self::pack`] of `ps x js` will read (a hint:
+    /// no effect on the values). The tasks spread it over the tiles of the chunk before.
+    fn prefetch(&self, _ps: Range<usize>, _js: Range<usize>) {}
 }
 
 /// Reduction chunk per B pack: a `KC x nr` micro-panel of B stays in L1.
@@ -378,11 +381,22 @@ fn task(
                 }
                 let load = load || p0 > ps.start;
                 let tail = tail.filter(|_| p1 == ps.end);
+                // The next chunk's rows of B, asked for a few at a time between the tiles of
+                // this one, arrive while it computes.
+                let next = p1..(p1 + plan.kc).min(ps.end);
+                let tiles = groups * rows.len().div_ceil(mr);
+                let per_tile = next.len().div_ceil(tiles);
+                let mut ahead = next.start;
                 for g in 0..groups {
                     let j = cols.start + g * nr;
                     let nrv = nr.min(cols.end - j);
                     let bg = &bp[g * nr * kc..(g + 1) * nr * kc];
                     for i in rows.clone().step_by(mr) {
+                        if ahead < next.end {
+                            let till = (ahead + per_tile).min(next.end);
+                            b.prefetch(ahead..till, cols.clone());
+                            ahead = till;
+                        }
                         let mrv = mr.min(rows.end - i);
                         let off = (i / mr) * a_panel + slots(kern, p0 - ps.start) * mr;
                         let ag = &ap[off..off + mr * slots(kern, kc)];
