@@ -181,6 +181,10 @@ mod x86 {
                 (Isa::Avx512, DType::Q8_0) => q8_0_avx512(src, dst),
                 (Isa::Avx512, DType::Q4_0) => q4_avx512::<false>(src, dst),
                 (Isa::Avx512, DType::Q4_1) => q4_avx512::<true>(src, dst),
+                (Isa::Avx2, DType::Q4_K) => q4_k::<Avx2Lanes>(src, dst),
+                (Isa::Avx2, DType::Q6_K) => q6_k::<Avx2Lanes>(src, dst),
+                (Isa::Avx512, DType::Q4_K) => q4_k::<Avx512Lanes>(src, dst),
+                (Isa::Avx512, DType::Q6_K) => q6_k::<Avx512Lanes>(src, dst),
                 _ => return false,
             }
         }
@@ -289,6 +293,120 @@ mod x86 {
         }
     }
 
+    /// Stores 16 small integers (signed bytes) as `scale * q - offset`, one f32 multiply
+    /// and one subtract per element, as the scalar K-quant paths compute them.
+    trait Lanes {
+        /// Safety: the CPU has the unit; `y` has room for 16 floats.
+        unsafe fn store16(q: __m128i, scale: f32, offset: f32, y: *mut f32);
+    }
+
+    struct Avx2Lanes;
+    struct Avx512Lanes;
+
+    impl Lanes for Avx2Lanes {
+        #[inline(always)]
+        unsafe fn store16(q: __m128i, scale: f32, offset: f32, y: *mut f32) {
+            // SAFETY: the caller's contract.
+            unsafe { store16_avx2(q, scale, offset, y) }
+        }
+    }
+
+    impl Lanes for Avx512Lanes {
+        #[inline(always)]
+        unsafe fn store16(q: __m128i, scale: f32, offset: f32, y: *mut f32) {
+            // SAFETY: the caller's contract.
+            unsafe { store16_avx512(q, scale, offset, y) }
+        }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn store16_avx2(q: __m128i, scale: f32, offset: f32, y: *mut f32) {
+        let (d, m) = (_mm256_set1_ps(scale), _mm256_set1_ps(offset));
+        for (k, q) in [q, _mm_srli_si128::<8>(q)].into_iter().enumerate() {
+            let v = _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q)));
+            // SAFETY: floats 8k..8k + 8 of the caller's 16.
+            unsafe { _mm256_storeu_ps(y.add(8 * k), _mm256_sub_ps(v, m)) };
+        }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn store16_avx512(q: __m128i, scale: f32, offset: f32, y: *mut f32) {
+        let v = _mm512_mul_ps(_mm512_set1_ps(scale), _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q)));
+        // SAFETY: the caller's 16 floats.
+        unsafe { _mm512_storeu_ps(y, _mm512_sub_ps(v, _mm512_set1_ps(offset))) };
+    }
+
+    /// `k_quants::q4_k`, 16 elements at a time: the same sub-block scales (products
+    /// rounded to f32 in the same order), then `d*sc * q - dmin*m` per element.
+    #[inline]
+    #[target_feature(enable = "f16c")]
+    unsafe fn q4_k<L: Lanes>(src: &[u8], dst: &mut [f32]) {
+        let mask = _mm_set1_epi8(0x0f);
+        for (b, y) in src.chunks_exact(144).zip(dst.chunks_exact_mut(256)) {
+            let (d, dmin) = (f16_at(b, 0), f16_at(b, 2));
+            let scales = &b[4..16];
+            for chunk in 0..4 {
+                let (sc_lo, m_lo) = super::super::k_quants::scale_min_k4(2 * chunk, scales);
+                let (sc_hi, m_hi) = super::super::k_quants::scale_min_k4(2 * chunk + 1, scales);
+                let (d_lo, min_lo) = (d * sc_lo as f32, dmin * m_lo as f32);
+                let (d_hi, min_hi) = (d * sc_hi as f32, dmin * m_hi as f32);
+                for half in 0..2 {
+                    // SAFETY: bytes 16 + 32 chunk + 16 half + 16 <= 144; floats
+                    // 64 chunk + 16 half (+ 32) + 16 <= 256.
+                    unsafe {
+                        let q = _mm_loadu_si128(b.as_ptr().add(16 + 32 * chunk + 16 * half).cast());
+                        let at = y.as_mut_ptr().add(64 * chunk + 16 * half);
+                        L::store16(_mm_and_si128(q, mask), d_lo, min_lo, at);
+                        L::store16(_mm_and_si128(_mm_srli_epi16::<4>(q), mask), d_hi, min_hi, at.add(32));
+                    }
+                }
+            }
+        }
+    }
+
+    /// `k_quants::q6_k`, 16 elements at a time: `(d * sc) * (q - 32)`, the scale's product
+    /// rounded first as the scalar path rounds it. The scalar path subtracts nothing
+    /// after the product; subtracting zero keeps every bit (`x - 0.0 == x`, NaN stays NaN).
+    #[inline]
+    #[target_feature(enable = "f16c")]
+    unsafe fn q6_k<L: Lanes>(src: &[u8], dst: &mut [f32]) {
+        let (low4, low2, bias) = (_mm_set1_epi8(0x0f), _mm_set1_epi8(3), _mm_set1_epi8(32));
+        for (b, y) in src.chunks_exact(210).zip(dst.chunks_exact_mut(256)) {
+            let d = f16_at(b, 208);
+            for half in 0..2 {
+                let sc = &b[192 + 8 * half..200 + 8 * half];
+                for is in 0..2 {
+                    let l = 16 * is;
+                    // SAFETY: ql bytes 64 half + l (+ 32) + 16 <= 128, qh bytes
+                    // 128 + 32 half + l + 16 <= 192; floats 128 half + l + 96 + 16 <= 256.
+                    unsafe {
+                        let ql0 = _mm_loadu_si128(b.as_ptr().add(64 * half + l).cast());
+                        let ql1 = _mm_loadu_si128(b.as_ptr().add(64 * half + l + 32).cast());
+                        let h = _mm_loadu_si128(b.as_ptr().add(128 + 32 * half + l).cast());
+                        // The two high bits of element group k sit at bits 2k, 2k + 1 of h.
+                        let high = |k: i32| {
+                            let bits = _mm_and_si128(_mm_srl_epi16(h, _mm_cvtsi32_si128(2 * k)), low2);
+                            _mm_slli_epi16::<4>(bits)
+                        };
+                        let quants = [
+                            _mm_or_si128(_mm_and_si128(ql0, low4), high(0)),
+                            _mm_or_si128(_mm_and_si128(ql1, low4), high(1)),
+                            _mm_or_si128(_mm_and_si128(_mm_srli_epi16::<4>(ql0), low4), high(2)),
+                            _mm_or_si128(_mm_and_si128(_mm_srli_epi16::<4>(ql1), low4), high(3)),
+                        ];
+                        let out = y.as_mut_ptr().add(128 * half + l);
+                        for (k, q) in quants.into_iter().enumerate() {
+                            let scale = d * (sc[is + 2 * k] as i8) as f32;
+                            L::store16(_mm_sub_epi8(q, bias), scale, 0.0, out.add(32 * k));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     #[cfg(test)]
     mod tests {
         use super::super::scalar_blocks;
@@ -306,15 +424,19 @@ mod x86 {
             };
             let specials: [u16; 8] = [0x0000, 0x8000, 0x0001, 0x8200, 0x7c00, 0xfc00, 0x7e00, 0x7bff];
             let mut bytes: Vec<u8> = (0..n * dtype.block_bytes()).map(|_| next() as u8).collect();
+            let scales_at: &[usize] = match dtype {
+                DType::Q4_1 | DType::Q4_K => &[0, 2],
+                DType::Q6_K => &[208],
+                _ => &[0],
+            };
             for (i, block) in bytes.chunks_exact_mut(dtype.block_bytes()).enumerate() {
-                let n_scales = if dtype == DType::Q4_1 { 2 } else { 1 };
-                for s in 0..n_scales {
+                for (s, &at) in scales_at.iter().enumerate() {
                     let bits = match next() % 4 {
                         0 => specials[(i + s) % specials.len()],
                         // finite values of moderate size
                         _ => half::f16::from_f32((next() % 2001) as f32 / 1000.0 - 1.0).to_bits(),
                     };
-                    block[2 * s..2 * s + 2].copy_from_slice(&bits.to_le_bytes());
+                    block[at..at + 2].copy_from_slice(&bits.to_le_bytes());
                 }
             }
             bytes
@@ -323,13 +445,13 @@ mod x86 {
         #[test]
         fn vector_paths_match_scalar_bit_for_bit() {
             let levels: Vec<Isa> = Isa::supported();
-            for dtype in [DType::Q8_0, DType::Q4_0, DType::Q4_1] {
+            for dtype in [DType::Q8_0, DType::Q4_0, DType::Q4_1, DType::Q4_K, DType::Q6_K] {
                 for (seed, n) in [(1u64, 1usize), (2, 7), (3, 300)] {
                     let src = random_blocks(dtype, n, seed);
-                    let mut want = vec![0f32; n * 32];
+                    let mut want = vec![0f32; n * dtype.block_len()];
                     scalar_blocks(dtype, &src, &mut want);
                     for &level in &levels {
-                        let mut got = vec![1f32; n * 32];
+                        let mut got = vec![1f32; n * dtype.block_len()];
                         if !dequantize_blocks(level, dtype, &src, &mut got) {
                             assert!(matches!(level, Isa::Scalar | Isa::Neon), "{dtype} {level:?}");
                             continue;
@@ -347,7 +469,6 @@ mod x86 {
                     }
                 }
             }
-            assert!(!dequantize_blocks(Isa::Avx2, DType::Q4_K, &[], &mut []));
         }
     }
 }
