@@ -1,6 +1,7 @@
 //! The low-rank branch of a LoRA'd linear layer: y += s · (x Aᵀ) Bᵀ, and its backward.
 
 use super::matmul::{LowRank, Mat, MatMut, Update, gemm, gemm_scaled_b};
+use rayon::prelude::*;
 
 /// One LoRA pair as the kernels see it: `a: [r, in]`, `b: [out, r]`, and the branch's scale.
 #[derive(Clone, Copy, Debug)]
@@ -61,13 +62,26 @@ pub fn lora_down(w: LoraWeights, x: &[f32], t: usize, u: &mut [f32]) {
     transpose_into(&ut, r, t, &mut u[..t * r]);
 }
 
-/// `dst: [cols, rows]` = `src: [rows, cols]` transposed.
+/// `dst: [cols, rows]` = `src: [rows, cols]` transposed, blocks of destination rows in
+/// parallel (run serially, the transposes of the rank-r operands were the largest piece of
+/// a 2-thread training step left to one thread).
 fn transpose_into(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) {
-    for (i, row) in src.chunks_exact(cols).take(rows).enumerate() {
-        for (j, &v) in row.iter().enumerate() {
-            dst[j * rows + i] = v;
-        }
+    const PIECE: usize = 2048;
+    if rows == 0 || cols == 0 {
+        return;
     }
+    let per_task = (PIECE / rows).max(1);
+    dst[..rows * cols]
+        .par_chunks_mut(rows * per_task)
+        .enumerate()
+        .for_each(|(task, block)| {
+            for (jj, out) in block.chunks_exact_mut(rows).enumerate() {
+                let j = task * per_task + jj;
+                for (i, o) in out.iter_mut().enumerate() {
+                    *o = src[i * cols + j];
+                }
+            }
+        });
 }
 
 /// Adds the gradients of A, B and of the branch's input, given dy: `[T, out]` and the `u`

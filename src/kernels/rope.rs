@@ -2,6 +2,7 @@
 //! pair of dimensions (i, i + d/2) is rotated by angle pos * `inv_freq[i]`.
 
 use crate::rope_scaling::RopeScaling;
+use rayon::prelude::*;
 
 /// Per-dimension inverse frequencies `[head_dim / 2]`, with the model's scaling applied.
 pub fn inv_freq(head_dim: usize, theta: f32, scaling: &RopeScaling) -> Vec<f32> {
@@ -68,39 +69,53 @@ impl RopeTable {
     }
 }
 
-/// Rotates x in place. x: `[tokens, n_heads * head_dim]`; table has one row per token.
-pub fn rope_forward(x: &mut [f32], n_heads: usize, table: &RopeTable) {
+/// Token rows per parallel task: the rows are independent, and run serially they were
+/// about 0.4% of a 2-thread training step that the other thread spent waiting.
+const ROWS_PER_TASK: usize = 16;
+
+/// Rotates one head in place: its first half `a`, its second half `b`, by the angles
+/// whose cosines are `c` and sines `s`.
+type Rotate = fn(a: &mut [f32], b: &mut [f32], c: &[f32], s: &[f32]);
+
+/// Applies `rotate` to every head of every token row of `x: [tokens, n_heads * 2 * half]`,
+/// rows in parallel.
+fn each_head(x: &mut [f32], n_heads: usize, table: &RopeTable, rotate: Rotate) {
     let half = table.half;
     let width = n_heads * 2 * half;
-    for (t, row) in x.chunks_exact_mut(width).enumerate() {
-        let c = &table.cos[t * half..(t + 1) * half];
-        let s = &table.sin[t * half..(t + 1) * half];
-        for head in row.chunks_exact_mut(2 * half) {
-            let (a, b) = head.split_at_mut(half);
-            for i in 0..half {
-                let (x1, x2) = (a[i], b[i]);
-                a[i] = x1 * c[i] - x2 * s[i];
-                b[i] = x2 * c[i] + x1 * s[i];
+    x.par_chunks_mut(width * ROWS_PER_TASK)
+        .enumerate()
+        .for_each(|(task, rows)| {
+            for (r, row) in rows.chunks_exact_mut(width).enumerate() {
+                let t = task * ROWS_PER_TASK + r;
+                let c = &table.cos[t * half..(t + 1) * half];
+                let s = &table.sin[t * half..(t + 1) * half];
+                for head in row.chunks_exact_mut(2 * half) {
+                    let (a, b) = head.split_at_mut(half);
+                    rotate(a, b, c, s);
+                }
             }
+        });
+}
+
+/// Rotates x in place. x: `[tokens, n_heads * head_dim]`; table has one row per token.
+pub fn rope_forward(x: &mut [f32], n_heads: usize, table: &RopeTable) {
+    each_head(x, n_heads, table, |a, b, c, s| {
+        for i in 0..a.len() {
+            let (x1, x2) = (a[i], b[i]);
+            a[i] = x1 * c[i] - x2 * s[i];
+            b[i] = x2 * c[i] + x1 * s[i];
         }
-    }
+    });
 }
 
 /// Backward of [`rope_forward`] in place: turns dL/d(rotated) into dL/d(input)
 /// (the transpose rotation). dx: `[tokens, n_heads * head_dim]`.
 pub fn rope_backward(dx: &mut [f32], n_heads: usize, table: &RopeTable) {
-    let half = table.half;
-    let width = n_heads * 2 * half;
-    for (t, row) in dx.chunks_exact_mut(width).enumerate() {
-        let c = &table.cos[t * half..(t + 1) * half];
-        let s = &table.sin[t * half..(t + 1) * half];
-        for head in row.chunks_exact_mut(2 * half) {
-            let (a, b) = head.split_at_mut(half);
-            for i in 0..half {
-                let (g1, g2) = (a[i], b[i]);
-                a[i] = g1 * c[i] + g2 * s[i];
-                b[i] = g2 * c[i] - g1 * s[i];
-            }
+    each_head(dx, n_heads, table, |a, b, c, s| {
+        for i in 0..a.len() {
+            let (g1, g2) = (a[i], b[i]);
+            a[i] = g1 * c[i] + g2 * s[i];
+            b[i] = g2 * c[i] - g1 * s[i];
         }
-    }
+    });
 }

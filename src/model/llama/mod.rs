@@ -275,9 +275,7 @@ impl RecomputePlan {
 
 /// `v` resized to `n` zeros (its allocation is kept across calls).
 fn zeroed(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
-    v.clear();
-    v.resize(n, 0.0);
-    v
+    buffers::refill(v, n, 0.0)
 }
 
 impl Model {
@@ -398,12 +396,16 @@ impl Model {
         for (li, &kept_here) in keep.iter().enumerate() {
             if kept_here {
                 let mut acts = LayerActs::sized(self, t, t)?;
-                let x_in = x.clone();
+                let x_in = buffers::copied(&x, "a layer's input")?;
                 self.layer_forward(li, &mut x, &mut Attend::Packed(layout), &table, &lora, &mut acts);
                 acts.x_in = x_in;
                 layers.push(acts);
             } else {
-                let x_in = if plan.is_checkpoint(li) { x.clone() } else { Vec::new() };
+                let x_in = if plan.is_checkpoint(li) {
+                    buffers::copied(&x, "a layer's input")?
+                } else {
+                    Vec::new()
+                };
                 self.layer_forward(li, &mut x, &mut Attend::Packed(layout), &table, &lora, &mut scratch);
                 layers.push(LayerActs {
                     x_in,
@@ -728,8 +730,4 @@ impl Model {
     }
 }
 
-fn add_into(x: &mut [f32], y: &[f32]) {
-    for (a, b) in x.iter_mut().zip(y) {
-        *a += b;
-    }
-}
+use buffers::add_into;
