@@ -238,8 +238,9 @@ impl BSource for WeightN<'_, '_> {
 
 /// How many weight rows ahead [`WeightN`] asks for the bytes it will read where a group of
 /// columns splits a block (the K-quants), besides what [`BSource::prefetch`] asked for
-/// during the chunk before: in alternated runs at the 1B shapes, dropping it left Q4_K and
-/// Q6_K 2-4 points lower (within the noise, but on the same side each time).
+/// during the chunk before: in eight runs at the 1B shapes alternated with a build
+/// without it, the medians of Q4_K and Q6_K dY·W were 1-4 points higher with it (within
+/// the noise; kept for the first chunk of each task, which nothing asked for).
 const ROWS_AHEAD: usize = 8;
 
 /// Asks for the cache lines of `bytes` (a hint: no effect on the values).

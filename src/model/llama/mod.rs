@@ -16,7 +16,7 @@ pub use cached::CachedSeq;
 use super::Model;
 use super::weights::Proj;
 use crate::adapter::Adapter;
-use crate::buffers;
+use crate::buffers::{self, add_into};
 use crate::cancel::{self, Cancel};
 use crate::error::{Error, Result};
 use crate::kernels::attention::{
@@ -478,7 +478,7 @@ impl Model {
                         std::mem::swap(&mut fresh.mlp, &mut scratch.mlp);
                         let x = self.refill_inputs(li, &mut layers, &layout, &table, &lora, &mut fresh);
                         std::mem::swap(&mut fresh.mlp, &mut scratch.mlp);
-                        x
+                        x?
                     }
                 };
                 self.attention_half(li, &x_in, &mut Attend::Packed(&layout), &table, &lora, &mut fresh);
@@ -507,19 +507,19 @@ impl Model {
         table: &RopeTable,
         lora: &LoraCtx,
         s: &mut LayerActs,
-    ) -> Vec<f32> {
+    ) -> Result<Vec<f32>> {
         let c = (0..li)
             .rev()
             .find(|&j| !layers[j].x_in.is_empty())
             .expect("the first layer's input is always a checkpoint");
-        let mut x = layers[c].x_in.clone();
+        let mut x = buffers::copied(&layers[c].x_in, "a layer's input")?;
         for j in c..li {
             self.layer_forward(j, &mut x, &mut Attend::Packed(layout), table, lora, s);
             if j + 1 < li {
-                layers[j + 1].x_in = x.clone();
+                layers[j + 1].x_in = buffers::copied(&x, "a layer's input")?;
             }
         }
-        x
+        Ok(x)
     }
 
     /// One decoder layer in place on the residual stream x: `[T, hidden]`, its
@@ -729,5 +729,3 @@ impl Model {
         }
     }
 }
-
-use buffers::add_into;
