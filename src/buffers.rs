@@ -22,7 +22,7 @@ const PIECE: usize = 1 << 14;
 pub fn filled<T: Copy + Send + Sync>(n: usize, value: T, what: &'static str) -> Result<Vec<T>> {
     let mut v = Vec::new();
     reserve(&mut v, n, what)?;
-    fill_spare(&mut v, n, value);
+    write_all(&mut v, n, |_, piece| piece.fill(MaybeUninit::new(value)));
     Ok(v)
 }
 
@@ -31,21 +31,40 @@ pub fn filled<T: Copy + Send + Sync>(n: usize, value: T, what: &'static str) -> 
 pub fn refill<T: Copy + Send + Sync>(v: &mut Vec<T>, n: usize, value: T) -> &mut [T] {
     v.clear();
     v.reserve(n);
-    fill_spare(v, n, value);
+    write_all(v, n, |_, piece| piece.fill(MaybeUninit::new(value)));
     v
 }
 
-/// Writes `n` copies of `value` into the capacity of the empty `v`, which holds them.
-fn fill_spare<T: Copy + Send + Sync>(v: &mut Vec<T>, n: usize, value: T) {
+/// A copy of `src`, or [`Error::OutOfMemory`] naming `what` (written by all threads when
+/// it is large, as [`filled`] is).
+pub fn copied<T: Copy + Send + Sync>(src: &[T], what: &'static str) -> Result<Vec<T>> {
+    let n = src.len();
+    let mut v = Vec::new();
+    reserve(&mut v, n, what)?;
+    write_all(&mut v, n, |at, piece| {
+        for (d, &s) in piece.iter_mut().zip(&src[at..]) {
+            d.write(s);
+        }
+    });
+    Ok(v)
+}
+
+/// Sets the empty `v` (whose capacity holds `n`) to `n` values, `write(at, piece)` writing
+/// every value of each piece, which starts at value `at`: in pieces of [`PIECE`] on all
+/// threads from [`PARALLEL_FROM`] values, else in one piece.
+fn write_all<T: Send>(v: &mut Vec<T>, n: usize, write: impl Fn(usize, &mut [MaybeUninit<T>]) + Sync) {
     assert!(v.is_empty() && v.capacity() >= n);
     let spare = &mut v.spare_capacity_mut()[..n];
-    let fill = |piece: &mut [MaybeUninit<T>]| piece.fill(MaybeUninit::new(value));
     if n >= PARALLEL_FROM {
-        spare.par_chunks_mut(PIECE).for_each(fill);
+        spare
+            .par_chunks_mut(PIECE)
+            .enumerate()
+            .for_each(|(i, piece)| write(i * PIECE, piece));
     } else {
-        fill(spare);
+        write(0, spare);
     }
-    // SAFETY: the first n values were all written above; the capacity holds them.
+    // SAFETY: every piece of the first n values was written in full above (the callers'
+    // `write` fill or copy whole pieces); the capacity holds them.
     unsafe { v.set_len(n) };
 }
 
@@ -61,28 +80,6 @@ pub fn add_into(x: &mut [f32], y: &[f32]) {
     } else {
         add((x, y));
     }
-}
-
-/// A copy of `src`, or [`Error::OutOfMemory`] naming `what` (written by all threads when
-/// it is large, as [`filled`] is).
-pub fn copied<T: Copy + Send + Sync>(src: &[T], what: &'static str) -> Result<Vec<T>> {
-    let n = src.len();
-    let mut v = Vec::new();
-    reserve(&mut v, n, what)?;
-    let spare = &mut v.spare_capacity_mut()[..n];
-    let copy = |(dst, src): (&mut [MaybeUninit<T>], &[T])| {
-        for (d, &s) in dst.iter_mut().zip(src) {
-            d.write(s);
-        }
-    };
-    if n >= PARALLEL_FROM {
-        spare.par_chunks_mut(PIECE).zip(src.par_chunks(PIECE)).for_each(copy);
-    } else {
-        copy((spare, src));
-    }
-    // SAFETY: the first n values were all written above; the capacity holds them.
-    unsafe { v.set_len(n) };
-    Ok(v)
 }
 
 /// Room for `additional` more values in `v`, or [`Error::OutOfMemory`] naming `what`.
