@@ -8,8 +8,8 @@ mod common;
 use nudge::bench::weights::{DTYPES, Rng, random_weight};
 use nudge::isa::Isa;
 use nudge::kernels::matmul::{
-    LowRank, Mat, MatMut, Precision, RowOrder, Update, WeightRef, gemm, gemm_isa, matmul_w_acc, matmul_w_acc_isa,
-    matmul_w_acc_plus_isa, matmul_wt, matmul_wt_isa, matmul_wt_plus_isa,
+    LowRank, Mat, MatMut, Precision, RowOrder, Update, WeightRef, gemm, gemm_isa, gemm_scaled_b_isa, matmul_w_acc,
+    matmul_w_acc_isa, matmul_w_acc_plus_isa, matmul_wt, matmul_wt_isa, matmul_wt_plus_isa,
 };
 use nudge::quant::{DType, dequantize_row};
 
@@ -288,8 +288,8 @@ fn a_fused_low_rank_product_gives_the_bits_of_the_separate_ones() {
     }
 }
 
-/// The LoRA branch's products with a handful of columns run as their transposes, with
-/// the scale on the same operand: the bits of the plain products they stand for.
+/// The LoRA branch's products, whichever way they run (thin kernels, transposed), give
+/// the bits of the plain products they stand for.
 #[test]
 fn lora_products_give_the_bits_of_their_plain_products() {
     use nudge::kernels::lora::{LoraGrads, LoraWeights, lora_backward, lora_forward};
@@ -327,19 +327,22 @@ fn lora_products_give_the_bits_of_their_plain_products() {
         assert_same_bits(&format!("u {what}"), &u, &u_want);
         assert_same_bits(&format!("y {what}"), &y, &y_want);
 
+        // The backward scales the thin operands, u and B, each element rounded once.
+        let su: Vec<f32> = u.iter().map(|v| 0.37 * v).collect();
+        let sb: Vec<f32> = b.iter().map(|v| 0.37 * v).collect();
         let mut gb_want = gb0.clone();
         gemm(
-            0.37,
+            1.0,
             Mat::new(&dy, t, out).t(),
-            Mat::new(&u, t, r),
+            Mat::new(&su, t, r),
             MatMut::new(&mut gb_want, out, r),
             Update::Add,
         );
         let mut du = vec![0.0; t * r];
         gemm(
-            0.37,
+            1.0,
             Mat::new(&dy, t, out),
-            Mat::new(&b, out, r),
+            Mat::new(&sb, out, r),
             MatMut::new(&mut du, t, r),
             Update::Overwrite,
         );
@@ -538,6 +541,77 @@ fn gemm_handles_every_transpose_and_accumulate() {
                             MatMut::new(&mut c, m, n).with_ld(ldc),
                             update,
                         );
+                        for i in 0..m {
+                            let what = format!("{what} {isa:?} row {i}");
+                            assert_same_bits(&what, &c[i * ldc..i * ldc + n], &want[i * n..(i + 1) * n]);
+                            assert_same_bits(&what, &c[i * ldc + n..(i + 1) * ldc], &c0[i * ldc + n..(i + 1) * ldc]);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Products with a thin side (at most 16 rows or columns: a LoRA rank) read their wide
+/// operand in place where it is stored row-major and unscaled, or run transposed: every
+/// such route, and the scale on either operand, gives the chains of the plain product.
+#[test]
+fn gemm_with_a_thin_side_is_the_fma_chain_on_every_route() {
+    let mut rng = Rng(31);
+    // (m, n, k): thin n (one and two vectors, ragged), thin m (ragged lines of B, rows
+    // split unevenly), both thin; reductions of one step, one chain and several.
+    let shapes = [
+        (50, 8, 300),
+        (13, 3, 130),
+        (29, 16, 64),
+        (40, 9, 1),
+        (1, 1, 70),
+        (8, 100, 300),
+        (16, 40, 65),
+        (5, 7, 129),
+        (3, 16, 200),
+        (12, 12, 90),
+    ];
+    for (m, n, k) in shapes {
+        for (transa, transb) in [(false, false), (false, true), (true, false), (true, true)] {
+            for (alpha, beta) in [(1.0, 1.0), (0.75, 1.0), (1.0, 0.75)] {
+                for accumulate in [false, true] {
+                    let (ar, ac) = if transa { (k, m) } else { (m, k) };
+                    let (br, bc) = if transb { (n, k) } else { (k, n) };
+                    let (lda, ldb, ldc) = (ac + 2, bc + 3, n + 1);
+                    let a = rng.vec(ar * lda);
+                    let b = rng.vec(br * ldb);
+                    let c0 = rng.vec(m * ldc);
+                    let opa = |i: usize, p: usize| alpha * if transa { a[p * lda + i] } else { a[i * lda + p] };
+                    let opb = |p: usize, j: usize| beta * if transb { b[j * ldb + p] } else { b[p * ldb + j] };
+                    let init = |i: usize, j: usize| if accumulate { c0[i * ldc + j] } else { 0.0 };
+                    let want = fma_chain(m, n, k, opa, opb, init, accumulate);
+                    let what =
+                        format!("m={m} n={n} k={k} ta={transa} tb={transb} alpha={alpha} beta={beta} acc={accumulate}");
+                    for isa in Isa::supported() {
+                        let mut c = c0.clone();
+                        let am = Mat {
+                            data: &a,
+                            rows: ar,
+                            cols: ac,
+                            ld: lda,
+                            trans: transa,
+                        };
+                        let bm = Mat {
+                            data: &b,
+                            rows: br,
+                            cols: bc,
+                            ld: ldb,
+                            trans: transb,
+                        };
+                        let cm = MatMut::new(&mut c, m, n).with_ld(ldc);
+                        let update = if accumulate { Update::Add } else { Update::Overwrite };
+                        if beta == 1.0 {
+                            gemm_isa(isa, alpha, am, bm, cm, update);
+                        } else {
+                            gemm_scaled_b_isa(isa, am, beta, bm, cm, update);
+                        }
                         for i in 0..m {
                             let what = format!("{what} {isa:?} row {i}");
                             assert_same_bits(&what, &c[i * ldc..i * ldc + n], &want[i * n..(i + 1) * n]);

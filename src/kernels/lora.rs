@@ -1,7 +1,6 @@
 //! The low-rank branch of a LoRA'd linear layer: y += s · (x Aᵀ) Bᵀ, and its backward.
 
 use super::matmul::{LowRank, Mat, MatMut, Update, gemm, gemm_scaled_b};
-use rayon::prelude::*;
 
 /// One LoRA pair as the kernels see it: `a: [r, in]`, `b: [out, r]`, and the branch's scale.
 #[derive(Clone, Copy, Debug)]
@@ -49,44 +48,18 @@ pub fn lora_up<'a>(w: LoraWeights<'a>, u: &'a [f32], t: usize) -> LowRank<'a> {
 pub fn lora_down(w: LoraWeights, x: &[f32], t: usize, u: &mut [f32]) {
     let (inp, _) = w.dims();
     let r = w.r;
-    // As uᵀ = A xᵀ: r output rows fill the kernel's tiles, where r output columns would
-    // fill a quarter of them (the same bits: see `gemm_scaled_b`).
-    let mut ut = vec![0f32; r * t];
     gemm(
         1.0,
-        Mat::new(w.a, r, inp),
-        Mat::new(x, t, inp).t(),
-        MatMut::new(&mut ut, r, t),
+        Mat::new(x, t, inp),
+        Mat::new(w.a, r, inp).t(),
+        MatMut::new(&mut u[..t * r], t, r),
         Update::Overwrite,
     );
-    transpose_into(&ut, r, t, &mut u[..t * r]);
-}
-
-/// `dst: [cols, rows]` = `src: [rows, cols]` transposed, blocks of destination rows in
-/// parallel (run serially, the transposes of the rank-r operands were the largest piece of
-/// a 2-thread training step left to one thread).
-fn transpose_into(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) {
-    const PIECE: usize = 2048;
-    if rows == 0 || cols == 0 {
-        return;
-    }
-    let per_task = (PIECE / rows).max(1);
-    dst[..rows * cols]
-        .par_chunks_mut(rows * per_task)
-        .enumerate()
-        .for_each(|(task, block)| {
-            for (jj, out) in block.chunks_exact_mut(rows).enumerate() {
-                let j = task * per_task + jj;
-                for (i, o) in out.iter_mut().enumerate() {
-                    *o = src[i * cols + j];
-                }
-            }
-        });
 }
 
 /// Adds the gradients of A, B and of the branch's input, given dy: `[T, out]` and the `u`
-/// of the forward pass: g.a: `[r, in]` += duᵀ x; g.b: `[out, r]` += scale · dyᵀ u;
-/// dx: `[T, in]` += du A, with du = scale · dy B.
+/// of the forward pass: g.a: `[r, in]` += duᵀ x; g.b: `[out, r]` += dyᵀ (scale u);
+/// dx: `[T, in]` += du A, with du = dy (scale B).
 pub fn lora_backward(w: LoraWeights, x: &[f32], t: usize, u: &[f32], dy: &[f32], g: LoraGrads, dx: &mut [f32]) {
     let du = lora_backward_weights(w, x, t, u, dy, g);
     lora_backward_input(w, &du, t, dx);
@@ -97,29 +70,25 @@ pub fn lora_backward(w: LoraWeights, x: &[f32], t: usize, u: &[f32], dy: &[f32],
 pub fn lora_backward_weights(w: LoraWeights, x: &[f32], t: usize, u: &[f32], dy: &[f32], g: LoraGrads) -> Vec<f32> {
     let (inp, out) = w.dims();
     let r = w.r;
-    // dB and du have r columns: both run as their transposes, r rows that fill the
-    // kernel's tiles, with the scale on dy as before (the same bits: see `gemm_scaled_b`).
-    // dBᵀ: [r, out] += uᵀ · (scale dy), added to dB's own values.
-    let mut t_buf = vec![0f32; r * out.max(t)];
-    transpose_into(g.b, out, r, &mut t_buf[..r * out]);
+    // The scale goes on the thin operands (u and B), so that dy, the wide one, is read
+    // where it lies: dB: [out, r] += dyᵀ · (scale u).
     gemm_scaled_b(
-        Mat::new(u, t, r).t(),
+        Mat::new(&dy[..t * out], t, out).t(),
         w.scale,
-        Mat::new(dy, t, out),
-        MatMut::new(&mut t_buf[..r * out], r, out),
+        Mat::new(u, t, r),
+        MatMut::new(g.b, out, r),
         Update::Add,
     );
-    transpose_into(&t_buf[..r * out], r, out, g.b);
-    // duᵀ: [r, T] = Bᵀ · (scale dy)ᵀ.
+    // du: [T, r] = dy · (scale B).
+    let mut du = vec![0f32; t * r];
     gemm_scaled_b(
-        Mat::new(w.b, out, r).t(),
+        Mat::new(&dy[..t * out], t, out),
         w.scale,
-        Mat::new(dy, t, out).t(),
-        MatMut::new(&mut t_buf[..r * t], r, t),
+        Mat::new(w.b, out, r),
+        MatMut::new(&mut du, t, r),
         Update::Overwrite,
     );
-    let mut du = vec![0f32; t * r];
-    transpose_into(&t_buf[..r * t], r, t, &mut du);
+    // dA: [r, in] += duᵀ · x.
     gemm(
         1.0,
         Mat::new(&du, t, r).t(),

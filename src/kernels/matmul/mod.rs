@@ -16,6 +16,7 @@
 //! of weight rows into an f32 scratch once per task, and runs a register-blocked microkernel
 //! over it (`scalar`, `x86`, `aarch64`). A forward product of a few rows (decoding) skips
 //! the panel where the unit has a kernel that expands weights into registers (`gemv`).
+//! A [`gemm`] with a thin side (a LoRA rank) reads its wide operand in place (`thin`).
 
 use crate::error::{Error, Result};
 use crate::isa::Isa;
@@ -29,6 +30,8 @@ mod scalar;
 
 #[cfg(target_arch = "x86_64")]
 mod avx2_packed;
+#[cfg(target_arch = "x86_64")]
+mod thin;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 #[cfg(target_arch = "x86_64")]
@@ -669,14 +672,99 @@ fn gemm_both(isa: Isa, (alpha, a): (f32, Mat), (beta, b): (f32, Mat), c: MatMut,
     b.check("B");
     let ldc = c.ld;
     Mat::new(c.data, c.rows, c.cols).with_ld(ldc).check("C");
+    let accumulate = update == Update::Add;
     let (ars, acs) = a.op_strides();
     let (brs, bcs) = b.op_strides();
+    if m > 0 && n > 0 && k > 0 {
+        #[cfg(target_arch = "x86_64")]
+        if matches!(isa, Isa::Avx2 | Isa::Avx512) {
+            // A wide operand stored row-major is read in place (see `thin`).
+            if n <= THIN && acs == 1 && alpha == 1.0 {
+                let bt = thin::View {
+                    data: b.data,
+                    rs: bcs,
+                    cs: brs,
+                    scale: beta,
+                };
+                // SAFETY: the unit has AVX2 and FMA (both checked by `Isa`); the extents
+                // were checked above.
+                unsafe { thin::thin_n(a.data, ars, bt, (m, n, k), c.data, ldc, accumulate) };
+                return;
+            }
+            if m <= THIN && bcs == 1 && beta == 1.0 {
+                let at = thin::View {
+                    data: a.data,
+                    rs: ars,
+                    cs: acs,
+                    scale: alpha,
+                };
+                let c = thin::OutMut {
+                    data: c.data,
+                    ldc,
+                    trans: false,
+                };
+                // SAFETY: as above.
+                unsafe { thin::thin_m(at, b.data, brs, (m, n, k), c, accumulate) };
+                return;
+            }
+            if n <= THIN && ars == 1 && alpha == 1.0 {
+                // Cᵀ = Bᵀ Aᵀ, A's transpose stored row-major: the same chains, so the same
+                // bits, written to C transposed.
+                let bt = thin::View {
+                    data: b.data,
+                    rs: bcs,
+                    cs: brs,
+                    scale: beta,
+                };
+                let c = thin::OutMut {
+                    data: c.data,
+                    ldc,
+                    trans: true,
+                };
+                // SAFETY: as above.
+                unsafe { thin::thin_m(bt, a.data, acs, (n, m, k), c, accumulate) };
+                return;
+            }
+        }
+        if n <= THIN.min(m / 2) {
+            // A few output columns fill a fraction of a tile: the product runs as its
+            // transpose, Cᵀ = Bᵀ Aᵀ, whose few rows fill them (the same chains, so the
+            // same bits), through a transposed copy of C.
+            let mut ct = vec![0f32; n * m];
+            if accumulate {
+                transpose(c.data, ldc, m, n, &mut ct);
+            }
+            let at = Mat { trans: !b.trans, ..b };
+            let bt = Mat { trans: !a.trans, ..a };
+            gemm_both(isa, (beta, at), (alpha, bt), MatMut::new(&mut ct, n, m), update);
+            for (i, row) in c.data.chunks_mut(ldc).take(m).enumerate() {
+                for (j, v) in row[..n].iter_mut().enumerate() {
+                    *v = ct[j * m + i];
+                }
+            }
+            return;
+        }
+    }
     let a = StridedA::new(a.data, ars, acs, alpha);
     let b = StridedB::new(b.data, brs, bcs).scaled(beta);
     let out = Output {
         c: c.data,
         ldc,
-        accumulate: update == Update::Add,
+        accumulate,
     };
     driver::run(kernel(isa), Dims { m, n, k }, &a, &b, out);
+}
+
+/// The widest output side a product treats as thin (a LoRA rank): see `thin`, and the
+/// transposed run in [`gemm_both`].
+const THIN: usize = 16;
+
+/// `dst: [cols, rows]` = the first `cols` columns of `src`'s `rows` rows (`ld` apart),
+/// transposed.
+fn transpose(src: &[f32], ld: usize, rows: usize, cols: usize, dst: &mut [f32]) {
+    for (i, row) in src.chunks(ld).take(rows).enumerate() {
+        for (j, &v) in row[..cols].iter().enumerate() {
+            dst[j * rows + i] = v;
+        }
+    }
 }
