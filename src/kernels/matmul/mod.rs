@@ -678,51 +678,23 @@ fn gemm_both(isa: Isa, (alpha, a): (f32, Mat), (beta, b): (f32, Mat), c: MatMut,
     if m > 0 && n > 0 && k > 0 {
         #[cfg(target_arch = "x86_64")]
         if matches!(isa, Isa::Avx2 | Isa::Avx512) {
-            // A wide operand stored row-major is read in place (see `thin`).
-            if n <= THIN && acs == 1 && alpha == 1.0 {
-                let bt = thin::View {
-                    data: b.data,
-                    rs: bcs,
-                    cs: brs,
-                    scale: beta,
-                };
-                // SAFETY: the unit has AVX2 and FMA (both checked by `Isa`); the extents
-                // were checked above.
-                unsafe { thin::thin_n(a.data, ars, bt, (m, n, k), c.data, ldc, accumulate) };
-                return;
-            }
-            if m <= THIN && bcs == 1 && beta == 1.0 {
-                let at = thin::View {
-                    data: a.data,
-                    rs: ars,
-                    cs: acs,
-                    scale: alpha,
-                };
-                let c = thin::OutMut {
-                    data: c.data,
-                    ldc,
-                    trans: false,
-                };
-                // SAFETY: as above.
-                unsafe { thin::thin_m(at, b.data, brs, (m, n, k), c, accumulate) };
-                return;
-            }
-            if n <= THIN && ars == 1 && alpha == 1.0 {
-                // Cᵀ = Bᵀ Aᵀ, A's transpose stored row-major: the same chains, so the same
-                // bits, written to C transposed.
-                let bt = thin::View {
-                    data: b.data,
-                    rs: bcs,
-                    cs: brs,
-                    scale: beta,
-                };
-                let c = thin::OutMut {
-                    data: c.data,
-                    ldc,
-                    trans: true,
-                };
-                // SAFETY: as above.
-                unsafe { thin::thin_m(bt, a.data, acs, (n, m, k), c, accumulate) };
+            // A as `[i][p]`, B as `[j][p]`: whichever is thin is packed, and a wide one
+            // stored row-major is read in place (see `thin`).
+            let at = thin::View {
+                data: a.data,
+                rs: ars,
+                cs: acs,
+                scale: alpha,
+            };
+            let bt = thin::View {
+                data: b.data,
+                rs: bcs,
+                cs: brs,
+                scale: beta,
+            };
+            // SAFETY: the unit has AVX2 and FMA (both checked by `Isa`); the extents were
+            // checked above.
+            if unsafe { thin::run(at, bt, (m, n, k), c.data, ldc, accumulate) } {
                 return;
             }
         }

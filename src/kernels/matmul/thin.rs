@@ -71,6 +71,36 @@ impl Out {
     }
 }
 
+/// `C[m, n] (+)= A · B` with `a` as `[i][p]` and `b` as `[j][p]`, `c` holding rows `ldc`
+/// apart, if a thin route applies (false, having done nothing, if none does):
+/// [`thin_n`], [`thin_m`], or [`thin_m`] on `Cᵀ = Bᵀ Aᵀ` when `n` is thin and A's
+/// transpose is stored row-major (the same chains, so the same bits, written transposed).
+///
+/// Safety: the CPU has AVX2 and FMA; the caller checked every extent.
+pub(super) unsafe fn run(
+    a: View,
+    b: View,
+    (m, n, k): (usize, usize, usize),
+    c: &mut [f32],
+    ldc: usize,
+    add: bool,
+) -> bool {
+    let out = |data, trans| OutMut { data, ldc, trans };
+    // SAFETY: the caller's unit and extents; each route's operand is stored as it needs.
+    unsafe {
+        if n <= THIN && a.cs == 1 && a.scale == 1.0 {
+            thin_n(a.data, a.rs, b, (m, n, k), c, ldc, add);
+        } else if m <= THIN && b.rs == 1 && b.scale == 1.0 {
+            thin_m(a, b.data, b.cs, (m, n, k), out(c, false), add);
+        } else if n <= THIN && a.rs == 1 && a.scale == 1.0 {
+            thin_m(b, a.data, a.cs, (n, m, k), out(c, true), add);
+        } else {
+            return false;
+        }
+    }
+    true
+}
+
 /// Rows of `A` per tile of [`thin_n`], by vectors of `B`'s row: 12 and 6 accumulators
 /// cover the FMA latency of two pipes, and the broadcasts stay within three loads a cycle.
 const THIN_N_ROWS: [usize; 2] = [12, 6];
@@ -81,7 +111,7 @@ const THIN_N_ROWS: [usize; 2] = [12, 6];
 ///
 /// Safety: the CPU has AVX2 and FMA.
 #[allow(clippy::too_many_arguments)]
-pub(super) unsafe fn thin_n(
+unsafe fn thin_n(
     a: &[f32],
     lda: usize,
     b: View,
@@ -232,10 +262,10 @@ unsafe fn store_row(c: *mut f32, s: &[__m256], add: bool, cols: usize) {
 
 /// [`thin_m`]'s output: `c: [m, n]` with rows `ldc` apart, or when `trans` its transpose
 /// `[n, m]` so stored.
-pub(super) struct OutMut<'a> {
-    pub data: &'a mut [f32],
-    pub ldc: usize,
-    pub trans: bool,
+struct OutMut<'a> {
+    data: &'a mut [f32],
+    ldc: usize,
+    trans: bool,
 }
 
 /// One tile's place in the output: element `[i][l]` at `ptr + i * rs + l * cs`, `cols`
@@ -259,7 +289,7 @@ const THIN_M_ROWS: usize = 6;
 ///
 /// Safety: the CPU has AVX2 and FMA.
 #[allow(clippy::too_many_arguments)]
-pub(super) unsafe fn thin_m(a: View, b: &[f32], ldb: usize, (m, n, k): (usize, usize, usize), c: OutMut, add: bool) {
+unsafe fn thin_m(a: View, b: &[f32], ldb: usize, (m, n, k): (usize, usize, usize), c: OutMut, add: bool) {
     debug_assert!(m <= THIN && m > 0);
     let ap = a.pack_t(m, k, m);
     // Rows in even blocks (8 = 4 + 4 rather than 6 + 2): a tile's accumulators must cover
