@@ -172,13 +172,8 @@ unsafe fn transpose_avx2_unchecked(src: *const f32, ld: usize, rows: usize, kc: 
     let full = kc / 8 * 8;
     for r0 in (0..rows).step_by(8) {
         let nrow = (rows - r0).min(8);
-        // Lane i is stored when i < nrow (the sign bit of each 32-bit mask element).
-        let mask = _mm256_cmpgt_epi32(
-            _mm256_set1_epi32(nrow as i32),
-            _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
-        );
         // SAFETY: rows r0..r0+nrow of src hold kc elements at stride ld; dst holds kc rows
-        // of nr and r0 + nrow <= nr; masked-off lanes are not accessed.
+        // of nr and r0 + nrow <= nr; lanes from nrow on are not stored.
         unsafe {
             for p in (0..full).step_by(8) {
                 let mut v = [_mm256_setzero_ps(); 8];
@@ -186,7 +181,7 @@ unsafe fn transpose_avx2_unchecked(src: *const f32, ld: usize, rows: usize, kc: 
                     *v = _mm256_loadu_ps(src.add((r0 + i) * ld + p));
                 }
                 for (t, v) in transpose8(v).iter().enumerate() {
-                    _mm256_maskstore_ps(dst.add((p + t) * nr + r0), mask, *v);
+                    store_first(dst.add((p + t) * nr + r0), *v, nrow);
                 }
             }
             for p in full..kc {
@@ -194,6 +189,34 @@ unsafe fn transpose_avx2_unchecked(src: *const f32, ld: usize, rows: usize, kc: 
                     *dst.add(p * nr + r0 + i) = *src.add((r0 + i) * ld + p);
                 }
             }
+        }
+    }
+}
+
+/// Stores lanes `0..n` of `v` (`n <= 8`) at `dst`, with plain stores of 4, 2 and 1 lanes:
+/// AVX2's masked store is microcoded on AMD's cores before Zen 4, and with it the
+/// transposes took 15% of the samples of a 2-thread training step there.
+///
+/// Safety: the CPU has AVX2; `dst` is writable for `n` elements.
+#[target_feature(enable = "avx2")]
+unsafe fn store_first(dst: *mut f32, v: __m256, n: usize) {
+    // SAFETY: each store writes lanes below n, inside the caller's extent.
+    unsafe {
+        if n == 8 {
+            _mm256_storeu_ps(dst, v);
+            return;
+        }
+        let (mut part, mut at, mut left) = (_mm256_castps256_ps128(v), 0, n);
+        if left >= 4 {
+            _mm_storeu_ps(dst, part);
+            (part, at, left) = (_mm256_extractf128_ps::<1>(v), 4, left - 4);
+        }
+        if left >= 2 {
+            _mm_storel_pd(dst.add(at).cast(), _mm_castps_pd(part));
+            (part, at, left) = (_mm_movehl_ps(part, part), at + 2, left - 2);
+        }
+        if left == 1 {
+            _mm_store_ss(dst.add(at), part);
         }
     }
 }
