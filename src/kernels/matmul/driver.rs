@@ -190,13 +190,21 @@ fn with_buf<R>(key: &'static std::thread::LocalKey<Cell<Vec<f32>>>, len: usize, 
 
 /// The output matrix shared by the tasks, each writing its own disjoint tile.
 #[derive(Clone, Copy)]
-struct COut {
-    ptr: *mut f32,
-    ldc: usize,
+pub(super) struct COut {
+    pub ptr: *mut f32,
+    pub ldc: usize,
 }
 // SAFETY: tasks write disjoint tiles of the matrix; the borrow it came from outlives them.
 unsafe impl Send for COut {}
 unsafe impl Sync for COut {}
+
+impl COut {
+    /// Element `at` of the output (a method: a closure that calls it captures the whole
+    /// `COut`, which is `Sync`, rather than its pointer alone).
+    pub(super) fn at(self, at: usize) -> *mut f32 {
+        self.ptr.wrapping_add(at)
+    }
+}
 
 /// The extents `[m, n]` of a product's output and its reduction length `k`.
 #[derive(Clone, Copy, Debug)]

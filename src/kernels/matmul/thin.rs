@@ -18,7 +18,7 @@
 //! is scaled as the driver's packs scale (one rounded multiply per element).
 
 use super::THIN;
-use super::driver::CHAIN;
+use super::driver::{CHAIN, COut};
 use rayon::prelude::*;
 use std::arch::x86_64::*;
 
@@ -50,24 +50,6 @@ impl View<'_> {
             }
         }
         dst
-    }
-}
-
-/// The output, shared by tasks that write disjoint tiles of it.
-#[derive(Clone, Copy)]
-struct Out {
-    ptr: *mut f32,
-    ldc: usize,
-}
-// SAFETY: tasks write disjoint tiles; the borrow it came from outlives them.
-unsafe impl Send for Out {}
-unsafe impl Sync for Out {}
-
-impl Out {
-    /// Element `at` of the output (a method: a closure that calls it captures the whole
-    /// `Out`, which is `Sync`, rather than its pointer alone).
-    fn at(self, at: usize) -> *mut f32 {
-        self.ptr.wrapping_add(at)
     }
 }
 
@@ -126,7 +108,7 @@ unsafe fn thin_n(
     let rows = THIN_N_ROWS[nv - 1];
     let blocks = m.div_ceil(rows);
     let per_task = blocks.div_ceil(TASKS).max(1);
-    let out = Out {
+    let out = COut {
         ptr: c.as_mut_ptr(),
         ldc,
     };
@@ -147,11 +129,16 @@ unsafe fn thin_n(
                 // the checked output and belong to this task alone.
                 unsafe {
                     let (ap, bq) = (a.as_ptr().add(i * lda + p0), bp.as_ptr().add(p0 * nv * 8));
-                    let cp = out.at(i * out.ldc);
+                    let c = Tile {
+                        ptr: out.at(i * out.ldc),
+                        rs: out.ldc,
+                        cs: 1,
+                        cols: n,
+                    };
                     if nv == 1 {
-                        tile_n_dispatch::<1>(r, sk, ap, lda, bq, cp, out.ldc, load, n);
+                        tile_n_dispatch::<1>(r, sk, ap, lda, bq, c, load);
                     } else {
-                        tile_n_dispatch::<2>(r, sk, ap, lda, bq, cp, out.ldc, load, n);
+                        tile_n_dispatch::<2>(r, sk, ap, lda, bq, c, load);
                     }
                 }
             }
@@ -159,7 +146,6 @@ unsafe fn thin_n(
     });
 }
 
-#[allow(clippy::too_many_arguments)]
 #[inline(always)]
 unsafe fn tile_n_dispatch<const NV: usize>(
     r: usize,
@@ -167,45 +153,40 @@ unsafe fn tile_n_dispatch<const NV: usize>(
     a: *const f32,
     lda: usize,
     b: *const f32,
-    c: *mut f32,
-    ldc: usize,
+    c: Tile,
     add: bool,
-    cols: usize,
 ) {
     // SAFETY: forwarded from the caller.
     unsafe {
         match r {
-            1 => tile_n::<1, NV>(kc, a, lda, b, c, ldc, add, cols),
-            2 => tile_n::<2, NV>(kc, a, lda, b, c, ldc, add, cols),
-            3 => tile_n::<3, NV>(kc, a, lda, b, c, ldc, add, cols),
-            4 => tile_n::<4, NV>(kc, a, lda, b, c, ldc, add, cols),
-            5 => tile_n::<5, NV>(kc, a, lda, b, c, ldc, add, cols),
-            6 => tile_n::<6, NV>(kc, a, lda, b, c, ldc, add, cols),
-            7 => tile_n::<7, NV>(kc, a, lda, b, c, ldc, add, cols),
-            8 => tile_n::<8, NV>(kc, a, lda, b, c, ldc, add, cols),
-            9 => tile_n::<9, NV>(kc, a, lda, b, c, ldc, add, cols),
-            10 => tile_n::<10, NV>(kc, a, lda, b, c, ldc, add, cols),
-            11 => tile_n::<11, NV>(kc, a, lda, b, c, ldc, add, cols),
-            _ => tile_n::<12, NV>(kc, a, lda, b, c, ldc, add, cols),
+            1 => tile_n::<1, NV>(kc, a, lda, b, c, add),
+            2 => tile_n::<2, NV>(kc, a, lda, b, c, add),
+            3 => tile_n::<3, NV>(kc, a, lda, b, c, add),
+            4 => tile_n::<4, NV>(kc, a, lda, b, c, add),
+            5 => tile_n::<5, NV>(kc, a, lda, b, c, add),
+            6 => tile_n::<6, NV>(kc, a, lda, b, c, add),
+            7 => tile_n::<7, NV>(kc, a, lda, b, c, add),
+            8 => tile_n::<8, NV>(kc, a, lda, b, c, add),
+            9 => tile_n::<9, NV>(kc, a, lda, b, c, add),
+            10 => tile_n::<10, NV>(kc, a, lda, b, c, add),
+            11 => tile_n::<11, NV>(kc, a, lda, b, c, add),
+            _ => tile_n::<12, NV>(kc, a, lda, b, c, add),
         }
     }
 }
 
-/// `R` rows of `[R, cols]`: `a` row `i` at `a + i * lda`, read along `kc` steps; `b` packed
-/// `[kc, NV * 8]`; then `c (+)=` the sums, `cols <= NV * 8` columns.
+/// `R` rows of `[R, c.cols]`: `a` row `i` at `a + i * lda`, read along `kc` steps; `b`
+/// packed `[kc, NV * 8]`; then `c (+)=` the sums, `c.cols <= NV * 8` columns.
 ///
-/// Safety: the CPU has AVX2 and FMA; the extents above are readable, `c`'s rows writable.
-#[allow(clippy::too_many_arguments)]
+/// Safety: the CPU has AVX2 and FMA; the extents above are readable, `c`'s tile writable.
 #[target_feature(enable = "avx2,fma")]
 unsafe fn tile_n<const R: usize, const NV: usize>(
     kc: usize,
     a: *const f32,
     lda: usize,
     b: *const f32,
-    c: *mut f32,
-    ldc: usize,
+    c: Tile,
     add: bool,
-    cols: usize,
 ) {
     let mut acc = [[_mm256_setzero_ps(); NV]; R];
     // SAFETY: the caller's extents.
@@ -220,42 +201,37 @@ unsafe fn tile_n<const R: usize, const NV: usize>(
             }
         }
         for (i, acc) in acc.iter().enumerate() {
-            store_row(c.add(i * ldc), acc, add, cols);
+            store(c, i, acc, add);
         }
     }
 }
 
-/// `c[..cols] = (add ? c + s : s)` for the sums `s` of one row.
+/// Row `i` of the tile `c` `= (add ? c + s : s)` for the sums `s` of that row
+/// (`c.cols <= 8 * s.len() <= 16`).
 ///
-/// Safety: the CPU has AVX2; `c` is writable for `cols <= 8 * s.len()` elements.
+/// Safety: the CPU has AVX2; the tile's row is writable.
 #[target_feature(enable = "avx2")]
-unsafe fn store_row(c: *mut f32, s: &[__m256], add: bool, cols: usize) {
-    // SAFETY: the caller's extents; partial vectors go through a stack copy.
+unsafe fn store(c: Tile, i: usize, s: &[__m256], add: bool) {
+    // SAFETY: the caller's extents; partial or transposed rows go through a stack copy.
     unsafe {
+        let row = c.ptr.add(i * c.rs);
+        if c.cs == 1 && c.cols == 8 * s.len() {
+            for (v, &s) in s.iter().enumerate() {
+                let at = row.add(v * 8);
+                let s = if add { _mm256_add_ps(_mm256_loadu_ps(at), s) } else { s };
+                _mm256_storeu_ps(at, s);
+            }
+            return;
+        }
+        // A partial row, or a transposed output whose row goes down a column (once a
+        // chain).
+        let mut t = [0f32; 16];
         for (v, &s) in s.iter().enumerate() {
-            let at = v * 8;
-            if at >= cols {
-                break;
-            }
-            let w = (cols - at).min(8);
-            if w == 8 {
-                let s = if add {
-                    _mm256_add_ps(_mm256_loadu_ps(c.add(at)), s)
-                } else {
-                    s
-                };
-                _mm256_storeu_ps(c.add(at), s);
-            } else {
-                let mut t = [0f32; 8];
-                std::ptr::copy_nonoverlapping(c.add(at), t.as_mut_ptr(), w);
-                let s = if add {
-                    _mm256_add_ps(_mm256_loadu_ps(t.as_ptr()), s)
-                } else {
-                    s
-                };
-                _mm256_storeu_ps(t.as_mut_ptr(), s);
-                std::ptr::copy_nonoverlapping(t.as_ptr(), c.add(at), w);
-            }
+            _mm256_storeu_ps(t.as_mut_ptr().add(v * 8), s);
+        }
+        for (l, &s) in t[..c.cols].iter().enumerate() {
+            let at = row.add(l * c.cs);
+            *at = if add { *at + s } else { s };
         }
     }
 }
@@ -308,7 +284,7 @@ unsafe fn thin_m(a: View, b: &[f32], ldb: usize, (m, n, k): (usize, usize, usize
     });
     let groups = n.div_ceil(THIN_M_COLS);
     let per_task = groups.div_ceil(TASKS).max(1);
-    let out = Out {
+    let out = COut {
         ptr: c.data.as_mut_ptr(),
         ldc: c.ldc,
     };
@@ -377,18 +353,7 @@ unsafe fn tile_m<const R: usize>(kc: usize, a: *const f32, lda: usize, b: *const
             }
         }
         for (i, acc) in acc.iter().enumerate() {
-            if c.cs == 1 {
-                store_row(c.ptr.add(i * c.rs), acc, add, c.cols);
-            } else {
-                // A transposed output: the row's values go down a column, once a chain.
-                let mut s = [0f32; 16];
-                _mm256_storeu_ps(s.as_mut_ptr(), acc[0]);
-                _mm256_storeu_ps(s.as_mut_ptr().add(8), acc[1]);
-                for (l, &s) in s[..c.cols].iter().enumerate() {
-                    let at = c.ptr.add(i * c.rs + l * c.cs);
-                    *at = if add { *at + s } else { s };
-                }
-            }
+            store(c, i, acc, add);
         }
     }
 }
