@@ -29,6 +29,8 @@ mod pack;
 mod scalar;
 
 #[cfg(target_arch = "x86_64")]
+mod avx2_expand;
+#[cfg(target_arch = "x86_64")]
 mod avx2_packed;
 #[cfg(target_arch = "x86_64")]
 mod thin;

@@ -2,7 +2,8 @@
 //! broadcast, rows of B are vectors; every accumulator lives in a register for the
 //! whole reduction chunk.
 
-use super::driver::{Kernel, dequant_generic, dequant_t_none};
+use super::avx2_expand::{dequant_avx2, dequant_t_avx2};
+use super::driver::{Kernel, dequant_generic};
 use crate::quant::DType;
 use half::f16;
 use std::arch::x86_64::*;
@@ -46,8 +47,8 @@ pub(super) const AVX2: Kernel = Kernel {
         tile_avx2::<6>,
     ],
     transpose: transpose_avx2,
-    dequant: dequant_generic,
-    dequant_t: dequant_t_none,
+    dequant: dequant_avx2,
+    dequant_t: dequant_t_avx2,
     pairs: None,
     dequant_packed: None,
 };
@@ -199,7 +200,7 @@ unsafe fn transpose_avx2_unchecked(src: *const f32, ld: usize, rows: usize, kc: 
 ///
 /// Safety: the CPU has AVX2; `dst` is writable for `n` elements.
 #[target_feature(enable = "avx2")]
-unsafe fn store_first(dst: *mut f32, v: __m256, n: usize) {
+pub(super) unsafe fn store_first(dst: *mut f32, v: __m256, n: usize) {
     // SAFETY: each store writes lanes below n, inside the caller's extent.
     unsafe {
         if n == 8 {
@@ -223,7 +224,7 @@ unsafe fn store_first(dst: *mut f32, v: __m256, n: usize) {
 
 /// 8x8 transpose in registers: interleave 32-bit pairs, then 64-bit, then 128-bit lanes.
 #[target_feature(enable = "avx2")]
-fn transpose8(r: [__m256; 8]) -> [__m256; 8] {
+pub(super) fn transpose8(r: [__m256; 8]) -> [__m256; 8] {
     let mut t = [_mm256_setzero_ps(); 8];
     for i in 0..4 {
         t[2 * i] = _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]);
