@@ -169,8 +169,8 @@ const BLOCK: usize = 16;
 const REDUCE: usize = 64;
 /// Lanes of one vector of the register tiles.
 const LANES: usize = 16;
-/// Largest register tile row count (scratch rows are padded to a multiple of it).
-const MAX_R: usize = 4;
+/// A multiple of every register tile's row count (scratch rows are padded to it).
+const ROW_PAD: usize = 12;
 
 fn round_up(n: usize, m: usize) -> usize {
     n.div_ceil(m) * m
@@ -257,7 +257,7 @@ impl Geometry {
             scale: 1.0 / (hd as f32).sqrt(),
             nkp: round_up(task.n_keys, LANES),
             ls: odd_stride(task.n_keys + LANES - 1),
-            rows: round_up(BLOCK * group, MAX_R),
+            rows: round_up(BLOCK * group, ROW_PAD),
         }
     }
 }
