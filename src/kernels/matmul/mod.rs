@@ -261,6 +261,8 @@ fn kernel(isa: Isa) -> Kernel {
     match isa {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => Kernel {
+            dequant: avx2_expand::dequant_avx2,
+            dequant_t: avx2_expand::dequant_t_avx2,
             dequant_packed: Some(avx2_packed::dequant_packed),
             ..x86::AVX2
         },

@@ -2,8 +2,7 @@
 //! broadcast, rows of B are vectors; every accumulator lives in a register for the
 //! whole reduction chunk.
 
-use super::avx2_expand::{dequant_avx2, dequant_t_avx2};
-use super::driver::{Kernel, dequant_generic};
+use super::driver::{Kernel, dequant_generic, dequant_t_none};
 use crate::quant::DType;
 use half::f16;
 use std::arch::x86_64::*;
@@ -47,8 +46,9 @@ pub(super) const AVX2: Kernel = Kernel {
         tile_avx2::<6>,
     ],
     transpose: transpose_avx2,
-    dequant: dequant_avx2,
-    dequant_t: dequant_t_avx2,
+    // Set where the kernel is chosen (`avx2_expand`'s, which use this module's transposes).
+    dequant: dequant_generic,
+    dequant_t: dequant_t_none,
     pairs: None,
     dequant_packed: None,
 };
