@@ -432,10 +432,12 @@ fn in_pool<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> R {
 #[test]
 fn results_are_bit_identical_for_1_2_and_3_threads() {
     let mut rng = Rng(17);
-    // Many tasks; one token; and a reduction longer than one packed chunk of A.
+    // Many tasks; one token; a reduction longer than one packed chunk of A; and dY·W over
+    // 224 columns, which 1, 2 and 3 threads split into tasks of 96, 64 and 32 columns.
     for (dtype, m, n, k) in [
         (DType::Q4_1, 300, 200, 608),
         (DType::Q8_0, 1, 300, 96),
+        (DType::Q8_0, 70, 300, 224),
         (DType::F16, 40, 2090, 2090),
     ] {
         let data = random_weight(&mut rng, dtype, n, k);

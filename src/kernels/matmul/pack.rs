@@ -192,6 +192,10 @@ impl BSource for WeightN<'_, '_> {
         self.0.dtype.block_len()
     }
 
+    fn wide_tasks(&self) -> bool {
+        true
+    }
+
     fn pack(&self, kern: &Kernel, ps: Range<usize>, js: Range<usize>, dst: &mut [f32], scratch: &mut Vec<f32>) {
         let (p0, p1, j0, j1) = (ps.start, ps.end, js.start, js.end);
         let (nr, kc) = (kern.nr, p1 - p0);
