@@ -9,9 +9,6 @@ use super::attention::AttnShape;
 use super::simd::{axpy, dot16, multiversion};
 use rayon::prelude::*;
 
-/// New-token rows per rayon task.
-const ROWS_PER_TASK: usize = 4;
-
 /// q: `[n, H*hd]` (roped) for positions `start..start + n`; k, v: `[≥ start + n, KV*hd]`
 /// (roped keys) → out: `[n, H*hd]`.
 pub fn attention_cached(q: &[f32], k: &[f32], v: &[f32], start: usize, shape: AttnShape, out: &mut [f32]) {
@@ -23,53 +20,41 @@ pub fn attention_cached(q: &[f32], k: &[f32], v: &[f32], start: usize, shape: At
         "attention_cached: {n} queries at {start} need {} cached rows",
         start + n
     );
-    out.par_chunks_mut(qw * ROWS_PER_TASK)
+    // One item per (row, head): a decoding step's single row is 9 or more heads, which
+    // two threads share instead of one working while the other waits.
+    let hd = shape.head_dim;
+    out.par_chunks_mut(hd)
         .enumerate()
-        .for_each(|(chunk, o)| {
-            let mut scores = Vec::with_capacity(start + n);
-            for r in 0..o.len() / qw {
-                let i = chunk * ROWS_PER_TASK + r;
-                attend_cached_row(
-                    &q[i * qw..(i + 1) * qw],
-                    k,
-                    v,
-                    start + i + 1,
-                    shape,
-                    &mut scores,
-                    &mut o[r * qw..(r + 1) * qw],
-                );
-            }
+        .for_each_init(Vec::new, |scores, (item, o)| {
+            let (i, head) = (item / shape.n_heads, item % shape.n_heads);
+            attend_cached_head(&q[i * qw..(i + 1) * qw], head, k, v, start + i + 1, shape, scores, o);
         });
 }
 
 multiversion! {
-    /// One query row (all heads) over cache rows `0..len`.
-    fn attend_cached_row(qrow: &[f32], k: &[f32], v: &[f32], len: usize, shape: AttnShape, scores: &mut Vec<f32>, o: &mut [f32]) {
+    /// One head of one query row over cache rows `0..len` → `o: [hd]`.
+    fn attend_cached_head(qrow: &[f32], head: usize, k: &[f32], v: &[f32], len: usize, shape: AttnShape, scores: &mut Vec<f32>, o: &mut [f32]) {
         let hd = shape.head_dim;
         let kvw = shape.n_kv_heads * hd;
-        let group = shape.n_heads / shape.n_kv_heads;
+        let kvh = head / (shape.n_heads / shape.n_kv_heads);
         let scale = 1.0 / (hd as f32).sqrt();
-        for head in 0..shape.n_heads {
-            let kvh = head / group;
-            let qh = &qrow[head * hd..(head + 1) * hd];
-            scores.clear();
-            for j in 0..len {
-                let kj = &k[j * kvw + kvh * hd..j * kvw + (kvh + 1) * hd];
-                scores.push(dot16(qh, kj) * scale);
-            }
-            let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let mut sum = 0f32;
-            for s in scores.iter_mut() {
-                *s = (*s - max).exp();
-                sum += *s;
-            }
-            let inv = 1.0 / sum;
-            let oh = &mut o[head * hd..(head + 1) * hd];
-            oh.fill(0.0);
-            for (j, &p) in scores.iter().enumerate() {
-                let vj = &v[j * kvw + kvh * hd..j * kvw + (kvh + 1) * hd];
-                axpy(p * inv, vj, oh);
-            }
+        let qh = &qrow[head * hd..(head + 1) * hd];
+        scores.clear();
+        for j in 0..len {
+            let kj = &k[j * kvw + kvh * hd..j * kvw + (kvh + 1) * hd];
+            scores.push(dot16(qh, kj) * scale);
+        }
+        let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let mut sum = 0f32;
+        for s in scores.iter_mut() {
+            *s = (*s - max).exp();
+            sum += *s;
+        }
+        let inv = 1.0 / sum;
+        o.fill(0.0);
+        for (j, &p) in scores.iter().enumerate() {
+            let vj = &v[j * kvw + kvh * hd..j * kvw + (kvh + 1) * hd];
+            axpy(p * inv, vj, o);
         }
     }
 }

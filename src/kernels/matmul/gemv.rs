@@ -19,7 +19,7 @@ pub(super) const MAX_M: usize = 16;
 /// The most weight rows one kernel call takes.
 pub(super) const GROUP: usize = 32;
 
-/// Output rows (weight rows) per task: a multiple of [`GROUP`].
+/// Output rows (weight rows) per task of [`matmul_wt`]: a multiple of [`GROUP`].
 const TASK_ROWS: usize = 64;
 
 /// A unit's kernel for rows `rows` (at most [`GROUP`], given as stored-row start pointers)
@@ -138,17 +138,17 @@ pub(super) fn matmul_wt_packed(pick: PickPackedFn, x: &[f32], m: usize, layout: 
     let group_bytes = layout.group_bytes();
     let bytes = layout.bytes();
     let out = YOut(y.as_mut_ptr());
-    let per_task = TASK_ROWS / GROUP_ROWS;
-    let groups = n.div_ceil(GROUP_ROWS);
-    (0..groups.div_ceil(per_task)).into_par_iter().for_each(|t| {
-        for g in t * per_task..((t + 1) * per_task).min(groups) {
-            let group = &bytes[g * group_bytes..(g + 1) * group_bytes];
-            let count = (n - g * GROUP_ROWS).min(GROUP_ROWS);
-            // SAFETY: `group` is group g of the layout of this [n, k] weight; x holds m
-            // rows of k; the columns of rows 16g..16g + count of y are inside y and this
-            // task's alone; the kernel's unit was checked by the caller.
-            unsafe { kernel(group.as_ptr(), count, k, x.as_ptr(), k, out.column(g * GROUP_ROWS), n) };
-        }
+    // One item per group: rayon hands each thread a contiguous run of groups (so the
+    // kernel's prefetching runs on into the next group) and re-splits a run only when
+    // another thread is idle, which balances the small projections (192 or 576 rows are 3
+    // or 9 tasks of 64 rows, a third or a ninth of the work left to one of two threads).
+    (0..n.div_ceil(GROUP_ROWS)).into_par_iter().for_each(|g| {
+        let group = &bytes[g * group_bytes..(g + 1) * group_bytes];
+        let count = (n - g * GROUP_ROWS).min(GROUP_ROWS);
+        // SAFETY: `group` is group g of the layout of this [n, k] weight; x holds m rows
+        // of k; the columns of rows 16g..16g + count of y are inside y and this item's
+        // alone; the kernel's unit was checked by the caller.
+        unsafe { kernel(group.as_ptr(), count, k, x.as_ptr(), k, out.column(g * GROUP_ROWS), n) };
     });
     true
 }
