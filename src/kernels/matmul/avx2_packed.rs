@@ -17,8 +17,8 @@ use std::arch::x86_64::*;
 pub(super) fn packed_kernel(dtype: DType, m: usize) -> Option<PackedFn> {
     // `J` chains of an output run interleaved: with one or two activation rows, four
     // chains of two halves keep eight multiply-adds in flight; from four rows on, the rows
-    // do. Eight and sixteen rows run four at a time over the group (16 registers: more
-    // accumulators would spill; the group's second reading comes from cache).
+    // do. Eight and sixteen rows run four at a time (16 registers: more accumulators
+    // would spill) over the group's weights expanded once per chain.
     macro_rules! pick {
         ($d:expr) => {
             match m {
@@ -26,8 +26,8 @@ pub(super) fn packed_kernel(dtype: DType, m: usize) -> Option<PackedFn> {
                 2 => Some(packed_group::<{ $d }, 2, 2> as PackedFn),
                 3 => Some(packed_group::<{ $d }, 3, 1> as PackedFn),
                 4 => Some(packed_group::<{ $d }, 4, 1> as PackedFn),
-                8 => Some(by_fours::<{ $d }, 2> as PackedFn),
-                16 => Some(by_fours::<{ $d }, 4> as PackedFn),
+                8 => Some(expanded_once::<{ $d }, 2> as PackedFn),
+                16 => Some(expanded_once::<{ $d }, 4> as PackedFn),
                 _ => None,
             }
         };
@@ -72,6 +72,78 @@ unsafe fn by_fours<const D: u8, const N: usize>(
     }
 }
 
+/// `4 N` activation rows over one group, each chain's weights expanded once into an L1
+/// scratch (`CHAIN` columns of the 16 rows) that four rows at a time then read: expanded
+/// by each run of four instead, a quantized weight cost about as many instructions as the
+/// multiply-adds it fed. Each output's chains are [`packed_group`]'s: the same bits.
+///
+/// Safety: see [`PackedFn`]; the CPU has AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn expanded_once<const D: u8, const N: usize>(
+    group: *const u8,
+    count: usize,
+    k: usize,
+    x: *const f32,
+    ldx: usize,
+    y: *mut f32,
+    ldy: usize,
+) {
+    const { assert!(N <= 4, "at most 16 activation rows") };
+    let (bb, cols) = packed_block_shape(D);
+    let mut w = [[0f32; 16]; CHAIN];
+    // The running sums of each activation row's 16 outputs.
+    let mut sum = [[0f32; 16]; 16];
+    let mut c0 = 0;
+    while c0 < k {
+        // The layout holds whole blocks, so a chain is too.
+        let len = CHAIN.min(k - c0);
+        for b in 0..len / cols {
+            // SAFETY: block c0 / cols + b of the group is inside the caller's extents;
+            // `w` holds its columns as rows of 16.
+            unsafe {
+                let block = group.add((c0 / cols + b) * bb);
+                prefetch_ahead::<D>(block);
+                expand_block::<D>(block, w[b * cols].as_mut_ptr(), 16);
+            }
+        }
+        for q in 0..N {
+            // Per activation row, its two halves' chains.
+            let mut acc = [[_mm256_setzero_ps(); 2]; 4];
+            for (t, wt) in w.iter().enumerate().take(len) {
+                // SAFETY: `wt` holds 16 floats; element c0 + t of activation rows 4q..4q + 4
+                // is inside x (the caller's contract).
+                unsafe {
+                    let wh = [_mm256_loadu_ps(wt.as_ptr()), _mm256_loadu_ps(wt.as_ptr().add(8))];
+                    for (i, a) in acc.iter_mut().enumerate() {
+                        let xi = _mm256_set1_ps(*x.add((4 * q + i) * ldx + c0 + t));
+                        a[0] = _mm256_fmadd_ps(xi, wh[0], a[0]);
+                        a[1] = _mm256_fmadd_ps(xi, wh[1], a[1]);
+                    }
+                }
+            }
+            for (s, a) in sum[4 * q..4 * q + 4].iter_mut().zip(&acc) {
+                for (h, &a) in a.iter().enumerate() {
+                    let at = s[8 * h..].as_mut_ptr();
+                    // SAFETY: `s` holds 16 floats.
+                    unsafe {
+                        let v = if c0 == 0 {
+                            a
+                        } else {
+                            _mm256_add_ps(_mm256_loadu_ps(at), a)
+                        };
+                        _mm256_storeu_ps(at, v);
+                    }
+                }
+            }
+        }
+        c0 += CHAIN;
+    }
+    for (i, s) in sum.iter().take(4 * N).enumerate() {
+        // SAFETY: y is writable at i * ldy + r for r < count (at most 16).
+        unsafe { std::ptr::copy_nonoverlapping(s.as_ptr(), y.add(i * ldy), count) };
+    }
+}
+
 /// One group of 16 rows (`count` of them real) into `y`, in the chain order of the
 /// AVX-512 kernels: the same bits.
 ///
@@ -103,12 +175,7 @@ unsafe fn packed_group<const D: u8, const M: usize, const J: usize>(
                 // activation row are inside the caller's extents.
                 unsafe {
                     let block = group.add(p / cols * bb);
-                    // As in the AVX-512 kernel: float blocks are left to the hardware.
-                    if !matches!(D, F32 | F16 | BF16) {
-                        for line in (0..bb).step_by(64) {
-                            _mm_prefetch::<_MM_HINT_T0>(block.wrapping_add(PREFETCH_AHEAD * bb + line).cast());
-                        }
-                    }
+                    prefetch_ahead::<D>(block);
                     block_into::<D, M>(block, x.add(p), ldx, acc);
                 }
             }
@@ -137,6 +204,20 @@ unsafe fn packed_group<const D: u8, const M: usize, const J: usize>(
     for (i, s) in sum.iter().enumerate() {
         // SAFETY: y is writable at i * ldy + r for r < count (at most 16).
         unsafe { std::ptr::copy_nonoverlapping(s.as_ptr(), y.add(i * ldy), count) };
+    }
+}
+
+/// Asks for the block [`PREFETCH_AHEAD`] blocks on (a hint: the address may lie past the
+/// layout, and a prefetch does not fault). As in the AVX-512 kernel, float blocks are left
+/// to the hardware.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn prefetch_ahead<const D: u8>(block: *const u8) {
+    let (bb, _) = packed_block_shape(D);
+    if !matches!(D, F32 | F16 | BF16) {
+        for line in (0..bb).step_by(64) {
+            _mm_prefetch::<_MM_HINT_T0>(block.wrapping_add(PREFETCH_AHEAD * bb + line).cast());
+        }
     }
 }
 
